@@ -1,0 +1,79 @@
+"""Backend registry: which kernel implementations exist, whether each can run on a given tensor, and why not.
+
+A backend is a module exposing ``layernorm_fwd(x, weight, bias, eps, out, mean, rstd)`` and
+``layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)``, both writing into preallocated outputs. Heavy
+imports (triton, cutlass) happen only when a backend is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("auto", "cutedsl", "triton", "torch")
+
+
+def _triton_interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_unavailable_reason(device: torch.device | None = None) -> str:
+    """Empty string when the Triton backend can run on ``device`` (default: the current CUDA device), else why not."""
+    if importlib.util.find_spec("triton") is None:
+        return "the 'triton' package is not installed"
+    if device is not None and device.type == "cpu":
+        if _triton_interpreter_on():
+            return ""
+        return "x is a CPU tensor; Triton kernels need a CUDA tensor (or TRITON_INTERPRET=1 for the interpreter)"
+    if device is not None and device.type != "cuda":
+        return f"x is on a {device.type} device; Triton kernels need a CUDA tensor"
+    if not torch.cuda.is_available() and not _triton_interpreter_on():
+        return "no CUDA device is available"
+    return ""
+
+
+def cutedsl_unavailable_reason(device: torch.device | None = None) -> str:
+    """Empty string when the CuTeDSL backend can run on ``device`` (default: the current CUDA device), else why not."""
+    if importlib.util.find_spec("cutlass") is None:
+        return "the 'nvidia-cutlass-dsl' package (module 'cutlass') is not installed"
+    if device is not None and device.type != "cuda":
+        return f"x is on a {device.type} device; CuTeDSL kernels need a CUDA tensor"
+    if not torch.cuda.is_available():
+        return "no CUDA device is available"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 9:
+        return f"CuTeDSL kernels target Hopper (sm_90) or newer; this GPU is sm_{major}{minor}"
+    return ""
+
+
+_UNAVAILABLE_REASON = {
+    "cutedsl": cutedsl_unavailable_reason,
+    "triton": triton_unavailable_reason,
+    "torch": lambda device=None: "",
+}
+_MODULE_NAME = {"cutedsl": "._cutedsl", "triton": "._triton", "torch": "._torch"}
+
+
+def load_backend(name: str) -> ModuleType:
+    return importlib.import_module(_MODULE_NAME[name], __package__)
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """Maps a requested backend name to a concrete one for ``device``; raises RuntimeError if it cannot run."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        if device.type != "cuda":
+            return "torch"
+        for candidate in ("cutedsl", "triton"):
+            if not _UNAVAILABLE_REASON[candidate](device):
+                return candidate
+        return "torch"
+    reason = _UNAVAILABLE_REASON[name](device)
+    if reason:
+        raise RuntimeError(f"backend={name!r} cannot run: {reason}")
+    return name

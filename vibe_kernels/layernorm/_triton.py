@@ -1,0 +1,410 @@
+"""Triton backend: LayerNorm forward and backward kernels, their configs, and launchers into preallocated outputs.
+
+Floors (H100, bf16, M x N elements of s bytes): the forward must move 2*M*N*s bytes (read x, write out), the
+backward 3*M*N*s (read x and dy, write dx); the arithmetic is a handful of flops per element, far below the memory
+time. So every kernel is organised around reading each input once from HBM:
+
+* rows that fit in registers (the common case) are loaded once, reduced twice on chip (two-pass variance), and
+  written once; several rows per program for small N so each program has enough bytes in flight;
+* rows too wide for registers stream through chunks: a Welford pass for the statistics, then a second pass that
+  re-reads the row in reverse chunk order, so the most recently loaded chunks are still in L2;
+* the backward's dw/db are accumulated in fp32 registers by a persistent grid and written as per-program partials
+  [programs, N], summed by a small column-parallel kernel: deterministic, no atomics.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+# Widest row (elements, power of two) kept whole in registers by one program: above this, chunked kernels.
+MAX_RESIDENT_FWD = 32768
+MAX_RESIDENT_BWD = 8192
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configs (data, chosen by heuristics; overridable)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FwdConfig:
+    """block_n: columns per program step (the whole padded row when not chunked); block_m: rows per program."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    chunked: bool
+
+
+@dataclass(frozen=True)
+class BwdConfig:
+    """Resident: block_m rows x block_n (whole row) per step, persistent over row tiles.
+    Chunked: a row-statistics pass, then a (row group x column chunk) grid of block_m x block_n tiles."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    chunked: bool
+    programs_per_sm: int = 2
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+def fwd_config(hidden: int, dtype: torch.dtype) -> FwdConfig:
+    """Heuristic forward config for rows of ``hidden`` elements of ``dtype``.
+
+    >>> fwd_config(256, torch.bfloat16)
+    FwdConfig(block_m=32, block_n=256, num_warps=8, chunked=False)
+    """
+    block_n = triton.next_power_of_2(hidden)
+    if block_n > MAX_RESIDENT_FWD:
+        return FwdConfig(block_m=1, block_n=8192 if dtype != torch.float32 else 4096, num_warps=16, chunked=True)
+    # About 8K elements per program (16 KB of bf16 in flight) and 16-32 elements per thread.
+    block_m = _clamp(8192 // block_n, 1, 64)
+    num_warps = _clamp(block_m * block_n // (32 * 32), 1, 16)
+    if block_n >= 8192:
+        num_warps = 16
+    return FwdConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, chunked=False)
+
+
+def bwd_config(hidden: int, dtype: torch.dtype) -> BwdConfig:
+    """Heuristic backward config.
+
+    >>> bwd_config(1024, torch.bfloat16)
+    BwdConfig(block_m=4, block_n=1024, num_warps=8, chunked=False, programs_per_sm=2)
+    """
+    block_n = triton.next_power_of_2(hidden)
+    if block_n > MAX_RESIDENT_BWD:
+        return BwdConfig(block_m=4, block_n=1024, num_warps=8, chunked=True, programs_per_sm=4)
+    # x, dy and two fp32 accumulators per element held in registers: about 8 elements per thread per array.
+    block_m = _clamp(4096 // block_n, 1, 32)
+    num_warps = _clamp(block_m * block_n // (32 * 16), 1, 16)
+    return BwdConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, chunked=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _program_slots(device: torch.device) -> int:
+    # Under the interpreter (CPU tensors) a handful of programs still exercises the persistent loops.
+    return _num_sms(device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 4
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward kernels
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _layernorm_fwd_resident_kernel(
+    X, Y, W, B, Mean, Rstd,
+    stride_x_row, stride_y_row, rows, eps,
+    N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
+):
+    row_idx = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    row_ok = row_idx < rows
+    mask = row_ok[:, None] & (cols < N)[None, :]
+    row_off = row_idx.to(tl.int64)[:, None]
+    x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / N
+    centered = x - mean[:, None]
+    if BLOCK_N != N:  # padded lanes must not add (0 - mean)^2 to the variance
+        centered = tl.where(mask, centered, 0.0)
+    var = tl.sum(centered * centered, axis=1) / N
+    rstd = tl.math.rsqrt(var + eps)
+    y = centered * rstd[:, None]
+    if HAS_W:
+        w = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)
+        y = y * w[None, :]
+    if HAS_B:
+        b = tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)
+        y = y + b[None, :]
+    tl.store(Y + row_off * stride_y_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    if STORE_MEAN:
+        tl.store(Mean + row_idx, mean, mask=row_ok)
+    if STORE_RSTD:
+        tl.store(Rstd + row_idx, rstd, mask=row_ok)
+
+
+@triton.jit
+def _welford_combine(mean_a, m2_a, count_a, mean_b, m2_b, count_b):
+    count = count_a + count_b
+    frac_b = tl.where(count == 0, 0.0, count_b / tl.where(count == 0, 1.0, count))
+    delta = mean_b - mean_a
+    return mean_a + delta * frac_b, m2_a + m2_b + delta * delta * count_a * frac_b, count
+
+
+@triton.jit
+def _row_mean_var(x_row, N: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Mean and biased variance of one row of N elements, streamed in BLOCK_N chunks (per-lane Welford)."""
+    cols = tl.arange(0, BLOCK_N)
+    lane_mean = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    lane_m2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    NUM_FULL: tl.constexpr = N // BLOCK_N
+    for chunk in range(NUM_FULL):
+        x = tl.load(x_row + chunk * BLOCK_N + cols).to(tl.float32)
+        delta = x - lane_mean
+        lane_mean += delta * (1.0 / (chunk + 1))
+        lane_m2 += delta * (x - lane_mean)
+    lane_count = tl.full((BLOCK_N,), NUM_FULL, tl.float32)
+    if N % BLOCK_N != 0:
+        offs = NUM_FULL * BLOCK_N + cols
+        in_row = offs < N
+        x = tl.load(x_row + offs, mask=in_row, other=0.0).to(tl.float32)
+        delta = tl.where(in_row, x - lane_mean, 0.0)
+        lane_mean += delta * (1.0 / (NUM_FULL + 1))
+        lane_m2 += delta * (x - lane_mean)
+        lane_count += in_row.to(tl.float32)
+    mean, m2, _ = tl.reduce((lane_mean, lane_m2, lane_count), 0, _welford_combine)
+    return mean, m2 / N
+
+
+@triton.jit
+def _layernorm_fwd_chunked_kernel(
+    X, Y, W, B, Mean, Rstd,
+    stride_x_row, stride_y_row, eps,
+    N: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
+):
+    row = tl.program_id(0)
+    x_row = X + row.to(tl.int64) * stride_x_row
+    y_row = Y + row.to(tl.int64) * stride_y_row
+    mean, var = _row_mean_var(x_row, N, BLOCK_N)
+    rstd = tl.math.rsqrt(var + eps)
+    cols = tl.arange(0, BLOCK_N)
+    NUM_CHUNKS: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+    # Reverse order: the chunks read last by the statistics pass are the likeliest to still be in L2.
+    for back in range(NUM_CHUNKS):
+        offs = (NUM_CHUNKS - 1 - back) * BLOCK_N + cols
+        in_row = offs < N
+        x = tl.load(x_row + offs, mask=in_row, other=0.0).to(tl.float32)
+        y = (x - mean) * rstd
+        if HAS_W:
+            y = y * tl.load(W + offs, mask=in_row, other=0.0).to(tl.float32)
+        if HAS_B:
+            y = y + tl.load(B + offs, mask=in_row, other=0.0).to(tl.float32)
+        tl.store(y_row + offs, y.to(Y.dtype.element_ty), mask=in_row)
+    if STORE_MEAN:
+        tl.store(Mean + row, mean)
+    if STORE_RSTD:
+        tl.store(Rstd + row, rstd)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward kernels
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _layernorm_bwd_resident_kernel(
+    DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial,
+    stride_dy_row, stride_x_row, stride_dx_row, rows,
+    N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+):
+    """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end."""
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    if HAS_W:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    num_tiles = tl.cdiv(rows, BLOCK_M)
+    for tile in range(pid, num_tiles, num_programs):
+        row_idx = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = row_idx < rows
+        mask = row_ok[:, None] & col_ok[None, :]
+        row_off = row_idx.to(tl.int64)[:, None]
+        x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row_off * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(Mean + row_idx, mask=row_ok, other=0.0)
+        rstd = tl.load(Rstd + row_idx, mask=row_ok, other=0.0)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        if HAS_W:
+            g = dy * w[None, :]
+        else:
+            g = dy
+        mean_gx = tl.sum(g * xhat, axis=1) / N
+        mean_g = tl.sum(g, axis=1) / N
+        dx = (g - xhat * mean_gx[:, None] - mean_g[:, None]) * rstd[:, None]
+        tl.store(DX + row_off * stride_dx_row + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        if NEED_DW:
+            dw_acc += dy * xhat
+        if NEED_DB:
+            db_acc += dy
+    if NEED_DW:
+        tl.store(DW_partial + pid * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
+    if NEED_DB:
+        tl.store(DB_partial + pid * N + cols, tl.sum(db_acc, axis=0), mask=col_ok)
+
+
+@triton.jit
+def _layernorm_bwd_row_coefs_kernel(
+    DY, X, W, Mean, Rstd, MeanGX, MeanG,
+    stride_dy_row, stride_x_row,
+    N: tl.constexpr, BLOCK_N: tl.constexpr, HAS_W: tl.constexpr,
+):
+    """Wide rows, step 1: per row, mean(g * xhat) and mean(g) with g = dy * w, streamed in chunks."""
+    row = tl.program_id(0)
+    x_row = X + row.to(tl.int64) * stride_x_row
+    dy_row = DY + row.to(tl.int64) * stride_dy_row
+    mean = tl.load(Mean + row)
+    rstd = tl.load(Rstd + row)
+    cols = tl.arange(0, BLOCK_N)
+    acc_gx = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    acc_g = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs = start + cols
+        in_row = offs < N
+        x = tl.load(x_row + offs, mask=in_row, other=0.0).to(tl.float32)
+        g = tl.load(dy_row + offs, mask=in_row, other=0.0).to(tl.float32)
+        if HAS_W:
+            g = g * tl.load(W + offs, mask=in_row, other=0.0).to(tl.float32)
+        acc_gx += g * tl.where(in_row, (x - mean) * rstd, 0.0)
+        acc_g += g
+    tl.store(MeanGX + row, tl.sum(acc_gx, axis=0) / N)
+    tl.store(MeanG + row, tl.sum(acc_g, axis=0) / N)
+
+
+@triton.jit
+def _layernorm_bwd_tiled_kernel(
+    DY, X, W, Mean, Rstd, MeanGX, MeanG, DX, DW_partial, DB_partial,
+    stride_dy_row, stride_x_row, stride_dx_row, rows, rows_per_group,
+    N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+):
+    """Wide rows, step 2: program (group, chunk) writes dx for its rows x columns and one dw/db partial row."""
+    group = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    if HAS_W:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    first_row = group * rows_per_group
+    last_row = tl.minimum(first_row + rows_per_group, rows)
+    for start in range(first_row, last_row, BLOCK_M):
+        row_idx = start + tl.arange(0, BLOCK_M)
+        row_ok = row_idx < last_row
+        mask = row_ok[:, None] & col_ok[None, :]
+        row_off = row_idx.to(tl.int64)[:, None]
+        x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row_off * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(Mean + row_idx, mask=row_ok, other=0.0)
+        rstd = tl.load(Rstd + row_idx, mask=row_ok, other=0.0)
+        mean_gx = tl.load(MeanGX + row_idx, mask=row_ok, other=0.0)
+        mean_g = tl.load(MeanG + row_idx, mask=row_ok, other=0.0)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        if HAS_W:
+            g = dy * w[None, :]
+        else:
+            g = dy
+        dx = (g - xhat * mean_gx[:, None] - mean_g[:, None]) * rstd[:, None]
+        tl.store(DX + row_off * stride_dx_row + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        if NEED_DW:
+            dw_acc += dy * xhat
+        if NEED_DB:
+            db_acc += dy
+    if NEED_DW:
+        tl.store(DW_partial + group * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
+    if NEED_DB:
+        tl.store(DB_partial + group * N + cols, tl.sum(db_acc, axis=0), mask=col_ok)
+
+
+@triton.jit
+def _sum_partials_kernel(Partial, Out, num_partials, N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Out[n] = sum_p Partial[p, n] in fp32, in a fixed order (deterministic), cast to Out's dtype."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    for start in range(0, num_partials, BLOCK_P):
+        part = start + tl.arange(0, BLOCK_P)
+        mask = (part < num_partials)[:, None] & col_ok[None, :]
+        acc += tl.load(Partial + part.to(tl.int64)[:, None] * N + cols[None, :], mask=mask, other=0.0)
+    tl.store(Out + cols, tl.sum(acc, axis=0).to(Out.dtype.element_ty), mask=col_ok)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers: take preallocated outputs, allocate only workspace, return nothing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | None = None) -> None:
+    """x (M, N) with unit column stride; out (M, N); mean/rstd (M,) fp32 or None; weight/bias (N,) or None."""
+    rows, hidden = x.shape
+    cfg = config or fwd_config(hidden, x.dtype)
+    flags = dict(
+        HAS_W=weight is not None, HAS_B=bias is not None, STORE_MEAN=mean is not None, STORE_RSTD=rstd is not None
+    )
+    if cfg.chunked:
+        _layernorm_fwd_chunked_kernel[(rows,)](
+            x, out, weight, bias, mean, rstd, x.stride(0), out.stride(0), eps,
+            N=hidden, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **flags,
+        )
+    else:
+        _layernorm_fwd_resident_kernel[(triton.cdiv(rows, cfg.block_m),)](
+            x, out, weight, bias, mean, rstd, x.stride(0), out.stride(0), rows, eps,
+            N=hidden, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **flags,
+        )
+
+
+def _sum_partials(partial: torch.Tensor, out: torch.Tensor) -> None:
+    num_partials, hidden = partial.shape
+    block_n = min(triton.next_power_of_2(hidden), 256)
+    _sum_partials_kernel[(triton.cdiv(hidden, block_n),)](
+        partial, out, num_partials, N=hidden, BLOCK_P=32, BLOCK_N=block_n, num_warps=4
+    )
+
+
+def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConfig | None = None) -> None:
+    """dy, x (M, N) unit column stride; dx (M, N); dweight/dbias (N,) or None (not wanted)."""
+    rows, hidden = x.shape
+    cfg = config or bwd_config(hidden, x.dtype)
+    slots = _program_slots(x.device) * cfg.programs_per_sm
+    flags = dict(HAS_W=weight is not None, NEED_DW=dweight is not None, NEED_DB=dbias is not None)
+    if cfg.chunked:
+        mean_gx = torch.empty((rows,), dtype=torch.float32, device=x.device)
+        mean_g = torch.empty((rows,), dtype=torch.float32, device=x.device)
+        _layernorm_bwd_row_coefs_kernel[(rows,)](
+            dy, x, weight, mean, rstd, mean_gx, mean_g, dy.stride(0), x.stride(0),
+            N=hidden, BLOCK_N=4096, HAS_W=weight is not None, num_warps=8,
+        )
+        col_chunks = triton.cdiv(hidden, cfg.block_n)
+        groups = _clamp(slots // col_chunks, 1, triton.cdiv(rows, cfg.block_m))
+        rows_per_group = triton.cdiv(triton.cdiv(rows, groups), cfg.block_m) * cfg.block_m
+        groups = triton.cdiv(rows, rows_per_group)
+        grid = (groups, col_chunks)
+    else:
+        groups = min(slots, triton.cdiv(rows, cfg.block_m))
+        grid = (groups,)
+    dw_partial = torch.empty((groups, hidden), dtype=torch.float32, device=x.device) if dweight is not None else None
+    db_partial = torch.empty((groups, hidden), dtype=torch.float32, device=x.device) if dbias is not None else None
+    if cfg.chunked:
+        _layernorm_bwd_tiled_kernel[grid](
+            dy, x, weight, mean, rstd, mean_gx, mean_g, dx, dw_partial, db_partial,
+            dy.stride(0), x.stride(0), dx.stride(0), rows, rows_per_group,
+            N=hidden, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **flags,
+        )
+    else:
+        _layernorm_bwd_resident_kernel[grid](
+            dy, x, weight, mean, rstd, dx, dw_partial, db_partial,
+            dy.stride(0), x.stride(0), dx.stride(0), rows,
+            N=hidden, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **flags,
+        )
+    if dweight is not None:
+        _sum_partials(dw_partial, dweight)
+    if dbias is not None:
+        _sum_partials(db_partial, dbias)

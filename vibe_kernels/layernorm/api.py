@@ -1,0 +1,165 @@
+"""The public LayerNorm entry points: validate once, flatten to 2-D, pick a backend, run it under autograd."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ._backends import load_backend, resolve_backend
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _check_param(name: str, param: Optional[torch.Tensor], x: torch.Tensor, hidden: int) -> None:
+    if param is None:
+        return
+    if not isinstance(param, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(param).__name__}")
+    if param.dtype not in (torch.float32, x.dtype):
+        raise TypeError(
+            f"{name} must be float32 or x's dtype ({x.dtype}), got {param.dtype}"
+        )
+    if param.dim() != 1 or param.shape[0] != hidden:
+        raise ValueError(
+            f"{name} must have shape ({hidden},) to match x's last dim, got {tuple(param.shape)}"
+        )
+    if param.device != x.device:
+        raise ValueError(f"{name} is on {param.device} but x is on {x.device}; put them on the same device")
+
+
+def check_inputs(x, weight, bias, eps) -> None:
+    """Raises TypeError/ValueError describing what was received and what was expected."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"x must be float16, bfloat16 or float32, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError("x must have at least 1 dimension (..., N), got a 0-d tensor")
+    hidden = x.shape[-1]
+    if hidden == 0:
+        raise ValueError(f"x's last dim (the normalized one) must be >= 1, got shape {tuple(x.shape)}")
+    if x.stride(-1) != 1 and hidden > 1:
+        raise ValueError(
+            f"x's last dim must be contiguous (stride 1), got stride {x.stride(-1)} for shape {tuple(x.shape)}; "
+            "call x.contiguous() first"
+        )
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+    _check_param("weight", weight, x, hidden)
+    _check_param("bias", bias, x, hidden)
+
+
+def _rows_view(x: torch.Tensor) -> torch.Tensor:
+    """(..., N) -> (M, N) with unit column stride; a view whenever the leading dims can be flattened."""
+    x2d = x.reshape(-1, x.shape[-1])
+    if x2d.stride(1) != 1:  # only possible for N == 1, where the column stride is meaningless
+        x2d = x2d.as_strided(x2d.shape, (x2d.stride(0), 1))
+    return x2d
+
+
+def _run_forward(backend: str, allow_fallback: bool, x2d, weight, bias, eps, out, mean, rstd) -> str:
+    """Runs the forward on ``backend``; returns the backend that ran. Under backend="auto", a CuTeDSL kernel that
+    lacks this shape (NotImplementedError) defers to Triton."""
+    try:
+        load_backend(backend).layernorm_fwd(x2d, weight, bias, eps, out, mean, rstd)
+        return backend
+    except NotImplementedError:
+        if backend != "cutedsl" or not allow_fallback:
+            raise
+    load_backend("triton").layernorm_fwd(x2d, weight, bias, eps, out, mean, rstd)
+    return "triton"
+
+
+class LayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2d, weight, bias, eps, backend, allow_fallback, need_mean, need_rstd):
+        rows, hidden = x2d.shape
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        out = torch.empty((rows, hidden), dtype=x2d.dtype, device=x2d.device)
+        mean = torch.empty((rows,), dtype=torch.float32, device=x2d.device) if (need_mean or need_grad) else None
+        rstd = torch.empty((rows,), dtype=torch.float32, device=x2d.device) if (need_rstd or need_grad) else None
+        if rows > 0:
+            backend = _run_forward(backend, allow_fallback, x2d, weight, bias, eps, out, mean, rstd)
+        ctx.backend = backend
+        ctx.has_weight = weight is not None
+        ctx.has_bias = bias is not None
+        if need_grad:
+            ctx.save_for_backward(x2d, weight, mean, rstd)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        stats = [t for t in (mean, rstd) if t is not None]
+        ctx.mark_non_differentiable(*stats)
+        return out, mean, rstd
+
+    @staticmethod
+    def backward(ctx, dout, _dmean, _drstd):
+        x2d, weight, mean, rstd = ctx.saved_tensors
+        rows, hidden = x2d.shape
+        if dout.stride(-1) != 1:
+            dout = dout.contiguous()
+        dx = torch.empty((rows, hidden), dtype=x2d.dtype, device=x2d.device)
+        need_dw = ctx.has_weight and ctx.needs_input_grad[1]
+        need_db = ctx.has_bias and ctx.needs_input_grad[2]
+        dweight = torch.empty((hidden,), dtype=weight.dtype, device=x2d.device) if need_dw else None
+        dbias = torch.empty((hidden,), dtype=ctx.bias_dtype, device=x2d.device) if need_db else None
+        if rows > 0:
+            load_backend(ctx.backend).layernorm_bwd(dout, x2d, weight, mean, rstd, dx, dweight, dbias)
+        else:
+            for grad in (dweight, dbias):
+                if grad is not None:
+                    grad.zero_()
+        return (dx if ctx.needs_input_grad[0] else None), dweight, dbias, None, None, None, None, None
+
+
+def layernorm(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor] = None,
+    *,
+    eps: float = 1e-6,
+    return_rstd: bool = False,
+    return_mean: bool = False,
+    backend: str = "auto",
+):
+    """LayerNorm over the last dim of ``x``.
+
+    x: (..., N) float16/bfloat16/float32 with a contiguous last dim (rows may be strided).
+    weight, bias: (N,) in float32 or x's dtype, or None (no affine).
+    Returns ``out`` (x's shape and dtype), or ``(out, rstd)``, ``(out, mean)``, ``(out, rstd, mean)`` with
+    mean/rstd float32 of shape x.shape[:-1] (non-differentiable). Differentiable in x, weight and bias.
+    backend: "auto" (CuTeDSL on sm_90+, else Triton on CUDA, else torch), "cutedsl", "triton" or "torch".
+    """
+    check_inputs(x, weight, bias, eps)
+    concrete = resolve_backend(backend, x.device)
+    x2d = _rows_view(x)
+    out, mean, rstd = LayerNormFunction.apply(
+        x2d, weight, bias, float(eps), concrete, backend == "auto", return_mean, return_rstd
+    )
+    out = out.view(x.shape)
+    if not (return_rstd or return_mean):
+        return out
+    stats_shape = x.shape[:-1]
+    result = [out]
+    if return_rstd:
+        result.append(rstd.view(stats_shape))
+    if return_mean:
+        result.append(mean.view(stats_shape))
+    return tuple(result)
+
+
+def cutedsl_layernorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, return_mean=False):
+    """``layernorm`` pinned to the CuTeDSL backend (Hopper, sm_90+)."""
+    return layernorm(x, weight, bias, eps=eps, return_rstd=return_rstd, return_mean=return_mean, backend="cutedsl")
+
+
+def triton_layernorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, return_mean=False):
+    """``layernorm`` pinned to the Triton backend (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
+    return layernorm(x, weight, bias, eps=eps, return_rstd=return_rstd, return_mean=return_mean, backend="triton")
+
+
+def torch_layernorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, return_mean=False):
+    """``layernorm`` pinned to the PyTorch backend (any device; fp32 math)."""
+    return layernorm(x, weight, bias, eps=eps, return_rstd=return_rstd, return_mean=return_mean, backend="torch")
