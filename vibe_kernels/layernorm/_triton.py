@@ -57,36 +57,70 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
+# Ladders measured on an H100 (benchmarks/triton_sweep.py; docs/perf-notes.md): for rows of up to `max_n`
+# elements (bf16/fp16), the config that came closest to a same-size copy. fp32 rows take the entry for twice N.
+_FWD_LADDER = (
+    # max_n, block_m, block_n (None: whole padded row), num_warps, chunked
+    (256, 8, None, 2, False),
+    (512, 8, None, 4, False),
+    (1024, 4, None, 8, False),
+    (2048, 2, None, 8, False),
+    (4096, 2, None, 8, False),
+    (8192, 4, None, 16, False),
+    (16384, 1, 8192, 16, True),
+    (32768, 1, 8192, 16, True),
+    (65536, 1, 16384, 16, True),
+    (None, 1, 4096, 16, True),
+)
+_BWD_LADDER = (
+    # max_n, block_m, block_n (None: whole padded row), num_warps, chunked, programs_per_sm
+    (256, 8, None, 4, False, 4),
+    (512, 8, None, 4, False, 2),
+    (1024, 4, None, 4, False, 2),
+    (2048, 2, None, 4, False, 2),
+    (4096, 1, None, 8, False, 2),
+    (8192, 1, None, 16, False, 1),
+    (None, 2, 1024, 4, True, 4),
+)
+
+
+def _ladder_row(ladder, hidden: int, dtype: torch.dtype):
+    effective = hidden * 2 if dtype == torch.float32 else hidden
+    for row in ladder:
+        if row[0] is None or effective <= row[0]:
+            return row
+    raise AssertionError("ladders end with a catch-all row")
+
+
 def fwd_config(hidden: int, dtype: torch.dtype) -> FwdConfig:
-    """Heuristic forward config for rows of ``hidden`` elements of ``dtype``.
+    """Forward config for rows of ``hidden`` elements of ``dtype``, from the measured ladder.
 
     >>> fwd_config(256, torch.bfloat16)
-    FwdConfig(block_m=32, block_n=256, num_warps=8, chunked=False)
+    FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False)
+    >>> fwd_config(5000, torch.float16)
+    FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False)
     """
-    block_n = triton.next_power_of_2(hidden)
-    if block_n > MAX_RESIDENT_FWD:
-        return FwdConfig(block_m=1, block_n=8192 if dtype != torch.float32 else 4096, num_warps=16, chunked=True)
-    # About 8K elements per program (16 KB of bf16 in flight) and 16-32 elements per thread.
-    block_m = _clamp(8192 // block_n, 1, 64)
-    num_warps = _clamp(block_m * block_n // (32 * 32), 1, 16)
-    if block_n >= 8192:
-        num_warps = 16
-    return FwdConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, chunked=False)
+    _, block_m, block_n, num_warps, chunked = _ladder_row(_FWD_LADDER, hidden, dtype)
+    padded = triton.next_power_of_2(hidden)
+    if not chunked or padded <= block_n:
+        # A whole (padded) row per program step; wide fp32 rows land here with the 2x-N entry.
+        return FwdConfig(block_m=block_m, block_n=padded, num_warps=num_warps, chunked=False)
+    return FwdConfig(block_m=1, block_n=block_n, num_warps=num_warps, chunked=True)
 
 
 def bwd_config(hidden: int, dtype: torch.dtype) -> BwdConfig:
-    """Heuristic backward config.
+    """Backward config, from the measured ladder.
 
     >>> bwd_config(1024, torch.bfloat16)
-    BwdConfig(block_m=4, block_n=1024, num_warps=8, chunked=False, programs_per_sm=2)
+    BwdConfig(block_m=4, block_n=1024, num_warps=4, chunked=False, programs_per_sm=2)
     """
-    block_n = triton.next_power_of_2(hidden)
-    if block_n > MAX_RESIDENT_BWD:
-        return BwdConfig(block_m=4, block_n=1024, num_warps=8, chunked=True, programs_per_sm=4)
-    # x, dy and two fp32 accumulators per element held in registers: about 8 elements per thread per array.
-    block_m = _clamp(4096 // block_n, 1, 32)
-    num_warps = _clamp(block_m * block_n // (32 * 16), 1, 16)
-    return BwdConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, chunked=False)
+    _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_BWD_LADDER, hidden, dtype)
+    padded = triton.next_power_of_2(hidden)
+    if not chunked:
+        return BwdConfig(block_m, padded, num_warps, False, programs_per_sm)
+    if padded <= MAX_RESIDENT_BWD:  # fp32 rows of up to 8192 stay resident with the widest resident entry
+        return BwdConfig(1, padded, 16, False, 1)
+    return BwdConfig(block_m, block_n, num_warps, True, programs_per_sm)
 
 
 @functools.lru_cache(maxsize=None)
@@ -325,16 +359,27 @@ def _layernorm_bwd_tiled_kernel(
 
 
 @triton.jit
-def _sum_partials_kernel(Partial, Out, num_partials, N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Out[n] = sum_p Partial[p, n] in fp32, in a fixed order (deterministic), cast to Out's dtype."""
+def _sum_partials_kernel(
+    DW_partial, DB_partial, DW, DB, num_partials,
+    N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+):
+    """dw[n] = sum_p DW_partial[p, n] (and db likewise) in fp32 in a fixed order (deterministic), one launch for both."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    dw_acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     for start in range(0, num_partials, BLOCK_P):
         part = start + tl.arange(0, BLOCK_P)
         mask = (part < num_partials)[:, None] & col_ok[None, :]
-        acc += tl.load(Partial + part.to(tl.int64)[:, None] * N + cols[None, :], mask=mask, other=0.0)
-    tl.store(Out + cols, tl.sum(acc, axis=0).to(Out.dtype.element_ty), mask=col_ok)
+        offs = part.to(tl.int64)[:, None] * N + cols[None, :]
+        if NEED_DW:
+            dw_acc += tl.load(DW_partial + offs, mask=mask, other=0.0)
+        if NEED_DB:
+            db_acc += tl.load(DB_partial + offs, mask=mask, other=0.0)
+    if NEED_DW:
+        tl.store(DW + cols, tl.sum(dw_acc, axis=0).to(DW.dtype.element_ty), mask=col_ok)
+    if NEED_DB:
+        tl.store(DB + cols, tl.sum(db_acc, axis=0).to(DB.dtype.element_ty), mask=col_ok)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -361,11 +406,14 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         )
 
 
-def _sum_partials(partial: torch.Tensor, out: torch.Tensor) -> None:
-    num_partials, hidden = partial.shape
-    block_n = min(triton.next_power_of_2(hidden), 256)
+def _sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
+    num_partials, hidden = (dw_partial if dw_partial is not None else db_partial).shape
+    # Narrow column blocks and all partial rows at once: enough programs and bytes in flight even for small N.
+    block_n = min(triton.next_power_of_2(hidden), 32)
+    block_p = min(triton.next_power_of_2(num_partials), 256)
     _sum_partials_kernel[(triton.cdiv(hidden, block_n),)](
-        partial, out, num_partials, N=hidden, BLOCK_P=32, BLOCK_N=block_n, num_warps=4
+        dw_partial, db_partial, dweight, dbias, num_partials,
+        N=hidden, BLOCK_P=block_p, BLOCK_N=block_n, NEED_DW=dweight is not None, NEED_DB=dbias is not None, num_warps=4,
     )
 
 
@@ -404,7 +452,5 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             dy.stride(0), x.stride(0), dx.stride(0), rows,
             N=hidden, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **flags,
         )
-    if dweight is not None:
-        _sum_partials(dw_partial, dweight)
-    if dbias is not None:
-        _sum_partials(db_partial, dbias)
+    if dweight is not None or dbias is not None:
+        _sum_partials(dw_partial, db_partial, dweight, dbias)
