@@ -21,20 +21,25 @@ SHAPES = [
     (32768, 8192, torch.bfloat16), (32768, 16384, torch.bfloat16), (32768, 32768, torch.bfloat16),
     (32768, 65536, torch.bfloat16), (16384, 131072, torch.bfloat16), (8192, 262144, torch.bfloat16),
     (4096, 8192, torch.float16), (4096, 4096, torch.float16), (8192, 8192, torch.float32), (4095, 5000, torch.float16),
+    (32768, 512, torch.bfloat16), (32768, 2048, torch.bfloat16), (8192, 16384, torch.float32),
 ]
 
 
 def fwd_candidates(n):
     bn = triton.next_power_of_2(n)
     cands = [T.fwd_config(n, torch.bfloat16)]
+    if bn > n and bn <= T.MAX_RESIDENT_FWD:  # head + tail variants for rows far from a power of two
+        tail = triton.next_power_of_2(n - bn // 2)
+        for bm, nw in itertools.product([1, 2, 4], [4, 8, 16]):
+            cands.append(T.FwdConfig(bm, bn // 2, nw, False, tail))
     if bn <= T.MAX_RESIDENT_FWD:
         for bm, nw in itertools.product([1, 2, 4, 8, 16, 32], [2, 4, 8, 16, 32]):
             if bm * bn > 32768 or bm * bn < 1024 or bm * bn // (32 * nw) > 64 or bm * bn // (32 * nw) < 8:
                 continue
             cands.append(T.FwdConfig(bm, bn, nw, False))
-    for cb, nw in itertools.product([1024, 2048, 4096, 8192, 16384], [4, 8, 16]):
-        if cb <= bn and cb < n and 8 <= cb // (32 * nw) <= 32:
-            cands.append(T.FwdConfig(1, cb, nw, True))
+    for cb, nw, pps in itertools.product([1024, 2048, 4096, 8192, 16384], [4, 8, 16, 32], [0, 1, 2, 4]):
+        if cb <= bn and cb < n and 8 <= cb // (32 * nw) <= 32 and (pps == 0 or n >= 16384) and (nw < 32 or n >= 16384):
+            cands.append(T.FwdConfig(1, cb, nw, True, 0, pps))
     return list(dict.fromkeys(cands))
 
 

@@ -33,12 +33,15 @@ MAX_RESIDENT_BWD = 8192
 
 @dataclass(frozen=True)
 class FwdConfig:
-    """block_n: columns per program step (the whole padded row when not chunked); block_m: rows per program."""
+    """block_m: rows per program. Resident: a row is a block_n head (the whole padded row when tail_n == 0) plus
+    a tail_n tail. Chunked: block_n columns per step."""
 
     block_m: int
     block_n: int
     num_warps: int
     chunked: bool
+    tail_n: int = 0
+    programs_per_sm: int = 0  # chunked only: 0 = one program per row; k = a persistent grid of k x SMs
 
 
 @dataclass(frozen=True)
@@ -60,17 +63,18 @@ def _clamp(value: int, low: int, high: int) -> int:
 # Ladders measured on an H100 (benchmarks/triton_sweep.py; docs/perf-notes.md): for rows of up to `max_n`
 # elements (bf16/fp16), the config that came closest to a same-size copy. fp32 rows take the entry for twice N.
 _FWD_LADDER = (
-    # max_n, block_m, block_n (None: whole padded row), num_warps, chunked
-    (256, 8, None, 2, False),
-    (512, 8, None, 4, False),
-    (1024, 4, None, 8, False),
-    (2048, 2, None, 8, False),
-    (4096, 2, None, 8, False),
-    (8192, 4, None, 16, False),
-    (16384, 1, 8192, 16, True),
-    (32768, 1, 8192, 16, True),
-    (65536, 1, 16384, 16, True),
-    (None, 1, 4096, 16, True),
+    # max_n, block_m, block_n (None: whole padded row), num_warps, chunked, programs_per_sm (chunked; 0: a row each)
+    (256, 8, None, 2, False, 0),
+    (512, 8, None, 4, False, 0),
+    (1024, 4, None, 8, False, 0),
+    (2048, 2, None, 8, False, 0),
+    (4096, 2, None, 8, False, 0),
+    (8192, 4, None, 16, False, 0),
+    (16384, 1, 8192, 16, True, 0),
+    (32768, 1, 4096, 16, True, 0),
+    (65536, 1, 16384, 32, True, 0),
+    (131072, 1, 16384, 32, True, 1),
+    (None, 1, 8192, 32, True, 4),
 )
 _BWD_LADDER = (
     # max_n, block_m, block_n (None: whole padded row), num_warps, chunked, programs_per_sm
@@ -96,16 +100,21 @@ def fwd_config(hidden: int, dtype: torch.dtype) -> FwdConfig:
     """Forward config for rows of ``hidden`` elements of ``dtype``, from the measured ladder.
 
     >>> fwd_config(256, torch.bfloat16)
-    FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False)
+    FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0)
     >>> fwd_config(5000, torch.float16)
-    FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False)
+    FwdConfig(block_m=2, block_n=4096, num_warps=8, chunked=False, tail_n=1024, programs_per_sm=0)
     """
-    _, block_m, block_n, num_warps, chunked = _ladder_row(_FWD_LADDER, hidden, dtype)
+    _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_FWD_LADDER, hidden, dtype)
     padded = triton.next_power_of_2(hidden)
     if not chunked or padded <= block_n:
-        # A whole (padded) row per program step; wide fp32 rows land here with the 2x-N entry.
+        # A whole row per program step; wide fp32 rows land here with the 2x-N entry.
+        head = padded // 2
+        tail = triton.next_power_of_2(hidden - head) if hidden > head else 0
+        if hidden >= 1024 and head + tail < padded:  # > 25% padding: hold a head + tail instead (N = 5000: 4096 + 1024)
+            _, block_m, _, num_warps, _, _ = _ladder_row(_FWD_LADDER, head, dtype)
+            return FwdConfig(block_m=block_m, block_n=head, num_warps=num_warps, chunked=False, tail_n=tail)
         return FwdConfig(block_m=block_m, block_n=padded, num_warps=num_warps, chunked=False)
-    return FwdConfig(block_m=1, block_n=block_n, num_warps=num_warps, chunked=True)
+    return FwdConfig(block_m=1, block_n=block_n, num_warps=num_warps, chunked=True, programs_per_sm=programs_per_sm)
 
 
 def bwd_config(hidden: int, dtype: torch.dtype) -> BwdConfig:
@@ -142,29 +151,45 @@ def _program_slots(device: torch.device) -> int:
 def _layernorm_fwd_resident_kernel(
     X, Y, W, B, Mean, Rstd,
     stride_x_row, stride_y_row, rows, eps,
-    N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
 ):
+    """BLOCK_M whole rows per program. Rows far from a power of two (N = 5000) are held as a BLOCK_N head plus a
+    TAIL_N tail instead of one padded 8192-wide tile, so fewer lanes sit idle."""
     row_idx = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
     row_ok = row_idx < rows
-    mask = row_ok[:, None] & (cols < N)[None, :]
     row_off = row_idx.to(tl.int64)[:, None]
+    cols = tl.arange(0, BLOCK_N)
+    mask = row_ok[:, None] & (cols < N)[None, :]
     x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / N
+    row_sum = tl.sum(x, axis=1)
+    if TAIL_N > 0:
+        tail_cols = BLOCK_N + tl.arange(0, TAIL_N)
+        tail_mask = row_ok[:, None] & (tail_cols < N)[None, :]
+        x_tail = tl.load(X + row_off * stride_x_row + tail_cols[None, :], mask=tail_mask, other=0.0).to(tl.float32)
+        row_sum += tl.sum(x_tail, axis=1)
+    mean = row_sum / N
     centered = x - mean[:, None]
-    if BLOCK_N != N:  # padded lanes must not add (0 - mean)^2 to the variance
+    if BLOCK_N > N:  # padded lanes must not add (0 - mean)^2 to the variance
         centered = tl.where(mask, centered, 0.0)
-    var = tl.sum(centered * centered, axis=1) / N
-    rstd = tl.math.rsqrt(var + eps)
+    sq_sum = tl.sum(centered * centered, axis=1)
+    if TAIL_N > 0:
+        centered_tail = tl.where(tail_mask, x_tail - mean[:, None], 0.0)
+        sq_sum += tl.sum(centered_tail * centered_tail, axis=1)
+    rstd = tl.math.rsqrt(sq_sum / N + eps)
     y = centered * rstd[:, None]
     if HAS_W:
-        w = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)
-        y = y * w[None, :]
+        y = y * tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
-        b = tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)
-        y = y + b[None, :]
+        y = y + tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     tl.store(Y + row_off * stride_y_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    if TAIL_N > 0:
+        y_tail = centered_tail * rstd[:, None]
+        if HAS_W:
+            y_tail = y_tail * tl.load(W + tail_cols, mask=tail_cols < N, other=0.0).to(tl.float32)[None, :]
+        if HAS_B:
+            y_tail = y_tail + tl.load(B + tail_cols, mask=tail_cols < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(Y + row_off * stride_y_row + tail_cols[None, :], y_tail.to(Y.dtype.element_ty), mask=tail_mask)
     if STORE_MEAN:
         tl.store(Mean + row_idx, mean, mask=row_ok)
     if STORE_RSTD:
@@ -207,32 +232,35 @@ def _row_mean_var(x_row, N: tl.constexpr, BLOCK_N: tl.constexpr):
 @triton.jit
 def _layernorm_fwd_chunked_kernel(
     X, Y, W, B, Mean, Rstd,
-    stride_x_row, stride_y_row, eps,
+    stride_x_row, stride_y_row, rows, eps,
     N: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    x_row = X + row.to(tl.int64) * stride_x_row
-    y_row = Y + row.to(tl.int64) * stride_y_row
-    mean, var = _row_mean_var(x_row, N, BLOCK_N)
-    rstd = tl.math.rsqrt(var + eps)
+    """Rows pid, pid + P, ...: a Welford pass for the statistics, then a normalizing pass. The grid size P bounds
+    the rows in flight, so that the second pass finds its row in L2 instead of HBM."""
     cols = tl.arange(0, BLOCK_N)
     NUM_CHUNKS: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
-    # Reverse order: the chunks read last by the statistics pass are the likeliest to still be in L2.
-    for back in range(NUM_CHUNKS):
-        offs = (NUM_CHUNKS - 1 - back) * BLOCK_N + cols
-        in_row = offs < N
-        x = tl.load(x_row + offs, mask=in_row, other=0.0).to(tl.float32)
-        y = (x - mean) * rstd
-        if HAS_W:
-            y = y * tl.load(W + offs, mask=in_row, other=0.0).to(tl.float32)
-        if HAS_B:
-            y = y + tl.load(B + offs, mask=in_row, other=0.0).to(tl.float32)
-        tl.store(y_row + offs, y.to(Y.dtype.element_ty), mask=in_row)
-    if STORE_MEAN:
-        tl.store(Mean + row, mean)
-    if STORE_RSTD:
-        tl.store(Rstd + row, rstd)
+    for row in range(tl.program_id(0), rows, tl.num_programs(0)):
+        row64 = tl.cast(row, tl.int64)
+        x_row = X + row64 * stride_x_row
+        y_row = Y + row64 * stride_y_row
+        mean, var = _row_mean_var(x_row, N, BLOCK_N)
+        rstd = tl.math.rsqrt(var + eps)
+        # Reverse order: the chunks read last by the statistics pass are the likeliest to still be in L2.
+        for back in range(NUM_CHUNKS):
+            offs = (NUM_CHUNKS - 1 - back) * BLOCK_N + cols
+            in_row = offs < N
+            x = tl.load(x_row + offs, mask=in_row, other=0.0).to(tl.float32)
+            y = (x - mean) * rstd
+            if HAS_W:
+                y = y * tl.load(W + offs, mask=in_row, other=0.0).to(tl.float32)
+            if HAS_B:
+                y = y + tl.load(B + offs, mask=in_row, other=0.0).to(tl.float32)
+            tl.store(y_row + offs, y.to(Y.dtype.element_ty), mask=in_row)
+        if STORE_MEAN:
+            tl.store(Mean + row, mean)
+        if STORE_RSTD:
+            tl.store(Rstd + row, rstd)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -395,14 +423,15 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         HAS_W=weight is not None, HAS_B=bias is not None, STORE_MEAN=mean is not None, STORE_RSTD=rstd is not None
     )
     if cfg.chunked:
-        _layernorm_fwd_chunked_kernel[(rows,)](
-            x, out, weight, bias, mean, rstd, x.stride(0), out.stride(0), eps,
+        programs = rows if cfg.programs_per_sm == 0 else min(rows, cfg.programs_per_sm * _program_slots(x.device))
+        _layernorm_fwd_chunked_kernel[(programs,)](
+            x, out, weight, bias, mean, rstd, x.stride(0), out.stride(0), rows, eps,
             N=hidden, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **flags,
         )
     else:
         _layernorm_fwd_resident_kernel[(triton.cdiv(rows, cfg.block_m),)](
             x, out, weight, bias, mean, rstd, x.stride(0), out.stride(0), rows, eps,
-            N=hidden, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **flags,
+            N=hidden, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, num_warps=cfg.num_warps, **flags,
         )
 
 
