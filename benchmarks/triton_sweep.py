@@ -78,7 +78,7 @@ def main():
         mean = torch.empty(m, device="cuda")
         rstd = torch.empty(m, device="cuda")
         copy_ms = do_bench(lambda: y.copy_(x), return_mode="median", warmup=10, rep=30)
-        ref = layernorm_ref(x, w, b, 1e-6)
+        ref = layernorm_ref(x, w, b, 1e-6) if args.mode != "bwd" else None
         line = {"M": m, "N": n, "dtype": str(dt), "copy_ms": copy_ms}
         if args.mode in ("fwd", "both"):
             best = None
@@ -104,7 +104,8 @@ def main():
             dw = torch.empty(n, device="cuda")
             db = torch.empty(n, device="cuda")
             T.layernorm_fwd(x, w, b, 1e-6, y, mean, rstd)
-            dx_ref, dw_ref, db_ref = layernorm_bwd_ref(dy, x, w, mean, rstd)
+            check_rows = m if m * n <= (1 << 27) else 256  # the fp32 reference of a 4 GB tensor does not fit
+            dx_ref, dw_ref, db_ref = layernorm_bwd_ref(dy[:check_rows], x[:check_rows], w, mean[:check_rows], rstd[:check_rows])
             ref = None
             torch.cuda.empty_cache()
             add_ms = do_bench(lambda: torch.add(x, dy, out=dx), return_mode="median", warmup=10, rep=30)
@@ -117,8 +118,8 @@ def main():
                 except Exception as e:  # noqa: BLE001
                     print("  bwd", cfg, "failed:", type(e).__name__, str(e)[:100], flush=True)
                     continue
-                err = (dx.float() - dx_ref.float()).abs().max().item()
-                errw = ((dw - dw_ref).abs().max() / dw_ref.abs().max()).item()
+                err = (dx[:check_rows].float() - dx_ref.float()).abs().max().item()
+                errw = ((dw - dw_ref).abs().max() / dw_ref.abs().max()).item() if check_rows == m else float("nan")
                 ms = do_bench(lambda: T.layernorm_bwd(dy, x, w, mean, rstd, dx, dw, db, config=cfg), return_mode="median", warmup=10, rep=30)
                 if best is None or ms < best[0]:
                     best = (ms, cfg, err, errw)

@@ -7,6 +7,7 @@ imports (triton, cutlass) happen only when a backend is first used.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -17,13 +18,28 @@ import torch
 BACKENDS = ("auto", "cutedsl", "triton", "torch")
 
 
+@functools.lru_cache(maxsize=None)
+def _installed(module: str) -> bool:
+    # find_spec walks sys.path: seconds over a long PYTHONPATH if repeated on every call, so once per process.
+    return importlib.util.find_spec(module) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)
+
+
+def _device_index(device: torch.device | None) -> int:
+    return device.index if device is not None and device.index is not None else torch.cuda.current_device()
+
+
 def _triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def triton_unavailable_reason(device: torch.device | None = None) -> str:
     """Empty string when the Triton backend can run on ``device`` (default: the current CUDA device), else why not."""
-    if importlib.util.find_spec("triton") is None:
+    if not _installed("triton"):
         return "the 'triton' package is not installed"
     if device is not None and device.type == "cpu":
         if _triton_interpreter_on():
@@ -38,13 +54,13 @@ def triton_unavailable_reason(device: torch.device | None = None) -> str:
 
 def cutedsl_unavailable_reason(device: torch.device | None = None) -> str:
     """Empty string when the CuTeDSL backend can run on ``device`` (default: the current CUDA device), else why not."""
-    if importlib.util.find_spec("cutlass") is None:
+    if not _installed("cutlass"):
         return "the 'nvidia-cutlass-dsl' package (module 'cutlass') is not installed"
     if device is not None and device.type != "cuda":
         return f"x is on a {device.type} device; CuTeDSL kernels need a CUDA tensor"
     if not torch.cuda.is_available():
         return "no CUDA device is available"
-    major, minor = torch.cuda.get_device_capability(device)
+    major, minor = _capability(_device_index(device))
     if major < 9:
         return f"CuTeDSL kernels target Hopper (sm_90) or newer; this GPU is sm_{major}{minor}"
     return ""
@@ -58,6 +74,7 @@ _UNAVAILABLE_REASON = {
 _MODULE_NAME = {"cutedsl": "._cutedsl", "triton": "._triton", "torch": "._torch"}
 
 
+@functools.lru_cache(maxsize=None)
 def load_backend(name: str) -> ModuleType:
     return importlib.import_module(_MODULE_NAME[name], __package__)
 

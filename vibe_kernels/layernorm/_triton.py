@@ -168,15 +168,27 @@ def _layernorm_fwd_resident_kernel(
         tail_mask = row_ok[:, None] & (tail_cols < N)[None, :]
         x_tail = tl.load(X + row_off * stride_x_row + tail_cols[None, :], mask=tail_mask, other=0.0).to(tl.float32)
         row_sum += tl.sum(x_tail, axis=1)
+    # Corrected two-pass statistics: the fp32 mean of rows with a large common offset (1000 + noise) is a few ulps
+    # off, which would add (error)^2 to the variance; the mean of the centered row measures that error exactly
+    # enough to remove it from both the mean and the variance.
     mean = row_sum / N
     centered = x - mean[:, None]
     if BLOCK_N > N:  # padded lanes must not add (0 - mean)^2 to the variance
         centered = tl.where(mask, centered, 0.0)
+    centered_sum = tl.sum(centered, axis=1)
     sq_sum = tl.sum(centered * centered, axis=1)
     if TAIL_N > 0:
         centered_tail = tl.where(tail_mask, x_tail - mean[:, None], 0.0)
+        centered_sum += tl.sum(centered_tail, axis=1)
         sq_sum += tl.sum(centered_tail * centered_tail, axis=1)
-    rstd = tl.math.rsqrt(sq_sum / N + eps)
+    correction = centered_sum / N
+    mean += correction
+    rstd = tl.math.rsqrt(sq_sum / N - correction * correction + eps)
+    centered = centered - correction[:, None]
+    if BLOCK_N > N:
+        centered = tl.where(mask, centered, 0.0)
+    if TAIL_N > 0:
+        centered_tail = centered_tail - correction[:, None]
     y = centered * rstd[:, None]
     if HAS_W:
         y = y * tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
@@ -197,36 +209,25 @@ def _layernorm_fwd_resident_kernel(
 
 
 @triton.jit
-def _welford_combine(mean_a, m2_a, count_a, mean_b, m2_b, count_b):
-    count = count_a + count_b
-    frac_b = tl.where(count == 0, 0.0, count_b / tl.where(count == 0, 1.0, count))
-    delta = mean_b - mean_a
-    return mean_a + delta * frac_b, m2_a + m2_b + delta * delta * count_a * frac_b, count
-
-
-@triton.jit
 def _row_mean_var(x_row, N: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Mean and biased variance of one row of N elements, streamed in BLOCK_N chunks (per-lane Welford)."""
+    """Mean and biased variance of one row of N elements, streamed in BLOCK_N chunks.
+
+    Sums of (x - p) and (x - p)^2 with the pivot p = the mean of the first chunk: p is within a few standard
+    deviations of the row mean, so var = E[(x-p)^2] - E[x-p]^2 cancels little, and a large common offset
+    (1000 + noise) never enters the sums. The first chunk is read twice; the second read hits L1/L2."""
     cols = tl.arange(0, BLOCK_N)
-    lane_mean = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    lane_m2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    NUM_FULL: tl.constexpr = N // BLOCK_N
-    for chunk in range(NUM_FULL):
-        x = tl.load(x_row + chunk * BLOCK_N + cols).to(tl.float32)
-        delta = x - lane_mean
-        lane_mean += delta * (1.0 / (chunk + 1))
-        lane_m2 += delta * (x - lane_mean)
-    lane_count = tl.full((BLOCK_N,), NUM_FULL, tl.float32)
-    if N % BLOCK_N != 0:
-        offs = NUM_FULL * BLOCK_N + cols
+    FIRST_COUNT: tl.constexpr = BLOCK_N if BLOCK_N < N else N
+    pivot = tl.sum(tl.load(x_row + cols, mask=cols < N, other=0.0).to(tl.float32), axis=0) / FIRST_COUNT
+    lane_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for start in range(0, N, BLOCK_N):
+        offs = start + cols
         in_row = offs < N
-        x = tl.load(x_row + offs, mask=in_row, other=0.0).to(tl.float32)
-        delta = tl.where(in_row, x - lane_mean, 0.0)
-        lane_mean += delta * (1.0 / (NUM_FULL + 1))
-        lane_m2 += delta * (x - lane_mean)
-        lane_count += in_row.to(tl.float32)
-    mean, m2, _ = tl.reduce((lane_mean, lane_m2, lane_count), 0, _welford_combine)
-    return mean, m2 / N
+        shifted = tl.where(in_row, tl.load(x_row + offs, mask=in_row, other=0.0).to(tl.float32) - pivot, 0.0)
+        lane_sum += shifted
+        lane_sq += shifted * shifted
+    shift_mean = tl.sum(lane_sum, axis=0) / N
+    return pivot + shift_mean, tl.sum(lane_sq, axis=0) / N - shift_mean * shift_mean
 
 
 @triton.jit

@@ -1,7 +1,8 @@
 """Reference LayerNorm math in fp32 (or fp64 when given fp64), used by the torch backend and by the tests.
 
-All statistics are computed in at least fp32, with a two-pass variance (mean first, then the mean of the squared
-deviations), which stays accurate for rows with a large common offset (1000 + small noise).
+All statistics are computed in at least fp32 with a corrected two-pass variance (mean first, then the mean of the
+squared deviations, minus the square of the deviations' mean), which stays accurate for rows with a large common
+offset (1000 + small noise).
 """
 
 from __future__ import annotations
@@ -13,16 +14,27 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _mean_and_centered(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Corrected two-pass statistics over the last dim: (mean, centered, biased variance), keepdim.
+
+    The first-pass mean of rows with a large common offset (1000 + noise, fp32) is a few ulps off; the mean of the
+    centered row measures that error, and subtracting it fixes both the mean and the variance.
+    """
+    rough_mean = xf.mean(dim=-1, keepdim=True)
+    centered = xf - rough_mean
+    correction = centered.mean(dim=-1, keepdim=True)
+    var = (centered * centered).mean(dim=-1, keepdim=True) - correction * correction
+    return rough_mean + correction, centered - correction, var
+
+
 def layernorm_mean_ref(x: torch.Tensor) -> torch.Tensor:
     """Mean over the last dim, in fp32 (fp64 for fp64 x). Shape x.shape[:-1]."""
-    return x.to(_stat_dtype(x.dtype)).mean(dim=-1)
+    return _mean_and_centered(x.to(_stat_dtype(x.dtype)))[0].squeeze(-1)
 
 
 def layernorm_rstd_ref(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """1 / sqrt(biased variance + eps) over the last dim, in fp32 (fp64 for fp64 x). Shape x.shape[:-1]."""
-    xf = x.to(_stat_dtype(x.dtype))
-    centered = xf - xf.mean(dim=-1, keepdim=True)
-    return torch.rsqrt((centered * centered).mean(dim=-1) + eps)
+    return torch.rsqrt(_mean_and_centered(x.to(_stat_dtype(x.dtype)))[2] + eps).squeeze(-1)
 
 
 def layernorm_ref(
@@ -38,11 +50,8 @@ def layernorm_ref(
     gradient reference.
     """
     stat_dtype = _stat_dtype(x.dtype)
-    xf = x.to(stat_dtype)
-    mean = xf.mean(dim=-1, keepdim=True)
-    centered = xf - mean
-    rstd = torch.rsqrt((centered * centered).mean(dim=-1, keepdim=True) + eps)
-    y = centered * rstd
+    _, centered, var = _mean_and_centered(x.to(stat_dtype))
+    y = centered * torch.rsqrt(var + eps)
     if weight is not None:
         y = y * weight.to(stat_dtype)
     if bias is not None:
