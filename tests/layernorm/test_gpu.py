@@ -1,0 +1,112 @@
+"""Realistic shapes on a CUDA GPU (skipped without one, see conftest.py): the seed's usage example, and the Triton
+and auto backends forward + backward against the fp32/fp64 reference, with poisoned outputs for launcher calls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vibe_kernels.layernorm import (
+    _triton,
+    cutedsl_layernorm,
+    is_cutedsl_layernorm_available,
+    layernorm,
+    layernorm_mean_ref,
+    layernorm_ref,
+    layernorm_rstd_ref,
+)
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = [  # (M, N, dtype)
+    (4096, 8192, torch.bfloat16),
+    (32768, 256, torch.bfloat16),
+    (4, 65536, torch.bfloat16),
+    (2, 262144, torch.float16),
+    (4095, 5000, torch.float16),
+]
+
+
+def _inputs(gen, rows, hidden, dtype, requires_grad=False):
+    x = (torch.randn(rows, hidden, generator=gen, device="cuda") * 1.5 + 0.25).to(dtype)
+    weight = 1 + 0.5 * torch.randn(hidden, generator=gen, device="cuda")
+    bias = (0.5 * torch.randn(hidden, generator=gen, device="cuda")).to(dtype)
+    return tuple(t.requires_grad_(requires_grad) for t in (x, weight, bias))
+
+
+@pytest.fixture
+def cuda_gen(gen):
+    # Fresh per-test inputs generated on the GPU (CPU generation of 4096 x 8192 would dominate the test).
+    return torch.Generator(device="cuda").manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+
+
+def test_seed_usage_example(check):
+    if not is_cutedsl_layernorm_available():
+        pytest.skip("CuTeDSL backend unavailable (needs nvidia-cutlass-dsl and sm_90+)")
+    x = torch.randn(1024, 8192, device='cuda', dtype=torch.float16)
+    weight = torch.randn(8192, device='cuda', dtype=torch.float32)
+    out, rstd, mean = cutedsl_layernorm(x, weight, return_rstd=True, return_mean=True)
+    assert out.shape == (1024, 8192) and out.dtype == torch.float16
+    assert rstd.shape == mean.shape == (1024,) and rstd.dtype == mean.dtype == torch.float32
+    check.out(out, x, weight, None, 1e-6)
+    check.stats(mean, rstd, x, 1e-6)
+
+
+@pytest.mark.parametrize("backend", ["triton", "auto", "cutedsl"])
+@pytest.mark.parametrize("rows, hidden, dtype", SHAPES, ids=lambda v: str(v).replace("torch.", ""))
+def test_forward_backward_realistic(cuda_gen, check, backend, rows, hidden, dtype):
+    x, weight, bias = _inputs(cuda_gen, rows, hidden, dtype, requires_grad=True)
+    if backend == "cutedsl":
+        if not is_cutedsl_layernorm_available():
+            pytest.skip("CuTeDSL backend unavailable (needs nvidia-cutlass-dsl and sm_90+)")
+        from vibe_kernels.layernorm._cutedsl import MAX_N
+
+        if hidden > MAX_N:
+            # The one refusal the backend documents (api._run_forward: "auto" defers such shapes to Triton).
+            with pytest.raises(NotImplementedError, match=rf"N={hidden} is not supported"):
+                layernorm(x, weight, bias, eps=1e-5, backend=backend)
+            return
+    out, rstd, mean = layernorm(x, weight, bias, eps=1e-5, return_rstd=True, return_mean=True, backend=backend)
+    check.out(out, x, weight, bias, 1e-5)
+    check.stats(mean, rstd, x, 1e-5)
+    dy = torch.randn(out.shape, generator=cuda_gen, device="cuda").to(dtype)
+    out.backward(dy)
+    check.grads(x, weight, bias, dy, 1e-5, x.grad, weight.grad, bias.grad)
+
+
+@pytest.mark.parametrize("rows, hidden, dtype", SHAPES, ids=lambda v: str(v).replace("torch.", ""))
+def test_launchers_write_every_element(cuda_gen, check, rows, hidden, dtype):
+    x, weight, bias = _inputs(cuda_gen, rows, hidden, dtype)
+    nan = float("nan")
+    out = torch.full_like(x, nan)
+    mean = torch.full((rows,), nan, device="cuda")
+    rstd = torch.full((rows,), nan, device="cuda")
+    _triton.layernorm_fwd(x, weight, bias, 1e-5, out, mean, rstd)
+    check.out(out, x, weight, bias, 1e-5)
+    check.stats(mean, rstd, x, 1e-5)
+
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
+    dx = torch.full_like(x, nan)
+    dweight = torch.full_like(weight, nan)
+    dbias = torch.full_like(bias, nan)
+    _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)
+    check.grads(x, weight, bias, dy, 1e-5, dx, dweight, dbias)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_against_fp32_reference_and_plain_pytorch(cuda_gen, dtype):
+    # flash-attention's criterion: no worse than twice PyTorch's own error in the same dtype.
+    x, weight, bias = _inputs(cuda_gen, 4096, 8192, dtype)
+    weight = weight.to(dtype)
+    ref = layernorm_ref(x.float(), weight.float(), bias.float(), 1e-5, out_dtype=torch.float32)
+    ours = layernorm(x, weight, bias, eps=1e-5, backend="triton")
+    plain = torch.nn.functional.layer_norm(x, (8192,), weight, bias, 1e-5)
+    err, plain_err = (ours.float() - ref).abs().max(), (plain.float() - ref).abs().max()
+    assert err <= 2 * plain_err + 1e-6, f"max error {err:.3e} vs PyTorch's {plain_err:.3e}"
+
+
+def test_stats_match_reference_at_scale(cuda_gen):
+    x, _, _ = _inputs(cuda_gen, 2048, 8192, torch.bfloat16)
+    _, rstd, mean = layernorm(x, None, eps=1e-5, return_rstd=True, return_mean=True, backend="triton")
+    torch.testing.assert_close(mean, layernorm_mean_ref(x.double()).float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rstd, layernorm_rstd_ref(x.double(), 1e-5).float(), rtol=1e-5, atol=0)

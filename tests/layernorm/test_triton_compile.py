@@ -1,0 +1,336 @@
+"""Every Triton kernel variant that the launchers in vibe_kernels.layernorm._triton can produce compiles ahead of
+time for sm_90 (H100), with no GPU needed, and the resident kernels get 128-bit loads at aligned N.
+
+How the variants are found: the launchers themselves are called (with small CPU tensors) while each kernel object
+is replaced by a recorder, so the constexprs, pointer dtypes, None arguments and num_warps are exactly what the
+launchers would pass; each recorded launch becomes ``triton.compile(ASTSource(fn, signature, constexprs, attrs),
+target=GPUTarget("cuda", 90, 32))``. Signatures follow Triton's JIT specialisation: tensors -> "*<dtype>" with a
+16-byte-divisibility attribute (fresh allocations are aligned), None -> constexpr, ints == 1 -> constexpr, other
+ints -> i32 (+ divisibility 16 when divisible), floats -> fp32.
+
+Why a subprocess: with TRITON_INTERPRET=1 (set by conftest.py when there is no GPU) triton builds every @jit
+function at import, its own tl.sum etc. included, as an interpreted function, which the compiler cannot lower. So
+the compile runs in a fresh interpreter with TRITON_INTERPRET=0 (this file's ``__main__``), which works with or
+without a GPU, whatever the parent process has set.
+
+Grid trimming (a compile costs ~0.2 s; the full product of dtypes x flags x N would be thousands): the full flag
+grid (HAS_W, HAS_B, STORE_MEAN, STORE_RSTD for the forward; every (weight, dweight, dbias) the API can ask for in
+the backward) runs for every dtype at one resident and one chunked N; every config bucket of fwd_config/bwd_config
+(one N per distinct config, plus the odd sizes) runs for every dtype with the training flag set only (weight in x's
+dtype, fp32 bias, all outputs). Weight/bias dtypes (fp32 vs x's) vary across those scenarios. Variants are
+deduplicated before compiling. One subprocess per (launcher, flags|sizes, dtype) so pytest-xdist spreads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TARGET = ("cuda", 90, 32)
+DTYPES = ["float32", "float16", "bfloat16"]
+
+# Candidate row widths: powers of two first, so each config bucket is represented by an aligned N where it has one.
+POW2_SIZES = [1, 16, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144]
+ODD_SIZES = [111, 769, 1128, 5000, 8200, 32776]  # ragged last blocks, head+tail rows; always compiled
+
+
+def representative_sizes(config_fn, dtype) -> list[int]:
+    """One N per distinct config that the heuristic returns (its config bucket), plus every odd size."""
+    seen, sizes = set(), []
+    for hidden in POW2_SIZES + ODD_SIZES:
+        cfg = config_fn(hidden, dtype)
+        if cfg not in seen or hidden in ODD_SIZES:
+            seen.add(cfg)
+            sizes.append(hidden)
+    return sizes
+
+
+def opt_in_configs(cls_name: str, dtype: str, hidden: int) -> list[dict]:
+    """Configs the heuristics never return but a caller can pass (config=): the heuristic config for ``hidden``
+    with one opt-in switch turned on (a bool field defaulting to False, other than ``chunked``, e.g. a single-kernel
+    or split-row path), as JSON. Found from the dataclass, so a new switch is covered without editing this test."""
+    from vibe_kernels.layernorm import _triton
+
+    cls = getattr(_triton, cls_name)
+    heuristic = (_triton.fwd_config if cls is _triton.FwdConfig else _triton.bwd_config)(hidden, getattr(_torch(), dtype))
+    switches = [f.name for f in dataclasses.fields(cls) if f.default is False and f.name != "chunked"]
+    return [{"cls": cls_name, "fields": dataclasses.asdict(dataclasses.replace(heuristic, **{name: True}))}
+            for name in switches]
+
+
+def fwd_scenarios(dtype: str, part: str) -> list[dict]:
+    """Forward launches. "flags": the full flag grid at one resident and one chunked N (and every opt-in config);
+    "sizes": the training flag set (weight in x's dtype, fp32 bias, mean and rstd stored) at every
+    bucket's N, and rows == 1 (the JIT turns an int argument equal to 1 into a constexpr: another variant)."""
+    def scenario(hidden, weight, bias, mean, rstd, rows=64, config=None):
+        return dict(launcher="fwd", dtype=dtype, rows=rows, hidden=hidden, weight=weight, bias=bias, mean=mean,
+                    rstd=rstd, config=config)
+
+    if part == "flags":
+        configs = [(1024, None), (65536, None)] + [(65536, c) for c in opt_in_configs("FwdConfig", dtype, 65536)]
+        return [scenario(hidden, "float32" if has_w else None, "x" if has_b else None, mean, rstd, config=config)
+                for hidden, config in configs
+                for has_w, has_b, mean, rstd in itertools.product([True, False], repeat=4)]
+    from vibe_kernels.layernorm._triton import fwd_config
+
+    sizes = representative_sizes(fwd_config, getattr(_torch(), dtype))
+    return [scenario(hidden, "x", "float32", True, True) for hidden in sizes] + [
+        scenario(4096, "x", "x", False, False, rows=1), scenario(65536, "x", "x", False, False, rows=1)]
+
+
+BWD_FLAG_SETS = [  # (weight, dweight wanted, dbias dtype or None): every set the API can ask for
+    (None, False, None), (None, False, "x"), ("float32", False, None), ("float32", True, None),
+    ("x", False, "float32"), ("x", True, "x"),
+]
+
+
+def bwd_scenarios(dtype: str, part: str) -> list[dict]:
+    """Backward launches. "flags": every BWD_FLAG_SETS entry at one resident and one chunked N (and every opt-in
+    config); "sizes": the training set (weight in x's dtype with its gradient, fp32 bias gradient) at every
+    bucket's N."""
+    def scenario(hidden, weight, dweight, dbias, config=None):
+        return dict(launcher="bwd", dtype=dtype, rows=64, hidden=hidden, weight=weight, dweight=dweight, dbias=dbias,
+                    config=config)
+
+    if part == "flags":
+        configs = [(1024, None), (16384, None)] + [(16384, c) for c in opt_in_configs("BwdConfig", dtype, 16384)]
+        return [scenario(hidden, *flags, config=config) for hidden, config in configs for flags in BWD_FLAG_SETS]
+    from vibe_kernels.layernorm._triton import bwd_config
+
+    sizes = representative_sizes(bwd_config, getattr(_torch(), dtype))
+    return [scenario(hidden, "x", True, "float32") for hidden in sizes]
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The compiling side (runs in a subprocess with TRITON_INTERPRET=0)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+H100_SMS = 132
+
+
+def record_launches(module, scenarios):
+    """Calls the launchers of ``module`` for each scenario with every kernel replaced by a recorder. Tensors are
+    fake CUDA tensors (FakeTensorMode: no GPU, no memory), so the CUDA-only branches run as on an H100 (132 SMs).
+    Returns ({kernel name: kernel}, [(kernel name, args, kwargs, scenario index)])."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    kernels = {name: obj for name, obj in vars(module).items() if name.endswith("_kernel")}
+    launches = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append((self.name, args, kwargs, current))
+            return launch
+
+    saved = dict(kernels, _num_sms=module._num_sms)
+    for name in kernels:
+        setattr(module, name, Recorder(name))
+    module._num_sms = lambda device_index: H100_SMS
+    try:
+        with FakeTensorMode():
+            for current, sc in enumerate(scenarios):
+                dtype = getattr(torch, sc["dtype"])
+                shape = (sc["rows"], sc["hidden"])
+                cfg = sc.get("config")
+                cfg = getattr(module, cfg["cls"])(**cfg["fields"]) if cfg else None
+
+                def tensor(spec, size):
+                    if spec is None:
+                        return None
+                    return torch.empty(size, dtype=dtype if spec == "x" else getattr(torch, spec), device="cuda")
+
+                x = tensor("x", shape)
+                stat = lambda wanted: tensor("float32", (sc["rows"],)) if wanted else None  # noqa: E731
+                if sc["launcher"] == "fwd":
+                    module.layernorm_fwd(x, tensor(sc["weight"], sc["hidden"]), tensor(sc["bias"], sc["hidden"]),
+                                         1e-6, tensor("x", shape), stat(sc["mean"]), stat(sc["rstd"]), config=cfg)
+                else:
+                    weight = tensor(sc["weight"], sc["hidden"])
+                    dweight = tensor(sc["weight"], sc["hidden"]) if sc["dweight"] else None
+                    module.layernorm_bwd(tensor("x", shape), x, weight, stat(True), stat(True), tensor("x", shape),
+                                         dweight, tensor(sc["dbias"], sc["hidden"]), config=cfg)
+    finally:
+        for name, obj in saved.items():
+            setattr(module, name, obj)
+    return kernels, launches
+
+
+def _specialise(kernel, args, kwargs):
+    """(signature, constexprs, attrs, num_warps) the way Triton's JIT would specialise this launch."""
+    import torch
+
+    type_names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32",
+                  torch.int64: "i64"}
+    values = dict(zip(kernel.arg_names, args))
+    options = {k: v for k, v in kwargs.items() if k not in kernel.arg_names}
+    values.update({k: v for k, v in kwargs.items() if k in kernel.arg_names})
+    signature, constexprs, attrs = {}, {}, {}
+    for index, param in enumerate(kernel.params):
+        name, value = param.name, values[param.name]
+        if param.is_constexpr or value is None or (type(value) is int and value == 1):
+            signature[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + type_names[value.dtype]
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, bool):
+            signature[name] = "u1"
+        elif isinstance(value, int):
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        else:
+            raise TypeError(f"{kernel.__name__}: cannot specialise {name}={value!r}")
+    return signature, constexprs, attrs, options.get("num_warps", 4)
+
+
+def compile_scenarios(scenarios):
+    """Runs in the subprocess: one result per distinct kernel variant the scenarios launch."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from vibe_kernels.layernorm import _triton
+
+    kernels, launches = record_launches(_triton, scenarios)
+    variants = {}
+    for name, args, kwargs, scenario in launches:
+        signature, constexprs, attrs, num_warps = _specialise(kernels[name], args, kwargs)
+        key = json.dumps([name, signature, constexprs, sorted(map(str, attrs)), num_warps], sort_keys=True)
+        variants.setdefault(key, dict(kernel=name, signature=signature, constexprs=constexprs, attrs=attrs,
+                                      num_warps=num_warps, scenarios=[]))["scenarios"].append(scenario)
+    results = []
+    for variant in variants.values():
+        result = dict(kernel=variant["kernel"], constexprs=variant["constexprs"], signature=variant["signature"],
+                      num_warps=variant["num_warps"], scenarios=variant["scenarios"])
+        try:
+            source = ASTSource(fn=kernels[variant["kernel"]], signature=variant["signature"],
+                               constexprs=variant["constexprs"], attrs=variant["attrs"])
+            compiled = triton.compile(source, target=GPUTarget(*TARGET), options={"num_warps": variant["num_warps"]})
+            loads = [line.strip() for line in compiled.asm["ptx"].splitlines() if "ld.global" in line]
+            result.update(
+                error=None,
+                cubin_bytes=len(compiled.asm["cubin"]),
+                target=compiled.metadata.target.arch,
+                loads=len(loads),
+                v4_loads=sum(".v4." in line for line in loads),
+                scalar_loads=sorted({line for line in loads if ".v2." not in line and ".v4." not in line}),
+            )
+        except Exception as exc:  # reported per variant, asserted by the test
+            result.update(error=f"{type(exc).__name__}: {exc}"[:2000])
+        results.append(result)
+    return results
+
+
+def run_compile_subprocess(scenarios, cache_dir):
+    env = dict(os.environ)
+    env["TRITON_INTERPRET"] = "0"
+    env["TRITON_CACHE_DIR"] = str(cache_dir)  # a fresh cache: every variant really goes through ptxas
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, __file__], input=json.dumps(scenarios), capture_output=True, text=True,
+                          cwd=REPO_ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, f"compile subprocess failed:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    print(json.dumps(compile_scenarios(json.load(sys.stdin))))
+    sys.exit(0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The tests
+# ----------------------------------------------------------------------------------------------------------------
+
+import pytest  # noqa: E402  (the __main__ side above needs no pytest)
+
+
+SCENARIOS = {"fwd": fwd_scenarios, "bwd": bwd_scenarios}
+PARTS = ("flags", "sizes")
+FLAGS = {"fwd": ("HAS_W", "HAS_B", "STORE_MEAN", "STORE_RSTD"), "bwd": ("HAS_W", "NEED_DW", "NEED_DB")}
+RESIDENT = ("_layernorm_fwd_resident_kernel", "_layernorm_bwd_resident_kernel")
+
+
+def test_every_kernel_is_launched_by_some_scenario():
+    from vibe_kernels.layernorm import _triton
+
+    kernels = {name for name in vars(_triton) if name.endswith("_kernel")}
+    covered = set()
+    for launcher, make in SCENARIOS.items():
+        for dtype in DTYPES:
+            for part in PARTS:
+                scenarios = make(dtype, part)
+                _, launches = record_launches(_triton, scenarios)
+                assert {index for *_, index in launches} == set(range(len(scenarios))), f"{launcher} {part}"
+                covered |= {name for name, *_ in launches}
+    assert kernels == covered, f"kernels in _triton.py that no scenario launches: {sorted(kernels - covered)}"
+
+
+def test_flag_grid_sizes_hit_both_config_branches():
+    from vibe_kernels.layernorm._triton import bwd_config, fwd_config
+
+    for dtype in (_torch().float32, _torch().float16, _torch().bfloat16):
+        assert not fwd_config(1024, dtype).chunked and fwd_config(65536, dtype).chunked
+        assert not bwd_config(1024, dtype).chunked and bwd_config(16384, dtype).chunked
+
+
+def test_runs_without_a_gpu_under_the_interpreter():
+    # The parent of the compile subprocesses: with no GPU, conftest.py has switched the interpreter on.
+    if not _torch().cuda.is_available():
+        assert os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("part", PARTS)
+@pytest.mark.parametrize("launcher", ["fwd", "bwd"])
+def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
+    scenarios = SCENARIOS[launcher](dtype, part)
+    results = run_compile_subprocess(scenarios, tmp_path / "triton-cache")
+
+    failures = [f"{r['kernel']} {r['constexprs']} {r['signature']}: {r['error']}" for r in results if r["error"]]
+    assert not failures, f"{len(failures)}/{len(results)} variants failed to compile:\n" + "\n".join(failures[:5])
+    launched = sorted({s for r in results for s in r["scenarios"]})
+    assert launched == list(range(len(scenarios))), "every scenario must launch at least one kernel"
+    for r in results:
+        assert r["cubin_bytes"] > 0 and r["target"] == 90, r["kernel"]
+
+    if part == "flags":
+        # Every flag combination reached the compiler as its own constexpr set, in every config branch: each kernel
+        # taking all the launcher's flags got all of them.
+        expected = 16 if launcher == "fwd" else len(BWD_FLAG_SETS)
+        flagged = {r["kernel"] for r in results if set(FLAGS[launcher]) <= set(r["constexprs"])}
+        assert flagged, "no kernel takes the flags"
+        for kernel in flagged:
+            seen = {tuple(r["constexprs"][f] for f in FLAGS[launcher]) for r in results if r["kernel"] == kernel}
+            assert len(seen) == expected, f"{kernel}: flag sets compiled {sorted(seen)}"
+
+    # 128-bit loads: resident kernels at aligned N (a power of two >= 256: every row start and the weight are
+    # 16-byte aligned) must load with ld.global.v4; the forward needs no narrower load at all there (the backward
+    # still loads mean/rstd per row).
+    aligned = [r for r in results if r["kernel"] in RESIDENT and r["constexprs"]["N"] >= 256
+               and r["constexprs"]["N"] & (r["constexprs"]["N"] - 1) == 0]
+    assert aligned, "no aligned resident variant compiled"
+    for r in aligned:
+        where = f"{r['kernel']} N={r['constexprs']['N']} {dtype}"
+        assert r["v4_loads"] > 0, f"{where}: no 128-bit loads"
+        if r["kernel"] == "_layernorm_fwd_resident_kernel":
+            assert not r["scalar_loads"], f"{where}: non-vector loads {r['scalar_loads'][:4]}"

@@ -1,0 +1,398 @@
+"""Numerics of the Triton backend (backend="triton") on the ``device`` fixture: compiled kernels on CUDA, the
+interpreter on CPU. Every output is compared element by element with the fp64 reference (``check`` fixture, one
+tolerance table per dtype in conftest.py), which also fails on any NaN/inf.
+
+Grid trimming: under the interpreter each program instance costs a few ms, so shapes stay small (M <= 16,
+N <= 1128) except one forward and one backward case just past the resident limits (MAX_RESIDENT_FWD/BWD) with
+M = 1-2; the chunked kernels are otherwise exercised cheaply by forcing their configs at N = 1128 with 256-wide
+chunks. The full affine grid runs on the forward; gradients use a subset of N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from vibe_kernels.layernorm import _triton, layernorm, layernorm_rstd_ref, triton_layernorm
+from vibe_kernels.layernorm.api import _rows_view
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+HIDDEN = [1, 111, 256, 769, 1024, 1128]  # odd sizes (ragged last block) plus powers of two
+GRAD_HIDDEN = [1, 111, 769, 1128]
+EPS = 1e-5
+
+# (has weight, has bias, parameters in fp32 (True) or in x's dtype (False))
+AFFINE = {
+    "w_b_fp32": (True, True, True),
+    "w_b_xdtype": (True, True, False),
+    "w_fp32": (True, False, True),
+    "b_xdtype": (False, True, False),
+    "none": (False, False, True),
+}
+
+
+def _id(value):
+    return str(value).replace("torch.", "") if isinstance(value, torch.dtype) else None
+
+
+def make_inputs(gen, shape, dtype, device, affine="w_b_fp32", requires_grad=False):
+    """x with a non-zero mean and unit-ish spread; weight around 1, bias around 0; none of them all-zero."""
+    has_w, has_b, fp32_params = AFFINE[affine]
+    hidden = shape[-1]
+    param_dtype = torch.float32 if fp32_params else dtype
+    x = (torch.randn(shape, generator=gen) * 1.5 + 0.25).to(dtype)
+    weight = (1 + 0.5 * torch.randn(hidden, generator=gen)).to(param_dtype) if has_w else None
+    bias = (0.5 * torch.randn(hidden, generator=gen)).to(param_dtype) if has_b else None
+    tensors = [t.to(device).requires_grad_(requires_grad) if t is not None else None for t in (x, weight, bias)]
+    return tuple(tensors)
+
+
+def random_like(gen, t):
+    return torch.randn(t.shape, generator=gen).to(t.dtype).to(t.device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward through the API
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("affine", list(AFFINE))
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+def test_forward_matches_reference(gen, device, check, dtype, hidden, affine):
+    x, weight, bias = make_inputs(gen, (7, hidden), dtype, device, affine)
+    out, rstd, mean = layernorm(x, weight, bias, eps=EPS, return_rstd=True, return_mean=True, backend="triton")
+    assert out.dtype == dtype and out.shape == x.shape and out.device == x.device
+    check.out(out, x, weight, bias, EPS)
+    check.stats(mean, rstd, x, EPS)
+
+
+@pytest.mark.parametrize(
+    "return_rstd, return_mean, expected", [(False, False, 1), (True, False, 2), (False, True, 2), (True, True, 3)]
+)
+def test_return_arity_and_order(gen, device, check, return_rstd, return_mean, expected):
+    x, weight, bias = make_inputs(gen, (3, 5, 96), torch.bfloat16, device)
+    result = triton_layernorm(x, weight, bias, eps=EPS, return_rstd=return_rstd, return_mean=return_mean)
+    if expected == 1:
+        assert isinstance(result, torch.Tensor)
+        result = (result,)
+    assert isinstance(result, tuple) and len(result) == expected
+    check.out(result[0], x, weight, bias, EPS)
+    rest = list(result[1:])
+    rstd = rest.pop(0) if return_rstd else None  # order is (out, rstd, mean)
+    mean = rest.pop(0) if return_mean else None
+    check.stats(mean, rstd, x, EPS)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+def test_strided_rows_are_not_copied(gen, device, check, dtype):
+    hidden, stride = 769, 1000
+    big = torch.randn(6, stride, generator=gen).to(dtype).to(device)
+    x = big[:, :hidden]
+    assert not x.is_contiguous()
+    rows = _rows_view(x)
+    assert rows.data_ptr() == x.data_ptr() and rows.stride() == (stride, 1), "2-D strided rows must be a view"
+    x3 = big.view(2, 3, stride)[:, :, :hidden]
+    rows3 = _rows_view(x3)
+    assert rows3.data_ptr() == x3.data_ptr() and rows3.stride() == (stride, 1), "mergeable 3-D rows must be a view"
+
+    _, weight, bias = make_inputs(gen, (1, hidden), dtype, device)
+    before = big.clone()
+    out, rstd, mean = layernorm(x3, weight, bias, eps=EPS, return_rstd=True, return_mean=True, backend="triton")
+    assert out.shape == x3.shape and out.is_contiguous()
+    check.out(out, x3, weight, bias, EPS)
+    check.stats(mean, rstd, x3, EPS)
+    assert torch.equal(big, before), "the input storage (and its padding columns) must be left untouched"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+def test_strided_rows_backward(gen, device, check, dtype):
+    big = torch.randn(5, 1200, generator=gen).to(dtype).to(device).requires_grad_()
+    x = big[:, :1128]
+    _, weight, bias = make_inputs(gen, (1, 1128), dtype, device, requires_grad=True)
+    out = triton_layernorm(x, weight, bias, eps=EPS)
+    dy = random_like(gen, out)
+    out.backward(dy)
+    check.grads(x, weight, bias, dy, EPS, big.grad[:, :1128], weight.grad, bias.grad)
+    assert torch.equal(big.grad[:, 1128:], torch.zeros_like(big.grad[:, 1128:]))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 111), (1, 1, 1, 64), (1128,), (4, 1)], ids=str)
+def test_nd_inputs(gen, device, check, shape):
+    x, weight, bias = make_inputs(gen, shape, torch.float16, device, "w_b_xdtype", requires_grad=True)
+    out, rstd, mean = triton_layernorm(x, weight, bias, eps=EPS, return_rstd=True, return_mean=True)
+    assert out.shape == x.shape and rstd.shape == x.shape[:-1] and mean.shape == x.shape[:-1]
+    check.out(out, x, weight, bias, EPS)
+    check.stats(mean, rstd, x, EPS)
+    dy = random_like(gen, out)
+    out.backward(dy)
+    check.grads(x, weight, bias, dy, EPS, x.grad, weight.grad, bias.grad)
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (2, 0, 111)], ids=str)
+def test_zero_rows(gen, device, shape):
+    x, weight, bias = make_inputs(gen, shape, torch.bfloat16, device, "w_b_fp32", requires_grad=True)
+    out, rstd, mean = triton_layernorm(x, weight, bias, eps=EPS, return_rstd=True, return_mean=True)
+    assert out.shape == x.shape and rstd.shape == x.shape[:-1] and mean.shape == x.shape[:-1]
+    assert rstd.dtype == mean.dtype == torch.float32
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    hidden = shape[-1]
+    # No rows: the parameter gradients are exact zeros (a sum over nothing), not uninitialised memory.
+    assert torch.equal(weight.grad, torch.zeros(hidden, device=device))
+    assert torch.equal(bias.grad, torch.zeros(hidden, device=device))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+def test_single_row(gen, device, check, dtype):
+    x, weight, bias = make_inputs(gen, (1, 1128), dtype, device, "w_b_fp32", requires_grad=True)
+    out, rstd, mean = triton_layernorm(x, weight, bias, eps=EPS, return_rstd=True, return_mean=True)
+    check.out(out, x, weight, bias, EPS)
+    check.stats(mean, rstd, x, EPS)
+    dy = random_like(gen, out)
+    out.backward(dy)
+    check.grads(x, weight, bias, dy, EPS, x.grad, weight.grad, bias.grad)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward through the API
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("affine", list(AFFINE))
+@pytest.mark.parametrize("hidden", GRAD_HIDDEN)
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+def test_backward_matches_autograd(gen, device, check, dtype, hidden, affine):
+    rows = 13
+    x, weight, bias = make_inputs(gen, (rows, hidden), dtype, device, affine, requires_grad=True)
+    out = layernorm(x, weight, bias, eps=EPS, backend="triton")
+    dy = random_like(gen, out)
+    out.backward(dy)
+    for param, grad in ((weight, "weight"), (bias, "bias")):
+        if param is not None:
+            assert param.grad.dtype == param.dtype, f"{grad}.grad must keep the parameter's dtype"
+    check.grads(x, weight, bias, dy, EPS, x.grad, weight.grad if weight is not None else None,
+                bias.grad if bias is not None else None)
+
+
+@pytest.mark.parametrize("needs", ["x", "weight", "bias", "x_weight"])
+def test_backward_partial_requires_grad(gen, device, check, needs):
+    x, weight, bias = make_inputs(gen, (9, 111), torch.float32, device)
+    x.requires_grad_("x" in needs)
+    weight.requires_grad_("weight" in needs)
+    bias.requires_grad_("bias" in needs)
+    out = triton_layernorm(x, weight, bias, eps=EPS)
+    dy = random_like(gen, out)
+    out.backward(dy)
+    check.grads(x, weight, bias, dy, EPS, x.grad, weight.grad, bias.grad)
+    for tensor, name in ((x, "x"), (weight, "weight"), (bias, "bias")):
+        assert (tensor.grad is not None) == (name in needs.split("_")), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=_id)
+def test_backward_is_deterministic(gen, device, dtype):
+    # 100 rows of 128: 4 row tiles of 32 spread over several persistent programs, whose partials are summed.
+    x, weight, bias = make_inputs(gen, (100, 128), dtype, device, "w_b_fp32", requires_grad=True)
+    dy = random_like(gen, x.detach())
+    grads = []
+    for _ in range(2):
+        out = triton_layernorm(x, weight, bias, eps=EPS)
+        dx, dw, db = torch.autograd.grad(out, (x, weight, bias), dy)
+        grads.append((dx, dw, db))
+    for first, second, name in zip(grads[0], grads[1], ("dx", "dw", "db")):
+        assert torch.equal(first, second), f"{name} differs between two identical backward runs"
+
+
+# Rows with a large common offset: a plain two-pass variance, sum((x - m)^2) with an fp32 mean m a few ulps off
+# (|m - mean| ~ 1e-4 at 1000), adds (m - mean)^2 ~ 1e-8 to a variance of 1e-6, and an unshifted Welford pass is
+# worse; both were 5e-3 .. 5e-2 off here before the corrected two-pass / shifted statistics.
+
+
+def _large_offset_rows(gen, rows, hidden, device):
+    return (1000 + 1e-3 * torch.randn(rows, hidden, generator=gen, dtype=torch.float64)).float().to(device)
+
+
+def _assert_rstd_relative(rstd, x, eps, limit, what):
+    ref = layernorm_rstd_ref(x.double().cpu(), eps)
+    rel = ((rstd.double().cpu() - ref) / ref).abs()
+    assert rel.max().item() < limit, (
+        f"{what}: rstd relative error up to {rel.max().item():.2e} ({int((rel >= limit).sum())}/{rel.numel()} rows "
+        f"over {limit:g}) for rows of 1000 + 1e-3 * noise"
+    )
+
+
+@pytest.mark.parametrize("hidden", [769, 1024])
+def test_rstd_with_large_common_offset(gen, device, hidden):
+    # 64 rows so that a statistics error that depends on how the fp32 mean happens to round cannot hide.
+    x = _large_offset_rows(gen, 64, hidden, device)
+    _, rstd = triton_layernorm(x, None, eps=1e-12, return_rstd=True)
+    _assert_rstd_relative(rstd, x, 1e-12, 1e-3, f"triton N={hidden}")
+
+
+def test_rstd_with_moderate_common_offset(gen, device):
+    # A milder offset (1000x the spread) must be held to a tighter bound.
+    x = (10 + 1e-2 * torch.randn(16, 769, generator=gen, dtype=torch.float64)).float().to(device)
+    _, rstd = triton_layernorm(x, None, eps=1e-12, return_rstd=True)
+    _assert_rstd_relative(rstd, x, 1e-12, 1e-4, "triton N=769")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Past the resident limits, through the API (the heuristic picks the chunked kernels)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_chunked_forward_past_resident_limit(gen, device, check):
+    hidden = _triton.MAX_RESIDENT_FWD + 40
+    assert _triton.fwd_config(hidden, torch.bfloat16).chunked
+    x, weight, bias = make_inputs(gen, (1, hidden), torch.bfloat16, device, "w_b_xdtype")
+    out, rstd, mean = triton_layernorm(x, weight, bias, eps=EPS, return_rstd=True, return_mean=True)
+    check.out(out, x, weight, bias, EPS)
+    check.stats(mean, rstd, x, EPS)
+
+
+def test_chunked_backward_past_resident_limit(gen, device, check):
+    hidden = _triton.MAX_RESIDENT_BWD + 24
+    assert _triton.bwd_config(hidden, torch.float16).chunked
+    x, weight, bias = make_inputs(gen, (2, hidden), torch.float16, device, "w_b_fp32", requires_grad=True)
+    out = triton_layernorm(x, weight, bias, eps=EPS)
+    check.out(out, x, weight, bias, EPS)
+    dy = random_like(gen, out)
+    out.backward(dy)
+    check.grads(x, weight, bias, dy, EPS, x.grad, weight.grad, bias.grad)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers called directly, every config branch forced, outputs poisoned with NaN beforehand
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _poisoned(shape, dtype, device):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+FWD_CONFIGS = {
+    # 1128 = 4 full 256-wide chunks + a ragged 104-wide tail
+    "chunked": lambda hidden: _triton.FwdConfig(block_m=1, block_n=256, num_warps=4, chunked=True),
+    # one chunk wider than the row: no full chunk at all, only the masked tail
+    "chunked_single_tail": lambda hidden: _triton.FwdConfig(block_m=1, block_n=2048, num_warps=4, chunked=True),
+    # 2 rows per program over 5 rows: the last program has a masked row
+    "resident_ragged_rows": lambda hidden: _triton.FwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False),
+    "heuristic": lambda hidden: None,
+}
+
+
+def _opt_in_switches(cls):
+    """Bool config fields defaulting to False other than ``chunked``: alternative code paths a caller opts into."""
+    return [f.name for f in dataclasses.fields(cls) if f.default is False and f.name != "chunked"]
+
+
+_FWD_FIELDS = {f.name for f in dataclasses.fields(_triton.FwdConfig)}
+if "tail_n" in _FWD_FIELDS:  # 1128 held as a 1024 head + a 128 tail (104 columns used)
+    FWD_CONFIGS["resident_head_tail"] = lambda hidden: _triton.FwdConfig(
+        block_m=2, block_n=1024, num_warps=4, chunked=False, tail_n=128)
+if "programs_per_sm" in _FWD_FIELDS:  # persistent chunked grid: 4 programs (CPU slots) over 5 rows
+    FWD_CONFIGS["chunked_persistent"] = lambda hidden: _triton.FwdConfig(
+        block_m=1, block_n=256, num_warps=4, chunked=True, programs_per_sm=1)
+
+# Each opt-in switch on top of the small chunked configs (paths that a switch reserves for CUDA fall back here).
+for _switch in _opt_in_switches(_triton.FwdConfig):
+    FWD_CONFIGS[f"chunked_{_switch}"] = (
+        lambda hidden, _s=_switch: dataclasses.replace(FWD_CONFIGS["chunked"](hidden), **{_s: True}))
+
+
+@pytest.mark.parametrize("stats", ["mean_rstd", "rstd", "none"])
+@pytest.mark.parametrize("config", list(FWD_CONFIGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+def test_fwd_launcher_forced_config(gen, device, check, dtype, config, stats):
+    rows, hidden = 5, 1128
+    x, weight, bias = make_inputs(gen, (rows, hidden), dtype, device, "w_b_fp32")
+    out = _poisoned((rows, hidden), dtype, device)
+    mean = _poisoned((rows,), torch.float32, device) if stats == "mean_rstd" else None
+    rstd = _poisoned((rows,), torch.float32, device) if stats != "none" else None
+    result = _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd, config=FWD_CONFIGS[config](hidden))
+    assert result is None, "launchers write into their outputs and return nothing"
+    check.out(out, x, weight, bias, EPS)
+    check.stats(mean, rstd, x, EPS)
+
+
+@pytest.mark.parametrize("config", ["chunked", "resident_ragged_rows"])
+def test_fwd_launcher_large_offset(gen, device, config):
+    rows, hidden = 16, 1128
+    x = _large_offset_rows(gen, rows, hidden, device)
+    out = _poisoned((rows, hidden), torch.float32, device)
+    mean, rstd = _poisoned((rows,), torch.float32, device), _poisoned((rows,), torch.float32, device)
+    _triton.layernorm_fwd(x, None, None, 1e-12, out, mean, rstd, config=FWD_CONFIGS[config](hidden))
+    assert torch.isfinite(out).all()
+    _assert_rstd_relative(rstd, x, 1e-12, 1e-3, config)
+
+
+BWD_CONFIGS = {
+    # 1128 columns in 256-wide chunks (5 column programs, the last ragged), row groups of 2 over 5 rows
+    "chunked": _triton.BwdConfig(block_m=2, block_n=256, num_warps=4, chunked=True),
+    # 2 rows per tile over 21 rows: 11 tiles on 8 persistent programs (some loop twice), last tile ragged
+    "resident_persistent": _triton.BwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False),
+    "heuristic": None,
+}
+for _switch in _opt_in_switches(_triton.BwdConfig):
+    BWD_CONFIGS[f"chunked_{_switch}"] = dataclasses.replace(BWD_CONFIGS["chunked"], **{_switch: True})
+
+
+@pytest.mark.parametrize("grads", ["dw_db", "dw", "db", "dx_only", "no_weight"])
+@pytest.mark.parametrize("config", list(BWD_CONFIGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+def test_bwd_launcher_forced_config(gen, device, check, dtype, config, grads):
+    rows, hidden = (21 if config == "resident_persistent" else 5), 1128
+    affine = "b_xdtype" if grads == "no_weight" else "w_b_fp32"
+    x, weight, bias = make_inputs(gen, (rows, hidden), dtype, device, affine)
+    dy = random_like(gen, x)
+    mean, rstd = torch.empty(rows, device=device), torch.empty(rows, device=device)
+    _triton.layernorm_fwd(x, weight, bias, EPS, torch.empty_like(x), mean, rstd)
+    dx = _poisoned((rows, hidden), dtype, device)
+    dweight = _poisoned((hidden,), weight.dtype, device) if weight is not None and "dw" in grads else None
+    dbias = _poisoned((hidden,), bias.dtype, device) if "db" in grads or grads == "no_weight" else None
+    result = _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config=BWD_CONFIGS[config])
+    assert result is None, "launchers write into their outputs and return nothing"
+    check.grads(x, weight, bias, dy, EPS, dx, dweight, dbias)
+
+
+@pytest.mark.parametrize("config", [name for name in BWD_CONFIGS if name.startswith("chunked")])
+def test_bwd_launcher_chunked_is_deterministic(gen, device, config):
+    rows, hidden = 9, 1128
+    x, weight, _ = make_inputs(gen, (rows, hidden), torch.float32, device, "w_fp32")
+    dy = random_like(gen, x)
+    mean, rstd = torch.empty(rows, device=device), torch.empty(rows, device=device)
+    _triton.layernorm_fwd(x, weight, None, EPS, torch.empty_like(x), mean, rstd)
+    runs = []
+    for _ in range(2):
+        dx, dw, db = torch.empty_like(x), _poisoned((hidden,), torch.float32, device), _poisoned(
+            (hidden,), torch.float32, device)
+        _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=BWD_CONFIGS[config])
+        runs.append((dx, dw, db))
+    for first, second, name in zip(runs[0], runs[1], ("dx", "dw", "db")):
+        assert torch.isfinite(first).all() and torch.equal(first, second), name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The tolerance is not vacuous
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+def test_tolerance_rejects_a_few_ulps(gen, check, dtype):
+    # A correctly rounded result passes; the same result 4 ulps off on one element fails (fp32: 4x the allowance
+    # for the reductions' arithmetic, arith_ulps(N) ulps), and so does a NaN (an unwritten poisoned element).
+    x, weight, bias = make_inputs(gen, (3, 256), dtype, "cpu", "w_b_fp32")
+    out = torch.nn.functional.layer_norm(x.double(), (256,), weight.double(), bias.double(), EPS).to(dtype)
+    check.out(out, x, weight, bias, EPS)
+    ulps = 4 if dtype != torch.float32 else 4 * (8 + 2 * 8)
+    worst = int(out.abs().argmax())  # the largest element: its terms are no larger than itself (no cancellation)
+    bad = out.clone()
+    bad.view(-1)[worst] = (out.view(-1)[worst].double() * (1 + ulps * torch.finfo(dtype).eps)).to(dtype)
+    with pytest.raises(AssertionError, match=rf"1/768 elements out of tolerance; worst at flat index {worst}:"):
+        check.out(bad, x, weight, bias, EPS)
+    bad = out.clone()
+    bad[2, 0] = float("nan")
+    with pytest.raises(AssertionError, match=r"1 non-finite values"):
+        check.out(bad, x, weight, bias, EPS)

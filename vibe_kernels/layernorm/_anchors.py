@@ -1,0 +1,324 @@
+"""Providers for the bench and validate commands: our backends and the third-party anchors behind one interface.
+
+A provider turns a case's tensors into a ``Runner`` whose ``step(mode)`` is the callable that gets timed:
+
+* ``"fwd"``     forward only, under ``torch.no_grad()``;
+* ``"fwdbwd"``  forward then backward of ``dy``; x, weight and bias require grad, their grads are set to None at
+                the start of every step (inside the timed call, the same for every provider);
+* ``"bwd"``     backward only, through a graph built once and retained.
+
+Each step returns a ``StepOutput`` (out and/or grads) so the caller can check it against the fp32 reference.
+
+Anchors: torch = ``F.layer_norm`` (native CUDA kernel); compile = ``torch.compile`` of the fp32-upcast reference;
+quack = quack-kernels' ``layernorm_fwd``/``layernorm_bwd`` (CuTeDSL; no autograd Function for LayerNorm, so the
+backward is called explicitly with the stats the forward returned); liger = liger-kernel's
+``LigerLayerNormFunction`` (Triton). Third-party packages are imported on first use, never at module import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ._backends import cutedsl_unavailable_reason, triton_unavailable_reason
+from .api import layernorm
+from .reference import layernorm_ref
+
+EPS = 1e-6
+MODES = ("fwd", "fwdbwd", "bwd")
+
+Tensor = torch.Tensor
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.float16 -> "float16"."""
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark/validation problem: an (rows, hidden) input of ``dtype``, with or without a bias."""
+
+    rows: int
+    hidden: int
+    dtype: torch.dtype
+    bias: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.rows}x{self.hidden} {dtype_name(self.dtype)} {'+bias' if self.bias else 'no bias'}"
+
+
+def make_inputs(case: Case, device: torch.device) -> tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+    """(x, weight, bias, dy) under torch.manual_seed(0): x, dy ~ randn in the case's dtype; weight, bias ~ randn
+    fp32 (bias None when the case has none). x then weight first, as in the seed's validation script."""
+    torch.manual_seed(0)
+    x = torch.randn(case.rows, case.hidden, device=device, dtype=case.dtype)
+    weight = torch.randn(case.hidden, device=device, dtype=torch.float32)
+    bias = torch.randn(case.hidden, device=device, dtype=torch.float32) if case.bias else None
+    dy = torch.randn(case.rows, case.hidden, device=device, dtype=case.dtype)
+    return x, weight, bias, dy
+
+
+class Grads(NamedTuple):
+    dx: Tensor
+    dweight: Optional[Tensor]
+    dbias: Optional[Tensor]
+
+
+class StepOutput(NamedTuple):
+    out: Optional[Tensor]  # None in "bwd" mode
+    grads: Optional[Grads]  # None in "fwd" mode
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runners
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Runner:
+    """Base: subclasses define the three steps; ``step(mode)`` picks one."""
+
+    def _forward(self) -> StepOutput:
+        raise NotImplementedError
+
+    def _forward_backward(self) -> StepOutput:
+        raise NotImplementedError
+
+    def _retained_backward(self) -> Callable[[], StepOutput]:
+        raise NotImplementedError
+
+    def forward_tracking_grad(self) -> Tensor:
+        """One forward with the inputs requiring grad (builds the graph where there is one; no backward)."""
+        raise NotImplementedError
+
+    def step(self, mode: str) -> Callable[[], StepOutput]:
+        if mode == "fwd":
+            return self._forward
+        if mode == "fwdbwd":
+            return self._forward_backward
+        if mode == "bwd":
+            return self._retained_backward()
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+class AutogradRunner(Runner):
+    """A provider differentiable through torch autograd: ``fn(x, weight, bias) -> out``."""
+
+    def __init__(self, fn: Callable, x: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor):
+        self.fn, self.x, self.weight, self.bias, self.dy = fn, x, weight, bias, dy
+        self._leaves = [t.detach().requires_grad_() if t is not None else None for t in (x, weight, bias)]
+
+    def _forward(self) -> StepOutput:
+        with torch.no_grad():
+            return StepOutput(self.fn(self.x, self.weight, self.bias), None)
+
+    def _grads(self) -> Grads:
+        return Grads(*(t.grad if t is not None else None for t in self._leaves))
+
+    def _clear_grads(self) -> None:
+        for leaf in self._leaves:
+            if leaf is not None:
+                leaf.grad = None
+
+    def _forward_backward(self) -> StepOutput:
+        self._clear_grads()
+        out = self.fn(*self._leaves)
+        out.backward(self.dy)
+        return StepOutput(out, self._grads())
+
+    def _retained_backward(self) -> Callable[[], StepOutput]:
+        out = self.fn(*self._leaves)
+
+        def backward() -> StepOutput:
+            self._clear_grads()
+            out.backward(self.dy, retain_graph=True)
+            return StepOutput(None, self._grads())
+
+        return backward
+
+    def forward_tracking_grad(self) -> Tensor:
+        return self.fn(*self._leaves)
+
+
+class QuackRunner(Runner):
+    """quack-kernels 0.6.x: ``layernorm_fwd`` and ``layernorm_bwd`` called explicitly (fp32 weight and bias)."""
+
+    def __init__(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor):
+        self._quack = _import_quack_rmsnorm()
+        self.x, self.weight, self.bias, self.dy = x, weight, bias, dy
+
+    def _forward(self) -> StepOutput:
+        return StepOutput(self._quack.layernorm_fwd(self.x, self.weight, self.bias, eps=EPS), None)
+
+    def _backward(self, rstd: Tensor, mean: Tensor) -> Grads:
+        return Grads(*self._quack.layernorm_bwd(
+            self.x, self.weight, self.dy, rstd, mean, has_bias=self.bias is not None
+        ))
+
+    def _forward_with_stats(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self._quack.layernorm_fwd(self.x, self.weight, self.bias, eps=EPS, return_rstd=True, return_mean=True)
+
+    def _forward_backward(self) -> StepOutput:
+        out, rstd, mean = self._forward_with_stats()
+        return StepOutput(out, self._backward(rstd, mean))
+
+    def _retained_backward(self) -> Callable[[], StepOutput]:
+        _, rstd, mean = self._forward_with_stats()
+        return lambda: StepOutput(None, self._backward(rstd, mean))
+
+    def forward_tracking_grad(self) -> Tensor:
+        x = self.x.detach().requires_grad_()
+        return self._quack.layernorm_fwd(x, self.weight, self.bias, eps=EPS)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Third-party imports (lazy)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _import_quack_rmsnorm():
+    return importlib.import_module("quack.rmsnorm")
+
+
+def quack_forward_with_stats(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Quack's LayerNorm forward returning (out, rstd, mean): ``quack.rmsnorm.layernorm_fwd`` in quack 0.6.x,
+    ``quack.layernorm.layernorm`` in older releases (which take no bias: NotImplementedError then)."""
+    try:
+        quack_rmsnorm = _import_quack_rmsnorm()
+        forward = quack_rmsnorm.layernorm_fwd
+    except (ImportError, AttributeError):
+        forward = None
+    if forward is not None:
+        return forward(x, weight, bias, eps=EPS, return_rstd=True, return_mean=True)
+    legacy = importlib.import_module("quack.layernorm")
+    if bias is not None:
+        raise NotImplementedError("quack.layernorm.layernorm (quack < 0.6) has no bias argument")
+    return legacy.layernorm(x, weight, eps=EPS, return_rstd=True, return_mean=True)
+
+
+def _liger_fn() -> Callable:
+    liger_function = importlib.import_module("liger_kernel.ops.layer_norm").LigerLayerNormFunction
+
+    def liger_layernorm(x, weight, bias):
+        # Liger's kernels always read a bias: a zero bias (not trained) stands in when the case has none.
+        if bias is None:
+            bias = torch.zeros_like(weight, requires_grad=False)
+        return liger_function.apply(x, weight, bias, EPS)
+
+    return liger_layernorm
+
+
+def _compiled_reference_fn() -> Callable:
+    # One compiled function per case: dynamo's cache lives on layernorm_ref's code object and would otherwise hit
+    # its recompile limit across a sweep's shapes (and fall back to eager without saying so).
+    torch._dynamo.reset()
+    # The bench's bwd-only mode backpropagates through one graph repeatedly (retain_graph=True), which AOTAutograd
+    # forbids for graphs compiled with donated buffers (a memory saving only; kernel times are unaffected).
+    torch._functorch.config.donated_buffer = False
+    compiled = torch.compile(layernorm_ref, dynamic=False)
+    return lambda x, weight, bias: compiled(x, weight, bias, EPS)
+
+
+def _torch_fn(x, weight, bias):
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, EPS)
+
+
+def _vibe_fn(backend: str) -> Callable:
+    return lambda x, weight, bias: layernorm(x, weight, bias, eps=EPS, backend=backend)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Availability
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _missing_package(module: str, pip_name: str) -> str:
+    return "" if importlib.util.find_spec(module) is not None else f"the '{pip_name}' package is not installed"
+
+
+def _needs_cuda(device: torch.device) -> str:
+    return "" if device.type == "cuda" else "needs a CUDA device"
+
+
+def _needs_hopper(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "needs a CUDA device"
+    major, minor = torch.cuda.get_device_capability(device)
+    return "" if major >= 9 else f"needs Hopper (sm_90) or newer; this GPU is sm_{major}{minor}"
+
+
+def _first_reason(*checks: Callable[[], str]) -> str:
+    for check in checks:
+        reason = check()
+        if reason:
+            return reason
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Provider:
+    """name: the CLI name; title: the table column; params_in_x_dtype: weight/bias are cast to x's dtype (the
+    provider needs it), else passed as fp32."""
+
+    name: str
+    title: str
+    params_in_x_dtype: bool
+    unavailable_reason: Callable[[torch.device], str]
+    make_runner: Callable[[Tensor, Tensor, Optional[Tensor], Tensor], Runner]
+
+    def runner(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor) -> Runner:
+        """x, dy (M, N) in the case's dtype; weight, bias (N,) fp32 (cast here when the provider needs it)."""
+        if self.params_in_x_dtype:
+            weight = weight.to(x.dtype)
+            bias = bias.to(x.dtype) if bias is not None else None
+        return self.make_runner(x, weight, bias, dy)
+
+
+def _autograd(fn_factory: Callable[[], Callable]):
+    return lambda x, weight, bias, dy: AutogradRunner(fn_factory(), x, weight, bias, dy)
+
+
+PROVIDERS: dict[str, Provider] = {
+    provider.name: provider
+    for provider in (
+        Provider("torch", "Torch", True, lambda device: "", _autograd(lambda: _torch_fn)),
+        Provider("cutedsl", "CuTeDSL", False, cutedsl_unavailable_reason, _autograd(lambda: _vibe_fn("cutedsl"))),
+        Provider("triton", "Triton", False, triton_unavailable_reason, _autograd(lambda: _vibe_fn("triton"))),
+        Provider(
+            "quack", "Quack", False,
+            lambda device: _first_reason(lambda: _missing_package("quack", "quack-kernels"),
+                                         lambda: _needs_hopper(device)),
+            QuackRunner,
+        ),
+        Provider(
+            "liger", "Liger", True,
+            lambda device: _first_reason(lambda: _missing_package("liger_kernel", "liger-kernel"),
+                                         lambda: _needs_cuda(device)),
+            _autograd(_liger_fn),
+        ),
+        Provider(
+            "compile", "Compile", False,
+            lambda device: _first_reason(lambda: _needs_cuda(device)),
+            _autograd(_compiled_reference_fn),
+        ),
+    )
+}
+
+# Our own backends, in the order the validate command reports them.
+VIBE_BACKENDS = ("cutedsl", "triton", "torch")
+
+
+def unavailable_reason(name: str, device: torch.device) -> str:
+    """Empty when provider ``name`` can run on ``device``, else why not."""
+    return PROVIDERS[name].unavailable_reason(device)

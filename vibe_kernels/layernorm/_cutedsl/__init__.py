@@ -1,0 +1,50 @@
+"""CuTeDSL backend: LayerNorm forward/backward kernels for Hopper, with launchers into preallocated outputs.
+
+Importing this package does not import cutlass (about 3 s on a GPU machine): the DSL is loaded on the first call.
+Kernels are in ``kernels.py``, reductions in ``reduce.py``, configs in ``config.py``, compile cache and launchers in
+``launch.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from .config import MAX_N
+
+
+def is_available() -> tuple[bool, str]:
+    """(True, "") when nvidia-cutlass-dsl is installed and a CUDA GPU of compute capability >= 9.0 is present."""
+    if importlib.util.find_spec("cutlass") is None:
+        return False, "the 'nvidia-cutlass-dsl' package (module 'cutlass') is not installed"
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA device is available"
+    major, minor = torch.cuda.get_device_capability()
+    if major < 9:
+        return False, f"CuTeDSL kernels target Hopper (sm_90) or newer; this GPU is sm_{major}{minor}"
+    return True, ""
+
+
+def _check_hidden(hidden: int) -> None:
+    if hidden > MAX_N:
+        raise NotImplementedError(f"CuTeDSL layernorm: N={hidden} is not supported yet (max {MAX_N})")
+
+
+def layernorm_fwd(x, weight, bias, eps: float, out, mean, rstd) -> None:
+    """out = (x - mean) * rstd * weight + bias over the rows of x (M, N); mean, rstd (M,) fp32 stored unless None."""
+    _check_hidden(x.shape[1])
+    from . import launch
+
+    launch.layernorm_fwd(x, weight, bias, eps, out, mean, rstd)
+
+
+def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias) -> None:
+    """dx (M, N), and dweight/dbias (N,) unless None, from dy, x (M, N) and the forward's mean, rstd (M,) fp32."""
+    _check_hidden(x.shape[1])
+    from . import launch
+
+    launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)
+
+
+__all__ = ["is_available", "layernorm_fwd", "layernorm_bwd", "MAX_N"]

@@ -1,0 +1,120 @@
+"""Launch configurations for the CuTeDSL LayerNorm kernels: frozen dataclasses chosen by a heuristic.
+
+Pure Python (no cutlass import), so the API layer and tests can inspect a config without the DSL.
+
+Every kernel holds whole rows on chip. A row of N elements is cut into 16-byte vectors; a CTA row-slice is
+``threads_per_row`` threads x ``vecs_per_thread`` vectors, and a row wider than one CTA is split across a
+thread-block cluster of ``cluster_n`` CTAs (reductions then go through distributed shared memory). The heuristic
+keeps a fixed number of bytes of x per thread (the registers a thread can afford), and fills a CTA with several
+rows when one row needs fewer threads than a CTA should have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_N = 262144
+MAX_CLUSTER = 16  # Hopper's non-portable cluster limit (needs the non-portable attribute above 8)
+MAX_CTA_THREADS = 512
+MIN_CTA_THREADS = 128
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class RowTiling:
+    """How one CTA covers its rows.
+
+    vec: elements per global access (16 bytes of x where alignment allows, fewer otherwise).
+    threads_per_row: threads sharing one row inside a CTA (power of two).
+    vecs_per_thread: vectors each thread holds per row.
+    rows_per_cta: rows a CTA processes at once (num_threads = rows_per_cta * threads_per_row).
+    cluster_n: CTAs sharing one row (1 = no cluster).
+    """
+
+    vec: int
+    threads_per_row: int
+    vecs_per_thread: int
+    rows_per_cta: int
+    cluster_n: int
+
+    @property
+    def num_threads(self) -> int:
+        return self.rows_per_cta * self.threads_per_row
+
+    @property
+    def tile_n(self) -> int:
+        """Columns one CTA covers (the row is cluster_n such tiles, the last one possibly ragged)."""
+        return self.vec * self.threads_per_row * self.vecs_per_thread
+
+    @property
+    def warps_per_row(self) -> int:
+        return max(1, self.threads_per_row // 32)
+
+
+@dataclass(frozen=True)
+class FwdConfig:
+    tiling: RowTiling
+
+
+@dataclass(frozen=True)
+class BwdConfig:
+    """ctas_per_sm: the persistent grid's occupancy target (the grid is ctas_per_sm * SMs / cluster_n clusters)."""
+
+    tiling: RowTiling
+    ctas_per_sm: int
+
+
+def _row_tiling(hidden: int, vec: int, bytes_per_thread: int, elem_bytes: int, max_cta_threads: int,
+                min_cta_threads: int) -> RowTiling:
+    """Smallest power-of-two thread count per row that keeps about ``bytes_per_thread`` of x per thread."""
+    nvec = _ceil_div(hidden, vec)
+    vecs_target = max(1, bytes_per_thread // (vec * elem_bytes))
+    threads = _next_pow2(_ceil_div(nvec, vecs_target))
+    cluster_n = 1
+    if threads > max_cta_threads:
+        cluster_n = threads // max_cta_threads
+        threads = max_cta_threads
+        # Past the largest cluster, each thread holds more instead.
+        cluster_n = min(cluster_n, MAX_CLUSTER)
+    vecs_per_thread = _ceil_div(nvec, threads * cluster_n)
+    # Every CTA of the cluster must own at least one column: shrink the cluster if the tail CTA would be empty.
+    while cluster_n > 1 and (cluster_n - 1) * threads * vecs_per_thread * vec >= hidden:
+        cluster_n //= 2
+        vecs_per_thread = _ceil_div(nvec, threads * cluster_n)
+    rows_per_cta = max(1, min_cta_threads // threads)
+    return RowTiling(vec, threads, vecs_per_thread, rows_per_cta, cluster_n)
+
+
+def fwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int = 64,
+               max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MIN_CTA_THREADS) -> FwdConfig:
+    """Forward: 64 bytes of x per thread (32 bf16 / 16 fp32 values), up to 512 threads per CTA, then clusters.
+
+    >>> fwd_config(4096, 2, 8).tiling
+    RowTiling(vec=8, threads_per_row=128, vecs_per_thread=4, rows_per_cta=1, cluster_n=1)
+    >>> fwd_config(262144, 2, 8).tiling
+    RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16)
+    >>> fwd_config(256, 2, 8).tiling
+    RowTiling(vec=8, threads_per_row=8, vecs_per_thread=4, rows_per_cta=16, cluster_n=1)
+    """
+    return FwdConfig(_row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads))
+
+
+def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int = 32,
+               max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MIN_CTA_THREADS,
+               ctas_per_sm: int | None = None) -> BwdConfig:
+    """Backward holds x, dy, w and two fp32 accumulators per element: half the forward's bytes per thread.
+
+    >>> bwd_config(8192, 2, 8).tiling
+    RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1)
+    """
+    tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
+    if ctas_per_sm is None:
+        ctas_per_sm = max(1, 1024 // tiling.num_threads)
+    return BwdConfig(tiling, ctas_per_sm)

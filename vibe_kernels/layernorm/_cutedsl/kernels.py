@@ -1,0 +1,439 @@
+"""CuTeDSL LayerNorm kernels: forward (one pass over HBM, row on chip) and backward (persistent, fp32 dw/db partials).
+
+Both kernels take raw pointers plus runtime M and row strides, and build their global tensors inside the JIT
+function, so one compiled kernel serves every batch size and row stride of its alignment class.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import cuda.bindings.driver as cuda
+import cutlass
+import cutlass.cute as cute
+import cutlass.memory
+from cutlass import Float32, Int32, Int64, const_expr
+
+from .config import BwdConfig, FwdConfig, RowTiling
+from .reduce import row_sum
+
+
+def _tiled_copy(dtype, tiling: RowTiling, num_bits: int | None = None):
+    """Threads laid out (rows_per_cta, threads_per_row), row-major, each moving ``vec`` contiguous elements:
+    consecutive lanes touch consecutive 16-byte chunks, so a warp's access is fully coalesced."""
+    bits = num_bits if num_bits is not None else min(128, tiling.vec * dtype.width)
+    atom = cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=bits)
+    thr_layout = cute.make_ordered_layout((tiling.rows_per_cta, tiling.threads_per_row), order=(1, 0))
+    val_layout = cute.make_layout((1, tiling.vec))
+    return cute.make_tiled_copy_tv(atom, thr_layout, val_layout)
+
+
+def _copy_atom(dtype, vec: int):
+    return cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=min(128, vec * dtype.width))
+
+
+@cute.jit
+def _column_predicate(tXcX: cute.Tensor, hidden: cutlass.Constexpr[int]) -> cute.Tensor:
+    """One flag per vector: its first column is inside the row (vec divides N, so the whole vector is)."""
+    pred = cute.make_rmem_tensor(
+        cute.make_layout(
+            (cute.size(tXcX, mode=[0, 1]), cute.size(tXcX, mode=[1]), cute.size(tXcX, mode=[2])),
+            stride=(cute.size(tXcX, mode=[2]), 0, 1),
+        ),
+        cutlass.Boolean,
+    )
+    for v in cutlass.range_constexpr(pred.shape[0]):
+        for k in cutlass.range_constexpr(pred.shape[2]):
+            pred[v, 0, k] = cute.elem_less(tXcX[(0, v), 0, k][1], hidden)
+    return pred
+
+
+@cute.jit
+def _zero_outside(frag: cute.Tensor, pred: cute.Tensor) -> None:
+    """Zeroes the vectors of a register fragment whose predicate is false."""
+    zeros = cute.make_rmem_tensor_like(frag[(None, 0), None, 0])
+    zeros.fill(0.0)
+    for v in cutlass.range_constexpr(frag.shape[0][1]):
+        for k in cutlass.range_constexpr(frag.shape[2]):
+            if not pred[v, 0, k]:
+                cute.autovec_copy(zeros, frag[(None, v), None, k])
+
+
+class _RowKernel:
+    """What the forward and backward share: the row tiling, shared-memory reduction buffers, cluster setup."""
+
+    def __init__(self, dtype, hidden: int, tiling: RowTiling, num_stages: int):
+        self.dtype = dtype
+        self.hidden = hidden
+        self.tiling = tiling
+        self.num_stages = num_stages
+        self.even_n = hidden == tiling.tile_n * tiling.cluster_n
+
+    def _reduction_buffers(self, smem: cutlass.memory.SmemAllocator, count: int):
+        t = self.tiling
+        layout = cute.make_ordered_layout((t.rows_per_cta, t.warps_per_row * t.cluster_n), order=(1, 0))
+        return [smem.allocate_tensor(Float32, layout, byte_alignment=16) for _ in range(count)]
+
+    @cute.jit
+    def _init_cluster_barriers(self, mbar_ptr: cute.Pointer):
+        tidx, _, _ = cute.arch.thread_idx()
+        if tidx < self.num_stages:
+            cute.arch.mbarrier_init(mbar_ptr + tidx, 1)
+        cute.arch.mbarrier_init_fence()
+        # Peers may st.async into this CTA only once its barriers exist: arrive now, wait before the first send.
+        cute.arch.cluster_arrive_relaxed()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class LayerNormFwd(_RowKernel):
+    """out = (x - mean) * rstd * w + b, rows of ``hidden`` elements; mean and rstd optionally stored (fp32)."""
+
+    def __init__(self, dtype, hidden: int, weight_dtype, bias_dtype, store_stats: bool, config: FwdConfig):
+        super().__init__(dtype, hidden, config.tiling, num_stages=2)
+        self.weight_dtype = weight_dtype
+        self.bias_dtype = bias_dtype
+        self.store_stats = store_stats
+
+    @cute.jit
+    def __call__(
+        self,
+        x_ptr: cute.Pointer,
+        w_ptr: cute.Pointer,
+        b_ptr: cute.Pointer,
+        out_ptr: cute.Pointer,
+        mean_ptr: cute.Pointer,
+        rstd_ptr: cute.Pointer,
+        rows: Int32,
+        x_row_stride: Int64,
+        out_row_stride: Int64,
+        eps: Float32,
+        stream: cuda.CUstream,
+    ):
+        t = self.tiling
+        n = self.hidden
+        vec = t.vec
+        x_stride = cute.assume(x_row_stride, divby=vec)
+        mX = cute.make_tensor(x_ptr, cute.make_layout((rows, n), stride=(x_stride, 1)))
+        out_stride = cute.assume(out_row_stride, divby=vec)
+        mO = cute.make_tensor(out_ptr, cute.make_layout((rows, n), stride=(out_stride, 1)))
+        # Weight and bias are broadcast over the CTA's rows with a zero row stride.
+        mW = None
+        if const_expr(self.weight_dtype is not None):
+            mW = cute.make_tensor(w_ptr, cute.make_layout((t.rows_per_cta, n), stride=(0, 1)))
+        mB = None
+        if const_expr(self.bias_dtype is not None):
+            mB = cute.make_tensor(b_ptr, cute.make_layout((t.rows_per_cta, n), stride=(0, 1)))
+        mMean = None
+        mRstd = None
+        if const_expr(self.store_stats):
+            mMean = cute.make_tensor(mean_ptr, cute.make_layout(rows))
+            mRstd = cute.make_tensor(rstd_ptr, cute.make_layout(rows))
+        tiled_copy = _tiled_copy(self.dtype, t)
+        self.kernel(mX, mW, mB, mO, mMean, mRstd, eps, tiled_copy).launch(
+            grid=[cute.ceil_div(rows, t.rows_per_cta), t.cluster_n, 1],
+            block=[t.num_threads, 1, 1],
+            cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
+            stream=stream,
+        )
+
+    @cute.kernel
+    def kernel(
+        self,
+        mX: cute.Tensor,
+        mW,
+        mB,
+        mO: cute.Tensor,
+        mMean,
+        mRstd,
+        eps: Float32,
+        tiled_copy: cute.TiledCopy,
+    ):
+        t = self.tiling
+        n = self.hidden
+        tidx, _, _ = cute.arch.thread_idx()
+        bidx, _, _ = cute.arch.block_idx()
+        rank = Int32(0)
+        if const_expr(t.cluster_n > 1):
+            rank = cute.arch.block_idx_in_cluster()
+        tiler = (t.rows_per_cta, t.tile_n)
+
+        smem = cutlass.memory.SmemAllocator()
+        buf_mean, buf_var = self._reduction_buffers(smem, 2)
+        mbar_ptr = None
+        if const_expr(t.cluster_n > 1):
+            mbar_ptr = smem.allocate_array(cutlass.Int64, num_elems=self.num_stages)
+            self._init_cluster_barriers(mbar_ptr)
+
+        thr_copy = tiled_copy.get_slice(tidx)
+        cX = cute.local_tile(cute.make_identity_tensor(mX.shape), tiler, (bidx, rank))
+        tXcX = thr_copy.partition_S(cX)
+        row = tXcX[0][0]
+        tXgX = thr_copy.partition_S(cute.local_tile(mX, tiler, (bidx, rank)))
+        tXgO = thr_copy.partition_D(cute.local_tile(mO, tiler, (bidx, rank)))
+        tXrX = cute.make_rmem_tensor_like(tXgX)
+        pred = None
+        if const_expr(not self.even_n):
+            pred = _column_predicate(tXcX, n)
+            tXrX.fill(0.0)
+        # Bind the predicate outside the dynamic branches below (the DSL rewrites names captured by them).
+        copy_x = partial(cute.copy, _copy_atom(self.dtype, t.vec), pred=pred)
+        if row < mX.shape[0]:
+            copy_x(tXgX, tXrX)
+
+        # Weight/bias loads are issued before the reductions so their latency hides behind them.
+        tXrW = None
+        if const_expr(mW is not None):
+            tXgW = thr_copy.partition_S(cute.local_tile(mW, tiler, (0, rank)))
+            tXrW = cute.make_rmem_tensor_like(tXgW)
+            cute.copy(_copy_atom(mW.element_type, t.vec), tXgW, tXrW, pred=pred)
+        tXrB = None
+        if const_expr(mB is not None):
+            tXgB = thr_copy.partition_S(cute.local_tile(mB, tiler, (0, rank)))
+            tXrB = cute.make_rmem_tensor_like(tXgB)
+            cute.copy(_copy_atom(mB.element_type, t.vec), tXgB, tXrB, pred=pred)
+
+        if const_expr(t.cluster_n > 1):
+            cute.arch.cluster_wait()
+
+        x = tXrX.load().to(Float32)
+        (row_total,) = row_sum(
+            (x.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
+            t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_mean,), mbar_ptr, 0,
+        )
+        mean = row_total / n
+        centered = x - mean
+        if const_expr(not self.even_n):
+            # Out-of-row lanes hold 0 - mean: they must not reach the variance.
+            tXrC = cute.make_rmem_tensor_like(tXrX, Float32)
+            tXrC.store(centered)
+            _zero_outside(tXrC, pred)
+            centered = tXrC.load()
+        (sq_total,) = row_sum(
+            ((centered * centered).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
+            t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_var,),
+            mbar_ptr + 1 if const_expr(t.cluster_n > 1) else None, 0,
+        )
+        rstd = cute.math.rsqrt(sq_total / n + eps, fastmath=False)
+
+        if const_expr(self.store_stats):
+            if tXcX[0][1] == 0 and row < mX.shape[0]:
+                mMean[row] = mean
+                mRstd[row] = rstd
+
+        y = centered * rstd
+        if const_expr(mW is not None):
+            y = y * tXrW.load().to(Float32)
+        if const_expr(mB is not None):
+            y = y + tXrB.load().to(Float32)
+        tXrO = cute.make_rmem_tensor_like(tXgO)
+        tXrO.store(y.to(self.dtype))
+        if row < mX.shape[0]:
+            copy_x(tXrO, tXgO)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class LayerNormBwd(_RowKernel):
+    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w; per-CTA fp32 partials of dw = sum dy * xhat
+    and db = sum dy over the CTA's rows.
+
+    A persistent grid of ``num_clusters`` CTA groups strides over row tiles, so each CTA accumulates dw/db for many
+    rows in registers and writes them once: dw_partial[cluster, :], reduced over clusters by a second pass.
+    The two row sums share one reduction pass; its buffers and cluster mbarriers alternate between two slots
+    by iteration parity, so a CTA that runs ahead never overwrites a slot its peers are still reading.
+    """
+
+    def __init__(self, dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, config: BwdConfig):
+        super().__init__(dtype, hidden, config.tiling, num_stages=2)
+        self.weight_dtype = weight_dtype
+        self.want_dw = want_dw
+        self.want_db = want_db
+
+    @cute.jit
+    def __call__(
+        self,
+        dy_ptr: cute.Pointer,
+        x_ptr: cute.Pointer,
+        w_ptr: cute.Pointer,
+        mean_ptr: cute.Pointer,
+        rstd_ptr: cute.Pointer,
+        dx_ptr: cute.Pointer,
+        dw_partial_ptr: cute.Pointer,
+        db_partial_ptr: cute.Pointer,
+        rows: Int32,
+        dy_row_stride: Int64,
+        x_row_stride: Int64,
+        dx_row_stride: Int64,
+        num_clusters: Int32,
+        stream: cuda.CUstream,
+    ):
+        t = self.tiling
+        n = self.hidden
+        vec = t.vec
+        mDY = cute.make_tensor(dy_ptr, cute.make_layout((rows, n), stride=(cute.assume(dy_row_stride, divby=vec), 1)))
+        mX = cute.make_tensor(x_ptr, cute.make_layout((rows, n), stride=(cute.assume(x_row_stride, divby=vec), 1)))
+        mDX = cute.make_tensor(dx_ptr, cute.make_layout((rows, n), stride=(cute.assume(dx_row_stride, divby=vec), 1)))
+        mW = None
+        if const_expr(self.weight_dtype is not None):
+            mW = cute.make_tensor(w_ptr, cute.make_layout((t.rows_per_cta, n), stride=(0, 1)))
+        mMean = cute.make_tensor(mean_ptr, cute.make_layout(rows))
+        mRstd = cute.make_tensor(rstd_ptr, cute.make_layout(rows))
+        # Partials: one fp32 row per cluster; seen by the CTA's rows_per_cta thread rows through a zero row stride.
+        mDWp = None
+        if const_expr(self.want_dw):
+            mDWp = cute.make_tensor(dw_partial_ptr, cute.make_layout((num_clusters, t.rows_per_cta, n), stride=(n, 0, 1)))
+        mDBp = None
+        if const_expr(self.want_db):
+            mDBp = cute.make_tensor(db_partial_ptr, cute.make_layout((num_clusters, t.rows_per_cta, n), stride=(n, 0, 1)))
+        tiled_copy = _tiled_copy(self.dtype, t)
+        self.kernel(mDY, mX, mW, mMean, mRstd, mDX, mDWp, mDBp, tiled_copy).launch(
+            grid=[num_clusters, t.cluster_n, 1],
+            block=[t.num_threads, 1, 1],
+            cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
+            stream=stream,
+        )
+
+    @cute.kernel
+    def kernel(
+        self,
+        mDY: cute.Tensor,
+        mX: cute.Tensor,
+        mW,
+        mMean: cute.Tensor,
+        mRstd: cute.Tensor,
+        mDX: cute.Tensor,
+        mDWp,
+        mDBp,
+        tiled_copy: cute.TiledCopy,
+    ):
+        t = self.tiling
+        n = self.hidden
+        tidx, _, _ = cute.arch.thread_idx()
+        bidx, _, _ = cute.arch.block_idx()
+        num_clusters, _, _ = cute.arch.grid_dim()
+        rank = Int32(0)
+        if const_expr(t.cluster_n > 1):
+            rank = cute.arch.block_idx_in_cluster()
+        tiler = (t.rows_per_cta, t.tile_n)
+        num_rows = mX.shape[0]
+
+        smem = cutlass.memory.SmemAllocator()
+        buf_layout = cute.make_ordered_layout((t.rows_per_cta, t.warps_per_row * t.cluster_n, 2), order=(1, 0, 2))
+        buf_gx = smem.allocate_tensor(Float32, buf_layout, byte_alignment=16)
+        buf_g = smem.allocate_tensor(Float32, buf_layout, byte_alignment=16)
+        mbar_ptr = None
+        if const_expr(t.cluster_n > 1):
+            mbar_ptr = smem.allocate_array(cutlass.Int64, num_elems=self.num_stages)
+            self._init_cluster_barriers(mbar_ptr)
+
+        thr_copy = tiled_copy.get_slice(tidx)
+        idX = cute.make_identity_tensor(mX.shape)
+        tXcX0 = thr_copy.partition_S(cute.local_tile(idX, tiler, (0, rank)))
+        pred = None
+        if const_expr(not self.even_n):
+            pred = _column_predicate(tXcX0, n)
+        atom = _copy_atom(self.dtype, t.vec)
+        copy_row = partial(cute.copy, atom, pred=pred)
+
+        tXrW = None
+        if const_expr(mW is not None):
+            tXgW = thr_copy.partition_S(cute.local_tile(mW, tiler, (0, rank)))
+            tXrW = cute.make_rmem_tensor_like(tXgW)
+            if const_expr(not self.even_n):
+                # Out-of-row lanes of w must be finite: g = dy * w feeds the row sums (dy is 0 there).
+                tXrW.fill(0.0)
+            cute.copy(_copy_atom(mW.element_type, t.vec), tXgW, tXrW, pred=pred)
+
+        tXgX0 = thr_copy.partition_S(cute.local_tile(mX, tiler, (0, rank)))
+        tXrX = cute.make_rmem_tensor_like(tXgX0)
+        tXrDY = cute.make_rmem_tensor_like(tXgX0)
+        tXrDX = cute.make_rmem_tensor_like(tXgX0)
+        tXrDW = cute.make_rmem_tensor_like(tXgX0, Float32)
+        tXrDB = cute.make_rmem_tensor_like(tXgX0, Float32)
+        tXrDW.fill(0.0)
+        tXrDB.fill(0.0)
+
+        if const_expr(t.cluster_n > 1):
+            cute.arch.cluster_wait()
+
+        num_tiles = cute.ceil_div(num_rows, t.rows_per_cta)
+        for tile in cutlass.range(bidx, num_tiles, num_clusters, unroll=1):
+            it = (tile - bidx) // num_clusters
+            slot = it % 2
+            phase = (it // 2) % 2
+            tXcX = thr_copy.partition_S(cute.local_tile(idX, tiler, (tile, rank)))
+            row = tXcX[0][0]
+            tXgX = thr_copy.partition_S(cute.local_tile(mX, tiler, (tile, rank)))
+            tXgDY = thr_copy.partition_S(cute.local_tile(mDY, tiler, (tile, rank)))
+            tXgDX = thr_copy.partition_D(cute.local_tile(mDX, tiler, (tile, rank)))
+            # Zero first: columns past N and rows past M then contribute nothing (dy = 0 makes g, dy*xhat vanish).
+            tXrX.fill(0.0)
+            tXrDY.fill(0.0)
+            mean = Float32(0.0)
+            rstd = Float32(0.0)
+            if row < num_rows:
+                copy_row(tXgX, tXrX)
+                copy_row(tXgDY, tXrDY)
+                mean = mMean[row]
+                rstd = mRstd[row]
+            x = tXrX.load().to(Float32)
+            dy = tXrDY.load().to(Float32)
+            xhat = (x - mean) * rstd
+            g = dy
+            if const_expr(mW is not None):
+                g = dy * tXrW.load().to(Float32)
+            sum_gx, sum_g = row_sum(
+                (
+                    (g * xhat).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),
+                    g.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),
+                ),
+                t.threads_per_row, t.warps_per_row, t.cluster_n,
+                (buf_gx[None, None, slot], buf_g[None, None, slot]),
+                mbar_ptr + slot if const_expr(t.cluster_n > 1) else None,
+                phase,
+            )
+            mean_gx = sum_gx / n
+            mean_g = sum_g / n
+            dx = (g - mean_g - xhat * mean_gx) * rstd
+            tXrDX.store(dx.to(self.dtype))
+            if row < num_rows:
+                copy_row(tXrDX, tXgDX)
+            if const_expr(self.want_dw):
+                tXrDW.store(tXrDW.load() + dy * xhat)
+            if const_expr(self.want_db):
+                tXrDB.store(tXrDB.load() + dy)
+
+        if const_expr(self.want_dw):
+            self._store_partial(tXrDW, mDWp, thr_copy, tiled_copy, tiler, bidx, rank, pred, smem)
+        if const_expr(self.want_db):
+            self._store_partial(tXrDB, mDBp, thr_copy, tiled_copy, tiler, bidx, rank, pred, smem)
+
+    @cute.jit
+    def _store_partial(self, acc, mPartial, thr_copy, tiled_copy, tiler, bidx, rank, pred, smem):
+        """Sums the CTA's thread rows of ``acc`` (through shared memory when there are several) and writes the
+        result as this cluster's partial row."""
+        t = self.tiling
+        tidx, _, _ = cute.arch.thread_idx()
+        gP = cute.local_tile(mPartial[bidx, None, None], tiler, (0, rank))
+        tXgP = thr_copy.partition_D(gP)
+        store = partial(cute.copy, _copy_atom(Float32, t.vec), pred=pred)
+        if const_expr(t.rows_per_cta > 1):
+            sAcc = smem.allocate_tensor(Float32, cute.make_ordered_layout(tiler, order=(1, 0)), byte_alignment=16)
+            cute.autovec_copy(acc, thr_copy.partition_D(sAcc))
+            cute.arch.barrier()
+            if tidx < t.threads_per_row:
+                acc.fill(0.0)
+                for r in cutlass.range(t.rows_per_cta, unroll=4):
+                    part = cute.make_rmem_tensor_like(acc)
+                    cute.autovec_copy(tiled_copy.get_slice(tidx + r * t.threads_per_row).partition_D(sAcc), part)
+                    acc.store(acc.load() + part.load())
+                store(acc, tXgP)
+        else:
+            store(acc, tXgP)

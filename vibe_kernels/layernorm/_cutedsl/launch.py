@@ -1,0 +1,248 @@
+"""Compile cache and launchers for the CuTeDSL LayerNorm kernels (imports cutlass; loaded on first use).
+
+Kernels are compiled once per (dtype, N, weight/bias dtypes, which outputs are wanted, vector width, config,
+GPU arch). The batch size M and the row strides are runtime arguments, so a new batch size or a strided view never
+recompiles. The vector width is the alignment class: the widest power-of-two number of elements (16 bytes at most)
+that divides N, every row stride, and every base address, so each vector access is naturally aligned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import threading
+import warnings
+
+import cuda.bindings.driver as cuda
+import cutlass
+import cutlass.base_dsl.common
+import cutlass.cute as cute
+import torch
+from cutlass import Float32
+from cutlass.cute.runtime import make_fake_stream, make_ptr
+
+from .config import BwdConfig, FwdConfig, bwd_config, fwd_config
+from .kernels import LayerNormBwd, LayerNormFwd
+
+_CUTE_DTYPE = {torch.float16: cutlass.Float16, torch.bfloat16: cutlass.BFloat16, torch.float32: cutlass.Float32}
+_GMEM = cute.AddressSpace.gmem
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Alignment class
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def vector_width(elem_bytes: int, hidden: int, row_strides: tuple[int, ...], addresses: tuple[tuple[int, int], ...]) -> int:
+    """Widest vector (elements) such that every access of every tensor is aligned to its own size.
+
+    row_strides: the row strides (elements) of the (M, N) tensors; addresses: (data_ptr, element bytes) of every
+    tensor read or written with vectors (weight/bias included, whose vectors are vec * its element size bytes).
+
+    >>> vector_width(2, 4096, (4096, 8192), ((0x7F0000000000, 2),))
+    8
+    >>> vector_width(2, 4096, (4100,), ((0x7F0000000000, 2),))
+    4
+    >>> vector_width(2, 769, (769,), ((0x7F0000000000, 2),))
+    1
+    >>> vector_width(4, 4096, (4096,), ((0x7F0000000004, 4),))
+    1
+    """
+    vec = 16 // elem_bytes
+    while vec > 1:
+        ok = hidden % vec == 0 and all(s % vec == 0 for s in row_strides)
+        ok = ok and all(addr % min(16, vec * nbytes) == 0 for addr, nbytes in addresses)
+        if ok:
+            break
+        vec //= 2
+    return vec
+
+
+def _arch_of(device: torch.device) -> str:
+    return _arch_of_index(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=16)
+def _arch_of_index(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm_{major}{minor}a" if major in (9, 10) else f"sm_{major}{minor}"
+
+
+def _placeholder(dtype, align: int):
+    return make_ptr(dtype, 0, _GMEM, assumed_align=align)
+
+
+def _ptr_align(dtype, vec: int) -> int:
+    return min(16, vec * dtype.width // 8)
+
+
+# Calls through Apache TVM FFI cost a few microseconds (raw addresses and the stream handle pass as integers); the
+# DSL's own ctypes path costs about 100 us per call. TVM FFI is used when importable, unless VIBE_CUTEDSL_TVM_FFI=0.
+_TVM_FFI = importlib.util.find_spec("tvm_ffi") is not None and os.environ.get("VIBE_CUTEDSL_TVM_FFI", "1") != "0"
+
+
+def uses_tvm_ffi() -> bool:
+    return _TVM_FFI
+
+
+def _options(arch: str, keep_ptx: bool, tvm_ffi: bool) -> str:
+    return f"--gpu-arch {arch}" + (" --keep-ptx" if keep_ptx else "") + (" --enable-tvm-ffi" if tvm_ffi else "")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Compile (cached in memory)
+# ----------------------------------------------------------------------------------------------------------------
+
+_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=None)
+def compile_fwd(dtype, hidden: int, weight_dtype, bias_dtype, store_stats: bool, vec: int, config: FwdConfig,
+                arch: str, keep_ptx: bool = False, tvm_ffi: bool = False):
+    """Compiled forward for one variant; ``dtype``/``weight_dtype``/``bias_dtype`` are cutlass types (or None)."""
+    kernel = LayerNormFwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, config)
+    w = _placeholder(weight_dtype, _ptr_align(weight_dtype, vec)) if weight_dtype is not None else None
+    b = _placeholder(bias_dtype, _ptr_align(bias_dtype, vec)) if bias_dtype is not None else None
+    stat = _placeholder(Float32, 4) if store_stats else None
+    x = _placeholder(dtype, _ptr_align(dtype, vec))
+    out = _placeholder(dtype, _ptr_align(dtype, vec))
+    with _lock:
+        return cute.compile(
+            kernel, x, w, b, out, stat, stat, cutlass.Int32(1), cutlass.Int64(hidden), cutlass.Int64(hidden),
+            Float32(1e-5), make_fake_stream(), options=_options(arch, keep_ptx, tvm_ffi),
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def compile_bwd(dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, vec: int, config: BwdConfig,
+                arch: str, keep_ptx: bool = False, tvm_ffi: bool = False):
+    """Compiled backward for one variant (dw/db partials in fp32)."""
+    kernel = LayerNormBwd(dtype, hidden, weight_dtype, want_dw, want_db, config)
+    w = _placeholder(weight_dtype, _ptr_align(weight_dtype, vec)) if weight_dtype is not None else None
+    dwp = _placeholder(Float32, _ptr_align(Float32, vec)) if want_dw else None
+    dbp = _placeholder(Float32, _ptr_align(Float32, vec)) if want_db else None
+    act = _placeholder(dtype, _ptr_align(dtype, vec))
+    stat = _placeholder(Float32, 4)
+    with _lock:
+        return cute.compile(
+            kernel, act, act, w, stat, stat, act, dwp, dbp, cutlass.Int32(1), cutlass.Int64(hidden),
+            cutlass.Int64(hidden), cutlass.Int64(hidden), cutlass.Int32(1), make_fake_stream(),
+            options=_options(arch, keep_ptx, tvm_ffi),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers (outputs preallocated by the caller)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _ptr(t: torch.Tensor | None, vec: int):
+    if t is None:
+        return None
+    dtype = _CUTE_DTYPE[t.dtype]
+    return make_ptr(dtype, t.data_ptr(), _GMEM, assumed_align=_ptr_align(dtype, vec))
+
+
+def _stat_ptr(t: torch.Tensor | None):
+    return None if t is None else make_ptr(Float32, t.data_ptr(), _GMEM, assumed_align=4)
+
+
+def _addr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _cute(t: torch.Tensor | None):
+    return None if t is None else _CUTE_DTYPE[t.dtype]
+
+
+def _run(compile_fn, compile_args: tuple, tvm_args: tuple, ptr_args: tuple, device: torch.device) -> None:
+    """Launches on ``device``'s current stream, through TVM FFI when available (falling back for good to the
+    DSL's own call path if a TVM FFI call fails before launching)."""
+    global _TVM_FFI
+    stream = torch.cuda.current_stream(device).cuda_stream
+    switch = device.index is not None and device.index != torch.cuda.current_device()
+    with torch.cuda.device(device) if switch else contextlib.nullcontext():
+        if _TVM_FFI:
+            compiled = compile_fn(*compile_args, tvm_ffi=True)
+            try:
+                compiled(*tvm_args, stream)
+                return
+            except (TypeError, ValueError, cutlass.base_dsl.common.DSLRuntimeError) as exc:
+                warnings.warn(f"CuTeDSL layernorm: TVM FFI call failed ({exc!r}); using the slower DSL call path")
+                _TVM_FFI = False
+        compiled = compile_fn(*compile_args, tvm_ffi=False)
+        compiled(*ptr_args, cuda.CUstream(stream))
+
+
+def _check_config(config, vec: int):
+    if vec % config.tiling.vec:
+        raise ValueError(f"config.tiling.vec={config.tiling.vec} must divide the alignment's vector width {vec}")
+
+
+def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | None = None) -> None:
+    rows, hidden = x.shape
+    elem = x.element_size()
+    addresses = [(x.data_ptr(), elem), (out.data_ptr(), elem)]
+    addresses += [(t.data_ptr(), t.element_size()) for t in (weight, bias) if t is not None]
+    vec = vector_width(elem, hidden, (x.stride(0), out.stride(0)), tuple(addresses))
+    if config is None:
+        config = fwd_config(hidden, elem, vec)
+    _check_config(config, vec)
+    vec = config.tiling.vec
+    store_stats = mean is not None
+    if store_stats != (rstd is not None):
+        raise ValueError("mean and rstd must both be given or both be None")
+    compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), _cute(bias), store_stats, vec, config, _arch_of(x.device))
+    tail = (rows, x.stride(0), out.stride(0), float(eps))
+    _run(
+        compile_fwd, compile_args,
+        (x.data_ptr(), _addr(weight), _addr(bias), out.data_ptr(), _addr(mean), _addr(rstd)) + tail,
+        (_ptr(x, vec), _ptr(weight, vec), _ptr(bias, vec), _ptr(out, vec), _stat_ptr(mean), _stat_ptr(rstd)) + tail,
+        x.device,
+    )
+
+
+def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdConfig | None = None) -> None:
+    rows, hidden = x.shape
+    elem = x.element_size()
+    addresses = [(t.data_ptr(), elem) for t in (dy, x, dx)]
+    if weight is not None:
+        addresses.append((weight.data_ptr(), weight.element_size()))
+    vec = vector_width(elem, hidden, (dy.stride(0), x.stride(0), dx.stride(0)), tuple(addresses))
+    if config is None:
+        config = bwd_config(hidden, elem, vec)
+    _check_config(config, vec)
+    vec = config.tiling.vec
+    t = config.tiling
+    num_tiles = -(-rows // t.rows_per_cta)
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    max_clusters = max(1, _sm_count(index) * config.ctas_per_sm // t.cluster_n)
+    num_clusters = min(num_tiles, max_clusters)
+    want_dw, want_db = dweight is not None, dbias is not None
+    dw_partial = torch.empty((num_clusters, hidden), dtype=torch.float32, device=x.device) if want_dw else None
+    db_partial = torch.empty((num_clusters, hidden), dtype=torch.float32, device=x.device) if want_db else None
+    compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), want_dw, want_db, vec, config, _arch_of(x.device))
+    tail = (rows, dy.stride(0), x.stride(0), dx.stride(0), num_clusters)
+    _run(
+        compile_bwd, compile_args,
+        (dy.data_ptr(), x.data_ptr(), _addr(weight), mean.data_ptr(), rstd.data_ptr(), dx.data_ptr(),
+         _addr(dw_partial), _addr(db_partial)) + tail,
+        (_ptr(dy, vec), _ptr(x, vec), _ptr(weight, vec), _stat_ptr(mean), _stat_ptr(rstd), _ptr(dx, vec),
+         _ptr(dw_partial, vec), _ptr(db_partial, vec)) + tail,
+        x.device,
+    )
+    # Second pass: a fixed-order fp32 column sum over the partials (deterministic, no atomics).
+    for partial, grad in ((dw_partial, dweight), (db_partial, dbias)):
+        if partial is None:
+            continue
+        if grad.dtype == torch.float32:
+            torch.sum(partial, dim=0, out=grad)
+        else:
+            grad.copy_(partial.sum(dim=0))

@@ -1,0 +1,86 @@
+"""Row reductions for the CuTeDSL kernels: thread -> warp (butterfly shuffles) -> CTA (shared memory) -> cluster
+(distributed shared memory, completion tracked by an mbarrier's transaction count).
+
+A reduction buffer is an fp32 shared-memory tensor of shape (rows_per_cta, warps_per_row * cluster_n); slot
+[r, rank * warps_per_row + w] holds warp w's partial for row r from the CTA of cluster rank ``rank``. Several values
+(the backward's two sums) share one pass: one barrier / one mbarrier wait for all of them.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, Int32, const_expr
+from cutlass.cutlass_dsl import dsl_user_op
+
+
+@dsl_user_op
+def _store_remote_f32(value: Float32, smem_ptr: cute.Pointer, mbar_ptr: cute.Pointer, peer_rank: Int32, *, loc=None, ip=None) -> None:
+    """st.async of one fp32 into CTA ``peer_rank``'s shared memory, crediting 4 bytes to its mbarrier."""
+    remote_addr = cute.arch.map_dsmem_ptr(smem_ptr, peer_rank, loc=loc, ip=ip).toint(loc=loc, ip=ip)
+    remote_mbar = cute.arch.map_dsmem_ptr(mbar_ptr, peer_rank, loc=loc, ip=ip).toint(loc=loc, ip=ip)
+    cute.arch.inline_ptx(
+        "st.async.shared::cluster.mbarrier::complete_tx::bytes.f32 [{$r0}], {$r1}, [{$r2}];",
+        read_only_args=[Int32(remote_addr), Float32(value), Int32(remote_mbar)],
+        loc=loc,
+        ip=ip,
+    )
+
+
+@dsl_user_op
+def _slot_pointer(buffer: cute.Tensor, coord, *, loc=None, ip=None) -> cute.Pointer:
+    return buffer.iterator + cute.crd2idx(coord, buffer.layout, loc=loc, ip=ip)
+
+
+@cute.jit
+def row_sum(
+    values: tuple,
+    threads_per_row: cutlass.Constexpr[int],
+    warps_per_row: cutlass.Constexpr[int],
+    cluster_n: cutlass.Constexpr[int],
+    buffers: tuple,
+    mbar_ptr,
+    phase,
+) -> tuple:
+    """Sums each fp32 scalar in ``values`` over the threads of its row (and the row's cluster).
+
+    ``buffers``: one reduction buffer per value (unused when a row fits in one warp). ``mbar_ptr``/``phase``: the
+    mbarrier that this pass waits on, and its phase parity (clusters only). Every thread gets the row totals.
+    """
+    lanes = const_expr(min(threads_per_row, 32))
+    partials = [cute.arch.warp_reduction(v, operator.add, threads_in_group=lanes) for v in values]
+    if const_expr(warps_per_row * cluster_n == 1):
+        return tuple(partials)
+    lane = cute.arch.lane_idx()
+    warp = cute.arch.warp_idx()
+    row_in_cta = warp // warps_per_row
+    warp_in_row = warp % warps_per_row
+    slots = const_expr(warps_per_row * cluster_n)
+    if const_expr(cluster_n == 1):
+        if lane == 0:
+            for i in cutlass.range_constexpr(len(values)):
+                buffers[i][row_in_cta, warp_in_row] = partials[i]
+        cute.arch.barrier()
+    else:
+        rank = cute.arch.block_idx_in_cluster()
+        if warp == 0:
+            with cute.arch.elect_one():
+                rows = cute.size(buffers[0], mode=[0])
+                cute.arch.mbarrier_arrive_and_expect_tx(mbar_ptr, len(values) * rows * slots * 4)
+        if lane < cluster_n:
+            # Lane p sends this warp's partials to cluster peer p (itself included).
+            for i in cutlass.range_constexpr(len(values)):
+                dst = _slot_pointer(buffers[i], (row_in_cta, rank * warps_per_row + warp_in_row))
+                _store_remote_f32(partials[i], dst, mbar_ptr, lane)
+        cute.arch.mbarrier_wait(mbar_ptr, phase)
+    totals = []
+    for i in cutlass.range_constexpr(len(values)):
+        acc = Float32(0.0)
+        for k in cutlass.range_constexpr(cute.ceil_div(slots, 32)):
+            slot = lane + k * 32
+            if slot < slots:
+                acc = acc + buffers[i][row_in_cta, slot]
+        totals.append(cute.arch.warp_reduction(acc, operator.add, threads_in_group=32))
+    return tuple(totals)
