@@ -77,6 +77,9 @@ def _run_forward(backend: str, allow_fallback: bool, x2d, weight, bias, eps, out
 class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2d, weight, bias, eps, backend, allow_fallback, need_mean, need_rstd):
+        # mean/rstd get no gradient: without this, autograd would build zero tensors for them on every backward
+        # (two allocations and two fill kernels, ~0.2 ms of host time per step on the H100 machine).
+        ctx.set_materialize_grads(False)
         rows, hidden = x2d.shape
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         out = torch.empty((rows, hidden), dtype=x2d.dtype, device=x2d.device)
@@ -96,6 +99,8 @@ class LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dmean, _drstd):
+        if dout is None:  # out itself did not reach the loss
+            return None, None, None, None, None, None, None, None
         x2d, weight, mean, rstd = ctx.saved_tensors
         rows, hidden = x2d.shape
         if dout.stride(-1) != 1:
