@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +19,9 @@ import torch
 CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
+# CuTeDSL writes --keep-ptx files (read back as compiled.__ptx__) into one dump directory under names that do not
+# encode the kernel's config: parallel test workers need a directory each, chosen before cutlass is imported.
+os.environ["CUTE_DSL_DUMP_DIR"] = tempfile.mkdtemp(prefix="vk-cute-dump-")
 
 from vibe_kernels.layernorm import layernorm_mean_ref, layernorm_ref, layernorm_rstd_ref  # noqa: E402 (imports no triton)
 

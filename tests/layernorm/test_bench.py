@@ -329,6 +329,7 @@ def test_check_end_to_end_in_process(tmp_path, capsys):
 def test_command_runs_on_cpu(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the no-GPU path, also when this suite runs on a GPU machine
     out_json, baseline = tmp_path / "run.json", tmp_path / "baseline.json"
     completed = subprocess.run(
         [sys.executable, "-m", "vibe_kernels.layernorm.bench", "--shapes", "4x64", "--backends", "torch",

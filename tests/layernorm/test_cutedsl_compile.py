@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -168,7 +169,8 @@ def test_config_covers_row(hidden, elem_bytes):
 
 def test_package_import_does_not_import_cutlass():
     code = "import sys, vibe_kernels.layernorm._cutedsl as m; m.is_available(); assert 'cutlass' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    repo_root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo_root)
 
 
 def test_too_wide_rows_raise_not_implemented():

@@ -131,6 +131,7 @@ def test_bad_backend_flag_is_an_argparse_error(capsys):
 def test_command_runs_on_cpu():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["CUDA_VISIBLE_DEVICES"] = ""  # the no-GPU path, also when this suite runs on a GPU machine
     completed = subprocess.run(
         [sys.executable, "-m", "vibe_kernels.layernorm.validate"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,

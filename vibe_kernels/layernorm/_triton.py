@@ -468,11 +468,8 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     else:
         groups = min(slots, triton.cdiv(rows, cfg.block_m))
         grid = (groups,)
-    dw_partial = db_partial = None
-    if dweight is not None or dbias is not None:  # one allocation for both partial buffers
-        partials = torch.empty((2, groups, hidden), dtype=torch.float32, device=x.device)
-        dw_partial = partials[0] if dweight is not None else None
-        db_partial = partials[1] if dbias is not None else None
+    dw_partial = torch.empty((groups, hidden), dtype=torch.float32, device=x.device) if dweight is not None else None
+    db_partial = torch.empty((groups, hidden), dtype=torch.float32, device=x.device) if dbias is not None else None
     if cfg.chunked:
         _layernorm_bwd_tiled_kernel[grid](
             dy, x, weight, mean, rstd, mean_gx, mean_g, dx, dw_partial, db_partial,

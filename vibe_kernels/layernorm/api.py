@@ -83,8 +83,10 @@ class LayerNormFunction(torch.autograd.Function):
         rows, hidden = x2d.shape
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         out = torch.empty((rows, hidden), dtype=x2d.dtype, device=x2d.device)
-        mean = torch.empty((rows,), dtype=torch.float32, device=x2d.device) if (need_mean or need_grad) else None
-        rstd = torch.empty((rows,), dtype=torch.float32, device=x2d.device) if (need_rstd or need_grad) else None
+        mean = rstd = None
+        if need_mean or need_rstd or need_grad:  # both or neither: backends store the pair together
+            stats = torch.empty((2, rows), dtype=torch.float32, device=x2d.device)
+            mean, rstd = stats[0], stats[1]
         if rows > 0:
             backend = _run_forward(backend, allow_fallback, x2d, weight, bias, eps, out, mean, rstd)
         ctx.backend = backend
