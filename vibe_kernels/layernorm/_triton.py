@@ -96,6 +96,7 @@ def _ladder_row(ladder, hidden: int, dtype: torch.dtype):
     raise AssertionError("ladders end with a catch-all row")
 
 
+@functools.lru_cache(maxsize=1024)
 def fwd_config(hidden: int, dtype: torch.dtype) -> FwdConfig:
     """Forward config for rows of ``hidden`` elements of ``dtype``, from the measured ladder.
 
@@ -117,6 +118,7 @@ def fwd_config(hidden: int, dtype: torch.dtype) -> FwdConfig:
     return FwdConfig(block_m=1, block_n=block_n, num_warps=num_warps, chunked=True, programs_per_sm=programs_per_sm)
 
 
+@functools.lru_cache(maxsize=1024)
 def bwd_config(hidden: int, dtype: torch.dtype) -> BwdConfig:
     """Backward config, from the measured ladder.
 
