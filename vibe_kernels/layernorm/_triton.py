@@ -272,6 +272,50 @@ def _layernorm_fwd_chunked_kernel(
 
 
 @triton.jit
+def _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols, col_ok,
+                   HAS_W: tl.constexpr):
+    """A BLOCK_M x BLOCK_N tile of dy, xhat = (x - mean) * rstd and g = dy * w in fp32 (zero outside the rows and
+    columns), and the tile's rstd. ``w`` is the tile's columns of the weight, loaded once by the caller."""
+    mask = row_ok[:, None] & col_ok[None, :]
+    row_off = row_idx.to(tl.int64)[:, None]
+    x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + row_off * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.load(Mean + row_idx, mask=row_ok, other=0.0)
+    rstd = tl.load(Rstd + row_idx, mask=row_ok, other=0.0)
+    xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+    if HAS_W:
+        g = dy * w[None, :]
+    else:
+        g = dy
+    return dy, xhat, g, rstd
+
+
+@triton.jit
+def _store_dx_accumulate(DX, stride_dx_row, row_idx, row_ok, cols, col_ok, dy, xhat, g, rstd, mean_gx, mean_g,
+                         dw_acc, db_acc, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr):
+    """dx = rstd * (g - xhat * mean(g * xhat) - mean(g)) for the tile; dy * xhat and dy added to the accumulators."""
+    mask = row_ok[:, None] & col_ok[None, :]
+    dx = (g - xhat * mean_gx[:, None] - mean_g[:, None]) * rstd[:, None]
+    row_off = row_idx.to(tl.int64)[:, None]
+    tl.store(DX + row_off * stride_dx_row + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+    if NEED_DW:
+        dw_acc += dy * xhat
+    if NEED_DB:
+        db_acc += dy
+    return dw_acc, db_acc
+
+
+@triton.jit
+def _store_partials(DW_partial, DB_partial, slot, cols, col_ok, dw_acc, db_acc, N: tl.constexpr,
+                    NEED_DW: tl.constexpr, NEED_DB: tl.constexpr):
+    """Row ``slot`` of the [programs, N] fp32 partials: the accumulators summed over their rows."""
+    if NEED_DW:
+        tl.store(DW_partial + slot * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
+    if NEED_DB:
+        tl.store(DB_partial + slot * N + cols, tl.sum(db_acc, axis=0), mask=col_ok)
+
+
+@triton.jit
 def _layernorm_bwd_resident_kernel(
     DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial,
     stride_dy_row, stride_x_row, stride_dx_row, rows,
@@ -280,40 +324,21 @@ def _layernorm_bwd_resident_kernel(
 ):
     """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end."""
     pid = tl.program_id(0)
-    num_programs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    if HAS_W:
-        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) if HAS_W else 0.0
     dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    num_tiles = tl.cdiv(rows, BLOCK_M)
-    for tile in range(pid, num_tiles, num_programs):
+    for tile in range(pid, tl.cdiv(rows, BLOCK_M), tl.num_programs(0)):
         row_idx = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = row_idx < rows
-        mask = row_ok[:, None] & col_ok[None, :]
-        row_off = row_idx.to(tl.int64)[:, None]
-        x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + row_off * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(Mean + row_idx, mask=row_ok, other=0.0)
-        rstd = tl.load(Rstd + row_idx, mask=row_ok, other=0.0)
-        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-        if HAS_W:
-            g = dy * w[None, :]
-        else:
-            g = dy
+        dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok,
+                                           cols, col_ok, HAS_W)
         mean_gx = tl.sum(g * xhat, axis=1) / N
         mean_g = tl.sum(g, axis=1) / N
-        dx = (g - xhat * mean_gx[:, None] - mean_g[:, None]) * rstd[:, None]
-        tl.store(DX + row_off * stride_dx_row + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-        if NEED_DW:
-            dw_acc += dy * xhat
-        if NEED_DB:
-            db_acc += dy
-    if NEED_DW:
-        tl.store(DW_partial + pid * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
-    if NEED_DB:
-        tl.store(DB_partial + pid * N + cols, tl.sum(db_acc, axis=0), mask=col_ok)
+        dw_acc, db_acc = _store_dx_accumulate(DX, stride_dx_row, row_idx, row_ok, cols, col_ok, dy, xhat, g, rstd,
+                                              mean_gx, mean_g, dw_acc, db_acc, NEED_DW, NEED_DB)
+    _store_partials(DW_partial, DB_partial, pid, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB)
 
 
 @triton.jit
@@ -355,8 +380,7 @@ def _layernorm_bwd_tiled_kernel(
     group = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    if HAS_W:
-        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) if HAS_W else 0.0
     dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     first_row = group * rows_per_group
@@ -364,29 +388,13 @@ def _layernorm_bwd_tiled_kernel(
     for start in range(first_row, last_row, BLOCK_M):
         row_idx = start + tl.arange(0, BLOCK_M)
         row_ok = row_idx < last_row
-        mask = row_ok[:, None] & col_ok[None, :]
-        row_off = row_idx.to(tl.int64)[:, None]
-        x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + row_off * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(Mean + row_idx, mask=row_ok, other=0.0)
-        rstd = tl.load(Rstd + row_idx, mask=row_ok, other=0.0)
+        dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok,
+                                           cols, col_ok, HAS_W)
         mean_gx = tl.load(MeanGX + row_idx, mask=row_ok, other=0.0)
         mean_g = tl.load(MeanG + row_idx, mask=row_ok, other=0.0)
-        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-        if HAS_W:
-            g = dy * w[None, :]
-        else:
-            g = dy
-        dx = (g - xhat * mean_gx[:, None] - mean_g[:, None]) * rstd[:, None]
-        tl.store(DX + row_off * stride_dx_row + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-        if NEED_DW:
-            dw_acc += dy * xhat
-        if NEED_DB:
-            db_acc += dy
-    if NEED_DW:
-        tl.store(DW_partial + group * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
-    if NEED_DB:
-        tl.store(DB_partial + group * N + cols, tl.sum(db_acc, axis=0), mask=col_ok)
+        dw_acc, db_acc = _store_dx_accumulate(DX, stride_dx_row, row_idx, row_ok, cols, col_ok, dy, xhat, g, rstd,
+                                              mean_gx, mean_g, dw_acc, db_acc, NEED_DW, NEED_DB)
+    _store_partials(DW_partial, DB_partial, group, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB)
 
 
 @triton.jit
