@@ -146,6 +146,8 @@ def layernorm(
     Returns ``out`` (x's shape and dtype), or ``(out, rstd)``, ``(out, mean)``, ``(out, rstd, mean)`` with
     mean/rstd float32 of shape x.shape[:-1] (non-differentiable). Differentiable in x, weight and bias.
     backend: "auto" (CuTeDSL on sm_90+, else Triton on CUDA, else torch), "cutedsl", "triton" or "torch".
+    The CuTeDSL kernels cover N up to 262144: above that backend="cutedsl" raises NotImplementedError and
+    backend="auto" runs Triton (any N).
     """
     check_inputs(x, weight, bias, eps)
     concrete = resolve_backend(backend, x.device)
@@ -171,7 +173,7 @@ def layernorm(
 
 
 def cutedsl_layernorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, return_mean=False):
-    """``layernorm`` pinned to the CuTeDSL backend (Hopper, sm_90+)."""
+    """``layernorm`` pinned to the CuTeDSL backend (Hopper, sm_90+; N <= 262144, else NotImplementedError)."""
     return layernorm(x, weight, bias, eps=eps, return_rstd=return_rstd, return_mean=return_mean, backend="cutedsl")
 
 
