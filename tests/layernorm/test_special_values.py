@@ -107,3 +107,20 @@ def test_property_forward_matches_fp64(device, check, rows, hidden, dtype_name, 
     rstd = stats[0] if arity in ("rstd", "both") else None
     mean = stats[-1] if arity in ("mean", "both") else None
     check.stats(mean, rstd, x, 1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_weight_and_bias_views(gen, device, backend):
+    x = torch.randn(5, 96, generator=gen).to(device).requires_grad_()
+    w_storage = torch.randn(192, generator=gen).to(device).requires_grad_()
+    b_storage = torch.randn(192, generator=gen).to(device).requires_grad_()
+    weight, bias = w_storage[::2], b_storage[1::2]
+    out = layernorm(x, weight, bias, backend=backend)
+    ref = layernorm(x, weight.contiguous(), bias.contiguous(), backend="torch")
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    dy = torch.randn(5, 96, generator=gen).to(device)
+    grads = torch.autograd.grad(out, (w_storage, b_storage), dy)
+    ref_grads = torch.autograd.grad(ref, (w_storage, b_storage), dy)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (grads[0][1::2] == 0).all() and (grads[1][::2] == 0).all()

@@ -152,6 +152,9 @@ def layernorm(
     check_inputs(x, weight, bias, eps)
     concrete = resolve_backend(backend, x.device)
     x2d = _rows_view(x)
+    # The kernels index weight and bias as dense vectors: a strided view (w[::2]) is copied (differentiably).
+    weight = weight.contiguous() if weight is not None and weight.stride(0) != 1 else weight
+    bias = bias.contiguous() if bias is not None and bias.stride(0) != 1 else bias
     params = (x, weight, bias)
     if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
         out, mean, rstd = LayerNormFunction.apply(
