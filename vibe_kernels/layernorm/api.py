@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -61,17 +62,25 @@ def _rows_view(x: torch.Tensor) -> torch.Tensor:
     return x2d
 
 
+def _on_device(device: torch.device):
+    """Triton and CuTeDSL launch on the *current* CUDA device: make it x's for tensors on another GPU."""
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def _run_forward(backend: str, allow_fallback: bool, x2d, weight, bias, eps, out, mean, rstd) -> str:
     """Runs the forward on ``backend``; returns the backend that ran. Under backend="auto", a CuTeDSL kernel that
     lacks this shape (NotImplementedError) defers to Triton."""
-    try:
-        load_backend(backend).layernorm_fwd(x2d, weight, bias, eps, out, mean, rstd)
-        return backend
-    except NotImplementedError:
-        if backend != "cutedsl" or not allow_fallback:
-            raise
-    load_backend("triton").layernorm_fwd(x2d, weight, bias, eps, out, mean, rstd)
-    return "triton"
+    with _on_device(x2d.device):
+        try:
+            load_backend(backend).layernorm_fwd(x2d, weight, bias, eps, out, mean, rstd)
+            return backend
+        except NotImplementedError:
+            if backend != "cutedsl" or not allow_fallback:
+                raise
+        load_backend("triton").layernorm_fwd(x2d, weight, bias, eps, out, mean, rstd)
+        return "triton"
 
 
 def _forward(x2d, weight, bias, eps, backend, allow_fallback, need_stats):
@@ -121,7 +130,8 @@ class LayerNormFunction(torch.autograd.Function):
         dweight = torch.empty((hidden,), dtype=weight.dtype, device=x2d.device) if need_dw else None
         dbias = torch.empty((hidden,), dtype=ctx.bias_dtype, device=x2d.device) if need_db else None
         if rows > 0:
-            load_backend(ctx.backend).layernorm_bwd(dout, x2d, weight, mean, rstd, dx, dweight, dbias)
+            with _on_device(x2d.device):
+                load_backend(ctx.backend).layernorm_bwd(dout, x2d, weight, mean, rstd, dx, dweight, dbias)
         else:
             for grad in (dweight, dbias):
                 if grad is not None:
