@@ -5,7 +5,7 @@
 
 from ._backends import cutedsl_unavailable_reason, triton_unavailable_reason
 from .api import cutedsl_layernorm, layernorm, torch_layernorm, triton_layernorm
-from .module import LayerNorm
+from .module import LayerNorm, patch, unpatch
 from .reference import layernorm_mean_ref, layernorm_ref, layernorm_rstd_ref
 
 
@@ -28,6 +28,8 @@ __all__ = [
     "layernorm_mean_ref",
     "layernorm_ref",
     "layernorm_rstd_ref",
+    "patch",
     "torch_layernorm",
     "triton_layernorm",
+    "unpatch",
 ]

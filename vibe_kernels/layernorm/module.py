@@ -40,3 +40,28 @@ class LayerNorm(torch.nn.LayerNorm):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"
+
+
+def patch(model: torch.nn.Module, *, backend: str = "auto") -> int:
+    """Makes every ``torch.nn.LayerNorm`` inside ``model`` (exactly that class, not user subclasses) run on our
+    kernels, in place: the modules keep their parameters, buffers and hooks (their class is swapped), so optimizer
+    state stays valid. Returns how many modules were patched; ``unpatch`` undoes it."""
+    patched = 0
+    for module in model.modules():
+        if type(module) is torch.nn.LayerNorm:
+            module.__class__ = LayerNorm
+            module.backend = backend
+            patched += 1
+    return patched
+
+
+def unpatch(model: torch.nn.Module) -> int:
+    """Turns the modules that ``patch`` changed (and any of our LayerNorm modules) back into ``torch.nn.LayerNorm``,
+    keeping their parameters. Returns how many modules were restored."""
+    restored = 0
+    for module in model.modules():
+        if type(module) is LayerNorm:
+            module.__class__ = torch.nn.LayerNorm
+            module.__dict__.pop("backend", None)
+            restored += 1
+    return restored
