@@ -318,7 +318,7 @@ def test_import_does_not_load_cutlass_or_triton():
 def test_public_names():
     assert set(ln.__all__) == {
         "LayerNorm", "cutedsl_layernorm", "is_cutedsl_layernorm_available", "is_triton_layernorm_available",
-        "layernorm", "layernorm_mean_ref", "layernorm_ref", "layernorm_rstd_ref", "torch_layernorm",
+        "layernorm", "layernorm_mean_ref", "layernorm_ref", "layernorm_rstd_ref", "patch", "torch_layernorm", "unpatch",
         "triton_layernorm",
     }
     for name in ln.__all__:
