@@ -124,3 +124,53 @@ def test_strided_weight_and_bias_views(gen, device, backend):
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert (grads[0][1::2] == 0).all() and (grads[1][::2] == 0).all()
+
+
+@pytest.mark.parametrize("bad_dtype", [torch.complex64, torch.bool, torch.int32, torch.float64])
+def test_unsupported_x_dtypes_are_type_errors(device, bad_dtype):
+    x = torch.ones(2, 8, dtype=bad_dtype, device=device)
+    with pytest.raises(TypeError, match=r"x must be float16, bfloat16 or float32, got torch\."):
+        layernorm(x, None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_in_weight_poisons_only_its_column(gen, device, backend):
+    # Documented result: a NaN weight (or bias) entry makes that output column NaN and nothing else.
+    x = torch.randn(4, 40, generator=gen).to(device)
+    weight = torch.randn(40, generator=gen).to(device)
+    weight[7] = float("nan")
+    out = layernorm(x, weight, backend=backend)
+    assert torch.isnan(out[:, 7]).all()
+    others = torch.ones(40, dtype=torch.bool, device=device)
+    others[7] = False
+    assert torch.isfinite(out[:, others]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_first_calls_from_several_threads(gen, device, backend):
+    """Concurrent first calls of a new shape (compilation on a GPU) all return right results."""
+    import threading
+
+    if backend == "triton" and device == "cpu":
+        pytest.skip("the Triton interpreter is not thread-safe (it patches triton.language while a kernel runs); "
+                    "the compiled kernels are exercised on a GPU machine")
+
+    hidden = 232  # a width no other test uses, so the first call here compiles on a GPU
+    inputs = [torch.randn(3, hidden, generator=gen).to(device) for _ in range(4)]
+    weight = torch.randn(hidden, generator=gen).to(device)
+    results, errors = [None] * 4, []
+
+    def run(i):
+        try:
+            results[i] = layernorm(inputs[i], weight, backend=backend)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for x, out in zip(inputs, results):
+        torch.testing.assert_close(out, layernorm(x, weight, backend="torch"), rtol=1e-5, atol=1e-5)
