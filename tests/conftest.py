@@ -70,7 +70,7 @@ class Tolerance:
     fp32 arithmetic, relative to the magnitude of the terms that produced the result (not the result itself, which
     can cancel to ~0): out: (|x| + |mean|) * rstd * |w| + |b|; dx: rstd * (|g| + (1 + |x_hat|) * rms_row(g)),
     g = dy * w; dw, db: sqrt(M) * rms over rows of the summed terms (dy * x_hat, dy), so it grows with sqrt(M).
-    Its ulps grow with log2(N): tree reductions over a row (mean, variance, the Welford combine of the chunked
+    Its ulps grow with log2(N): tree reductions over a row (mean, variance, the pivot-shifted sums of the chunked
     kernel, the backward's row coefficients) lose about an ulp per level.
     """
 

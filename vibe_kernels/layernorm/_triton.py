@@ -4,10 +4,11 @@ Floors (H100, bf16, M x N elements of s bytes): the forward must move 2*M*N*s by
 backward 3*M*N*s (read x and dy, write dx); the arithmetic is a handful of flops per element, far below the memory
 time. So every kernel is organised around reading each input once from HBM:
 
-* rows that fit in registers (the common case) are loaded once, reduced twice on chip (two-pass variance), and
+* rows that fit in registers (the common case) are loaded once, reduced on chip (corrected two-pass variance), and
   written once; several rows per program for small N so each program has enough bytes in flight;
-* rows too wide for registers stream through chunks: a Welford pass for the statistics, then a second pass that
-  re-reads the row in reverse chunk order, so the most recently loaded chunks are still in L2;
+* rows too wide for registers stream through chunks: a statistics pass (sums around a pivot, the first chunk's
+  mean), then a second pass that re-reads the row in reverse chunk order, so the most recently loaded chunks are
+  still in L2;
 * the backward's dw/db are accumulated in fp32 registers by a persistent grid and written as per-program partials
   [programs, N], summed by a small column-parallel kernel: deterministic, no atomics.
 """
@@ -239,7 +240,7 @@ def _layernorm_fwd_chunked_kernel(
     N: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
 ):
-    """Rows pid, pid + P, ...: a Welford pass for the statistics, then a normalizing pass. The grid size P bounds
+    """Rows pid, pid + P, ...: a statistics pass (_row_mean_var), then a normalizing pass. The grid size P bounds
     the rows in flight, so that the second pass finds its row in L2 instead of HBM."""
     cols = tl.arange(0, BLOCK_N)
     NUM_CHUNKS: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
