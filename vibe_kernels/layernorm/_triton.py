@@ -16,7 +16,9 @@ time. So every kernel is organised around reading each input once from HBM:
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import asdict, dataclass
 
 import torch
 import triton
@@ -61,7 +63,7 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
-# Ladders measured on an H100 (benchmarks/triton_sweep.py; docs/perf-notes.md): for rows of up to `max_n`
+# Ladders measured on an H100 (docs/perf-notes.md; candidates as in the tuner, vibe_kernels.layernorm.tune): for rows of up to `max_n`
 # elements (bf16/fp16), the config that came closest to a same-size copy. fp32 rows take the entry for twice N.
 _FWD_LADDER = (
     # max_n, block_m, block_n (None: whole padded row), num_warps, chunked, programs_per_sm (chunked; 0: a row each)
@@ -97,6 +99,42 @@ def _ladder_row(ladder, hidden: int, dtype: torch.dtype):
     raise AssertionError("ladders end with a catch-all row")
 
 
+# Opt-in tuned configs (python -m vibe_kernels.layernorm.tune): {("fwd"|"bwd", hidden, dtype name): config}. They
+# override the ladders for exactly those (N, dtype); loaded by load_tuned_configs() or, at import, from the JSON file
+# named by $VIBE_KERNELS_TRITON_CONFIGS.
+_TUNED: dict = {}
+TUNED_CONFIGS_ENV = "VIBE_KERNELS_TRITON_CONFIGS"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def save_tuned_configs(path: str, configs: dict) -> None:
+    """Writes {("fwd"|"bwd", hidden, dtype name): FwdConfig | BwdConfig} as JSON (the tuner's output format)."""
+    entries = [{"kind": kind, "hidden": hidden, "dtype": dtype, "config": asdict(cfg)}
+               for (kind, hidden, dtype), cfg in sorted(configs.items())]
+    with open(path, "w") as f:
+        json.dump({"format": "vibe_kernels.triton_configs/1", "configs": entries}, f, indent=1)
+
+
+def load_tuned_configs(path: str) -> int:
+    """Makes the configs in ``path`` (written by the tuner) override the heuristic for their (N, dtype); returns how
+    many were loaded. Raises ValueError on a file that is not in the tuner's format."""
+    with open(path) as f:
+        document = json.load(f)
+    if not isinstance(document, dict) or document.get("format") != "vibe_kernels.triton_configs/1":
+        raise ValueError(f"{path} is not a vibe_kernels Triton config file (format vibe_kernels.triton_configs/1)")
+    loaded = {}
+    for entry in document["configs"]:
+        cls = {"fwd": FwdConfig, "bwd": BwdConfig}[entry["kind"]]
+        loaded[(entry["kind"], int(entry["hidden"]), entry["dtype"])] = cls(**entry["config"])
+    _TUNED.update(loaded)
+    fwd_config.cache_clear()
+    bwd_config.cache_clear()
+    return len(loaded)
+
+
 @functools.lru_cache(maxsize=1024)
 def fwd_config(hidden: int, dtype: torch.dtype) -> FwdConfig:
     """Forward config for rows of ``hidden`` elements of ``dtype``, from the measured ladder.
@@ -106,6 +144,9 @@ def fwd_config(hidden: int, dtype: torch.dtype) -> FwdConfig:
     >>> fwd_config(5000, torch.float16)
     FwdConfig(block_m=2, block_n=4096, num_warps=8, chunked=False, tail_n=1024, programs_per_sm=0)
     """
+    tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
+    if tuned is not None:
+        return tuned
     _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_FWD_LADDER, hidden, dtype)
     padded = triton.next_power_of_2(hidden)
     if not chunked or padded <= block_n:
@@ -126,6 +167,9 @@ def bwd_config(hidden: int, dtype: torch.dtype) -> BwdConfig:
     >>> bwd_config(1024, torch.bfloat16)
     BwdConfig(block_m=4, block_n=1024, num_warps=4, chunked=False, programs_per_sm=2)
     """
+    tuned = _TUNED.get(("bwd", hidden, _dtype_name(dtype)))
+    if tuned is not None:
+        return tuned
     _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_BWD_LADDER, hidden, dtype)
     padded = triton.next_power_of_2(hidden)
     if not chunked:
@@ -133,6 +177,10 @@ def bwd_config(hidden: int, dtype: torch.dtype) -> BwdConfig:
     if padded <= MAX_RESIDENT_BWD:  # fp32 rows of up to 8192 stay resident with the widest resident entry
         return BwdConfig(1, padded, 16, False, 1)
     return BwdConfig(block_m, block_n, num_warps, True, programs_per_sm)
+
+
+if os.environ.get(TUNED_CONFIGS_ENV):
+    load_tuned_configs(os.environ[TUNED_CONFIGS_ENV])
 
 
 @functools.lru_cache(maxsize=None)
