@@ -63,8 +63,8 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
-# Ladders measured on an H100 (docs/perf-notes.md; candidates as in the tuner, vibe_kernels.layernorm.tune): for rows of up to `max_n`
-# elements (bf16/fp16), the config that came closest to a same-size copy. fp32 rows take the entry for twice N.
+# Ladders measured on an H100 (docs/perf-notes.md; candidates as in vibe_kernels.layernorm.tune): for rows of up to
+# `max_n` elements (bf16/fp16), the config that came closest to a same-size copy. fp32 rows take the entry for 2N.
 _FWD_LADDER = (
     # max_n, block_m, block_n (None: whole padded row), num_warps, chunked, programs_per_sm (chunked; 0: a row each)
     (256, 8, None, 2, False, 0),
