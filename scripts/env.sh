@@ -14,6 +14,8 @@ if [ -z "${VK_PYTHON:-}" ]; then
       .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
       .venv/bin/python -m pip install -q "torch==2.13.0" || .venv/bin/python -m pip install -q torch
       .venv/bin/python -m pip install -q triton nvidia-cutlass-dsl numpy pytest pytest-xdist hypothesis
+      # Optional: CuTeDSL's low-overhead launch path (its compile test skips without it).
+      .venv/bin/python -m pip install -q apache-tvm-ffi || echo "apache-tvm-ffi not installed" >&2
     fi
     VK_PYTHON=$repo_root/.venv/bin/python
   fi
