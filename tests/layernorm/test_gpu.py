@@ -110,3 +110,26 @@ def test_stats_match_reference_at_scale(cuda_gen):
     _, rstd, mean = layernorm(x, None, eps=1e-5, return_rstd=True, return_mean=True, backend="triton")
     torch.testing.assert_close(mean, layernorm_mean_ref(x.double()).float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rstd, layernorm_rstd_ref(x.double(), 1e-5).float(), rtol=1e-5, atol=0)
+
+
+def test_fast_launch_cache_separates_alignments(check, cuda_gen):
+    """The Triton fast-launch cache: after a call on 16-byte aligned rows fills it, rows starting 2 bytes off (and a
+    row stride that is not a multiple of 16) must get their own compiled kernel and stay right; repeated calls reuse
+    the cache (no new entries) and still match the reference."""
+    hidden = 1000
+    storage = torch.randn(64 * (hidden + 8) + 8, generator=cuda_gen, device="cuda").to(torch.float16)
+    weight = torch.randn(hidden, generator=cuda_gen, device="cuda")
+    views = {
+        "aligned": storage[: 64 * hidden].view(64, hidden),
+        "2 bytes off": storage[1 : 1 + 64 * hidden].view(64, hidden),
+        "odd row stride": storage[: 63 * (hidden + 1) + hidden].as_strided((64, hidden), (hidden + 1, 1))[:63],
+    }
+    for x in views.values():
+        for _ in range(3):
+            out = layernorm(x, weight, backend="triton")
+            check.out(out, x, weight, None, 1e-6)
+    entries = len(_triton._compiled_kernels)
+    assert entries >= 3  # at least one compiled kernel per alignment class
+    for x in views.values():
+        check.out(layernorm(x, weight, backend="triton"), x, weight, None, 1e-6)
+    assert len(_triton._compiled_kernels) == entries

@@ -159,14 +159,32 @@ def layernorm(
     The CuTeDSL kernels cover N up to 262144: above that backend="cutedsl" raises NotImplementedError and
     backend="auto" runs Triton (any N).
     """
-    check_inputs(x, weight, bias, eps)
-    concrete = resolve_backend(backend, x.device)
+    if not isinstance(x, torch.Tensor) and hasattr(x, "__dlpack__"):  # CuPy, JAX, NumPy...: zero-copy round trip
+        from .interop import call_on_dlpack
+
+        return call_on_dlpack(layernorm, x, weight, bias, eps=eps, return_rstd=return_rstd,
+                              return_mean=return_mean, backend=backend)
+    compiling = torch.compiler.is_compiling()
+    if compiling:  # the same checks and backend choice, in a form dynamo traces without a graph break (see _ops.py)
+        from ._ops import check_inputs_traceable, resolve_backend_traceable
+
+        check_inputs_traceable(x, weight, bias, eps)
+        concrete = resolve_backend_traceable(backend, x.device)
+    else:
+        check_inputs(x, weight, bias, eps)
+        concrete = resolve_backend(backend, x.device)
     x2d = _rows_view(x)
     # The kernels index weight and bias as dense vectors: a strided view (w[::2]) is copied (differentiably).
     weight = weight.contiguous() if weight is not None and weight.stride(0) != 1 else weight
     bias = bias.contiguous() if bias is not None and bias.stride(0) != 1 else bias
     params = (x, weight, bias)
-    if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
+    if compiling:  # torch.compile traces the torch.library custom ops instead of LayerNormFunction
+        from ._ops import compiled_layernorm
+
+        out, mean, rstd = compiled_layernorm(
+            x2d, weight, bias, float(eps), concrete, backend == "auto", return_mean, return_rstd
+        )
+    elif torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
         out, mean, rstd = LayerNormFunction.apply(
             x2d, weight, bias, float(eps), concrete, backend == "auto", return_mean, return_rstd
         )
