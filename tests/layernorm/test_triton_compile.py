@@ -38,6 +38,9 @@ DTYPES = ["float32", "float16", "bfloat16"]
 # Candidate row widths: powers of two first, so each config bucket is represented by an aligned N where it has one.
 POW2_SIZES = [1, 16, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144]
 ODD_SIZES = [111, 769, 1128, 5000, 8200, 32776]  # ragged last blocks, head+tail rows; always compiled
+# Row counts: the launchers use fewer rows per program when M is small (so every SM gets work), so each size is
+# recorded at a large M (the ladder's rows per program) and a small one. Fake tensors: no memory is allocated.
+LARGE_M, SMALL_M = 32768, 64
 
 
 def representative_sizes(config_fn, dtype) -> list[int]:
@@ -68,7 +71,7 @@ def fwd_scenarios(dtype: str, part: str) -> list[dict]:
     """Forward launches. "flags": the full flag grid at one resident and one chunked N (and every opt-in config);
     "sizes": the training flag set (weight in x's dtype, fp32 bias, mean and rstd stored) at every
     bucket's N, and rows == 1 (the JIT turns an int argument equal to 1 into a constexpr: another variant)."""
-    def scenario(hidden, weight, bias, mean, rstd, rows=64, config=None):
+    def scenario(hidden, weight, bias, mean, rstd, rows=LARGE_M, config=None):
         return dict(launcher="fwd", dtype=dtype, rows=rows, hidden=hidden, weight=weight, bias=bias, mean=mean,
                     rstd=rstd, config=config)
 
@@ -80,7 +83,7 @@ def fwd_scenarios(dtype: str, part: str) -> list[dict]:
     from vibe_kernels.layernorm._triton import fwd_config
 
     sizes = representative_sizes(fwd_config, getattr(_torch(), dtype))
-    return [scenario(hidden, "x", "float32", True, True) for hidden in sizes] + [
+    return [scenario(hidden, "x", "float32", True, True, rows=rows) for hidden in sizes for rows in (LARGE_M, SMALL_M)] + [
         scenario(4096, "x", "x", False, False, rows=1), scenario(65536, "x", "x", False, False, rows=1)]
 
 
@@ -94,8 +97,8 @@ def bwd_scenarios(dtype: str, part: str) -> list[dict]:
     """Backward launches. "flags": every BWD_FLAG_SETS entry at one resident and one chunked N (and every opt-in
     config); "sizes": the training set (weight in x's dtype with its gradient, fp32 bias gradient) at every
     bucket's N."""
-    def scenario(hidden, weight, dweight, dbias, config=None):
-        return dict(launcher="bwd", dtype=dtype, rows=64, hidden=hidden, weight=weight, dweight=dweight, dbias=dbias,
+    def scenario(hidden, weight, dweight, dbias, config=None, rows=LARGE_M):
+        return dict(launcher="bwd", dtype=dtype, rows=rows, hidden=hidden, weight=weight, dweight=dweight, dbias=dbias,
                     config=config)
 
     if part == "flags":
@@ -104,7 +107,7 @@ def bwd_scenarios(dtype: str, part: str) -> list[dict]:
     from vibe_kernels.layernorm._triton import bwd_config
 
     sizes = representative_sizes(bwd_config, getattr(_torch(), dtype))
-    return [scenario(hidden, "x", True, "float32") for hidden in sizes]
+    return [scenario(hidden, "x", True, "float32", rows=rows) for hidden in sizes for rows in (LARGE_M, SMALL_M)]
 
 
 def _torch():
@@ -324,10 +327,17 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
             assert len(seen) == expected, f"{kernel}: flag sets compiled {sorted(seen)}"
 
     # 128-bit loads: resident kernels at aligned N (a power of two >= 256: every row start and the weight are
-    # 16-byte aligned) must load with ld.global.v4; the forward needs no narrower load at all there (the backward
-    # still loads mean/rstd per row).
+    # 16-byte aligned) must load with ld.global.v4 wherever each thread holds at least 16 bytes of a tile (the
+    # small-M variants with one row per program can hold less); the forward needs no narrower load at all there
+    # (the backward still loads mean/rstd per row).
+    elem_bytes = {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
+
+    def bytes_per_thread(r):
+        c = r["constexprs"]
+        return c["BLOCK_M"] * c["BLOCK_N"] * elem_bytes // (32 * r["num_warps"])
+
     aligned = [r for r in results if r["kernel"] in RESIDENT and r["constexprs"]["N"] >= 256
-               and r["constexprs"]["N"] & (r["constexprs"]["N"] - 1) == 0]
+               and r["constexprs"]["N"] & (r["constexprs"]["N"] - 1) == 0 and bytes_per_thread(r) >= 16]
     assert aligned, "no aligned resident variant compiled"
     for r in aligned:
         where = f"{r['kernel']} N={r['constexprs']['N']} {dtype}"

@@ -14,10 +14,10 @@ class _FakeKernel:
 @pytest.fixture
 def key():
     kernel = _FakeKernel()
-    _triton._constexpr_names[kernel] = ("N", "FLAG")
+    _triton._constexpr_names[id(kernel)] = ("N", "FLAG")
     yield lambda *args, N=64, FLAG=True, num_warps=4, device=0: _triton._launch_key(
         kernel, device, num_warps, args, {"N": N, "FLAG": FLAG})
-    del _triton._constexpr_names[kernel]
+    del _triton._constexpr_names[id(kernel)]
 
 
 def _at_offset(elements: int, dtype=torch.float16) -> torch.Tensor:

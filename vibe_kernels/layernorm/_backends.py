@@ -79,10 +79,25 @@ def load_backend(name: str) -> ModuleType:
     return importlib.import_module(_MODULE_NAME[name], __package__)
 
 
+_resolved_cuda: dict = {}
+
+
 def resolve_backend(name: str, device: torch.device) -> str:
-    """Maps a requested backend name to a concrete one for ``device``; raises RuntimeError if it cannot run."""
-    if name not in BACKENDS:
+    """Maps a requested backend name to a concrete one for ``device``; raises RuntimeError if it cannot run.
+    Answers for CUDA devices are cached (they cannot change within a process); CPU answers depend on
+    TRITON_INTERPRET and are recomputed."""
+    if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if device.type == "cuda":
+        key = (name, device)
+        concrete = _resolved_cuda.get(key)
+        if concrete is None:
+            concrete = _resolved_cuda[key] = _resolve(name, device)
+        return concrete
+    return _resolve(name, device)
+
+
+def _resolve(name: str, device: torch.device) -> str:
     if name == "auto":
         if device.type != "cuda":
             return "torch"

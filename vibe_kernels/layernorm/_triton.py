@@ -64,6 +64,16 @@ def _clamp(value: int, low: int, high: int) -> int:
     return max(low, min(high, value))
 
 
+# Host-side integer helpers. triton.cdiv / triton.next_power_of_2 are constexpr functions in recent Triton: callable
+# from Python, but through a wrapper that costs microseconds per call on the launch path.
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
 # Ladders measured on an H100 (docs/perf-notes.md; candidates as in vibe_kernels.layernorm.tune): for rows of up to
 # `max_n` elements (bf16/fp16), the config that came closest to a same-size copy. fp32 rows take the entry for 2N.
 _FWD_LADDER = (
@@ -149,11 +159,11 @@ def fwd_config(hidden: int, dtype: torch.dtype) -> FwdConfig:
     if tuned is not None:
         return tuned
     _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_FWD_LADDER, hidden, dtype)
-    padded = triton.next_power_of_2(hidden)
+    padded = _next_power_of_2(hidden)
     if not chunked or padded <= block_n:
         # A whole row per program step; wide fp32 rows land here with the 2x-N entry.
         head = padded // 2
-        tail = triton.next_power_of_2(hidden - head) if hidden > head else 0
+        tail = _next_power_of_2(hidden - head) if hidden > head else 0
         if hidden >= 1024 and head + tail < padded:  # > 25% padding: hold a head + tail instead (N = 5000: 4096 + 1024)
             _, block_m, _, num_warps, _, _ = _ladder_row(_FWD_LADDER, head, dtype)
             return FwdConfig(block_m=block_m, block_n=head, num_warps=num_warps, chunked=False, tail_n=tail)
@@ -172,7 +182,7 @@ def bwd_config(hidden: int, dtype: torch.dtype) -> BwdConfig:
     if tuned is not None:
         return tuned
     _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_BWD_LADDER, hidden, dtype)
-    padded = triton.next_power_of_2(hidden)
+    padded = _next_power_of_2(hidden)
     if not chunked:
         return BwdConfig(block_m, padded, num_warps, False, programs_per_sm)
     if padded <= MAX_RESIDENT_BWD:  # fp32 rows of up to 8192 stay resident with the widest resident entry
@@ -187,6 +197,14 @@ if os.environ.get(TUNED_CONFIGS_ENV):
 @functools.lru_cache(maxsize=None)
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _rows_per_program(block_m: int, rows: int, slots: int) -> int:
+    """The config's rows per program, halved while that leaves fewer programs than SMs: at small M (128 rows of
+    8192) four rows a program would keep only 32 of 132 SMs busy, and latency, not bandwidth, sets the time."""
+    while block_m > 1 and _cdiv(rows, block_m) < slots:
+        block_m //= 2
+    return block_m
 
 
 def _program_slots(device: torch.device) -> int:
@@ -492,7 +510,8 @@ def _int_spec(value: int):
 
 
 def _launch_key(kernel, device_index: int, num_warps: int, args: tuple, constexprs: dict) -> tuple:
-    key = [kernel, device_index, num_warps]
+    # id(kernel), not the kernel: a JITFunction hashes through its source-derived cache_key (slow).
+    key = [id(kernel), device_index, num_warps]
     for arg in args:
         if isinstance(arg, torch.Tensor):
             key.append((arg.dtype, arg.data_ptr() % 16 == 0))
@@ -504,7 +523,7 @@ def _launch_key(kernel, device_index: int, num_warps: int, args: tuple, constexp
             key.append(_int_spec(arg))
         else:
             raise TypeError(f"unsupported kernel argument type {type(arg).__name__}")
-    key.extend(constexprs[name] for name in _constexpr_names[kernel])
+    key.extend(constexprs[name] for name in _constexpr_names[id(kernel)])
     return tuple(key)
 
 
@@ -514,9 +533,9 @@ def _launch(kernel, grid: tuple, num_warps: int, *args, **constexprs) -> None:
     if not _fast_launch_on or not isinstance(kernel, triton.runtime.jit.JITFunction):  # interpreter: plain call
         kernel[grid](*args, num_warps=num_warps, **constexprs)
         return
-    names = _constexpr_names.get(kernel)
-    if names is None:
-        names = _constexpr_names[kernel] = tuple(p.name for p in kernel.params if p.is_constexpr)
+    names = _constexpr_names.get(id(kernel))
+    if names is None:  # kernels are module-level objects that live as long as the process: their ids are stable
+        names = _constexpr_names[id(kernel)] = tuple(p.name for p in kernel.params if p.is_constexpr)
     device_index = torch.cuda.current_device()
     key = _launch_key(kernel, device_index, num_warps, args, constexprs)
     compiled = _compiled_kernels.get(key)
@@ -556,20 +575,21 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
             N=hidden, BLOCK_N=cfg.block_n, **flags,
         )
     else:
+        block_m = _rows_per_program(cfg.block_m, rows, _program_slots(x.device)) if config is None else cfg.block_m
         _launch(
-            _layernorm_fwd_resident_kernel, (triton.cdiv(rows, cfg.block_m),), cfg.num_warps,
+            _layernorm_fwd_resident_kernel, (_cdiv(rows, block_m),), cfg.num_warps,
             x, out, weight, bias, mean, rstd, x.stride(0), out.stride(0), rows, eps,
-            N=hidden, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, **flags,
+            N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, **flags,
         )
 
 
 def _sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
     num_partials, hidden = (dw_partial if dw_partial is not None else db_partial).shape
     # Narrow column blocks and all partial rows at once: enough programs and bytes in flight even for small N.
-    block_n = min(triton.next_power_of_2(hidden), 32)
-    block_p = min(triton.next_power_of_2(num_partials), 256)
+    block_n = min(_next_power_of_2(hidden), 32)
+    block_p = min(_next_power_of_2(num_partials), 256)
     _launch(
-        _sum_partials_kernel, (triton.cdiv(hidden, block_n),), 4,
+        _sum_partials_kernel, (_cdiv(hidden, block_n),), 4,
         dw_partial, db_partial, dweight, dbias, num_partials,
         N=hidden, BLOCK_P=block_p, BLOCK_N=block_n, NEED_DW=dweight is not None, NEED_DB=dbias is not None,
     )
@@ -589,13 +609,14 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             dy, x, weight, mean, rstd, mean_gx, mean_g, dy.stride(0), x.stride(0),
             N=hidden, BLOCK_N=4096, HAS_W=weight is not None,
         )
-        col_chunks = triton.cdiv(hidden, cfg.block_n)
-        groups = _clamp(slots // col_chunks, 1, triton.cdiv(rows, cfg.block_m))
-        rows_per_group = triton.cdiv(triton.cdiv(rows, groups), cfg.block_m) * cfg.block_m
-        groups = triton.cdiv(rows, rows_per_group)
+        col_chunks = _cdiv(hidden, cfg.block_n)
+        groups = _clamp(slots // col_chunks, 1, _cdiv(rows, cfg.block_m))
+        rows_per_group = _cdiv(_cdiv(rows, groups), cfg.block_m) * cfg.block_m
+        groups = _cdiv(rows, rows_per_group)
         grid = (groups, col_chunks)
     else:
-        groups = min(slots, triton.cdiv(rows, cfg.block_m))
+        block_m = _rows_per_program(cfg.block_m, rows, _program_slots(x.device)) if config is None else cfg.block_m
+        groups = min(slots, _cdiv(rows, block_m))
         grid = (groups,)
     dw_partial = torch.empty((groups, hidden), dtype=torch.float32, device=x.device) if dweight is not None else None
     db_partial = torch.empty((groups, hidden), dtype=torch.float32, device=x.device) if dbias is not None else None
@@ -611,7 +632,7 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             _layernorm_bwd_resident_kernel, grid, cfg.num_warps,
             dy, x, weight, mean, rstd, dx, dw_partial, db_partial,
             dy.stride(0), x.stride(0), dx.stride(0), rows,
-            N=hidden, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
+            N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, **flags,
         )
     if dweight is not None or dbias is not None:
         _sum_partials(dw_partial, db_partial, dweight, dbias)

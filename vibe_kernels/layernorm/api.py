@@ -56,6 +56,8 @@ def check_inputs(x, weight, bias, eps) -> None:
 
 def _rows_view(x: torch.Tensor) -> torch.Tensor:
     """(..., N) -> (M, N) with unit column stride; a view whenever the leading dims can be flattened."""
+    if x.dim() == 2 and x.stride(1) == 1:  # already (M, N): no new view object (a few µs of host time each)
+        return x
     x2d = x.reshape(-1, x.shape[-1])
     if x2d.stride(1) != 1:  # only possible for N == 1, where the column stride is meaningless
         x2d = x2d.as_strided(x2d.shape, (x2d.stride(0), 1))
@@ -90,37 +92,49 @@ def _forward(x2d, weight, bias, eps, backend, allow_fallback, need_stats):
     mean = rstd = None
     if need_stats:  # both or neither: backends store the pair together
         stats = torch.empty((2, rows), dtype=torch.float32, device=x2d.device)
-        mean, rstd = stats[0], stats[1]
+        mean, rstd = stats.unbind(0)
     if rows > 0:
         backend = _run_forward(backend, allow_fallback, x2d, weight, bias, eps, out, mean, rstd)
     return out, mean, rstd, backend
 
 
 class LayerNormFunction(torch.autograd.Function):
+    """Returns ``out`` alone, or ``(out, mean, rstd)`` when the caller asked for a statistic: each extra output
+    of an autograd.Function costs host time on every step, so unrequested statistics stay internal."""
+
     @staticmethod
     def forward(ctx, x2d, weight, bias, eps, backend, allow_fallback, need_mean, need_rstd):
         # mean/rstd get no gradient: without this, autograd would build zero tensors for them on every backward
         # (two allocations and two fill kernels, ~0.2 ms of host time per step on the H100 machine).
         ctx.set_materialize_grads(False)
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        out, mean, rstd, backend = _forward(
-            x2d, weight, bias, eps, backend, allow_fallback, need_mean or need_rstd or need_grad
-        )
+        stats_out = need_mean or need_rstd
+        out, mean, rstd, backend = _forward(x2d, weight, bias, eps, backend, allow_fallback, stats_out or need_grad)
         ctx.backend = backend
         ctx.has_weight = weight is not None
         ctx.has_bias = bias is not None
-        if need_grad:
-            ctx.save_for_backward(x2d, weight, mean, rstd)
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        stats = [t for t in (mean, rstd) if t is not None]
-        ctx.mark_non_differentiable(*stats)
+        ctx.stats_out = stats_out
+        if need_grad:
+            if stats_out:  # returned to the caller: saved as outputs, so in-place edits of them are detected
+                ctx.save_for_backward(x2d, weight, mean, rstd)
+            else:  # internal: nobody else holds them
+                ctx.save_for_backward(x2d, weight)
+                ctx.stats = (mean, rstd)
+        if not stats_out:
+            return out
+        ctx.mark_non_differentiable(mean, rstd)
         return out, mean, rstd
 
     @staticmethod
-    def backward(ctx, dout, _dmean, _drstd):
+    def backward(ctx, dout, *_dstats):
         if dout is None:  # out itself did not reach the loss
             return None, None, None, None, None, None, None, None
-        x2d, weight, mean, rstd = ctx.saved_tensors
+        if ctx.stats_out:
+            x2d, weight, mean, rstd = ctx.saved_tensors
+        else:
+            x2d, weight = ctx.saved_tensors
+            mean, rstd = ctx.stats
         rows, hidden = x2d.shape
         if dout.stride(-1) != 1:
             dout = dout.contiguous()
@@ -158,6 +172,12 @@ def layernorm(
     backend: "auto" (CuTeDSL on sm_90+, else Triton on CUDA, else torch), "cutedsl", "triton" or "torch".
     The CuTeDSL kernels cover N up to 262144: above that backend="cutedsl" raises NotImplementedError and
     backend="auto" runs Triton (any N).
+
+    x may also be any array with ``__dlpack__`` (NumPy, CuPy, JAX, ...), and weight/bias too: they are viewed as
+    tensors without a copy, and out/rstd/mean come back as arrays of x's kind, again without a copy (interop.py;
+    CUDA streams are ordered by the DLPack handshake; no gradients on that path).
+    Under torch.compile the call traces to the custom ops ``vibe_kernels::layernorm_fwd``/``layernorm_bwd``
+    (_ops.py; fullgraph and dynamic shapes work); eager calls never go through them.
     """
     if not isinstance(x, torch.Tensor) and hasattr(x, "__dlpack__"):  # CuPy, JAX, NumPy...: zero-copy round trip
         from .interop import call_on_dlpack
@@ -185,13 +205,15 @@ def layernorm(
             x2d, weight, bias, float(eps), concrete, backend == "auto", return_mean, return_rstd
         )
     elif torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in params):
-        out, mean, rstd = LayerNormFunction.apply(
+        result = LayerNormFunction.apply(
             x2d, weight, bias, float(eps), concrete, backend == "auto", return_mean, return_rstd
         )
+        out, mean, rstd = result if (return_mean or return_rstd) else (result, None, None)
     else:  # inference: skip the autograd.Function machinery (a few µs of host time per call)
         out, mean, rstd, _ = _forward(x2d, weight, bias, float(eps), concrete, backend == "auto",
                                       return_mean or return_rstd)
-    out = out.view(x.shape)
+    if out.dim() != x.dim():
+        out = out.view(x.shape)
     if not (return_rstd or return_mean):
         return out
     stats_shape = x.shape[:-1]

@@ -162,12 +162,21 @@ def _cute(t: torch.Tensor | None):
     return None if t is None else _CUTE_DTYPE[t.dtype]
 
 
-def _run(compile_fn, compile_args: tuple, tvm_args: tuple, ptr_args: tuple, device: torch.device) -> None:
+def _raw_stream(device_index: int) -> int:
+    """The current CUDA stream's handle; torch's raw accessor (what Triton uses) skips building a Stream object."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(device_index) if raw is not None else torch.cuda.current_stream(device_index).cuda_stream
+
+
+def _run(compile_fn, compile_args: tuple, tvm_args: tuple, ptr_args, device: torch.device) -> None:
     """Launches on ``device``'s current stream, through TVM FFI when available (falling back for good to the
-    DSL's own call path if a TVM FFI call fails before launching)."""
+    DSL's own call path if a TVM FFI call fails before launching). ``ptr_args`` is a callable returning the DSL
+    path's arguments: building cute pointers costs tens of µs, so only that path builds them."""
     global _TVM_FFI
-    stream = torch.cuda.current_stream(device).cuda_stream
-    switch = device.index is not None and device.index != torch.cuda.current_device()
+    current = torch.cuda.current_device()
+    index = device.index if device.index is not None else current
+    stream = _raw_stream(index)
+    switch = index != current
     with torch.cuda.device(device) if switch else contextlib.nullcontext():
         if _TVM_FFI:
             compiled = compile_fn(*compile_args, tvm_ffi=True)
@@ -178,7 +187,7 @@ def _run(compile_fn, compile_args: tuple, tvm_args: tuple, ptr_args: tuple, devi
                 warnings.warn(f"CuTeDSL layernorm: TVM FFI call failed ({exc!r}); using the slower DSL call path")
                 _TVM_FFI = False
         compiled = compile_fn(*compile_args, tvm_ffi=False)
-        compiled(*ptr_args, cuda.CUstream(stream))
+        compiled(*ptr_args(), cuda.CUstream(stream))
 
 
 def _check_config(config, vec: int):
@@ -204,7 +213,8 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
     _run(
         compile_fwd, compile_args,
         (x.data_ptr(), _addr(weight), _addr(bias), out.data_ptr(), _addr(mean), _addr(rstd)) + tail,
-        (_ptr(x, vec), _ptr(weight, vec), _ptr(bias, vec), _ptr(out, vec), _stat_ptr(mean), _stat_ptr(rstd)) + tail,
+        lambda: (_ptr(x, vec), _ptr(weight, vec), _ptr(bias, vec), _ptr(out, vec), _stat_ptr(mean),
+                 _stat_ptr(rstd)) + tail,
         x.device,
     )
 
@@ -234,8 +244,8 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
         compile_bwd, compile_args,
         (dy.data_ptr(), x.data_ptr(), _addr(weight), mean.data_ptr(), rstd.data_ptr(), dx.data_ptr(),
          _addr(dw_partial), _addr(db_partial)) + tail,
-        (_ptr(dy, vec), _ptr(x, vec), _ptr(weight, vec), _stat_ptr(mean), _stat_ptr(rstd), _ptr(dx, vec),
-         _ptr(dw_partial, vec), _ptr(db_partial, vec)) + tail,
+        lambda: (_ptr(dy, vec), _ptr(x, vec), _ptr(weight, vec), _stat_ptr(mean), _stat_ptr(rstd), _ptr(dx, vec),
+                 _ptr(dw_partial, vec), _ptr(db_partial, vec)) + tail,
         x.device,
     )
     # Second pass: a fixed-order fp32 column sum over the partials (deterministic, no atomics).
