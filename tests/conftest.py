@@ -22,6 +22,8 @@ if not CUDA:
 # CuTeDSL writes --keep-ptx files (read back as compiled.__ptx__) into one dump directory under names that do not
 # encode the kernel's config: parallel test workers need a directory each, chosen before cutlass is imported.
 os.environ["CUTE_DSL_DUMP_DIR"] = tempfile.mkdtemp(prefix="vk-cute-dump-")
+# The CuTeDSL disk cache of compiled kernels goes to a per-process scratch directory, never the user's ~/.cache.
+os.environ.setdefault("VIBE_KERNELS_CACHE_DIR", tempfile.mkdtemp(prefix="vk-cute-cache-"))
 
 from vibe_kernels.layernorm import layernorm_mean_ref, layernorm_ref, layernorm_rstd_ref  # noqa: E402 (imports no triton)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib.util
 import os
 import threading
@@ -21,7 +22,7 @@ import cutlass.base_dsl.common
 import cutlass.cute as cute
 import torch
 from cutlass import Float32
-from cutlass.cute.runtime import make_fake_stream, make_ptr
+from cutlass.cute.runtime import load_module, make_fake_stream, make_ptr
 
 from .config import BwdConfig, FwdConfig, bwd_config, fwd_config
 from .kernels import LayerNormBwd, LayerNormFwd
@@ -92,16 +93,82 @@ def _options(arch: str, keep_ptx: bool, tvm_ffi: bool) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Compile (cached in memory)
+# Compile (cached in memory, and on disk for the TVM FFI path)
 # ----------------------------------------------------------------------------------------------------------------
 
 _lock = threading.Lock()
+
+# Disk cache: a TVM FFI compile is exported as an object file (``export_to_c``) that a fresh process loads with
+# ``cutlass.cute.runtime.load_module`` in milliseconds instead of compiling again (~0.3-0.6 s per variant). Files are
+# named by a hash of the variant, the kernel sources and the DSL version, so an edit or an upgrade never loads a
+# stale kernel. VIBE_KERNELS_CACHE_DIR moves the cache; VIBE_KERNELS_CACHE_DIR=0 (or "") turns it off.
+CACHE_DIR_ENV = "VIBE_KERNELS_CACHE_DIR"
+
+
+def cache_dir() -> str | None:
+    value = os.environ.get(CACHE_DIR_ENV)
+    if value is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(base, "vibe_kernels", "cutedsl")
+    return None if value in ("", "0") else value
+
+
+@functools.lru_cache(maxsize=1)
+def _source_fingerprint() -> str:
+    digest = hashlib.sha256(str(getattr(cutlass, "__version__", "")).encode())
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py"):
+            with open(os.path.join(here, name), "rb") as source:
+                digest.update(name.encode() + source.read())
+    return digest.hexdigest()
+
+
+def _disk_cached(kind: str, variant: tuple, build):
+    """``build()`` (a TVM FFI compile), or the same function loaded from the disk cache; stores what it builds.
+    Any cache failure (unwritable directory, corrupt file) falls back to compiling: the cache can only save time."""
+    directory = cache_dir()
+    if directory is None:
+        return build()
+    name = "vk_" + kind + "_" + hashlib.sha256((repr(variant) + _source_fingerprint()).encode()).hexdigest()[:32]
+    path = os.path.join(directory, name + ".o")
+    if os.path.exists(path):
+        try:
+            return getattr(load_module(path, enable_tvm_ffi=True), name)
+        except Exception as exc:  # noqa: BLE001 - a bad cache file must not break the call
+            warnings.warn(f"CuTeDSL layernorm: ignoring unreadable cache file {path} ({exc!r}); recompiling")
+    compiled = build()
+    try:
+        os.makedirs(directory, exist_ok=True)
+        partial = os.path.join(directory, f"{name}.{os.getpid()}.{threading.get_ident()}.partial.o")
+        compiled.export_to_c(partial, name)
+        os.replace(partial, path)  # atomic: concurrent processes never read a half-written file
+    except Exception as exc:  # noqa: BLE001
+        warnings.warn(f"CuTeDSL layernorm: could not write the kernel cache in {directory} ({exc!r})")
+    return compiled
+
+
+def _callable(compiled):
+    """The bare TVM FFI function behind a compiled kernel (skips the DSL's Python argument wrapper) when there is
+    one; our calls pass every argument positionally as plain integers and floats, which is what it takes."""
+    bare = getattr(compiled, "__tvm_ffi_object__", None)
+    bare = bare() if callable(bare) else None
+    return bare if bare is not None else compiled
 
 
 @functools.lru_cache(maxsize=None)
 def compile_fwd(dtype, hidden: int, weight_dtype, bias_dtype, store_stats: bool, vec: int, config: FwdConfig,
                 arch: str, keep_ptx: bool = False, tvm_ffi: bool = False):
     """Compiled forward for one variant; ``dtype``/``weight_dtype``/``bias_dtype`` are cutlass types (or None)."""
+    build = functools.partial(_compile_fwd, dtype, hidden, weight_dtype, bias_dtype, store_stats, vec, config, arch,
+                              keep_ptx, tvm_ffi)
+    if not tvm_ffi or keep_ptx:
+        return build()
+    variant = (str(dtype), hidden, str(weight_dtype), str(bias_dtype), store_stats, vec, config, arch)
+    return _callable(_disk_cached("fwd", variant, build))
+
+
+def _compile_fwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, vec, config, arch, keep_ptx, tvm_ffi):
     kernel = LayerNormFwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, config)
     w = _placeholder(weight_dtype, _ptr_align(weight_dtype, vec)) if weight_dtype is not None else None
     b = _placeholder(bias_dtype, _ptr_align(bias_dtype, vec)) if bias_dtype is not None else None
@@ -119,6 +186,15 @@ def compile_fwd(dtype, hidden: int, weight_dtype, bias_dtype, store_stats: bool,
 def compile_bwd(dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, vec: int, config: BwdConfig,
                 arch: str, keep_ptx: bool = False, tvm_ffi: bool = False):
     """Compiled backward for one variant (dw/db partials in fp32)."""
+    build = functools.partial(_compile_bwd, dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch,
+                              keep_ptx, tvm_ffi)
+    if not tvm_ffi or keep_ptx:
+        return build()
+    variant = (str(dtype), hidden, str(weight_dtype), want_dw, want_db, vec, config, arch)
+    return _callable(_disk_cached("bwd", variant, build))
+
+
+def _compile_bwd(dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch, keep_ptx, tvm_ffi):
     kernel = LayerNormBwd(dtype, hidden, weight_dtype, want_dw, want_db, config)
     w = _placeholder(weight_dtype, _ptr_align(weight_dtype, vec)) if weight_dtype is not None else None
     dwp = _placeholder(Float32, _ptr_align(Float32, vec)) if want_dw else None
