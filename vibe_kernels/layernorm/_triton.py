@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass
 
 import torch
@@ -502,6 +503,7 @@ def _sum_partials_kernel(
 FAST_LAUNCH_ENV = "VIBE_KERNELS_TRITON_FAST_LAUNCH"
 _fast_launch_on = os.environ.get(FAST_LAUNCH_ENV, "1") != "0"
 _compiled_kernels: dict = {}
+_compile_lock = threading.Lock()
 _constexpr_names: dict = {}
 
 
@@ -540,10 +542,15 @@ def _launch(kernel, grid: tuple, num_warps: int, *args, **constexprs) -> None:
     key = _launch_key(kernel, device_index, num_warps, args, constexprs)
     compiled = _compiled_kernels.get(key)
     if compiled is None:
-        compiled = kernel[grid](*args, num_warps=num_warps, **constexprs)
-        if getattr(compiled, "function", None) is not None and callable(getattr(compiled, "run", None)):
-            _compiled_kernels[key] = compiled
-        return
+        # First call of this key: through the JIT (compiling if needed), under a lock so that threads making the
+        # same first call at once compile once; those that waited find the kernel cached and launch it.
+        with _compile_lock:
+            compiled = _compiled_kernels.get(key)
+            if compiled is None:
+                compiled = kernel[grid](*args, num_warps=num_warps, **constexprs)
+                if getattr(compiled, "function", None) is not None and callable(getattr(compiled, "run", None)):
+                    _compiled_kernels[key] = compiled
+                return
     hooks = _triton_knobs.runtime
     enter, exit_ = hooks.launch_enter_hook, hooks.launch_exit_hook
     if getattr(enter, "calls", True) or getattr(exit_, "calls", True):  # profiler hooks installed: the JIT path

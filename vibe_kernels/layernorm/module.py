@@ -23,6 +23,8 @@ class LayerNorm(torch.nn.LayerNorm):
         self.backend = backend
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
         dims = len(self.normalized_shape)
         if tuple(input.shape[input.dim() - dims:]) != tuple(self.normalized_shape) or input.dim() < dims:
             raise ValueError(

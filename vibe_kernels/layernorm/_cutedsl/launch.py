@@ -8,6 +8,7 @@ that divides N, every row stride, and every base address, so each vector access 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -98,6 +99,37 @@ def _options(arch: str, keep_ptx: bool, tvm_ffi: bool) -> str:
 
 _lock = threading.Lock()
 
+
+class _CompileOnce:
+    """Memoizes a compile function; concurrent first calls with the same arguments compile once (the others wait
+    for that result) instead of each compiling, as ``functools.lru_cache`` would. Hits take no lock."""
+
+    CacheInfo = collections.namedtuple("CacheInfo", "currsize")
+
+    def __init__(self, fn):
+        functools.update_wrapper(self, fn)
+        self._fn = fn
+        self._cache: dict = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, *args, **kwargs):
+        key = (args, tuple(sorted(kwargs.items()))) if kwargs else args
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = self._fn(*args, **kwargs)
+            return self._cache[key]
+
+    def cache_info(self):
+        return self.CacheInfo(len(self._cache))
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
 # Disk cache: a TVM FFI compile is exported as an object file (``export_to_c``) that a fresh process loads with
 # ``cutlass.cute.runtime.load_module`` in milliseconds instead of compiling again (~0.3-0.6 s per variant). Files are
 # named by a hash of the variant, the kernel sources and the DSL version, so an edit or an upgrade never loads a
@@ -156,7 +188,7 @@ def _callable(compiled):
     return bare if bare is not None else compiled
 
 
-@functools.lru_cache(maxsize=None)
+@_CompileOnce
 def compile_fwd(dtype, hidden: int, weight_dtype, bias_dtype, store_stats: bool, vec: int, config: FwdConfig,
                 arch: str, keep_ptx: bool = False, tvm_ffi: bool = False):
     """Compiled forward for one variant; ``dtype``/``weight_dtype``/``bias_dtype`` are cutlass types (or None)."""
@@ -182,7 +214,7 @@ def _compile_fwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, vec, conf
         )
 
 
-@functools.lru_cache(maxsize=None)
+@_CompileOnce
 def compile_bwd(dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, vec: int, config: BwdConfig,
                 arch: str, keep_ptx: bool = False, tvm_ffi: bool = False):
     """Compiled backward for one variant (dw/db partials in fp32)."""
