@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# A GPU-machine visit, in two parts that each fit one 10-minute device call:
-#   bash benchmarks/gpu_visit.sh checks   # test suite on CUDA tensors, CuTeDSL check, validation against Quack
-#   bash benchmarks/gpu_visit.sh bench    # the benchmark over every shape of anchors.md, JSON + plot
+# A GPU-machine visit, in parts that each fit one 10-minute device call:
+#   bash benchmarks/gpu_visit.sh tests      # the whole test suite on CUDA tensors
+#   bash benchmarks/gpu_visit.sh checks     # CuTeDSL check, validation vs Quack, first-call times, host profile
+#   bash benchmarks/gpu_visit.sh sanitize   # compute-sanitizer memcheck / initcheck / racecheck (sanitize.sh)
+#   bash benchmarks/gpu_visit.sh bench      # the LayerNorm benchmark over every shape of anchors.md, JSON + plot
+#   bash benchmarks/gpu_visit.sh features   # RMSNorm / fused residual / out_dtype benchmarks (seed shapes)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh checks|bench}
+part=${1:?usage: gpu_visit.sh tests|checks|sanitize|bench|features}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -15,19 +18,41 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   date -u
 } > "$out/device-$part.txt" 2>&1
 case "$part" in
-  checks)
-    timeout 300 python -m pytest tests -q -n 8 -p no:cacheprovider -rfEs > "$out/gpu-tests.log" 2>&1
+  tests)
+    timeout 560 python -m pytest tests -q -n 8 -p no:cacheprovider -rfEs > "$out/gpu-tests.log" 2>&1
     echo "tests: rc=$? $(tail -1 "$out/gpu-tests.log")"
+    grep -E "^(FAILED|ERROR)" "$out/gpu-tests.log" | cut -c1-200 | head -30
+    ;;
+  checks)
     timeout 170 python tests/layernorm/gpu_check_cutedsl.py --no-bench --budget 120 > "$out/cutedsl-check.log" 2>&1
     echo "cutedsl check: rc=$? $(tail -1 "$out/cutedsl-check.log")"
     timeout 120 python -m vibe_kernels.layernorm.validate > "$out/validate.txt" 2>&1
     echo "validate: rc=$?"
-    grep -E "^\|" "$out/validate.txt" | cut -c1-150 | tail -30
+    timeout 150 python benchmarks/first_call.py --json "$out/first-call.json" > "$out/first-call.txt" 2>&1
+    echo "first call: rc=$?"; cat "$out/first-call.txt"
+    timeout 90 python benchmarks/host_profile.py triton cutedsl > "$out/host-profile.txt" 2>&1
+    echo "host profile: rc=$?"; grep -E "layernorm\(|launch" "$out/host-profile.txt"
+    timeout 90 python benchmarks/cutedsl_small_m.py > "$out/cutedsl-small-m.txt" 2>&1
+    echo "cutedsl small M: rc=$?"; cat "$out/cutedsl-small-m.txt" | cut -c1-220
+    ;;
+  sanitize)
+    OUT="$out" bash benchmarks/sanitize.sh
     ;;
   bench)
     timeout 560 python -m vibe_kernels.layernorm.bench --shapes all --json "$out/bench.json" --plot "$out/bench.png" \
       > "$out/bench.txt" 2> "$out/bench.err"
     echo "bench: rc=$?"
-    grep -E "^\| +[0-9]+ \||^###|^\| [A-Z]" "$out/bench.txt" | cut -c1-150 | tail -45
+    grep -E "^\| +[0-9]+ \||^###|^\| [A-Z]" "$out/bench.txt" | cut -c1-150 | tail -50
+    ;;
+  features)
+    for spec in "rmsnorm::--op rmsnorm" "rmsnorm-residual::--op rmsnorm --residual" "layernorm-residual::--residual" \
+                "layernorm-out-fp32::--out-dtype float32 --dtype bfloat16"; do
+      name=${spec%%::*}; args=${spec#*::}
+      # shellcheck disable=SC2086
+      timeout 130 python -m vibe_kernels.layernorm.bench $args --shapes seed --no-host-overhead \
+        --json "$out/bench-$name.json" > "$out/bench-$name.txt" 2> "$out/bench-$name.err"
+      echo "== $name: rc=$?"
+      grep -E "^\| +[0-9]+ \||^###|^\| [A-Z]" "$out/bench-$name.txt" | cut -c1-170 | tail -14
+    done
     ;;
 esac

@@ -11,6 +11,7 @@ import torch
 from ._backends import load_backend, resolve_backend
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP32_TINY = torch.finfo(torch.float32).tiny
 
 
 def _check_param(name: str, param: Optional[torch.Tensor], x: torch.Tensor, hidden: int) -> None:
@@ -18,6 +19,8 @@ def _check_param(name: str, param: Optional[torch.Tensor], x: torch.Tensor, hidd
         return
     if not isinstance(param, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(param).__name__}")
+    if param.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {param.layout}")
     if param.dtype not in (torch.float32, x.dtype):
         raise TypeError(
             f"{name} must be float32 or x's dtype ({x.dtype}), got {param.dtype}"
@@ -34,6 +37,8 @@ def check_inputs(x, weight, bias, eps) -> None:
     """Raises TypeError/ValueError describing what was received and what was expected."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_nested or x.layout != torch.strided:
+        raise TypeError("x must be a dense (strided) tensor, got " + ("a nested tensor" if x.is_nested else f"layout {x.layout}"))
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x must be float16, bfloat16 or float32, got {x.dtype}")
     if x.dim() == 0:
@@ -48,10 +53,21 @@ def check_inputs(x, weight, bias, eps) -> None:
         )
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not math.isfinite(eps) or eps <= 0:
+    if (isinstance(eps, int) and abs(eps) >= 2**1024) or not math.isfinite(eps) or eps <= 0:
         raise ValueError(f"eps must be a finite number > 0, got {eps}")
+    if eps < FP32_TINY:
+        raise ValueError(
+            f"eps={eps} is below float32's smallest normal number ({FP32_TINY}): the kernels add it to the variance "
+            "in float32, where it would vanish (constant rows would give NaN)"
+        )
     _check_param("weight", weight, x, hidden)
     _check_param("bias", bias, x, hidden)
+
+
+def _check_flags(**flags) -> None:
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
 
 
 def _rows_view(x: torch.Tensor) -> torch.Tensor:
@@ -184,6 +200,8 @@ def layernorm(
 
         return call_on_dlpack(layernorm, x, weight, bias, eps=eps, return_rstd=return_rstd,
                               return_mean=return_mean, backend=backend)
+    if return_rstd.__class__ is not bool or return_mean.__class__ is not bool:
+        _check_flags(return_rstd=return_rstd, return_mean=return_mean)
     compiling = torch.compiler.is_compiling()
     if compiling:  # the same checks and backend choice, in a form dynamo traces without a graph break (see _ops.py)
         from ._ops import check_inputs_traceable, resolve_backend_traceable
