@@ -25,7 +25,13 @@ os.environ["CUTE_DSL_DUMP_DIR"] = tempfile.mkdtemp(prefix="vk-cute-dump-")
 # The CuTeDSL disk cache of compiled kernels goes to a per-process scratch directory, never the user's ~/.cache.
 os.environ.setdefault("VIBE_KERNELS_CACHE_DIR", tempfile.mkdtemp(prefix="vk-cute-cache-"))
 
-from vibe_kernels.layernorm import layernorm_mean_ref, layernorm_ref, layernorm_rstd_ref  # noqa: E402 (imports no triton)
+from vibe_kernels.layernorm import (  # noqa: E402 (imports no triton)
+    layernorm_mean_ref,
+    layernorm_ref,
+    layernorm_rstd_ref,
+    rmsnorm_ref,
+    rmsnorm_rstd_ref,
+)
 
 # True when Triton kernels run under the interpreter (CPU tensors): bf16 stores there truncate instead of rounding.
 INTERPRETED = not CUDA
@@ -128,46 +134,59 @@ def _f64(t):
 
 class Checker:
     """Compares kernel results with fp64 references under TOLERANCES. The ``*_reference`` methods return
-    (reference, allowed error) pairs; the others assert."""
+    (reference, allowed error) pairs; the others assert. ``rms=True``: RMSNorm instead of LayerNorm (no mean:
+    x_hat = x * rstd)."""
 
     table = TOLERANCES
     interpreted = INTERPRETED
     within = staticmethod(assert_within)
 
-    def out_reference(self, x, weight, bias, eps, dtype):
+    def out_reference(self, x, weight, bias, eps, dtype, rms=False):
         x64, w64, b64 = _f64(x), _f64(weight), _f64(bias)
-        ref = layernorm_ref(x64, w64, b64, eps)
-        mean = x64.mean(dim=-1, keepdim=True)
-        terms = (x64.abs() + mean.abs()) * layernorm_rstd_ref(x64, eps).unsqueeze(-1)
+        if rms:
+            ref = rmsnorm_ref(x64, w64, b64, eps)
+            terms = x64.abs() * rmsnorm_rstd_ref(x64, eps).unsqueeze(-1)
+        else:
+            ref = layernorm_ref(x64, w64, b64, eps)
+            mean = x64.mean(dim=-1, keepdim=True)
+            terms = (x64.abs() + mean.abs()) * layernorm_rstd_ref(x64, eps).unsqueeze(-1)
         terms = terms * (w64.abs() if w64 is not None else 1.0) + (b64.abs() if b64 is not None else 0.0)
         return ref, bound(dtype, self.table[dtype].out_ulps, ref, terms, x.shape[-1])
 
-    def out(self, out, x, weight, bias, eps):
-        assert out.dtype == x.dtype, f"out dtype {out.dtype}, expected x's {x.dtype}"
-        ref, allowed = self.out_reference(x, weight, bias, eps, out.dtype)
+    def out(self, out, x, weight, bias, eps, rms=False, out_dtype=None):
+        """``out`` (in ``out_dtype``, default x's dtype) against the fp64 reference computed from ``x``."""
+        expected = out_dtype or x.dtype
+        assert out.dtype == expected, f"out dtype {out.dtype}, expected {expected}"
+        ref, allowed = self.out_reference(x, weight, bias, eps, out.dtype, rms)
         assert_within(out, ref, allowed, f"out ({out.dtype})")
 
-    def stats(self, mean, rstd, x, eps):
+    def stats(self, mean, rstd, x, eps, rms=False):
         """mean/rstd (either may be None): fp32, shape x.shape[:-1], within arith_ulps(N) fp32 ulps of fp64."""
         x64 = _f64(x)
-        for name, value, ref, terms in (
-            ("mean", mean, layernorm_mean_ref(x64), x64.abs().mean(dim=-1)),
-            ("rstd", rstd, layernorm_rstd_ref(x64, eps), layernorm_rstd_ref(x64, eps)),
-        ):
+        if rms:
+            assert mean is None, "RMSNorm has no mean"
+            ref = rmsnorm_rstd_ref(x64, eps)
+            checks = (("rstd", rstd, ref, ref),)
+        else:
+            checks = (
+                ("mean", mean, layernorm_mean_ref(x64), x64.abs().mean(dim=-1)),
+                ("rstd", rstd, layernorm_rstd_ref(x64, eps), layernorm_rstd_ref(x64, eps)),
+            )
+        for name, value, ref, terms in checks:
             if value is None:
                 continue
             assert value.dtype == torch.float32, f"{name} dtype {value.dtype}, expected float32"
             assert value.shape == x.shape[:-1], f"{name} shape {tuple(value.shape)}, expected {tuple(x.shape[:-1])}"
             assert_within(value, ref, bound(torch.float32, 0, ref, terms, x.shape[-1]), name)
 
-    def grad_references(self, x, weight, bias, dy, eps, dtypes):
-        """{"dx"|"dw"|"db": (reference, allowed)} from torch autograd through layernorm_ref in fp64; ``dtypes`` maps
-        each wanted name to the dtype of the result being checked."""
+    def grad_references(self, x, weight, bias, dy, eps, dtypes, rms=False):
+        """{"dx"|"dw"|"db": (reference, allowed)} from torch autograd through layernorm_ref (rmsnorm_ref) in fp64;
+        ``dtypes`` maps each wanted name to the dtype of the result being checked."""
         x64 = _f64(x).requires_grad_()
         w64 = _f64(weight).requires_grad_() if weight is not None else None
         b64 = _f64(bias).requires_grad_() if bias is not None else None
         dy64 = _f64(dy)
-        ref_out = layernorm_ref(x64, w64, b64, eps)
+        ref_out = (rmsnorm_ref if rms else layernorm_ref)(x64, w64, b64, eps)
         inputs = [t for t in (x64, w64, b64) if t is not None]
         ref_grads = iter(torch.autograd.grad(ref_out, inputs, dy64))
         refs = {"dx": next(ref_grads)}
@@ -178,8 +197,12 @@ class Checker:
         rows = x.numel() // hidden
         x2 = x64.detach().reshape(rows, hidden)
         dy2 = dy64.reshape(rows, hidden)
-        rstd = layernorm_rstd_ref(x2, eps).unsqueeze(-1)
-        mean = x2.mean(dim=-1, keepdim=True)
+        if rms:
+            rstd = rmsnorm_rstd_ref(x2, eps).unsqueeze(-1)
+            mean = torch.zeros_like(rstd)
+        else:
+            rstd = layernorm_rstd_ref(x2, eps).unsqueeze(-1)
+            mean = x2.mean(dim=-1, keepdim=True)
         xhat = (x2 - mean) * rstd
         g = dy2 * w64.detach() if w64 is not None else dy2
         rms_g = g.pow(2).mean(dim=-1, keepdim=True).sqrt()
@@ -197,10 +220,10 @@ class Checker:
             result[name] = refs[name], bound(dtype, ulps, refs[name], terms[name], hidden)
         return result
 
-    def grads(self, x, weight, bias, dy, eps, dx, dw, db):
+    def grads(self, x, weight, bias, dy, eps, dx, dw, db, rms=False):
         """dx/dw/db (each may be None: not checked) against torch autograd through layernorm_ref in fp64."""
         given = {name: t for name, t in (("dx", dx), ("dw", dw), ("db", db)) if t is not None}
-        refs = self.grad_references(x, weight, bias, dy, eps, {name: t.dtype for name, t in given.items()})
+        refs = self.grad_references(x, weight, bias, dy, eps, {name: t.dtype for name, t in given.items()}, rms)
         rows = x.numel() // x.shape[-1]
         for name, value in given.items():
             ref, allowed = refs[name]

@@ -318,7 +318,8 @@ def test_public_names():
     assert set(ln.__all__) == {
         "LayerNorm", "cutedsl_layernorm", "is_cutedsl_layernorm_available", "is_triton_layernorm_available",
         "layernorm", "layernorm_mean_ref", "layernorm_ref", "layernorm_rstd_ref", "patch", "torch_layernorm", "unpatch",
-        "triton_layernorm",
+        "triton_layernorm", "RMSNorm", "rmsnorm", "rmsnorm_ref", "rmsnorm_rstd_ref", "cutedsl_rmsnorm", "torch_rmsnorm",
+        "triton_rmsnorm",
     }
     for name in ln.__all__:
         assert getattr(ln, name).__doc__, f"{name} has no docstring"

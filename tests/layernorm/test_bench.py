@@ -349,3 +349,143 @@ def test_command_runs_on_cpu(tmp_path):
         assert field in record
     assert record["mismatch"] is False and record["error"] is None
     assert document["environment"]["gpu"] is False and "torch" in document["environment"]["versions"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Variants: RMSNorm, the fused residual, out_dtype
+# ---------------------------------------------------------------------------------------------------------------
+
+from vibe_kernels.layernorm._anchors import PLAIN, ResidualStepOutput, Variant, variant_inputs  # noqa: E402
+
+RMS_RESIDUAL = Variant("rmsnorm", residual=True)
+
+
+def test_variant_flags_parse():
+    args = bench.build_parser().parse_args(["--op", "rmsnorm", "--residual", "--out-dtype", "fp32"])
+    assert (args.op, args.residual, args.out_dtype) == ("rmsnorm", True, FP32)
+    args = bench.build_parser().parse_args([])
+    assert (args.op, args.residual, args.out_dtype) == (None, None, None)
+
+
+def test_bad_variant_flags(capsys):
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--op", "batchnorm"])
+    assert "--op: invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--out-dtype", "int8"])
+    assert "--out-dtype: expected one of" in capsys.readouterr().err
+
+
+def test_variant_bytes():
+    case = Case(4096, 8192, BF16, True)
+    elements = 4096 * 8192
+    for mode in ("fwd", "bwd", "fwdbwd"):  # RMSNorm alone moves what LayerNorm moves
+        assert bench.bytes_moved(case, mode, Variant("rmsnorm")) == bench.bytes_moved(case, mode)
+    # residual: fwd reads x, r, writes out, h; bwd reads h, dy, dh, writes dx
+    assert bench.bytes_moved(case, "fwd", RMS_RESIDUAL) == 4 * 2 * elements
+    assert bench.bytes_moved(case, "bwd", RMS_RESIDUAL) == 4 * 2 * elements
+    assert bench.bytes_moved(case, "fwdbwd", RMS_RESIDUAL) == 8 * 2 * elements
+    # bf16 in, fp32 out: fwd 2 + 4 bytes, bwd x 2 + dy 4 + dx 2
+    out32 = Variant(out_dtype=FP32)
+    assert bench.bytes_moved(case, "fwd", out32) == 6 * elements
+    assert bench.bytes_moved(case, "bwd", out32) == 8 * elements
+    result = bench.Result(case, "fwd", "triton", sol_ms=0.1, repeat_ms=[0.2], variant=RMS_RESIDUAL)
+    assert result.gbps == pytest.approx(8 * elements / 0.2e-3 / 1e9)
+    assert result.to_json()["op"] == "rmsnorm" and result.to_json()["residual"] is True
+
+
+def test_same_bytes_sol_on_cpu():
+    timer = bench.Timer(on_gpu=False, warmup_ms=1, rep_ms=1)
+    case = Case(4, 64, BF16, True)
+    x, _, _, dy = make_inputs(case, CPU)
+    sol = bench.measure_sol(x, dy, ["fwd", "fwdbwd", "bwd"], timer, 1, case, RMS_RESIDUAL)
+    assert set(sol) == {"fwd", "fwdbwd", "bwd"} and sol["fwdbwd"] == pytest.approx(sol["fwd"] + sol["bwd"])
+    assert bench.measure_sol(x, dy, ["fwd"], timer, 1, case, Variant(out_dtype=FP32)).keys() == {"fwd"}
+
+
+@pytest.mark.parametrize("variant", [Variant("rmsnorm"), RMS_RESIDUAL, Variant(residual=True),
+                                     Variant(out_dtype=FP32), Variant("rmsnorm", True, FP32)],
+                         ids=lambda v: v.label)
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_variant_providers_match_the_reference(device, variant, backend):
+    # The device fixture: the Triton interpreter on CPU, compiled kernels on a GPU. fp16 x: the interpreter rounds
+    # fp16 like torch (its bf16 truncation would move h by an ulp).
+    case = Case(5, 96, FP16, True)
+    x, weight, bias, dy = make_inputs(case, torch.device(device))
+    residual, dh, dy = variant_inputs(case, variant, dy)
+    runner = PROVIDERS[backend].runner(x, weight, bias, dy, variant, residual, dh)
+    for mode in ("fwd", "fwdbwd", "bwd"):
+        output = runner.step(mode)()
+        assert bench.reference_mismatch(x, runner.weight, runner.bias, dy, output, variant, residual, dh) == ""
+        if variant.residual and mode != "bwd":
+            assert isinstance(output, ResidualStepOutput) and output.h.shape == x.shape
+        if mode != "fwd" and variant.residual:
+            assert output.grads.dresidual is not None
+        if variant.out_dtype is not None and mode != "bwd":
+            assert output.out.dtype == variant.out_dtype
+
+
+def test_wrong_h_and_dresidual_are_reported():
+    case = Case(4, 64, FP32, True)
+    x, weight, bias, dy = make_inputs(case, CPU)
+    residual, dh, dy = variant_inputs(case, RMS_RESIDUAL, dy)
+    runner = PROVIDERS["torch"].runner(x, weight, bias, dy, RMS_RESIDUAL, residual, dh)
+    out, grads, h = runner.step("fwdbwd")()
+    bad = ResidualStepOutput(out, grads._replace(dresidual=grads.dresidual + 1), h + 0.5)
+    message = bench.reference_mismatch(x, weight, bias, dy, bad, RMS_RESIDUAL, residual, dh)
+    assert "h max|Δ| 0.5" in message and "dresidual max|Δ| 1" in message and "out" not in message
+
+
+def test_providers_without_a_variant_refuse():
+    x, weight, bias, dy = make_inputs(Case(4, 64, BF16, True), CPU)
+    with pytest.raises(NotImplementedError, match="quack has no public LayerNorm"):
+        PROVIDERS["quack"].runner(x, weight, bias, dy, Variant(residual=True), x, x)
+    with pytest.raises(NotImplementedError, match="liger: plain RMSNorm only"):
+        PROVIDERS["liger"].runner(x, weight, bias, dy, RMS_RESIDUAL, x, x)
+    fake = Provider("fake", "Fake", False, lambda device: "", lambda *args: None)
+    with pytest.raises(NotImplementedError, match="fake has no rmsnorm"):
+        fake.runner(x, weight, bias, dy, Variant("rmsnorm"))
+
+
+def test_variant_measure_case_and_tables():
+    timer = bench.Timer(on_gpu=False, warmup_ms=1, rep_ms=1)
+    case = Case(4, 64, FP32, False)
+    results = bench.measure_case(case, ["fwd", "fwdbwd"], ["torch"], timer, 1, CPU, RMS_RESIDUAL)
+    assert all(not r.error and not r.mismatch and r.variant == RMS_RESIDUAL for r in results)
+    text = bench.report_text([case], ["fwd"], ["torch"], results, [], 5, on_gpu=False, variant=RMS_RESIDUAL)
+    assert "### Forward-only (no gradients) — rmsnorm, fused residual" in text
+    header = "\n".join(bench.variant_lines(RMS_RESIDUAL))
+    assert "Variant: rmsnorm, fused residual." in header and "same bytes" in header
+    assert bench.variant_lines(PLAIN) == []
+
+
+def test_variant_json_round_trip():
+    assert bench.variant_from_json(None) == PLAIN
+    for variant in (PLAIN, RMS_RESIDUAL, Variant("layernorm", False, BF16)):
+        assert bench.variant_from_json(variant.to_json()) == variant
+
+
+def test_check_refuses_variant_flags(tmp_path, capsys):
+    baseline = tmp_path / "base.json"
+    baseline.write_text(json.dumps({"results": [_record(4, 64, "fwd", "torch", 1.0)]}))
+    with pytest.raises(SystemExit):
+        bench.main(["--check", str(baseline), "--op", "rmsnorm"])
+    assert "drop --op" in capsys.readouterr().err
+
+
+def test_variant_command_runs_on_cpu(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    out_json = tmp_path / "run.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "vibe_kernels.layernorm.bench", "--shapes", "4x64", "--backends", "torch",
+         "--op", "rmsnorm", "--residual", "--out-dtype", "float32", "--json", str(out_json), "--host-calls", "3"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "Variant: rmsnorm, fused residual, out float32." in completed.stdout
+    assert "[1/1] 4x64 bfloat16 no bias" in completed.stderr  # RMSNorm: no bias unless --bias
+    document = json.loads(out_json.read_text())
+    assert document["variant"] == {"op": "rmsnorm", "residual": True, "out_dtype": "float32"}
+    assert all(r["op"] == "rmsnorm" and not r["mismatch"] and r["error"] is None for r in document["results"])

@@ -18,7 +18,10 @@ grid (HAS_W, HAS_B, STORE_MEAN, STORE_RSTD for the forward; every (weight, dweig
 the backward) runs for every dtype at one resident and one chunked N; every config bucket of fwd_config/bwd_config
 (one N per distinct config, plus the odd sizes) runs for every dtype with the training flag set only (weight in x's
 dtype, fp32 bias, all outputs). Weight/bias dtypes (fp32 vs x's) vary across those scenarios. Variants are
-deduplicated before compiling. One subprocess per (launcher, flags|sizes, dtype) so pytest-xdist spreads them.
+deduplicated before compiling. One subprocess per (launcher, flags|sizes|features, dtype) so pytest-xdist spreads
+them. The "features" part covers RMSNorm, the fused residual (residual in x's dtype or fp32, h stored or not,
+rounded or kept in fp32), the output dtype, and in the backward the residual output's gradient (DRES) and the
+residual input's own-dtype gradient (DRES_IN), at one resident, one head+tail and one chunked N.
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ def fwd_scenarios(dtype: str, part: str) -> list[dict]:
         return dict(launcher="fwd", dtype=dtype, rows=rows, hidden=hidden, weight=weight, bias=bias, mean=mean,
                     rstd=rstd, config=config)
 
+    if part == "features":
+        return fwd_feature_scenarios(dtype)
     if part == "flags":
         configs = [(1024, None), (65536, None)] + [(65536, c) for c in opt_in_configs("FwdConfig", dtype, 65536)]
         return [scenario(hidden, "float32" if has_w else None, "x" if has_b else None, mean, rstd, config=config)
@@ -85,6 +90,60 @@ def fwd_scenarios(dtype: str, part: str) -> list[dict]:
     sizes = representative_sizes(fwd_config, getattr(_torch(), dtype))
     return [scenario(hidden, "x", "float32", True, True, rows=rows) for hidden in sizes for rows in (LARGE_M, SMALL_M)] + [
         scenario(4096, "x", "x", False, False, rows=1), scenario(65536, "x", "x", False, False, rows=1)]
+
+
+def _other_float(dtype: str) -> str:
+    """An out_dtype other than x's: fp32 for half types, bf16 for fp32."""
+    return "bfloat16" if dtype == "float32" else "float32"
+
+
+# (rms, residual dtype, residual_out stored, residual_in_fp32, out dtype): "x" = x's dtype
+FWD_FEATURE_SETS = [
+    (True, None, False, False, "x"),
+    (True, "x", True, False, "x"),
+    (True, "float32", True, True, "x"),
+    (False, "x", True, False, "x"),
+    (False, "x", False, False, "x"),
+    (False, "float32", True, True, "x"),
+    (False, "float32", True, False, "x"),
+    (False, "x", True, True, "other"),
+    (False, None, False, False, "other"),
+    (True, None, False, False, "other"),
+]
+
+
+def fwd_feature_scenarios(dtype: str) -> list[dict]:
+    scenarios = []
+    for hidden in (1024, 5000, 65536):
+        for rms, residual, store, in_fp32, out in FWD_FEATURE_SETS:
+            residual_out = ("float32" if in_fp32 else "x") if store else None
+            scenarios.append(dict(
+                launcher="fwd", dtype=dtype, rows=LARGE_M, hidden=hidden, weight="x", bias=None if rms else "float32",
+                mean=not rms, rstd=True, config=None, rms=rms, residual=residual, residual_out=residual_out,
+                residual_in_fp32=in_fp32, out=_other_float(dtype) if out == "other" else "x"))
+    return scenarios
+
+
+# (rms, h dtype, dy dtype, dresidual dtype, dresidual_in dtype): the backward of each forward feature
+BWD_FEATURE_SETS = [
+    (True, "x", "x", None, None),
+    (True, "x", "x", "x", None),
+    (True, "float32", "x", "float32", "float32"),
+    (False, "x", "x", "x", None),
+    (False, "float32", "x", "float32", "float32"),
+    (False, "float32", "x", None, "float32"),
+    (False, "x", "other", None, None),
+    (True, "x", "other", "x", None),
+]
+
+
+def bwd_feature_scenarios(dtype: str) -> list[dict]:
+    other = _other_float(dtype)
+    spec = lambda s: other if s == "other" else s  # noqa: E731
+    return [dict(launcher="bwd", dtype=dtype, rows=LARGE_M, hidden=hidden, weight="x", dweight=True,
+                 dbias=None if rms else "float32", config=None, rms=rms, x=spec(h), dy=spec(dy),
+                 dresidual=dres, dresidual_in=dres_in)
+            for hidden in (1024, 16384) for rms, h, dy, dres, dres_in in BWD_FEATURE_SETS]
 
 
 BWD_FLAG_SETS = [  # (weight, dweight wanted, dbias dtype or None): every set the API can ask for
@@ -101,6 +160,8 @@ def bwd_scenarios(dtype: str, part: str) -> list[dict]:
         return dict(launcher="bwd", dtype=dtype, rows=rows, hidden=hidden, weight=weight, dweight=dweight, dbias=dbias,
                     config=config)
 
+    if part == "features":
+        return bwd_feature_scenarios(dtype)
     if part == "flags":
         configs = [(1024, None), (16384, None)] + [(16384, c) for c in opt_in_configs("BwdConfig", dtype, 16384)]
         return [scenario(hidden, *flags, config=config) for hidden, config in configs for flags in BWD_FLAG_SETS]
@@ -163,13 +224,24 @@ def record_launches(module, scenarios):
                 x = tensor("x", shape)
                 stat = lambda wanted: tensor("float32", (sc["rows"],)) if wanted else None  # noqa: E731
                 if sc["launcher"] == "fwd":
+                    features = {}
+                    if "rms" in sc:  # the "features" part
+                        features = dict(rms=sc["rms"], residual=tensor(sc["residual"], shape),
+                                        residual_out=tensor(sc["residual_out"], shape),
+                                        residual_in_fp32=sc["residual_in_fp32"])
                     module.layernorm_fwd(x, tensor(sc["weight"], sc["hidden"]), tensor(sc["bias"], sc["hidden"]),
-                                         1e-6, tensor("x", shape), stat(sc["mean"]), stat(sc["rstd"]), config=cfg)
+                                         1e-6, tensor(sc.get("out", "x"), shape), stat(sc["mean"]), stat(sc["rstd"]),
+                                         config=cfg, **features)
                 else:
                     weight = tensor(sc["weight"], sc["hidden"])
                     dweight = tensor(sc["weight"], sc["hidden"]) if sc["dweight"] else None
-                    module.layernorm_bwd(tensor("x", shape), x, weight, stat(True), stat(True), tensor("x", shape),
-                                         dweight, tensor(sc["dbias"], sc["hidden"]), config=cfg)
+                    features = {}
+                    if "rms" in sc:
+                        features = dict(rms=sc["rms"], dresidual=tensor(sc["dresidual"], shape),
+                                        dresidual_in=tensor(sc["dresidual_in"], shape))
+                    module.layernorm_bwd(tensor(sc.get("dy", "x"), shape), tensor(sc.get("x", "x"), shape), weight,
+                                         stat(not sc.get("rms")), stat(True), tensor("x", shape), dweight,
+                                         tensor(sc["dbias"], sc["hidden"]), config=cfg, **features)
     finally:
         for name, obj in saved.items():
             setattr(module, name, obj)
@@ -268,7 +340,9 @@ import pytest  # noqa: E402  (the __main__ side above needs no pytest)
 
 
 SCENARIOS = {"fwd": fwd_scenarios, "bwd": bwd_scenarios}
-PARTS = ("flags", "sizes")
+PARTS = ("flags", "sizes", "features")
+FEATURE_FLAGS = {"fwd": ("IS_RMS", "HAS_RESIDUAL", "STORE_RESIDUAL", "RESIDUAL_IN_FP32"),
+                 "bwd": ("IS_RMS", "HAS_DRESIDUAL", "STORE_DRESIDUAL_IN")}
 FLAGS = {"fwd": ("HAS_W", "HAS_B", "STORE_MEAN", "STORE_RSTD"), "bwd": ("HAS_W", "NEED_DW", "NEED_DB")}
 RESIDENT = ("_layernorm_fwd_resident_kernel", "_layernorm_bwd_resident_kernel")
 
@@ -326,6 +400,18 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
             seen = {tuple(r["constexprs"][f] for f in FLAGS[launcher]) for r in results if r["kernel"] == kernel}
             assert len(seen) == expected, f"{kernel}: flag sets compiled {sorted(seen)}"
 
+    if part == "features":
+        # Every feature combination reached the compiler in every kernel that takes the feature flags, and the
+        # output (fwd) / dy (bwd) of another dtype than x's got its own pointer type.
+        flags = FEATURE_FLAGS[launcher]
+        expected = {tuple(bool(v) for v in combo) for combo in _feature_flag_sets(launcher, dtype)}
+        for kernel in {r["kernel"] for r in results if set(flags) <= set(r["constexprs"])}:
+            seen = {tuple(r["constexprs"][f] for f in flags) for r in results if r["kernel"] == kernel}
+            assert expected <= seen, f"{kernel}: feature flag sets compiled {sorted(seen)}, expected {sorted(expected)}"
+        typed = "Y" if launcher == "fwd" else "DY"
+        other = "*" + {"float32": "fp32", "bfloat16": "bf16"}[_other_float(dtype)]
+        assert any(r["signature"].get(typed) == other for r in results), f"no {typed} of dtype {other} compiled"
+
     # 128-bit loads: resident kernels at aligned N (a power of two >= 256: every row start and the weight are
     # 16-byte aligned) must load with ld.global.v4 wherever each thread holds at least 16 bytes of a tile (the
     # small-M variants with one row per program can hold less); the forward needs no narrower load at all there
@@ -344,3 +430,11 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
         assert r["v4_loads"] > 0, f"{where}: no 128-bit loads"
         if r["kernel"] == "_layernorm_fwd_resident_kernel":
             assert not r["scalar_loads"], f"{where}: non-vector loads {r['scalar_loads'][:4]}"
+
+
+def _feature_flag_sets(launcher: str, dtype: str) -> list[tuple]:
+    """The feature constexprs each scenario of the "features" part should compile (FEATURE_FLAGS order)."""
+    if launcher == "fwd":
+        return [(rms, residual is not None, store, residual is not None and (in_fp32 or dtype == "float32"))
+                for rms, residual, store, in_fp32, _ in FWD_FEATURE_SETS]
+    return [(rms, dres is not None, dres_in is not None) for rms, _, _, dres, dres_in in BWD_FEATURE_SETS]

@@ -1,12 +1,21 @@
-"""LayerNorm: one API over CuTeDSL, Triton and PyTorch backends.
+"""LayerNorm and RMSNorm: one API over CuTeDSL, Triton and PyTorch backends.
 
 ``import vibe_kernels.layernorm`` imports neither triton nor cutlass; each backend loads on first use.
 """
 
 from ._backends import cutedsl_unavailable_reason, triton_unavailable_reason
-from .api import cutedsl_layernorm, layernorm, torch_layernorm, triton_layernorm
-from .module import LayerNorm, patch, unpatch
-from .reference import layernorm_mean_ref, layernorm_ref, layernorm_rstd_ref
+from .api import (
+    cutedsl_layernorm,
+    cutedsl_rmsnorm,
+    layernorm,
+    rmsnorm,
+    torch_layernorm,
+    torch_rmsnorm,
+    triton_layernorm,
+    triton_rmsnorm,
+)
+from .module import LayerNorm, RMSNorm, patch, unpatch
+from .reference import layernorm_mean_ref, layernorm_ref, layernorm_rstd_ref, rmsnorm_ref, rmsnorm_rstd_ref
 
 
 def is_cutedsl_layernorm_available() -> bool:
@@ -21,7 +30,9 @@ def is_triton_layernorm_available() -> bool:
 
 __all__ = [
     "LayerNorm",
+    "RMSNorm",
     "cutedsl_layernorm",
+    "cutedsl_rmsnorm",
     "is_cutedsl_layernorm_available",
     "is_triton_layernorm_available",
     "layernorm",
@@ -29,7 +40,12 @@ __all__ = [
     "layernorm_ref",
     "layernorm_rstd_ref",
     "patch",
+    "rmsnorm",
+    "rmsnorm_ref",
+    "rmsnorm_rstd_ref",
     "torch_layernorm",
+    "torch_rmsnorm",
     "triton_layernorm",
+    "triton_rmsnorm",
     "unpatch",
 ]

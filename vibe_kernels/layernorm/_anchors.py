@@ -13,6 +13,14 @@ Anchors: torch = ``F.layer_norm`` (native CUDA kernel); compile = ``torch.compil
 quack = quack-kernels' ``layernorm_fwd``/``layernorm_bwd`` (CuTeDSL; no autograd Function for LayerNorm, so the
 backward is called explicitly with the stats the forward returned); liger = liger-kernel's
 ``LigerLayerNormFunction`` (Triton). Third-party packages are imported on first use, never at module import.
+
+Variants (``Variant``): RMSNorm instead of LayerNorm, the fused pre-norm residual (out, h = norm(x + r), h = x + r
+returned and differentiated too, as in a pre-norm block), and an output dtype other than x's. Every provider that
+has the variant runs it through autograd (``VariantRunner``); one that lacks it raises NotImplementedError (a
+"fails" cell). torch = the unfused composition (``x + r``, ``F.layer_norm``/``F.rms_norm``, ``.to(out_dtype)``);
+(upcast first for a wider out_dtype); compile = ``torch.compile`` of the same composition over the fp32 references; quack = ``quack.rmsnorm.rmsnorm``
+(RMSNorm only, with its residual / out_dtype; prenorm=True returns h); liger = ``LigerRMSNormFunction`` (RMSNorm
+only, no bias, no residual, no out_dtype; "gemma" casting = fp32 math, not in place).
 """
 
 from __future__ import annotations
@@ -26,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from ._backends import cutedsl_unavailable_reason, triton_unavailable_reason
-from .api import layernorm
-from .reference import layernorm_ref
+from .api import layernorm, rmsnorm
+from .reference import layernorm_ref, rmsnorm_ref
 
 EPS = 1e-6
 MODES = ("fwd", "fwdbwd", "bwd")
@@ -65,15 +73,73 @@ def make_inputs(case: Case, device: torch.device) -> tuple[Tensor, Tensor, Optio
     return x, weight, bias, dy
 
 
+@dataclass(frozen=True)
+class Variant:
+    """What is benchmarked: ``op`` "layernorm" or "rmsnorm"; ``residual``: the fused pre-norm residual (h = x + r in
+    x's dtype, returned and differentiated); ``out_dtype``: the output's dtype (None: x's)."""
+
+    op: str = "layernorm"
+    residual: bool = False
+    out_dtype: Optional[torch.dtype] = None
+
+    @property
+    def plain_layernorm(self) -> bool:
+        return self.op == "layernorm" and not self.residual and self.out_dtype is None
+
+    @property
+    def same_bytes_sol(self) -> bool:
+        """The residual and out_dtype variants are measured against a copy of the same bytes (see bench)."""
+        return self.residual or self.out_dtype is not None
+
+    @property
+    def label(self) -> str:
+        parts = [self.op]
+        if self.residual:
+            parts.append("fused residual")
+        if self.out_dtype is not None:
+            parts.append(f"out {dtype_name(self.out_dtype)}")
+        return ", ".join(parts)
+
+    def to_json(self) -> dict:
+        return {"op": self.op, "residual": self.residual,
+                "out_dtype": dtype_name(self.out_dtype) if self.out_dtype is not None else None}
+
+
+PLAIN = Variant()
+OPS = ("layernorm", "rmsnorm")
+
+
+def variant_inputs(case: Case, variant: Variant, dy: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], Tensor]:
+    """(residual, dh, dy) for ``variant``: the residual and h's gradient (x's dtype, None without the residual) and
+    dy in the output's dtype, under torch.manual_seed(1)."""
+    torch.manual_seed(1)
+    residual = dh = None
+    if variant.residual:
+        residual = torch.randn_like(dy)
+        dh = torch.randn_like(dy)
+    if variant.out_dtype is not None:
+        dy = dy.to(variant.out_dtype)
+    return residual, dh, dy
+
+
 class Grads(NamedTuple):
     dx: Tensor
     dweight: Optional[Tensor]
     dbias: Optional[Tensor]
+    dresidual: Optional[Tensor] = None  # the residual variant only
 
 
 class StepOutput(NamedTuple):
     out: Optional[Tensor]  # None in "bwd" mode
     grads: Optional[Grads]  # None in "fwd" mode
+
+
+class ResidualStepOutput(NamedTuple):
+    """The residual variant's step: StepOutput plus h = x + r (None in "bwd" mode)."""
+
+    out: Optional[Tensor]
+    grads: Optional[Grads]
+    h: Optional[Tensor]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,6 +210,62 @@ class AutogradRunner(Runner):
 
     def forward_tracking_grad(self) -> Tensor:
         return self.fn(*self._leaves)
+
+
+class VariantRunner(Runner):
+    """A variant through torch autograd: ``fn(x, weight, bias, residual) -> out`` or ``(out, h)`` with a residual.
+    The backward sends dy into out and dh into h; x, weight, bias and the residual require grad."""
+
+    def __init__(self, fn: Callable, x: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor,
+                 residual: Optional[Tensor] = None, dh: Optional[Tensor] = None):
+        self.fn, self.x, self.weight, self.bias, self.dy = fn, x, weight, bias, dy
+        self.residual, self.dh = residual, dh
+        self._leaves = [t.detach().requires_grad_() if t is not None else None for t in (x, weight, bias, residual)]
+
+    def _split(self, result) -> tuple[Tensor, Optional[Tensor]]:
+        return result if self.residual is not None else (result, None)
+
+    def _call(self, tensors) -> tuple[Tensor, Optional[Tensor]]:
+        return self._split(self.fn(*tensors))
+
+    def _output(self, out, grads, h):
+        return StepOutput(out, grads) if self.residual is None else ResidualStepOutput(out, grads, h)
+
+    def _forward(self) -> StepOutput:
+        with torch.no_grad():
+            out, h = self._call((self.x, self.weight, self.bias, self.residual))
+        return self._output(out, None, h)
+
+    def _grads(self) -> Grads:
+        return Grads(*(t.grad if t is not None else None for t in self._leaves))
+
+    def _clear_grads(self) -> None:
+        for leaf in self._leaves:
+            if leaf is not None:
+                leaf.grad = None
+
+    def _backward(self, out: Tensor, h: Optional[Tensor], retain: bool) -> None:
+        outputs, grads = ([out], [self.dy]) if h is None else ([out, h], [self.dy, self.dh])
+        torch.autograd.backward(outputs, grads, retain_graph=retain)
+
+    def _forward_backward(self) -> StepOutput:
+        self._clear_grads()
+        out, h = self._call(self._leaves)
+        self._backward(out, h, False)
+        return self._output(out, self._grads(), h)
+
+    def _retained_backward(self) -> Callable[[], StepOutput]:
+        out, h = self._call(self._leaves)
+
+        def backward() -> StepOutput:
+            self._clear_grads()
+            self._backward(out, h, True)
+            return self._output(None, self._grads(), None)
+
+        return backward
+
+    def forward_tracking_grad(self) -> Tensor:
+        return self._call(self._leaves)[0]
 
 
 class QuackRunner(Runner):
@@ -233,6 +355,88 @@ def _vibe_fn(backend: str) -> Callable:
     return lambda x, weight, bias: layernorm(x, weight, bias, eps=EPS, backend=backend)
 
 
+# Variant functions: ``fn(x, weight, bias, residual) -> out`` or ``(out, h)``; NotImplementedError when the
+# provider lacks the variant.
+
+
+def _vibe_variant_fn(backend: str) -> Callable[[Variant], Callable]:
+    def make(variant: Variant) -> Callable:
+        norm = rmsnorm if variant.op == "rmsnorm" else layernorm
+
+        def fn(x, weight, bias, residual):
+            if residual is None:
+                return norm(x, weight, bias, eps=EPS, out_dtype=variant.out_dtype, backend=backend)
+            return norm(x, weight, bias, eps=EPS, out_dtype=variant.out_dtype, backend=backend, residual=residual,
+                        return_residual=True)
+
+        return fn
+
+    return make
+
+
+def _torch_variant_fn(variant: Variant) -> Callable:
+    # A wider out_dtype: upcast first (else the output would carry only x's precision); a narrower one: cast the
+    # result.
+    upcast = variant.out_dtype is not None and torch.finfo(variant.out_dtype).bits > 16
+
+    def fn(x, weight, bias, residual):
+        h = x + residual if residual is not None else x
+        shape = (x.shape[-1],)
+        src = h.to(variant.out_dtype) if upcast else h
+        if upcast:
+            weight = weight.to(variant.out_dtype) if weight is not None else None
+            bias = bias.to(variant.out_dtype) if bias is not None else None
+        if variant.op == "rmsnorm":
+            out = F.rms_norm(src, shape, weight, EPS)
+            if bias is not None:
+                out = out + bias
+        else:
+            out = F.layer_norm(src, shape, weight, bias, EPS)
+        if variant.out_dtype is not None:
+            out = out.to(variant.out_dtype)
+        return (out, h) if residual is not None else out
+
+    return fn
+
+
+def _compiled_variant_fn(variant: Variant) -> Callable:
+    torch._dynamo.reset()
+    torch._functorch.config.donated_buffer = False
+    ref = rmsnorm_ref if variant.op == "rmsnorm" else layernorm_ref
+
+    def composition(x, weight, bias, residual):
+        h = x + residual if residual is not None else x
+        out = ref(h, weight, bias, EPS, out_dtype=variant.out_dtype)
+        return (out, h) if residual is not None else out
+
+    return torch.compile(composition, dynamic=False)
+
+
+def _quack_variant_fn(variant: Variant) -> Callable:
+    if variant.op != "rmsnorm":
+        raise NotImplementedError("quack has no public LayerNorm with a residual or an out_dtype")
+    quack_rmsnorm = _import_quack_rmsnorm().rmsnorm
+
+    def fn(x, weight, bias, residual):
+        return quack_rmsnorm(x, weight, bias, residual=residual, out_dtype=variant.out_dtype, eps=EPS,
+                             prenorm=residual is not None)
+
+    return fn
+
+
+def _liger_variant_fn(variant: Variant) -> Callable:
+    if variant.op != "rmsnorm" or variant.residual or variant.out_dtype is not None:
+        raise NotImplementedError("liger: plain RMSNorm only (no residual, no out_dtype) besides LayerNorm")
+    liger_function = importlib.import_module("liger_kernel.ops.rms_norm").LigerRMSNormFunction
+
+    def fn(x, weight, bias, residual):
+        if bias is not None:
+            raise NotImplementedError("liger's RMSNorm has no bias")
+        return liger_function.apply(x, weight, EPS, 0.0, "gemma", False)
+
+    return fn
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Availability
 # ----------------------------------------------------------------------------------------------------------------
@@ -276,13 +480,21 @@ class Provider:
     params_in_x_dtype: bool
     unavailable_reason: Callable[[torch.device], str]
     make_runner: Callable[[Tensor, Tensor, Optional[Tensor], Tensor], Runner]
+    # Variant -> fn(x, weight, bias, residual) (raises NotImplementedError for a variant it lacks); None: none.
+    variant_fn: Optional[Callable[[Variant], Callable]] = None
 
-    def runner(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor) -> Runner:
-        """x, dy (M, N) in the case's dtype; weight, bias (N,) fp32 (cast here when the provider needs it)."""
+    def runner(self, x: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor, variant: Variant = PLAIN,
+               residual: Optional[Tensor] = None, dh: Optional[Tensor] = None) -> Runner:
+        """x, dy (M, N) in the case's dtype (dy in the variant's out_dtype); weight, bias (N,) fp32 (cast here when
+        the provider needs it); residual, dh for the residual variant."""
         if self.params_in_x_dtype:
             weight = weight.to(x.dtype)
             bias = bias.to(x.dtype) if bias is not None else None
-        return self.make_runner(x, weight, bias, dy)
+        if variant.plain_layernorm:
+            return self.make_runner(x, weight, bias, dy)
+        if self.variant_fn is None:
+            raise NotImplementedError(f"{self.name} has no {variant.label}")
+        return VariantRunner(self.variant_fn(variant), x, weight, bias, dy, residual, dh)
 
 
 def _autograd(fn_factory: Callable[[], Callable]):
@@ -292,25 +504,27 @@ def _autograd(fn_factory: Callable[[], Callable]):
 PROVIDERS: dict[str, Provider] = {
     provider.name: provider
     for provider in (
-        Provider("torch", "Torch", True, lambda device: "", _autograd(lambda: _torch_fn)),
-        Provider("cutedsl", "CuTeDSL", False, cutedsl_unavailable_reason, _autograd(lambda: _vibe_fn("cutedsl"))),
-        Provider("triton", "Triton", False, triton_unavailable_reason, _autograd(lambda: _vibe_fn("triton"))),
+        Provider("torch", "Torch", True, lambda device: "", _autograd(lambda: _torch_fn), _torch_variant_fn),
+        Provider("cutedsl", "CuTeDSL", False, cutedsl_unavailable_reason, _autograd(lambda: _vibe_fn("cutedsl")),
+                 _vibe_variant_fn("cutedsl")),
+        Provider("triton", "Triton", False, triton_unavailable_reason, _autograd(lambda: _vibe_fn("triton")),
+                 _vibe_variant_fn("triton")),
         Provider(
             "quack", "Quack", False,
             lambda device: _first_reason(lambda: _missing_package("quack", "quack-kernels"),
                                          lambda: _needs_hopper(device)),
-            QuackRunner,
+            QuackRunner, _quack_variant_fn,
         ),
         Provider(
             "liger", "Liger", True,
             lambda device: _first_reason(lambda: _missing_package("liger_kernel", "liger-kernel"),
                                          lambda: _needs_cuda(device)),
-            _autograd(_liger_fn),
+            _autograd(_liger_fn), _liger_variant_fn,
         ),
         Provider(
             "compile", "Compile", False,
             lambda device: _first_reason(lambda: _needs_cuda(device)),
-            _autograd(_compiled_reference_fn),
+            _autograd(_compiled_reference_fn), _compiled_variant_fn,
         ),
     )
 }

@@ -219,47 +219,88 @@ def _program_slots(device: torch.device) -> int:
 
 
 @triton.jit
+def _load_row_input(x_ptrs, r_ptrs, h_ptrs, mask,
+                    HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr):
+    """The rows to normalize, in fp32: x, or with a residual h = x + r, rounded to x's dtype unless
+    RESIDUAL_IN_FP32 (so h is exactly what an unfused ``x + r`` in x's dtype would give), and stored through
+    ``h_ptrs`` when STORE_RESIDUAL. Lanes outside ``mask`` are 0. ``r_ptrs``/``h_ptrs`` are None when unused."""
+    x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        x += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if not RESIDUAL_IN_FP32:
+            x = x.to(x_ptrs.dtype.element_ty).to(tl.float32)
+        if STORE_RESIDUAL:
+            tl.store(h_ptrs, x.to(h_ptrs.dtype.element_ty), mask=mask)
+    return x
+
+
+@triton.jit
 def _layernorm_fwd_resident_kernel(
-    X, Y, W, B, Mean, Rstd,
-    stride_x_row, stride_y_row, rows, eps,
+    X, Y, W, B, Mean, Rstd, R, H,
+    stride_x_row, stride_y_row, stride_r_row, stride_h_row, rows, eps,
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
+    IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
 ):
     """BLOCK_M whole rows per program. Rows far from a power of two (N = 5000) are held as a BLOCK_N head plus a
-    TAIL_N tail instead of one padded 8192-wide tile, so fewer lanes sit idle."""
+    TAIL_N tail instead of one padded 8192-wide tile, so fewer lanes sit idle.
+
+    IS_RMS: RMSNorm (no centering, no mean). HAS_RESIDUAL: normalize h = x + R (see _load_row_input), written to H
+    when STORE_RESIDUAL. The output's dtype is Y's."""
     row_idx = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = row_idx < rows
     row_off = row_idx.to(tl.int64)[:, None]
     cols = tl.arange(0, BLOCK_N)
     mask = row_ok[:, None] & (cols < N)[None, :]
-    x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    row_sum = tl.sum(x, axis=1)
+    x = _load_row_input(
+        X + row_off * stride_x_row + cols[None, :],
+        R + row_off * stride_r_row + cols[None, :] if HAS_RESIDUAL else None,
+        H + row_off * stride_h_row + cols[None, :] if STORE_RESIDUAL else None,
+        mask, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32,
+    )
+    if not IS_RMS:
+        row_sum = tl.sum(x, axis=1)
     if TAIL_N > 0:
         tail_cols = BLOCK_N + tl.arange(0, TAIL_N)
         tail_mask = row_ok[:, None] & (tail_cols < N)[None, :]
-        x_tail = tl.load(X + row_off * stride_x_row + tail_cols[None, :], mask=tail_mask, other=0.0).to(tl.float32)
-        row_sum += tl.sum(x_tail, axis=1)
-    # Corrected two-pass statistics: the fp32 mean of rows with a large common offset (1000 + noise) is a few ulps
-    # off, which would add (error)^2 to the variance; the mean of the centered row measures that error exactly
-    # enough to remove it from both the mean and the variance.
-    mean = row_sum / N
-    centered = x - mean[:, None]
-    if BLOCK_N > N:  # padded lanes must not add (0 - mean)^2 to the variance
-        centered = tl.where(mask, centered, 0.0)
-    centered_sum = tl.sum(centered, axis=1)
-    sq_sum = tl.sum(centered * centered, axis=1)
-    if TAIL_N > 0:
-        centered_tail = tl.where(tail_mask, x_tail - mean[:, None], 0.0)
-        centered_sum += tl.sum(centered_tail, axis=1)
-        sq_sum += tl.sum(centered_tail * centered_tail, axis=1)
-    correction = centered_sum / N
-    mean += correction
-    rstd = tl.math.rsqrt(sq_sum / N - correction * correction + eps)
-    centered = centered - correction[:, None]
-    if BLOCK_N > N:
-        centered = tl.where(mask, centered, 0.0)
-    if TAIL_N > 0:
-        centered_tail = centered_tail - correction[:, None]
+        x_tail = _load_row_input(
+            X + row_off * stride_x_row + tail_cols[None, :],
+            R + row_off * stride_r_row + tail_cols[None, :] if HAS_RESIDUAL else None,
+            H + row_off * stride_h_row + tail_cols[None, :] if STORE_RESIDUAL else None,
+            tail_mask, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32,
+        )
+        if not IS_RMS:
+            row_sum += tl.sum(x_tail, axis=1)
+    if IS_RMS:
+        # Mean of squares; padded lanes hold 0 and add nothing.
+        sq_sum = tl.sum(x * x, axis=1)
+        if TAIL_N > 0:
+            sq_sum += tl.sum(x_tail * x_tail, axis=1)
+            centered_tail = x_tail
+        rstd = tl.math.rsqrt(sq_sum / N + eps)
+        centered = x
+    else:
+        # Corrected two-pass statistics: the fp32 mean of rows with a large common offset (1000 + noise) is a few
+        # ulps off, which would add (error)^2 to the variance; the mean of the centered row measures that error
+        # exactly enough to remove it from both the mean and the variance.
+        mean = row_sum / N
+        centered = x - mean[:, None]
+        if BLOCK_N > N:  # padded lanes must not add (0 - mean)^2 to the variance
+            centered = tl.where(mask, centered, 0.0)
+        centered_sum = tl.sum(centered, axis=1)
+        sq_sum = tl.sum(centered * centered, axis=1)
+        if TAIL_N > 0:
+            centered_tail = tl.where(tail_mask, x_tail - mean[:, None], 0.0)
+            centered_sum += tl.sum(centered_tail, axis=1)
+            sq_sum += tl.sum(centered_tail * centered_tail, axis=1)
+        correction = centered_sum / N
+        mean += correction
+        rstd = tl.math.rsqrt(sq_sum / N - correction * correction + eps)
+        centered = centered - correction[:, None]
+        if BLOCK_N > N:
+            centered = tl.where(mask, centered, 0.0)
+        if TAIL_N > 0:
+            centered_tail = centered_tail - correction[:, None]
     y = centered * rstd[:, None]
     if HAS_W:
         y = y * tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
@@ -280,50 +321,78 @@ def _layernorm_fwd_resident_kernel(
 
 
 @triton.jit
-def _row_mean_var(x_row, N: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Mean and biased variance of one row of N elements, streamed in BLOCK_N chunks.
+def _row_mean_var(x_row, r_row, N: tl.constexpr, BLOCK_N: tl.constexpr, IS_RMS: tl.constexpr,
+                  HAS_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr):
+    """Mean and biased variance of one row of N elements (of h = x + r with a residual), streamed in BLOCK_N chunks;
+    for RMSNorm (IS_RMS), 0 and the mean of squares.
 
     Sums of (x - p) and (x - p)^2 with the pivot p = the mean of the first chunk: p is within a few standard
     deviations of the row mean, so var = E[(x-p)^2] - E[x-p]^2 cancels little, and a large common offset
     (1000 + noise) never enters the sums. The first chunk is read twice; the second read hits L1/L2."""
     cols = tl.arange(0, BLOCK_N)
-    FIRST_COUNT: tl.constexpr = BLOCK_N if BLOCK_N < N else N
-    pivot = tl.sum(tl.load(x_row + cols, mask=cols < N, other=0.0).to(tl.float32), axis=0) / FIRST_COUNT
-    lane_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for start in range(0, N, BLOCK_N):
-        offs = start + cols
-        in_row = offs < N
-        shifted = tl.where(in_row, tl.load(x_row + offs, mask=in_row, other=0.0).to(tl.float32) - pivot, 0.0)
-        lane_sum += shifted
-        lane_sq += shifted * shifted
-    shift_mean = tl.sum(lane_sum, axis=0) / N
-    return pivot + shift_mean, tl.sum(lane_sq, axis=0) / N - shift_mean * shift_mean
+    if IS_RMS:
+        lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for start in range(0, N, BLOCK_N):
+            offs = start + cols
+            in_row = offs < N
+            x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None, None, in_row,
+                                HAS_RESIDUAL, False, RESIDUAL_IN_FP32)
+            lane_sq += x * x
+        mean = 0.0
+        var = tl.sum(lane_sq, axis=0) / N
+    else:
+        FIRST_COUNT: tl.constexpr = BLOCK_N if BLOCK_N < N else N
+        first = _load_row_input(x_row + cols, r_row + cols if HAS_RESIDUAL else None, None, cols < N,
+                                HAS_RESIDUAL, False, RESIDUAL_IN_FP32)
+        pivot = tl.sum(first, axis=0) / FIRST_COUNT
+        lane_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for start in range(0, N, BLOCK_N):
+            offs = start + cols
+            in_row = offs < N
+            x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None, None, in_row,
+                                HAS_RESIDUAL, False, RESIDUAL_IN_FP32)
+            shifted = tl.where(in_row, x - pivot, 0.0)
+            lane_sum += shifted
+            lane_sq += shifted * shifted
+        shift_mean = tl.sum(lane_sum, axis=0) / N
+        mean = pivot + shift_mean
+        var = tl.sum(lane_sq, axis=0) / N - shift_mean * shift_mean
+    return mean, var
 
 
 @triton.jit
 def _layernorm_fwd_chunked_kernel(
-    X, Y, W, B, Mean, Rstd,
-    stride_x_row, stride_y_row, rows, eps,
+    X, Y, W, B, Mean, Rstd, R, H,
+    stride_x_row, stride_y_row, stride_r_row, stride_h_row, rows, eps,
     N: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
+    IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
 ):
     """Rows pid, pid + P, ...: a statistics pass (_row_mean_var), then a normalizing pass. The grid size P bounds
-    the rows in flight, so that the second pass finds its row in L2 instead of HBM."""
+    the rows in flight, so that the second pass finds its row in L2 instead of HBM. With a residual, both passes
+    read x and r (the second from L2) and the second writes h."""
     cols = tl.arange(0, BLOCK_N)
     NUM_CHUNKS: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     for row in range(tl.program_id(0), rows, tl.num_programs(0)):
         row64 = tl.cast(row, tl.int64)
         x_row = X + row64 * stride_x_row
         y_row = Y + row64 * stride_y_row
-        mean, var = _row_mean_var(x_row, N, BLOCK_N)
+        r_row = R + row64 * stride_r_row if HAS_RESIDUAL else None
+        h_row = H + row64 * stride_h_row if STORE_RESIDUAL else None
+        mean, var = _row_mean_var(x_row, r_row, N, BLOCK_N, IS_RMS, HAS_RESIDUAL, RESIDUAL_IN_FP32)
         rstd = tl.math.rsqrt(var + eps)
         # Reverse order: the chunks read last by the statistics pass are the likeliest to still be in L2.
         for back in range(NUM_CHUNKS):
             offs = (NUM_CHUNKS - 1 - back) * BLOCK_N + cols
             in_row = offs < N
-            x = tl.load(x_row + offs, mask=in_row, other=0.0).to(tl.float32)
-            y = (x - mean) * rstd
+            x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None,
+                                h_row + offs if STORE_RESIDUAL else None, in_row, HAS_RESIDUAL, STORE_RESIDUAL,
+                                RESIDUAL_IN_FP32)
+            if IS_RMS:
+                y = x * rstd
+            else:
+                y = (x - mean) * rstd
             if HAS_W:
                 y = y * tl.load(W + offs, mask=in_row, other=0.0).to(tl.float32)
             if HAS_B:
@@ -342,16 +411,21 @@ def _layernorm_fwd_chunked_kernel(
 
 @triton.jit
 def _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols, col_ok,
-                   HAS_W: tl.constexpr):
-    """A BLOCK_M x BLOCK_N tile of dy, xhat = (x - mean) * rstd and g = dy * w in fp32 (zero outside the rows and
-    columns), and the tile's rstd. ``w`` is the tile's columns of the weight, loaded once by the caller."""
+                   HAS_W: tl.constexpr, IS_RMS: tl.constexpr):
+    """A BLOCK_M x BLOCK_N tile of dy, xhat = (x - mean) * rstd (x * rstd for RMSNorm) and g = dy * w in fp32
+    (zero outside the rows and columns), and the tile's rstd. ``w`` is the tile's columns of the weight, loaded
+    once by the caller."""
     mask = row_ok[:, None] & col_ok[None, :]
     row_off = row_idx.to(tl.int64)[:, None]
     x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + row_off * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    mean = tl.load(Mean + row_idx, mask=row_ok, other=0.0)
+    if not IS_RMS:
+        mean = tl.load(Mean + row_idx, mask=row_ok, other=0.0)
     rstd = tl.load(Rstd + row_idx, mask=row_ok, other=0.0)
-    xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+    if IS_RMS:
+        xhat = tl.where(mask, x * rstd[:, None], 0.0)
+    else:
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
     if HAS_W:
         g = dy * w[None, :]
     else:
@@ -360,13 +434,35 @@ def _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, r
 
 
 @triton.jit
-def _store_dx_accumulate(DX, stride_dx_row, row_idx, row_ok, cols, col_ok, dy, xhat, g, rstd, mean_gx, mean_g,
-                         dw_acc, db_acc, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr):
-    """dx = rstd * (g - xhat * mean(g * xhat) - mean(g)) for the tile; dy * xhat and dy added to the accumulators."""
+def _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL: tl.constexpr):
+    """The tile of the gradient that flows into the residual output h (fp32), or None without one."""
+    if HAS_DRESIDUAL:
+        mask = row_ok[:, None] & col_ok[None, :]
+        row_off = row_idx.to(tl.int64)[:, None]
+        dres = tl.load(DRES + row_off * stride_dres_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    else:
+        dres = None
+    return dres
+
+
+@triton.jit
+def _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols, col_ok, dy, xhat, g,
+                         rstd, mean_gx, mean_g, dres, dw_acc, db_acc, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+                         IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr):
+    """dx = rstd * (g - xhat * mean(g * xhat) - mean(g)) for the tile (no mean(g) term for RMSNorm), plus the
+    residual output's gradient when HAS_DRESIDUAL; also written to DRES_IN (the residual input's gradient, in its
+    own dtype) when STORE_DRESIDUAL_IN. dy * xhat and dy are added to the accumulators."""
     mask = row_ok[:, None] & col_ok[None, :]
-    dx = (g - xhat * mean_gx[:, None] - mean_g[:, None]) * rstd[:, None]
+    if IS_RMS:
+        dx = (g - xhat * mean_gx[:, None]) * rstd[:, None]
+    else:
+        dx = (g - xhat * mean_gx[:, None] - mean_g[:, None]) * rstd[:, None]
+    if HAS_DRESIDUAL:
+        dx += dres
     row_off = row_idx.to(tl.int64)[:, None]
     tl.store(DX + row_off * stride_dx_row + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+    if STORE_DRESIDUAL_IN:
+        tl.store(DRES_IN + row_off * stride_dres_in_row + cols[None, :], dx.to(DRES_IN.dtype.element_ty), mask=mask)
     if NEED_DW:
         dw_acc += dy * xhat
     if NEED_DB:
@@ -386,10 +482,11 @@ def _store_partials(DW_partial, DB_partial, slot, cols, col_ok, dw_acc, db_acc, 
 
 @triton.jit
 def _layernorm_bwd_resident_kernel(
-    DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial,
-    stride_dy_row, stride_x_row, stride_dx_row, rows,
+    DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN,
+    stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows,
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
 ):
     """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end."""
     pid = tl.program_id(0)
@@ -402,11 +499,13 @@ def _layernorm_bwd_resident_kernel(
         row_idx = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = row_idx < rows
         dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok,
-                                           cols, col_ok, HAS_W)
+                                           cols, col_ok, HAS_W, IS_RMS)
+        dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL)
         mean_gx = tl.sum(g * xhat, axis=1) / N
-        mean_g = tl.sum(g, axis=1) / N
-        dw_acc, db_acc = _store_dx_accumulate(DX, stride_dx_row, row_idx, row_ok, cols, col_ok, dy, xhat, g, rstd,
-                                              mean_gx, mean_g, dw_acc, db_acc, NEED_DW, NEED_DB)
+        mean_g = None if IS_RMS else tl.sum(g, axis=1) / N
+        dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols,
+                                              col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc,
+                                              NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
     _store_partials(DW_partial, DB_partial, pid, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB)
 
 
@@ -414,17 +513,20 @@ def _layernorm_bwd_resident_kernel(
 def _layernorm_bwd_row_coefs_kernel(
     DY, X, W, Mean, Rstd, MeanGX, MeanG,
     stride_dy_row, stride_x_row,
-    N: tl.constexpr, BLOCK_N: tl.constexpr, HAS_W: tl.constexpr,
+    N: tl.constexpr, BLOCK_N: tl.constexpr, HAS_W: tl.constexpr, IS_RMS: tl.constexpr,
 ):
-    """Wide rows, step 1: per row, mean(g * xhat) and mean(g) with g = dy * w, streamed in chunks."""
+    """Wide rows, step 1: per row, mean(g * xhat) and mean(g) (not for RMSNorm) with g = dy * w, streamed in
+    chunks."""
     row = tl.program_id(0)
     x_row = X + row.to(tl.int64) * stride_x_row
     dy_row = DY + row.to(tl.int64) * stride_dy_row
-    mean = tl.load(Mean + row)
+    if not IS_RMS:
+        mean = tl.load(Mean + row)
     rstd = tl.load(Rstd + row)
     cols = tl.arange(0, BLOCK_N)
     acc_gx = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    acc_g = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if not IS_RMS:
+        acc_g = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for start in range(0, N, BLOCK_N):
         offs = start + cols
         in_row = offs < N
@@ -432,18 +534,23 @@ def _layernorm_bwd_row_coefs_kernel(
         g = tl.load(dy_row + offs, mask=in_row, other=0.0).to(tl.float32)
         if HAS_W:
             g = g * tl.load(W + offs, mask=in_row, other=0.0).to(tl.float32)
-        acc_gx += g * tl.where(in_row, (x - mean) * rstd, 0.0)
-        acc_g += g
+        if IS_RMS:
+            acc_gx += g * tl.where(in_row, x * rstd, 0.0)
+        else:
+            acc_gx += g * tl.where(in_row, (x - mean) * rstd, 0.0)
+            acc_g += g
     tl.store(MeanGX + row, tl.sum(acc_gx, axis=0) / N)
-    tl.store(MeanG + row, tl.sum(acc_g, axis=0) / N)
+    if not IS_RMS:
+        tl.store(MeanG + row, tl.sum(acc_g, axis=0) / N)
 
 
 @triton.jit
 def _layernorm_bwd_tiled_kernel(
-    DY, X, W, Mean, Rstd, MeanGX, MeanG, DX, DW_partial, DB_partial,
-    stride_dy_row, stride_x_row, stride_dx_row, rows, rows_per_group,
+    DY, X, W, Mean, Rstd, MeanGX, MeanG, DX, DW_partial, DB_partial, DRES, DRES_IN,
+    stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, rows_per_group,
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
 ):
     """Wide rows, step 2: program (group, chunk) writes dx for its rows x columns and one dw/db partial row."""
     group = tl.program_id(0)
@@ -458,11 +565,13 @@ def _layernorm_bwd_tiled_kernel(
         row_idx = start + tl.arange(0, BLOCK_M)
         row_ok = row_idx < last_row
         dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok,
-                                           cols, col_ok, HAS_W)
+                                           cols, col_ok, HAS_W, IS_RMS)
+        dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL)
         mean_gx = tl.load(MeanGX + row_idx, mask=row_ok, other=0.0)
-        mean_g = tl.load(MeanG + row_idx, mask=row_ok, other=0.0)
-        dw_acc, db_acc = _store_dx_accumulate(DX, stride_dx_row, row_idx, row_ok, cols, col_ok, dy, xhat, g, rstd,
-                                              mean_gx, mean_g, dw_acc, db_acc, NEED_DW, NEED_DB)
+        mean_g = None if IS_RMS else tl.load(MeanG + row_idx, mask=row_ok, other=0.0)
+        dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols,
+                                              col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc,
+                                              NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
     _store_partials(DW_partial, DB_partial, group, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB)
 
 
@@ -567,27 +676,38 @@ def _launch(kernel, grid: tuple, num_warps: int, *args, **constexprs) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | None = None) -> None:
-    """x (M, N) with unit column stride; out (M, N); mean/rstd (M,) fp32 or None; weight/bias (N,) or None."""
+def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | None = None, *, residual=None,
+                  residual_out=None, residual_in_fp32: bool = False, rms: bool = False) -> None:
+    """x (M, N) with unit column stride; out (M, N) in any float dtype; mean/rstd (M,) fp32 or None; weight/bias
+    (N,) or None.
+
+    rms: RMSNorm (mean must be None). residual (M, N), unit column stride: normalize h = x + residual instead, h
+    rounded to x's dtype unless ``residual_in_fp32``; residual_out (M, N) (or None): where h is written (fp32 when
+    residual_in_fp32, else x's dtype)."""
     rows, hidden = x.shape
+    if rms and mean is not None:
+        raise ValueError("RMSNorm has no mean: pass mean=None")
+    if residual is None and residual_out is not None:
+        raise ValueError("residual_out needs a residual")
     cfg = config or fwd_config(hidden, x.dtype)
+    has_residual = residual is not None
     flags = dict(
-        HAS_W=weight is not None, HAS_B=bias is not None, STORE_MEAN=mean is not None, STORE_RSTD=rstd is not None
+        HAS_W=weight is not None, HAS_B=bias is not None, STORE_MEAN=mean is not None, STORE_RSTD=rstd is not None,
+        IS_RMS=bool(rms), HAS_RESIDUAL=has_residual, STORE_RESIDUAL=residual_out is not None,
+        # Rounding h to fp32 x's dtype is a no-op: one variant for both.
+        RESIDUAL_IN_FP32=has_residual and (bool(residual_in_fp32) or x.dtype == torch.float32),
     )
+    args = (x, out, weight, bias, mean, rstd, residual, residual_out, x.stride(0), out.stride(0),
+            residual.stride(0) if has_residual else None,
+            residual_out.stride(0) if residual_out is not None else None, rows, eps)
     if cfg.chunked:
         programs = rows if cfg.programs_per_sm == 0 else min(rows, cfg.programs_per_sm * _program_slots(x.device))
-        _launch(
-            _layernorm_fwd_chunked_kernel, (programs,), cfg.num_warps,
-            x, out, weight, bias, mean, rstd, x.stride(0), out.stride(0), rows, eps,
-            N=hidden, BLOCK_N=cfg.block_n, **flags,
-        )
+        _launch(_layernorm_fwd_chunked_kernel, (programs,), cfg.num_warps, *args,
+                N=hidden, BLOCK_N=cfg.block_n, **flags)
     else:
         block_m = _rows_per_program(cfg.block_m, rows, _program_slots(x.device)) if config is None else cfg.block_m
-        _launch(
-            _layernorm_fwd_resident_kernel, (_cdiv(rows, block_m),), cfg.num_warps,
-            x, out, weight, bias, mean, rstd, x.stride(0), out.stride(0), rows, eps,
-            N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, **flags,
-        )
+        _launch(_layernorm_fwd_resident_kernel, (_cdiv(rows, block_m),), cfg.num_warps, *args,
+                N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, **flags)
 
 
 def _sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
@@ -602,19 +722,28 @@ def _sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
     )
 
 
-def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConfig | None = None) -> None:
-    """dy, x (M, N) unit column stride; dx (M, N); dweight/dbias (N,) or None (not wanted)."""
+def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConfig | None = None, *,
+                  rms: bool = False, dresidual=None, dresidual_in=None) -> None:
+    """dy, x (M, N) unit column stride (x: the normalized input, h with a residual); dx (M, N); dweight/dbias (N,)
+    or None (not wanted). dy, x and dx may each have their own float dtype.
+
+    rms: RMSNorm (mean is None). dresidual (M, N) or None: the gradient flowing into the residual output h, added
+    to dx. dresidual_in (M, N) or None: a second copy of dx in another dtype (the residual input's gradient)."""
     rows, hidden = x.shape
     cfg = config or bwd_config(hidden, x.dtype)
     slots = _program_slots(x.device) * cfg.programs_per_sm
-    flags = dict(HAS_W=weight is not None, NEED_DW=dweight is not None, NEED_DB=dbias is not None)
+    flags = dict(HAS_W=weight is not None, NEED_DW=dweight is not None, NEED_DB=dbias is not None, IS_RMS=bool(rms),
+                 HAS_DRESIDUAL=dresidual is not None, STORE_DRESIDUAL_IN=dresidual_in is not None)
+    residual_args = (dresidual, dresidual_in, dy.stride(0), x.stride(0), dx.stride(0),
+                     dresidual.stride(0) if dresidual is not None else None,
+                     dresidual_in.stride(0) if dresidual_in is not None else None, rows)
     if cfg.chunked:
         mean_gx = torch.empty((rows,), dtype=torch.float32, device=x.device)
-        mean_g = torch.empty((rows,), dtype=torch.float32, device=x.device)
+        mean_g = None if rms else torch.empty((rows,), dtype=torch.float32, device=x.device)
         _launch(
             _layernorm_bwd_row_coefs_kernel, (rows,), 8,
             dy, x, weight, mean, rstd, mean_gx, mean_g, dy.stride(0), x.stride(0),
-            N=hidden, BLOCK_N=4096, HAS_W=weight is not None,
+            N=hidden, BLOCK_N=4096, HAS_W=weight is not None, IS_RMS=bool(rms),
         )
         col_chunks = _cdiv(hidden, cfg.block_n)
         groups = _clamp(slots // col_chunks, 1, _cdiv(rows, cfg.block_m))
@@ -630,15 +759,13 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     if cfg.chunked:
         _launch(
             _layernorm_bwd_tiled_kernel, grid, cfg.num_warps,
-            dy, x, weight, mean, rstd, mean_gx, mean_g, dx, dw_partial, db_partial,
-            dy.stride(0), x.stride(0), dx.stride(0), rows, rows_per_group,
+            dy, x, weight, mean, rstd, mean_gx, mean_g, dx, dw_partial, db_partial, *residual_args, rows_per_group,
             N=hidden, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
         )
     else:
         _launch(
             _layernorm_bwd_resident_kernel, grid, cfg.num_warps,
-            dy, x, weight, mean, rstd, dx, dw_partial, db_partial,
-            dy.stride(0), x.stride(0), dx.stride(0), rows,
+            dy, x, weight, mean, rstd, dx, dw_partial, db_partial, *residual_args,
             N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, **flags,
         )
     if dweight is not None or dbias is not None:

@@ -1,4 +1,4 @@
-"""The public LayerNorm entry points: validate once, flatten to 2-D, pick a backend, run it under autograd."""
+"""The public LayerNorm / RMSNorm entry points: validate once, flatten to 2-D, pick a backend, run it under autograd."""
 
 from __future__ import annotations
 
@@ -64,6 +64,34 @@ def check_inputs(x, weight, bias, eps) -> None:
     _check_param("bias", bias, x, hidden)
 
 
+def check_features(x, residual, residual_in_fp32, return_residual, out_dtype) -> None:
+    """The fused-residual and output-dtype arguments (x already checked): TypeError/ValueError saying what was
+    received and what was expected."""
+    if out_dtype is not None and out_dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"out_dtype must be torch.float16, torch.bfloat16, torch.float32 or None (x's dtype), got {out_dtype!r}"
+        )
+    if residual is None:
+        if return_residual:
+            raise ValueError("return_residual=True needs a residual (residual=None was given)")
+        if residual_in_fp32:
+            raise ValueError("residual_in_fp32=True needs a residual (residual=None was given)")
+        return
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"residual must be a torch.Tensor or None, got {type(residual).__name__}")
+    if residual.dtype not in (torch.float32, x.dtype):
+        raise TypeError(f"residual must be float32 or x's dtype ({x.dtype}), got {residual.dtype}")
+    if residual.shape != x.shape:
+        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    if residual.device != x.device:
+        raise ValueError(f"residual is on {residual.device} but x is on {x.device}; put them on the same device")
+    if residual.stride(-1) != 1 and x.shape[-1] > 1:
+        raise ValueError(
+            f"residual's last dim must be contiguous (stride 1), got stride {residual.stride(-1)} for shape "
+            f"{tuple(residual.shape)}; call residual.contiguous() first"
+        )
+
+
 def _check_flags(**flags) -> None:
     for name, flag in flags.items():
         if not isinstance(flag, bool):
@@ -87,17 +115,18 @@ def _on_device(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _run_forward(backend: str, allow_fallback: bool, x2d, weight, bias, eps, out, mean, rstd) -> str:
+def _run_forward(backend: str, allow_fallback: bool, x2d, weight, bias, eps, out, mean, rstd, **features) -> str:
     """Runs the forward on ``backend``; returns the backend that ran. Under backend="auto", a CuTeDSL kernel that
-    lacks this shape (NotImplementedError) defers to Triton."""
+    lacks this shape or feature (NotImplementedError) defers to Triton. ``features``: the backends' keyword
+    arguments (rms, residual, residual_out, residual_in_fp32), absent on the plain LayerNorm path."""
     with _on_device(x2d.device):
         try:
-            load_backend(backend).layernorm_fwd(x2d, weight, bias, eps, out, mean, rstd)
+            load_backend(backend).layernorm_fwd(x2d, weight, bias, eps, out, mean, rstd, **features)
             return backend
         except NotImplementedError:
             if backend != "cutedsl" or not allow_fallback:
                 raise
-        load_backend("triton").layernorm_fwd(x2d, weight, bias, eps, out, mean, rstd)
+        load_backend("triton").layernorm_fwd(x2d, weight, bias, eps, out, mean, rstd, **features)
         return "triton"
 
 
@@ -112,6 +141,78 @@ def _forward(x2d, weight, bias, eps, backend, allow_fallback, need_stats):
     if rows > 0:
         backend = _run_forward(backend, allow_fallback, x2d, weight, bias, eps, out, mean, rstd)
     return out, mean, rstd, backend
+
+
+def _forward_features(x2d, weight, bias, eps, backend, allow_fallback, need_stats, rms, residual2d,
+                      residual_in_fp32, store_residual, out_dtype):
+    """``_forward`` with RMSNorm, the fused residual and the output dtype: (out, h, mean, rstd, backend that ran).
+    h (the residual output x + residual, fp32 when residual_in_fp32 else x's dtype) is written only when
+    ``store_residual``; mean is None for RMSNorm."""
+    rows, hidden = x2d.shape
+    device = x2d.device
+    out = torch.empty((rows, hidden), dtype=out_dtype or x2d.dtype, device=device)
+    mean = rstd = None
+    if need_stats:
+        if rms:
+            rstd = torch.empty((rows,), dtype=torch.float32, device=device)
+        else:
+            stats = torch.empty((2, rows), dtype=torch.float32, device=device)
+            mean, rstd = stats[0], stats[1]
+    h = None
+    features = {}
+    if rms:
+        features["rms"] = True
+    if residual2d is not None:
+        if store_residual:
+            h_dtype = torch.float32 if residual_in_fp32 else x2d.dtype
+            h = torch.empty((rows, hidden), dtype=h_dtype, device=device)
+        features.update(residual=residual2d, residual_out=h, residual_in_fp32=bool(residual_in_fp32))
+    if rows > 0:
+        backend = _run_forward(backend, allow_fallback, x2d, weight, bias, eps, out, mean, rstd, **features)
+    return out, h, mean, rstd, backend
+
+
+def _backward(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr):
+    """The gradients (dx, dweight, dbias, dresidual) of a forward saved as ``saved`` = (normalized input (x, or h
+    with a residual), weight, mean, rstd); ``dh``: the gradient of the residual output (or None). dx and the
+    residual's gradient are the same values (dh_total = d(norm)/dh + dh): written once, twice only when their
+    dtypes differ. Unwanted gradients are None."""
+    xin, weight, mean, rstd = saved
+    rows, hidden = xin.shape
+    device = xin.device
+    if dh is not None and dh.stride(-1) != 1:
+        dh = dh.contiguous()
+    if dout is None:  # only the residual output reached the loss: norm(h) contributes nothing
+        dx = dh.to(ctx.x_dtype) if need_dx else None
+        dr = dh.to(ctx.residual_dtype) if need_dr else None
+        return dx, None, None, dr
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    # Write the gradient once in the dtype of whoever wants it (x's when both do), plus a copy in the residual's
+    # dtype only when both want it and the dtypes differ.
+    primary_dtype = ctx.residual_dtype if (need_dr and not need_dx) else ctx.x_dtype
+    dx = torch.empty((rows, hidden), dtype=primary_dtype, device=device)
+    dres_in = None
+    if need_dx and need_dr and ctx.residual_dtype != ctx.x_dtype:
+        dres_in = torch.empty((rows, hidden), dtype=ctx.residual_dtype, device=device)
+    dweight = torch.empty((hidden,), dtype=weight.dtype, device=device) if need_dw else None
+    dbias = torch.empty((hidden,), dtype=ctx.bias_dtype, device=device) if need_db else None
+    features = {}
+    if ctx.rms:
+        features["rms"] = True
+    if dh is not None:
+        features["dresidual"] = dh
+    if dres_in is not None:
+        features["dresidual_in"] = dres_in
+    if rows > 0:
+        with _on_device(device):
+            load_backend(ctx.backend).layernorm_bwd(dout, xin, weight, mean, rstd, dx, dweight, dbias, **features)
+    else:
+        for grad in (dweight, dbias):
+            if grad is not None:
+                grad.zero_()
+    dr = (dres_in if dres_in is not None else dx) if need_dr else None
+    return (dx if need_dx else None), dweight, dbias, dr
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -169,6 +270,85 @@ class LayerNormFunction(torch.autograd.Function):
         return (dx if ctx.needs_input_grad[0] else None), dweight, dbias, None, None, None, None, None
 
 
+class NormFunction(torch.autograd.Function):
+    """LayerNorm or RMSNorm with the fused residual and the output dtype. Outputs (out, h, mean, rstd): h is the
+    residual output (None without a residual), mean is None for RMSNorm; mean/rstd are not differentiable."""
+
+    @staticmethod
+    def forward(ctx, x2d, weight, bias, residual2d, eps, backend, allow_fallback, need_mean, need_rstd, rms,
+                residual_in_fp32, return_residual, out_dtype):
+        ctx.set_materialize_grads(False)
+        need_grad = any(ctx.needs_input_grad[:4])
+        has_residual = residual2d is not None
+        out, h, mean, rstd, backend = _forward_features(
+            x2d, weight, bias, eps, backend, allow_fallback, need_mean or need_rstd or need_grad, rms, residual2d,
+            residual_in_fp32, has_residual and (return_residual or need_grad), out_dtype,
+        )
+        ctx.backend = backend
+        ctx.rms = rms
+        ctx.has_weight = weight is not None
+        ctx.has_bias = bias is not None
+        ctx.has_residual = has_residual
+        ctx.x_dtype = x2d.dtype
+        ctx.residual_dtype = residual2d.dtype if has_residual else None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        if need_grad:
+            # The backward differentiates norm(h): with a residual it needs h, which the forward stored.
+            ctx.save_for_backward(h if has_residual else x2d, weight, mean, rstd)
+        stats = [t for t in (mean, rstd) if t is not None]
+        ctx.mark_non_differentiable(*stats)
+        return out, h, mean, rstd
+
+    @staticmethod
+    def backward(ctx, dout, dh, _dmean, _drstd):
+        nones = (None,) * 9
+        if dout is None and dh is None:
+            return (None, None, None, None) + nones
+        need_dx = ctx.needs_input_grad[0]
+        need_dw = ctx.has_weight and ctx.needs_input_grad[1]
+        need_db = ctx.has_bias and ctx.needs_input_grad[2]
+        need_dr = ctx.has_residual and ctx.needs_input_grad[3]
+        dx, dweight, dbias, dr = _backward(ctx, dout, dh, ctx.saved_tensors, need_dx, need_dw, need_db, need_dr)
+        return (dx, dweight, dbias, dr) + nones
+
+
+def _norm(x, weight, bias, eps, return_rstd, return_mean, backend, rms, residual, residual_in_fp32,
+          return_residual, out_dtype):
+    """RMSNorm and the extended LayerNorm (residual, out_dtype): checks, flattens, runs, and shapes the result
+    (out, [h], [rstd], [mean])."""
+    _check_flags(return_rstd=return_rstd, return_mean=return_mean, residual_in_fp32=residual_in_fp32,
+                 return_residual=return_residual)
+    check_inputs(x, weight, bias, eps)
+    check_features(x, residual, residual_in_fp32, return_residual, out_dtype)
+    concrete = resolve_backend(backend, x.device)
+    if out_dtype == x.dtype:
+        out_dtype = None
+    x2d = _rows_view(x)
+    residual2d = _rows_view(residual) if residual is not None else None
+    weight = weight.contiguous() if weight is not None and weight.stride(0) != 1 else weight
+    bias = bias.contiguous() if bias is not None and bias.stride(0) != 1 else bias
+    args = (float(eps), concrete, backend == "auto")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
+        out, h, mean, rstd = NormFunction.apply(
+            x2d, weight, bias, residual2d, *args, return_mean, return_rstd, rms, bool(residual_in_fp32),
+            bool(return_residual), out_dtype,
+        )
+    else:
+        out, h, mean, rstd, _ = _forward_features(
+            x2d, weight, bias, *args, return_mean or return_rstd, rms, residual2d, residual_in_fp32,
+            bool(return_residual), out_dtype,
+        )
+    result = [out.view(x.shape)]
+    if return_residual:
+        result.append(h.view(x.shape))
+    stats_shape = x.shape[:-1]
+    if return_rstd:
+        result.append(rstd.view(stats_shape))
+    if return_mean:
+        result.append(mean.view(stats_shape))
+    return result[0] if len(result) == 1 else tuple(result)
+
+
 def layernorm(
     x: torch.Tensor,
     weight: Optional[torch.Tensor],
@@ -178,16 +358,30 @@ def layernorm(
     return_rstd: bool = False,
     return_mean: bool = False,
     backend: str = "auto",
+    residual: Optional[torch.Tensor] = None,
+    residual_in_fp32: bool = False,
+    return_residual: bool = False,
+    out_dtype: Optional[torch.dtype] = None,
 ):
     """LayerNorm over the last dim of ``x``.
 
     x: (..., N) float16/bfloat16/float32 with a contiguous last dim (rows may be strided).
     weight, bias: (N,) in float32 or x's dtype, or None (no affine).
-    Returns ``out`` (x's shape and dtype), or ``(out, rstd)``, ``(out, mean)``, ``(out, rstd, mean)`` with
-    mean/rstd float32 of shape x.shape[:-1] (non-differentiable). Differentiable in x, weight and bias.
+    Returns ``out`` (x's shape, x's dtype or ``out_dtype``), followed, in this order and only when asked, by
+    ``h`` (return_residual), ``rstd`` (return_rstd) and ``mean`` (return_mean): ``out``, ``(out, rstd)``,
+    ``(out, mean)``, ``(out, rstd, mean)``, ``(out, h)``, ``(out, h, rstd)``, ``(out, h, rstd, mean)``...
+    mean/rstd are float32 of shape x.shape[:-1] (non-differentiable). Differentiable in x, weight, bias and
+    residual.
+
+    residual: (..., N) like x, in x's dtype or float32: the fused pre-norm residual. h = x + residual is normalized
+    instead of x, in the same pass; h is summed in fp32 and rounded to x's dtype (exactly the unfused
+    ``layernorm(x + residual)`` in x's dtype), or kept and returned in float32 with ``residual_in_fp32=True``.
+    ``return_residual=True`` also returns h; the gradient flowing into h adds to the one through the norm, and x and
+    residual both get that sum.
+    out_dtype: write out in another float dtype (float16/bfloat16/float32); the gradient flows back in x's dtype.
     backend: "auto" (CuTeDSL on sm_90+, else Triton on CUDA, else torch), "cutedsl", "triton" or "torch".
-    The CuTeDSL kernels cover N up to 262144: above that backend="cutedsl" raises NotImplementedError and
-    backend="auto" runs Triton (any N).
+    The CuTeDSL kernels cover N up to 262144 and not the residual / out_dtype features: for those
+    backend="cutedsl" raises NotImplementedError and backend="auto" runs Triton (any N).
 
     x may also be any array with ``__dlpack__`` (NumPy, CuPy, JAX, ...), and weight/bias too: they are viewed as
     tensors without a copy, and out/rstd/mean come back as arrays of x's kind, again without a copy (interop.py;
@@ -195,6 +389,16 @@ def layernorm(
     Under torch.compile the call traces to the custom ops ``vibe_kernels::layernorm_fwd``/``layernorm_bwd``
     (_ops.py; fullgraph and dynamic shapes work); eager calls never go through them.
     """
+    if residual is not None or residual_in_fp32 or return_residual or out_dtype is not None:
+        if not isinstance(x, torch.Tensor) and hasattr(x, "__dlpack__"):
+            from .interop import call_on_dlpack
+
+            return call_on_dlpack(layernorm, x, weight, bias, eps=eps, return_rstd=return_rstd,
+                                  return_mean=return_mean, backend=backend, residual=residual,
+                                  residual_in_fp32=residual_in_fp32, return_residual=return_residual,
+                                  out_dtype=out_dtype)
+        return _norm(x, weight, bias, eps, return_rstd, return_mean, backend, False, residual, residual_in_fp32,
+                     return_residual, out_dtype)
     if not isinstance(x, torch.Tensor) and hasattr(x, "__dlpack__"):  # CuPy, JAX, NumPy...: zero-copy round trip
         from .interop import call_on_dlpack
 
@@ -243,16 +447,66 @@ def layernorm(
     return tuple(result)
 
 
-def cutedsl_layernorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, return_mean=False):
+def cutedsl_layernorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, return_mean=False, **kwargs):
     """``layernorm`` pinned to the CuTeDSL backend (Hopper, sm_90+; N <= 262144, else NotImplementedError)."""
-    return layernorm(x, weight, bias, eps=eps, return_rstd=return_rstd, return_mean=return_mean, backend="cutedsl")
+    return layernorm(x, weight, bias, eps=eps, return_rstd=return_rstd, return_mean=return_mean, backend="cutedsl",
+                     **kwargs)
 
 
-def triton_layernorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, return_mean=False):
+def triton_layernorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, return_mean=False, **kwargs):
     """``layernorm`` pinned to the Triton backend (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
-    return layernorm(x, weight, bias, eps=eps, return_rstd=return_rstd, return_mean=return_mean, backend="triton")
+    return layernorm(x, weight, bias, eps=eps, return_rstd=return_rstd, return_mean=return_mean, backend="triton",
+                     **kwargs)
 
 
-def torch_layernorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, return_mean=False):
+def torch_layernorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, return_mean=False, **kwargs):
     """``layernorm`` pinned to the PyTorch backend (any device; fp32 math)."""
-    return layernorm(x, weight, bias, eps=eps, return_rstd=return_rstd, return_mean=return_mean, backend="torch")
+    return layernorm(x, weight, bias, eps=eps, return_rstd=return_rstd, return_mean=return_mean, backend="torch",
+                     **kwargs)
+
+
+def rmsnorm(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor] = None,
+    *,
+    eps: float = 1e-6,
+    return_rstd: bool = False,
+    backend: str = "auto",
+    residual: Optional[torch.Tensor] = None,
+    residual_in_fp32: bool = False,
+    return_residual: bool = False,
+    out_dtype: Optional[torch.dtype] = None,
+):
+    """RMSNorm over the last dim of ``x``: out = x * rstd * weight (+ bias), rstd = 1 / sqrt(mean(x^2) + eps).
+
+    The same inputs, backends, autograd and validation as ``layernorm`` (weight/bias (N,) in float32 or x's dtype,
+    or None). Returns ``out``, followed when asked by ``h`` (return_residual) and ``rstd`` (return_rstd): ``out``,
+    ``(out, rstd)``, ``(out, h)``, ``(out, h, rstd)``. ``residual``/``residual_in_fp32``/``return_residual`` (the
+    fused pre-norm residual) and ``out_dtype`` behave as in ``layernorm``. The CuTeDSL backend does not run
+    RMSNorm yet: backend="cutedsl" raises NotImplementedError and backend="auto" runs Triton.
+    """
+    if not isinstance(x, torch.Tensor) and hasattr(x, "__dlpack__"):  # CuPy, JAX, NumPy...: zero-copy round trip
+        from .interop import call_on_dlpack
+
+        extra = {} if residual is None and out_dtype is None and not (residual_in_fp32 or return_residual) else dict(
+            residual=residual, residual_in_fp32=residual_in_fp32, return_residual=return_residual,
+            out_dtype=out_dtype)
+        return call_on_dlpack(rmsnorm, x, weight, bias, eps=eps, return_rstd=return_rstd, backend=backend, **extra)
+    return _norm(x, weight, bias, eps, return_rstd, False, backend, True, residual, residual_in_fp32,
+                 return_residual, out_dtype)
+
+
+def cutedsl_rmsnorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, **kwargs):
+    """``rmsnorm`` pinned to the CuTeDSL backend."""
+    return rmsnorm(x, weight, bias, eps=eps, return_rstd=return_rstd, backend="cutedsl", **kwargs)
+
+
+def triton_rmsnorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, **kwargs):
+    """``rmsnorm`` pinned to the Triton backend (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
+    return rmsnorm(x, weight, bias, eps=eps, return_rstd=return_rstd, backend="triton", **kwargs)
+
+
+def torch_rmsnorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, **kwargs):
+    """``rmsnorm`` pinned to the PyTorch backend (any device; fp32 math)."""
+    return rmsnorm(x, weight, bias, eps=eps, return_rstd=return_rstd, backend="torch", **kwargs)

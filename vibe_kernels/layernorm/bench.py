@@ -5,6 +5,11 @@ Prints the seed's two tables (Forward-only; Forward + Backward) with its columns
 a separate table of host dispatch cost; optionally JSON (``--json``), a PNG (``--plot``), a baseline
 (``--save-baseline``), and a performance regression check against a baseline (``--check``, exit 1 on regression).
 
+Variants: ``--op rmsnorm`` (RMSNorm instead of LayerNorm; no bias unless --bias), ``--residual`` (the fused pre-norm
+residual: out, h = norm(x + r), both differentiated) and ``--out-dtype`` (out in another dtype). Their byte counts
+include the residual read, the h write and its gradient read, and the out/dy dtype; their SOL is a copy of the same
+number of bytes (see ``bytes_moved`` and ``measure_sol``).
+
 Method (as in /work/shared/anchors.md): every provider is timed with ``triton.testing.do_bench`` medians (CUDA
 events, warm-up, L2 flushed before each call); SOL is a same-size ``y.copy_(x)`` (forward) plus
 ``torch.add(x, dy, out=dx)`` (backward), timed in the same run. Before a provider is timed at a shape its output
@@ -31,8 +36,20 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
-from ._anchors import EPS, MODES, PROVIDERS, Case, StepOutput, dtype_name, make_inputs
-from .reference import layernorm_ref
+from ._anchors import (
+    EPS,
+    MODES,
+    OPS,
+    PLAIN,
+    PROVIDERS,
+    Case,
+    StepOutput,
+    Variant,
+    dtype_name,
+    make_inputs,
+    variant_inputs,
+)
+from .reference import layernorm_ref, rmsnorm_ref
 from .validate import Discrepancy, compare, error_text, out_allowance, render_table
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -94,14 +111,30 @@ NOT_PERFORMANCE_BANNER = "NOT PERFORMANCE FIGURES (no GPU)"
 JSON_FORMAT = "vibe-layernorm-bench/1"
 
 
-def bytes_moved(case: Case, mode: str) -> int:
-    """Minimal bytes a LayerNorm ``mode`` step must move: 2 (fwd), 5 (fwdbwd) or 3 (bwd) x M*N*element size.
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def bytes_moved(case: Case, mode: str, variant: Variant = PLAIN) -> int:
+    """Minimal bytes a ``mode`` step must move: 2 (fwd), 5 (fwdbwd) or 3 (bwd) x M*N*element size for LayerNorm or
+    RMSNorm. With the fused residual the forward also reads r and writes h, and the backward also reads dh (dx and
+    dr are one tensor); with out_dtype, out and dy are in that dtype.
 
     >>> bytes_moved(Case(4096, 8192, torch.float16, True), "fwd")
     134217728
+    >>> bytes_moved(Case(1, 1024, torch.bfloat16, True), "fwdbwd", Variant("rmsnorm", residual=True))
+    16384
+    >>> bytes_moved(Case(1, 1024, torch.bfloat16, True), "fwd", Variant(out_dtype=torch.float32))
+    6144
     """
-    element_size = torch.empty((), dtype=case.dtype).element_size()
-    return ELEMENT_PASSES[mode] * case.rows * case.hidden * element_size
+    s = _element_size(case.dtype)
+    if not variant.same_bytes_sol:
+        return ELEMENT_PASSES[mode] * case.rows * case.hidden * s
+    s_out = _element_size(variant.out_dtype) if variant.out_dtype is not None else s
+    fwd = s + s_out + (2 * s if variant.residual else 0)  # x, out (+ r, h)
+    bwd = s + s_out + s + (s if variant.residual else 0)  # x (h), dy, dx (+ dh)
+    per_element = {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}[mode]
+    return per_element * case.rows * case.hidden
 
 
 def gb_per_s(nbytes: int, ms: float) -> float:
@@ -228,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{dtype_name(EXPLICIT_SHAPE_DTYPE)} for MxN)")
     parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None,
                         help="with or without a bias for every shape (default: each shape's own; with for MxN)")
+    parser.add_argument("--op", choices=OPS, default=None,
+                        help="layernorm (default) or rmsnorm (RMSNorm: no bias unless --bias is given)")
+    parser.add_argument("--residual", action="store_true", default=None,
+                        help="the fused pre-norm residual: out, h = norm(x + r) with h returned and differentiated "
+                             "(r in x's dtype)")
+    parser.add_argument("--out-dtype", type=parse_dtype, default=None,
+                        help="write out in this dtype (float16, bfloat16 or float32) instead of x's")
     parser.add_argument("--mode", type=parse_mode_list, default=None,
                         help=f"comma list of {', '.join(MODES)} (default: {','.join(DEFAULT_MODES)})")
     parser.add_argument("--repeats", type=_positive_int, default=None,
@@ -308,6 +348,7 @@ class Result:
     repeat_ms: list[float] = field(default_factory=list)
     mismatch: str = ""  # what differed from the fp32 reference; empty when within tolerance
     error: str = ""  # why the provider failed at this shape; empty when it ran
+    variant: Variant = PLAIN
 
     @property
     def median_ms(self) -> Optional[float]:
@@ -316,7 +357,7 @@ class Result:
     @property
     def gbps(self) -> Optional[float]:
         ms = self.median_ms
-        return gb_per_s(bytes_moved(self.case, self.mode), ms) if ms else None
+        return gb_per_s(bytes_moved(self.case, self.mode, self.variant), ms) if ms else None
 
     @property
     def pct_sol(self) -> Optional[float]:
@@ -333,7 +374,7 @@ class Result:
             "bias": self.case.bias, "mode": self.mode, "backend": self.backend,
             "median_ms": self.median_ms, "repeat_ms": self.repeat_ms, "gbps": self.gbps, "pct_sol": self.pct_sol,
             "sol_ms": self.sol_ms, "mismatch": bool(self.mismatch), "mismatch_detail": self.mismatch or None,
-            "error": self.error or None,
+            "error": self.error or None, **self.variant.to_json(),
         }
 
 
@@ -353,34 +394,59 @@ def key_label(key: ResultKey) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def reference_mismatch(x, weight, bias, dy, output: StepOutput) -> str:
-    """Compares a step's out (and grads) with the fp32 reference and its autograd, row chunk by row chunk.
+def reference_mismatch(x, weight, bias, dy, output: StepOutput, variant: Variant = PLAIN, residual=None,
+                       dh=None) -> str:
+    """Compares a step's out (and h, and grads) with the fp32 reference and its autograd, row chunk by row chunk.
 
     weight/bias are the parameters the provider actually used (cast to x's dtype for torch and Liger), so the
-    reference computes the same function. Returns "" when everything is within tolerance, else what differed.
+    reference computes the same function. The residual variant's reference normalizes h = x + r rounded to x's
+    dtype (straight through for the gradient) and backpropagates dy into out and dh into h. Returns "" when
+    everything is within tolerance, else what differed.
     """
     rows, hidden = x.shape
     with_grads = output.grads is not None
+    reference = rmsnorm_ref if variant.op == "rmsnorm" else layernorm_ref
+    out_dtype = variant.out_dtype or x.dtype
     params = [p.detach().float().requires_grad_(with_grads) if p is not None else None for p in (weight, bias)]
-    out_diff, dx_diff = Discrepancy(), Discrepancy()
+    out_diff, dx_diff, h_diff, dr_diff = Discrepancy(), Discrepancy(), Discrepancy(), Discrepancy()
     chunk_rows = max(1, REFERENCE_CHUNK_ELEMENTS // hidden)
     for start in range(0, rows, chunk_rows):
         chunk = slice(start, start + chunk_rows)
         x_chunk = x[chunk].detach().float().requires_grad_(with_grads)
+        r_chunk = residual[chunk].detach().float().requires_grad_(with_grads) if residual is not None else None
         with torch.set_grad_enabled(with_grads):
-            ref = layernorm_ref(x_chunk, *params, EPS)
+            h = x_chunk
+            if r_chunk is not None:
+                h = x_chunk + r_chunk
+                h = h + (h.to(x.dtype).float() - h).detach()
+            ref = reference(h, *params, EPS)
         if output.out is not None:
-            out_diff = out_diff.merged(compare(output.out[chunk], ref.detach(), out_allowance(ref.detach(), x.dtype)))
+            out_diff = out_diff.merged(compare(output.out[chunk], ref.detach(), out_allowance(ref.detach(), out_dtype)))
+        h_out = getattr(output, "h", None)
+        if h_out is not None and r_chunk is not None:
+            h_diff = h_diff.merged(compare(h_out[chunk], h.detach(), out_allowance(h.detach(), x.dtype)))
         if with_grads:
-            ref.backward(dy[chunk].float())
+            if r_chunk is None:
+                ref.backward(dy[chunk].float())
+            else:
+                torch.autograd.backward([ref, h], [dy[chunk].float(), dh[chunk].float()])
             dx_diff = dx_diff.merged(
                 compare(output.grads.dx[chunk], x_chunk.grad, out_allowance(x_chunk.grad, x.dtype, GRAD_SLACK))
             )
+            if r_chunk is not None and output.grads.dresidual is not None:
+                dr_diff = dr_diff.merged(compare(output.grads.dresidual[chunk], r_chunk.grad,
+                                                 out_allowance(r_chunk.grad, residual.dtype, GRAD_SLACK)))
     problems = []
     if output.out is not None and not out_diff.within_tolerance:
         problems.append(f"out max|Δ| {out_diff.max_abs:.3g} ({out_diff.worst_ratio:.1f}x the tolerance)")
+    if not h_diff.within_tolerance:
+        problems.append(f"h max|Δ| {h_diff.max_abs:.3g} ({h_diff.worst_ratio:.1f}x the tolerance)")
     if with_grads:
         checks = [("dx", dx_diff)]
+        if residual is not None:
+            if output.grads.dresidual is None:
+                problems.append("dresidual missing")
+            checks.append(("dresidual", dr_diff))
         param_slack = GRAD_SLACK * math.sqrt(rows)
         param_grads = (("dweight", output.grads.dweight, params[0]), ("dbias", output.grads.dbias, params[1]))
         for name, grad, param in param_grads:
@@ -400,8 +466,24 @@ def reference_mismatch(x, weight, bias, dy, output: StepOutput) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def measure_sol(x, dy, modes: Sequence[str], timer: Timer, repeats: int) -> dict[str, float]:
-    """SOL ms per mode at x's size: fwd = y.copy_(x); bwd = torch.add(x, dy, out=dx); fwdbwd = the two summed."""
+def measure_sol(x, dy, modes: Sequence[str], timer: Timer, repeats: int, case: Optional[Case] = None,
+                variant: Variant = PLAIN) -> dict[str, float]:
+    """SOL ms per mode at x's size: fwd = y.copy_(x); bwd = torch.add(x, dy, out=dx); fwdbwd = the two summed.
+    For the residual and out_dtype variants (``variant.same_bytes_sol``), each of fwd and bwd is a copy between
+    two buffers of half its bytes_moved each (same bytes, one kernel)."""
+    if variant.same_bytes_sol:
+        sol = {}
+        for direction in ("fwd", "bwd"):
+            if direction == "bwd" and all(mode == "fwd" for mode in modes):
+                continue
+            elements = max(1, bytes_moved(case, direction, variant) // 4)  # fp16 elements: half the bytes a side
+            src = torch.empty(elements, dtype=torch.float16, device=x.device).normal_()
+            dst = torch.empty_like(src)
+            sol[direction] = statistics.median(timer(lambda: dst.copy_(src)) for _ in range(repeats))
+            del src, dst
+        if "bwd" in sol:
+            sol["fwdbwd"] = sol["fwd"] + sol["bwd"]
+        return {mode: sol[mode] for mode in modes}
     y = torch.empty_like(x)
     copy_ms = statistics.median(timer(lambda: y.copy_(x)) for _ in range(repeats))
     del y
@@ -418,21 +500,22 @@ def _log(message: str) -> None:
 
 
 def measure_case(case: Case, modes: Sequence[str], backends: Sequence[str], timer: Timer, repeats: int,
-                 device: torch.device) -> list[Result]:
+                 device: torch.device, variant: Variant = PLAIN) -> list[Result]:
     """Times every backend in every mode at ``case`` after checking its output; failures become "fails" cells."""
     x, weight, bias, dy = make_inputs(case, device)
-    sol = measure_sol(x, dy, modes, timer, repeats)
+    residual, dh, dy = variant_inputs(case, variant, dy) if not variant.plain_layernorm else (None, None, dy)
+    sol = measure_sol(x, dy, modes, timer, repeats, case, variant)
     results = []
     for backend in backends:
-        cells = [Result(case, mode, backend, sol_ms=sol[mode]) for mode in modes]
+        cells = [Result(case, mode, backend, sol_ms=sol[mode], variant=variant) for mode in modes]
         try:
-            runner = PROVIDERS[backend].runner(x, weight, bias, dy)
+            runner = PROVIDERS[backend].runner(x, weight, bias, dy, variant, residual, dh)
         except Exception as error:  # noqa: BLE001 - a provider that refuses gets "fails" cells
             for cell in cells:
                 cell.error = error_text(error)
         else:
             for cell in cells:
-                _measure_cell(cell, runner, timer, repeats, x, dy)
+                _measure_cell(cell, runner, timer, repeats, x, dy, variant, residual, dh)
             del runner
         for cell in cells:
             if cell.error:
@@ -446,10 +529,12 @@ def measure_case(case: Case, modes: Sequence[str], backends: Sequence[str], time
     return results
 
 
-def _measure_cell(cell: Result, runner, timer: Timer, repeats: int, x, dy) -> None:
+def _measure_cell(cell: Result, runner, timer: Timer, repeats: int, x, dy, variant: Variant = PLAIN,
+                  residual=None, dh=None) -> None:
     try:
         step = runner.step(cell.mode)
-        cell.mismatch = reference_mismatch(x, runner.weight, runner.bias, dy, step())  # also the first-call warm-up
+        # The first call is also the warm-up.
+        cell.mismatch = reference_mismatch(x, runner.weight, runner.bias, dy, step(), variant, residual, dh)
         cell.repeat_ms = [timer(step) for _ in range(repeats)]
     except Exception as error:  # noqa: BLE001
         cell.error = error_text(error)
@@ -457,13 +542,13 @@ def _measure_cell(cell: Result, runner, timer: Timer, repeats: int, x, dy) -> No
 
 
 def run_benchmark(cases: Sequence[Case], modes: Sequence[str], backends: Sequence[str], timer: Timer, repeats: int,
-                  device: torch.device) -> list[Result]:
+                  device: torch.device, variant: Variant = PLAIN) -> list[Result]:
     results = []
     started = time.perf_counter()
     for index, case in enumerate(cases, 1):
         _log(f"[{index}/{len(cases)}] {case.label}: {','.join(modes)} x {','.join(backends)} "
              f"({time.perf_counter() - started:.0f} s elapsed)")
-        results.extend(measure_case(case, modes, backends, timer, repeats, device))
+        results.extend(measure_case(case, modes, backends, timer, repeats, device, variant))
     return results
 
 
@@ -494,13 +579,15 @@ def host_us_per_call(fn: Callable[[], object], calls: int, device: torch.device)
     return elapsed / calls * 1e6
 
 
-def measure_host_overhead(backends: Sequence[str], device: torch.device, calls: int) -> list[HostOverhead]:
+def measure_host_overhead(backends: Sequence[str], device: torch.device, calls: int,
+                          variant: Variant = PLAIN) -> list[HostOverhead]:
     x, weight, bias, dy = make_inputs(HOST_CASE, device)
+    residual, dh, dy = variant_inputs(HOST_CASE, variant, dy) if not variant.plain_layernorm else (None, None, dy)
     overheads = []
     for backend in backends:
         entry = HostOverhead(backend)
         try:
-            runner = PROVIDERS[backend].runner(x, weight, bias, dy)
+            runner = PROVIDERS[backend].runner(x, weight, bias, dy, variant, residual, dh)
             entry.us_no_grad = host_us_per_call(runner.step("fwd"), calls, device)
             entry.us_grad = host_us_per_call(runner.forward_tracking_grad, calls, device)
         except Exception as error:  # noqa: BLE001
@@ -562,7 +649,31 @@ def format_host_table(overheads: Sequence[HostOverhead]) -> str:
     return render_table(["Backend", "no_grad (µs/call)", "inputs require grad (µs/call)"], ["l", "r", "r"], body)
 
 
-def header_lines(env: dict, timer: Timer, repeats: int, unavailable: dict[str, str]) -> list[str]:
+def variant_lines(variant: Variant) -> list[str]:
+    """What the tables measure when the variant is not plain LayerNorm, and its bytes and SOL."""
+    if variant.plain_layernorm:
+        return []
+    lines = [f"Variant: {variant.label}."]
+    if variant.op == "rmsnorm":
+        lines.append("RMSNorm: out = x * rstd * w (+ b), rstd = 1/sqrt(mean(x^2) + eps); torch = F.rms_norm, "
+                     "quack = quack.rmsnorm.rmsnorm, liger = LigerRMSNormFunction (no bias), compile = "
+                     "torch.compile(rmsnorm_ref).")
+    if variant.residual:
+        lines.append("Fused residual: out, h = norm(x + r) with h = x + r in x's dtype returned; fwd+bwd sends dy "
+                     "into out and dh into h (x and r both get dh_total). torch/compile = the unfused x + r then the "
+                     "norm; quack = rmsnorm(residual=r, prenorm=True). Bytes: fwd reads x, r and writes out, h; "
+                     "bwd reads h, dy, dh and writes dx (= dr).")
+    if variant.out_dtype is not None:
+        lines.append(f"out_dtype {dtype_name(variant.out_dtype)}: out and dy in that dtype, dx in x's; torch = the "
+                     "norm then .to(out_dtype).")
+    if variant.same_bytes_sol:
+        lines.append("SOL of this variant: fwd and bwd are each a copy between two fp16 buffers of half their bytes "
+                     "(one kernel moving the same bytes); fwd+bwd = the sum.")
+    return lines
+
+
+def header_lines(env: dict, timer: Timer, repeats: int, unavailable: dict[str, str],
+                 variant: Variant = PLAIN) -> list[str]:
     on_gpu = env["gpu"]
     versions = " · ".join(f"{name} {version}" for name, version in env["versions"].items() if version)
     lines = []
@@ -588,15 +699,18 @@ def header_lines(env: dict, timer: Timer, repeats: int, unavailable: dict[str, s
         "Cells: \"fails\" = the provider raised at this shape; \"!\" = output differs from the fp32 reference "
         "(MISMATCH); \"N/A\" = not run.",
     ]
+    lines += variant_lines(variant)
     lines += [f"Unavailable: {name} ({reason})" for name, reason in unavailable.items()]
     return lines
 
 
-def report_text(cases, modes, backends, results, overheads, host_calls, on_gpu) -> str:
+def report_text(cases, modes, backends, results, overheads, host_calls, on_gpu, variant: Variant = PLAIN) -> str:
     sections = []
     suffix = "" if on_gpu else f" — {NOT_PERFORMANCE_BANNER}"
+    what = "" if variant.plain_layernorm else f" — {variant.label}"
     for mode in modes:
-        sections.append(f"### {MODE_TITLES[mode]}{suffix}\n\n{format_mode_table(mode, cases, backends, results)}")
+        sections.append(f"### {MODE_TITLES[mode]}{what}{suffix}\n\n"
+                        f"{format_mode_table(mode, cases, backends, results)}")
     if overheads:
         shape = f"{HOST_CASE.rows}×{HOST_CASE.hidden} {dtype_name(HOST_CASE.dtype)} +bias"
         sections.append(
@@ -637,17 +751,29 @@ def environment_info(device: torch.device, argv: Sequence[str]) -> dict:
     }
 
 
-def results_document(environment, timer, repeats, results, overheads, unavailable) -> dict:
+def results_document(environment, timer, repeats, results, overheads, unavailable, variant: Variant = PLAIN) -> dict:
     return {
         "format": JSON_FORMAT,
         "environment": environment,
         "timing": timer.describe(),
         "repeats": repeats,
-        "bytes_model": "fwd 2*M*N*s, fwdbwd 5*M*N*s, bwd 3*M*N*s (s = element size)",
+        "variant": variant.to_json(),
+        "bytes_model": ("fwd 2*M*N*s, fwdbwd 5*M*N*s, bwd 3*M*N*s (s = element size)" if not variant.same_bytes_sol
+                        else "fwd M*N*(s + s_out (+ 2 s with the residual)), bwd M*N*(2 s + s_out (+ s)); "
+                             "SOL: a copy of the same bytes"),
         "results": [result.to_json() for result in results],
         "host_overhead": [entry.to_json() for entry in overheads],
         "unavailable": unavailable,
     }
+
+
+def variant_from_json(document: Optional[dict]) -> Variant:
+    """The run-level variant of a bench JSON (plain LayerNorm for documents written before variants existed)."""
+    if not document:
+        return PLAIN
+    out_dtype = document.get("out_dtype")
+    return Variant(document.get("op", "layernorm"), bool(document.get("residual", False)),
+                   DTYPES[out_dtype] if out_dtype else None)
 
 
 def load_baseline(path: Path) -> dict:
@@ -765,7 +891,8 @@ def write_plot(path: Path, results: Sequence[Result], modes: Sequence[str], back
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, mode in zip(axes[0], modes):
         mode_results = [r for r in results if r.mode == mode]
-        series = [("SOL", "k", "--", lambda r: gb_per_s(bytes_moved(r.case, mode), r.sol_ms) if r.sol_ms else None)]
+        series = [("SOL", "k", "--",
+                   lambda r: gb_per_s(bytes_moved(r.case, mode, r.variant), r.sol_ms) if r.sol_ms else None)]
         series += [(PROVIDERS[b].title, colors[i % len(colors)], "-",
                     lambda r, b=b: r.gbps if r.backend == b else None) for i, b in enumerate(backends)]
         for label, color, style, rate in series:
@@ -811,7 +938,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     baseline_records = None
     if args.check is not None:
         given = [flag for flag, value in (("--shapes", args.shapes), ("--mode", args.mode), ("--dtype", args.dtype),
-                                          ("--bias/--no-bias", args.bias)) if value is not None]
+                                          ("--bias/--no-bias", args.bias), ("--op", args.op),
+                                          ("--residual", args.residual), ("--out-dtype", args.out_dtype))
+                 if value is not None]
         if given:
             parser.error(f"--check takes the shapes and modes from the baseline; drop {', '.join(given)}")
         try:
@@ -822,12 +951,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.backends:
             baseline_records = [r for r in baseline_records if r["backend"] in args.backends]
         cases, modes, requested = baseline_plan(baseline_records)
+        variant = variant_from_json(baseline.get("variant"))
         baseline_device = baseline.get("environment", {}).get("device")
         if baseline_device != environment["device"]:
             _log(f"warning: the baseline was measured on {baseline_device!r}, this run is on "
                  f"{environment['device']!r}")
     else:
-        cases = resolve_cases(args.shapes or (("seed",) if on_gpu else ("tiny",)), args.dtype, args.bias)
+        variant = Variant(args.op or "layernorm", bool(args.residual), args.out_dtype)
+        if variant.out_dtype is not None and args.dtype == variant.out_dtype:
+            variant = replace(variant, out_dtype=None)
+        bias = args.bias if args.bias is not None or variant.op != "rmsnorm" else False  # RMSNorm: no bias by default
+        cases = resolve_cases(args.shapes or (("seed",) if on_gpu else ("tiny",)), args.dtype, bias)
         modes = args.mode or DEFAULT_MODES
         requested = args.backends or tuple(PROVIDERS)
 
@@ -840,15 +974,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     measure_host = args.host_overhead if args.host_overhead is not None else not checking
     timer = Timer(on_gpu, args.warmup_ms, args.rep_ms)
 
-    print("\n".join(header_lines(environment, timer, repeats, unavailable)) + "\n", flush=True)
+    print("\n".join(header_lines(environment, timer, repeats, unavailable, variant)) + "\n", flush=True)
     if not backends:
         print("No requested backend is available here; nothing to measure.")
         return 1
-    results = run_benchmark(cases, modes, backends, timer, repeats, device)
-    overheads = measure_host_overhead(backends, device, host_calls) if measure_host else []
-    print(report_text(cases, modes, backends, results, overheads, host_calls, on_gpu))
+    results = run_benchmark(cases, modes, backends, timer, repeats, device, variant)
+    overheads = measure_host_overhead(backends, device, host_calls, variant) if measure_host else []
+    print(report_text(cases, modes, backends, results, overheads, host_calls, on_gpu, variant))
 
-    document = results_document(environment, timer, repeats, results, overheads, unavailable)
+    document = results_document(environment, timer, repeats, results, overheads, unavailable, variant)
     for path in (args.json, args.save_baseline):
         if path is not None:
             _write_json(path, document)

@@ -1,8 +1,8 @@
-"""Reference LayerNorm math in fp32 (or fp64 when given fp64), used by the torch backend and by the tests.
+"""Reference LayerNorm / RMSNorm math in fp32 (or fp64 when given fp64), used by the torch backend and by the tests.
 
-All statistics are computed in at least fp32 with a corrected two-pass variance (mean first, then the mean of the
-squared deviations, minus the square of the deviations' mean), which stays accurate for rows with a large common
-offset (1000 + small noise).
+All LayerNorm statistics are computed in at least fp32 with a corrected two-pass variance (mean first, then the
+mean of the squared deviations, minus the square of the deviations' mean), which stays accurate for rows with a
+large common offset (1000 + small noise). RMSNorm: rstd = 1 / sqrt(mean(x^2) + eps), out = x * rstd * w (+ b).
 """
 
 from __future__ import annotations
@@ -59,6 +59,33 @@ def layernorm_ref(
     return y.to(out_dtype or x.dtype)
 
 
+def norm_bwd_ref_fp32(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    mean: torch.Tensor | None,
+    rstd: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Closed-form LayerNorm (``mean`` given) or RMSNorm (``mean`` None) backward on 2-D (M, N) inputs, all in fp32
+    (fp64 for fp64 x): returns (dx, dw (N,), db (N,)).
+
+    xhat = (x - mean) * rstd (RMSNorm: x * rstd); g = dy * w; dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    (RMSNorm: no mean(g) term); dw = sum_rows(dy * xhat); db = sum_rows(dy).
+    """
+    stat_dtype = _stat_dtype(x.dtype)
+    xf = x.to(stat_dtype)
+    dyf = dy.to(stat_dtype)
+    rstd_col = rstd.to(stat_dtype).unsqueeze(-1)
+    xhat = (xf - mean.to(stat_dtype).unsqueeze(-1)) * rstd_col if mean is not None else xf * rstd_col
+    g = dyf * weight.to(stat_dtype) if weight is not None else dyf
+    c_gx = (g * xhat).mean(dim=-1, keepdim=True)
+    if mean is not None:
+        dx = (g - g.mean(dim=-1, keepdim=True) - xhat * c_gx) * rstd_col
+    else:
+        dx = (g - xhat * c_gx) * rstd_col
+    return dx, (dyf * xhat).sum(dim=0), dyf.sum(dim=0)
+
+
 def layernorm_bwd_ref(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -71,12 +98,38 @@ def layernorm_bwd_ref(
     xhat = (x - mean) * rstd; g = dy * w; dx = rstd * (g - mean(g) - xhat * mean(g * xhat));
     dw = sum_rows(dy * xhat); db = sum_rows(dy).
     """
+    dx, dw, db = norm_bwd_ref_fp32(dy, x, weight, mean, rstd)
+    return dx.to(x.dtype), dw, db
+
+
+def rmsnorm_rstd_ref(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """1 / sqrt(mean(x^2) + eps) over the last dim, in fp32 (fp64 for fp64 x). Shape x.shape[:-1]."""
+    xf = x.to(_stat_dtype(x.dtype))
+    return torch.rsqrt((xf * xf).mean(dim=-1) + eps)
+
+
+def rmsnorm_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """x * rstd * weight + bias over the last dim with rstd = 1 / sqrt(mean(x^2) + eps), computed in fp32 (fp64
+    for fp64 x), returned in ``out_dtype`` (default: x's dtype). Differentiable through torch autograd."""
     stat_dtype = _stat_dtype(x.dtype)
     xf = x.to(stat_dtype)
-    dyf = dy.to(stat_dtype)
-    xhat = (xf - mean.to(stat_dtype).unsqueeze(-1)) * rstd.to(stat_dtype).unsqueeze(-1)
-    g = dyf * weight.to(stat_dtype) if weight is not None else dyf
-    c_g = g.mean(dim=-1, keepdim=True)
-    c_gx = (g * xhat).mean(dim=-1, keepdim=True)
-    dx = (g - c_g - xhat * c_gx) * rstd.to(stat_dtype).unsqueeze(-1)
-    return dx.to(x.dtype), (dyf * xhat).sum(dim=0), dyf.sum(dim=0)
+    y = xf * torch.rsqrt((xf * xf).mean(dim=-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.to(stat_dtype)
+    if bias is not None:
+        y = y + bias.to(stat_dtype)
+    return y.to(out_dtype or x.dtype)
+
+
+def residual_add_ref(x: torch.Tensor, residual: torch.Tensor, residual_in_fp32: bool = False) -> torch.Tensor:
+    """The fused residual's h = x + residual: summed in fp32 (fp64 for fp64 inputs), returned in fp32 when
+    ``residual_in_fp32`` else rounded to x's dtype (what an unfused ``x + residual`` in x's dtype gives)."""
+    stat_dtype = torch.float64 if torch.float64 in (x.dtype, residual.dtype) else torch.float32
+    h = x.to(stat_dtype) + residual.to(stat_dtype)
+    return h if residual_in_fp32 else h.to(x.dtype)

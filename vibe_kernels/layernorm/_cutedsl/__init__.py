@@ -31,17 +31,30 @@ def _check_hidden(hidden: int) -> None:
         raise NotImplementedError(f"CuTeDSL layernorm: N={hidden} is not supported yet (max {MAX_N})")
 
 
-def layernorm_fwd(x, weight, bias, eps: float, out, mean, rstd) -> None:
+def _refuse_features(rms: bool, residual: bool, out_dtype_differs: bool) -> None:
+    features = [name for name, used in (("RMSNorm", rms), ("the fused residual", residual),
+                                        ("an out dtype other than x's", out_dtype_differs)) if used]
+    if features:
+        raise NotImplementedError(f"CuTeDSL layernorm: {', '.join(features)} not supported yet (use the Triton "
+                                  "backend; backend='auto' does)")
+
+
+def layernorm_fwd(x, weight, bias, eps: float, out, mean, rstd, *, residual=None, residual_out=None,
+                  residual_in_fp32: bool = False, rms: bool = False) -> None:
     """out = (x - mean) * rstd * weight + bias over the rows of x (M, N); mean, rstd (M,) fp32 stored unless None."""
     _check_hidden(x.shape[1])
+    _refuse_features(rms, residual is not None, out.dtype != x.dtype)
     from . import launch
 
     launch.layernorm_fwd(x, weight, bias, eps, out, mean, rstd)
 
 
-def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias) -> None:
+def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, rms: bool = False, dresidual=None,
+                  dresidual_in=None) -> None:
     """dx (M, N), and dweight/dbias (N,) unless None, from dy, x (M, N) and the forward's mean, rstd (M,) fp32."""
     _check_hidden(x.shape[1])
+    _refuse_features(rms, dresidual is not None or dresidual_in is not None,
+                     dy.dtype != x.dtype or dx.dtype != x.dtype)
     from . import launch
 
     launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)

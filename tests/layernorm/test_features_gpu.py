@@ -1,0 +1,161 @@
+"""RMSNorm, the fused residual and out_dtype at realistic shapes on a CUDA GPU (skipped without one): Triton and
+"auto" (CuTeDSL where it has the feature, else the fallback to Triton) forward + backward against the fp64
+reference, launchers with poisoned outputs, fused == unfused bit for bit, and the RMSNorm module against
+torch.nn.RMSNorm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vibe_kernels.layernorm import RMSNorm, _triton, is_cutedsl_layernorm_available, layernorm, rmsnorm
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = [  # (M, N, dtype): resident, one warp-wide row, head + tail, chunked forward and backward
+    (4096, 8192, torch.bfloat16),
+    (32768, 256, torch.bfloat16),
+    (4095, 5000, torch.float16),
+    (4, 65536, torch.bfloat16),
+    (8192, 8192, torch.float32),
+]
+_ids = lambda v: str(v).replace("torch.", "")  # noqa: E731
+NORMS = {"layernorm": False, "rmsnorm": True}
+
+
+@pytest.fixture
+def cuda_gen(gen):
+    return torch.Generator(device="cuda").manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+
+
+def _inputs(gen, rows, hidden, dtype, residual_dtype=None, requires_grad=False):
+    x = (torch.randn(rows, hidden, generator=gen, device="cuda") * 1.5 + 0.25).to(dtype)
+    residual = (torch.randn(rows, hidden, generator=gen, device="cuda") * 2 - 0.5).to(residual_dtype or dtype)
+    weight = 1 + 0.5 * torch.randn(hidden, generator=gen, device="cuda")
+    bias = (0.5 * torch.randn(hidden, generator=gen, device="cuda")).to(dtype)
+    return tuple(t.requires_grad_(requires_grad) for t in (x, residual, weight, bias))
+
+
+def _dh_total_check(check, h, weight, bias, dy, dh, rms, grad, what):
+    refs = check.grad_references(h, weight, bias, dy, 1e-5, {"dx": grad.dtype}, rms=rms)
+    dnorm, allowed = refs["dx"]
+    total = dnorm + dh.double() if dh is not None else dnorm
+    if dh is not None:
+        allowed = allowed + check.table[grad.dtype].dx_ulps * torch.finfo(grad.dtype).eps * total.abs()
+    check.within(grad, total, allowed, what)
+
+
+@pytest.mark.parametrize("backend", ["triton", "auto"])
+@pytest.mark.parametrize("rows, hidden, dtype", SHAPES, ids=_ids)
+def test_rmsnorm_forward_backward(cuda_gen, check, backend, rows, hidden, dtype):
+    x, _, weight, bias = _inputs(cuda_gen, rows, hidden, dtype, requires_grad=True)
+    out, rstd = rmsnorm(x, weight, bias, eps=1e-5, return_rstd=True, backend=backend)
+    check.out(out, x, weight, bias, 1e-5, rms=True)
+    check.stats(None, rstd, x, 1e-5, rms=True)
+    dy = torch.randn(out.shape, generator=cuda_gen, device="cuda").to(dtype)
+    out.backward(dy)
+    check.grads(x, weight, bias, dy, 1e-5, x.grad, weight.grad, bias.grad, rms=True)
+
+
+@pytest.mark.parametrize("residual_in_fp32", [False, True], ids=["h_xdtype", "h_fp32"])
+@pytest.mark.parametrize("norm", list(NORMS))
+@pytest.mark.parametrize("backend", ["triton", "auto"])
+@pytest.mark.parametrize("rows, hidden, dtype", SHAPES, ids=_ids)
+def test_residual_forward_backward(cuda_gen, check, backend, norm, residual_in_fp32, rows, hidden, dtype):
+    rms = NORMS[norm]
+    r_dtype = torch.float32 if residual_in_fp32 else dtype
+    x, residual, weight, bias = _inputs(cuda_gen, rows, hidden, dtype, r_dtype, requires_grad=True)
+    fn = rmsnorm if rms else layernorm
+    out, h, rstd = fn(x, weight, bias, eps=1e-5, residual=residual, residual_in_fp32=residual_in_fp32,
+                      return_residual=True, return_rstd=True, backend=backend)
+    expected_h = x.detach().float() + residual.detach().float()
+    if not residual_in_fp32:
+        expected_h = expected_h.to(dtype)
+    assert h.dtype == expected_h.dtype and torch.equal(h, expected_h)
+    check.out(out, h, weight, bias, 1e-5, rms=rms)
+    dy = torch.randn(out.shape, generator=cuda_gen, device="cuda").to(dtype)
+    dh = torch.randn(h.shape, generator=cuda_gen, device="cuda").to(h.dtype)
+    torch.autograd.backward([out, h], [dy, dh])
+    assert x.grad.dtype == dtype and residual.grad.dtype == r_dtype
+    _dh_total_check(check, h.detach(), weight, bias, dy, dh, rms, x.grad, "dx")
+    _dh_total_check(check, h.detach(), weight, bias, dy, dh, rms, residual.grad, "dresidual")
+    check.grads(h.detach(), weight, bias, dy, 1e-5, None, weight.grad, bias.grad, rms=rms)
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+@pytest.mark.parametrize("rows, hidden, dtype", SHAPES, ids=_ids)
+def test_fused_residual_equals_unfused(cuda_gen, norm, rows, hidden, dtype):
+    x, residual, weight, bias = _inputs(cuda_gen, rows, hidden, dtype)
+    fn = rmsnorm if NORMS[norm] else layernorm
+    fused, h = fn(x, weight, bias, residual=residual, return_residual=True, backend="triton")
+    assert torch.equal(h, x + residual)
+    assert torch.equal(fused, fn(x + residual, weight, bias, backend="triton"))
+
+
+@pytest.mark.parametrize("x_dtype, out_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),
+                                                (torch.float16, torch.float32)], ids=_ids)
+@pytest.mark.parametrize("norm", list(NORMS))
+@pytest.mark.parametrize("backend", ["triton", "auto"])
+@pytest.mark.parametrize("rows, hidden", [(4096, 8192), (4, 65536), (4095, 5000)], ids=str)
+def test_out_dtype(cuda_gen, check, backend, norm, x_dtype, out_dtype, rows, hidden):
+    rms = NORMS[norm]
+    x, _, weight, bias = _inputs(cuda_gen, rows, hidden, x_dtype, requires_grad=True)
+    out = (rmsnorm if rms else layernorm)(x, weight, bias, eps=1e-5, out_dtype=out_dtype, backend=backend)
+    check.out(out, x, weight, bias, 1e-5, rms=rms, out_dtype=out_dtype)
+    dy = torch.randn(out.shape, generator=cuda_gen, device="cuda").to(out_dtype)
+    out.backward(dy)
+    assert x.grad.dtype == x_dtype
+    check.grads(x, weight, bias, dy, 1e-5, x.grad, weight.grad, bias.grad, rms=rms)
+
+
+@pytest.mark.parametrize("rows, hidden, dtype", SHAPES, ids=_ids)
+def test_launchers_write_every_element(cuda_gen, check, rows, hidden, dtype):
+    x, residual, weight, _ = _inputs(cuda_gen, rows, hidden, dtype, torch.float32)
+    nan = float("nan")
+    out = torch.full_like(x, nan, dtype=torch.float32)
+    h = torch.full_like(x, nan, dtype=torch.float32)
+    rstd = torch.full((rows,), nan, device="cuda")
+    _triton.layernorm_fwd(x, weight, None, 1e-5, out, None, rstd, residual=residual, residual_out=h,
+                          residual_in_fp32=True, rms=True)
+    check.out(out, h, weight, None, 1e-5, rms=True, out_dtype=torch.float32)
+    check.stats(None, rstd, h, 1e-5, rms=True)
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda")
+    dh = torch.randn(x.shape, generator=cuda_gen, device="cuda")
+    dx = torch.full_like(x, nan)
+    dres_in = torch.full_like(h, nan)
+    dweight = torch.full_like(weight, nan)
+    _triton.layernorm_bwd(dy, h, weight, None, rstd, dx, dweight, None, rms=True, dresidual=dh, dresidual_in=dres_in)
+    _dh_total_check(check, h, weight, None, dy, dh, True, dx, "dx")
+    _dh_total_check(check, h, weight, None, dy, dh, True, dres_in, "dresidual_in")
+    check.grads(h, weight, None, dy, 1e-5, None, dweight, None, rms=True)
+
+
+def test_cutedsl_refuses_and_auto_falls_back(cuda_gen, check):
+    if not is_cutedsl_layernorm_available():
+        pytest.skip("CuTeDSL backend unavailable (needs nvidia-cutlass-dsl and sm_90+)")
+    x, residual, weight, _ = _inputs(cuda_gen, 256, 4096, torch.bfloat16, requires_grad=True)
+    for kwargs in ({"residual": residual}, {"out_dtype": torch.float32}):
+        with pytest.raises(NotImplementedError, match="not supported yet"):
+            layernorm(x, weight, backend="cutedsl", **kwargs)
+    with pytest.raises(NotImplementedError, match="RMSNorm not supported yet"):
+        rmsnorm(x, weight, backend="cutedsl")
+    out = rmsnorm(x, weight, residual=residual, backend="auto")  # runs (and differentiates) on Triton
+    out.sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, residual.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=_ids)
+def test_rmsnorm_module_matches_torch(cuda_gen, check, dtype):
+    ref = torch.nn.RMSNorm(4096, device="cuda")
+    with torch.no_grad():
+        ref.weight.copy_(1 + 0.5 * torch.randn(4096, generator=cuda_gen, device="cuda"))
+    ours = RMSNorm(4096, device="cuda")
+    ours.load_state_dict(ref.state_dict())
+    x = (0.05 * torch.randn(2048, 4096, generator=cuda_gen, device="cuda")).to(dtype).requires_grad_()
+    out, expected = ours(x), ref(x)
+    eps = torch.finfo(torch.float32).eps
+    _, allowed = check.out_reference(x, ours.weight, None, eps, dtype, rms=True)
+    check.within(out, expected, 2 * allowed, "RMSNorm vs torch.nn.RMSNorm")
+    dy = torch.randn(out.shape, generator=cuda_gen, device="cuda").to(dtype)
+    (dx,) = torch.autograd.grad(out, (x,), dy)
+    check.grads(x, ours.weight, None, dy, eps, dx, None, None, rms=True)
