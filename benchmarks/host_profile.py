@@ -64,8 +64,11 @@ if "triton" in backends:
     from vibe_kernels.layernorm import _triton
     kern = _triton._layernorm_fwd_resident_kernel
     cfg = _triton.fwd_config(1024, x.dtype)
-    flags = dict(HAS_W=True, HAS_B=True, STORE_MEAN=True, STORE_RSTD=True)
-    args = (x, out, w, b, stats[0], stats[1], x.stride(0), out.stride(0), 8, 1e-6)
+    flags = dict(HAS_W=True, HAS_B=True, STORE_MEAN=True, STORE_RSTD=True, IS_RMS=False, HAS_RESIDUAL=False,
+                 STORE_RESIDUAL=False, RESIDUAL_IN_FP32=False)
+    # The launcher's argument order: x, out, w, b, mean, rstd, residual, residual_out, strides (x, out, residual,
+    # residual_out), rows, eps.
+    args = (x, out, w, b, stats[0], stats[1], None, None, x.stride(0), out.stride(0), None, None, 8, 1e-6)
     consts = dict(N=1024, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, **flags)
     pieces["triton kernel[grid](...)"] = lambda: kern[(2,)](*args, num_warps=cfg.num_warps, **consts)
     pieces["_triton._launch"] = lambda: _triton._launch(kern, (2,), cfg.num_warps, *args, **consts)

@@ -40,7 +40,8 @@ print(json.dumps({"compiles": compiles, "callable": [callable(fwd), callable(bwd
 
 
 def _run(cache_dir: str) -> dict:
-    env = dict(os.environ, VIBE_KERNELS_CACHE_DIR=cache_dir, PYTHONPATH=str(REPO_ROOT))
+    env = dict(os.environ, VIBE_KERNELS_CACHE_DIR=cache_dir)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

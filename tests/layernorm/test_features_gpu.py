@@ -72,7 +72,7 @@ def test_residual_forward_backward(cuda_gen, check, backend, norm, residual_in_f
     if not residual_in_fp32:
         expected_h = expected_h.to(dtype)
     assert h.dtype == expected_h.dtype and torch.equal(h, expected_h)
-    check.out(out, h, weight, bias, 1e-5, rms=rms)
+    check.out(out, h, weight, bias, 1e-5, rms=rms, out_dtype=dtype)  # out in x's dtype, h may be fp32
     dy = torch.randn(out.shape, generator=cuda_gen, device="cuda").to(dtype)
     dh = torch.randn(h.shape, generator=cuda_gen, device="cuda").to(h.dtype)
     torch.autograd.backward([out, h], [dy, dh])
