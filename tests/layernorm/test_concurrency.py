@@ -16,8 +16,10 @@ is cold). Every result must match the fp64 reference.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -151,8 +153,11 @@ print(json.dumps(report))
 
 
 def run_probe(device: str, backend: str, hidden: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", PROBE, device, backend, str(hidden)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
+    # A cold CuTeDSL disk cache, so that every first call really compiles (a warm one would load instead).
+    with tempfile.TemporaryDirectory(prefix="vk-cute-cache-") as cache_dir:
+        env = dict(os.environ, VIBE_KERNELS_CACHE_DIR=cache_dir)
+        proc = subprocess.run([sys.executable, "-c", PROBE, device, backend, str(hidden)], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
