@@ -223,7 +223,7 @@ log=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --log-file) log=$2; shift 2 ;;
-    --tool|--target-processes|--error-exitcode|--print-limit) shift 2 ;;
+    --tool|--target-processes|--error-exitcode|--print-limit|--report-api-errors) shift 2 ;;
     *) break ;;
   esac
 done
