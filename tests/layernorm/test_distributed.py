@@ -37,6 +37,9 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
         torch.nn.functional.mse_loss(model(inputs[shard]), target[shard]).backward()
         if rank == 0:
             torch.save({name: p.grad for name, p in model.module.named_parameters()}, out_path)
+        # Both ranks leave their last collective before either tears the group down: gloo aborts a process
+        # (std::terminate, seen once in CI) when its peer's connection closes while it still uses the pair.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -81,6 +81,9 @@ def _worker(rank: int, world: int, rendezvous: str, out_path: str) -> None:
         params = {name: _full(p) for name, p in model.named_parameters()}
         if rank == 0:
             torch.save({"losses": losses / world, "grads": grads, "params": params}, out_path)
+        # Both ranks leave their last collective before either tears the group down: gloo aborts a process
+        # (std::terminate, seen once in CI) when its peer's connection closes while it still uses the pair.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
