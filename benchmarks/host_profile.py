@@ -72,7 +72,7 @@ if "triton" in backends:
     consts = dict(N=1024, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, **flags)
     pieces["triton kernel[grid](...)"] = lambda: kern[(2,)](*args, num_warps=cfg.num_warps, **consts)
     pieces["_triton._launch"] = lambda: _triton._launch(kern, (2,), cfg.num_warps, *args, **consts)
-    pieces["_launch_key"] = lambda: _triton._launch_key(kern, 0, cfg.num_warps, args, consts)
+    pieces["_launch_key"] = lambda: _triton._launch_key(id(kern), 0, cfg.num_warps, args, consts)
     pieces["get_current_stream"] = lambda: _triton.triton.runtime.driver.active.get_current_stream(0)
 print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
 for name, fn in pieces.items():

@@ -7,17 +7,11 @@ import torch
 _triton = pytest.importorskip("vibe_kernels.layernorm._triton")
 
 
-class _FakeKernel:
-    """Stands in for a JITFunction: ``_launch_key`` needs only its identity and constexpr names."""
-
-
 @pytest.fixture
 def key():
-    kernel = _FakeKernel()
-    _triton._constexpr_names[id(kernel)] = ("N", "FLAG")
-    yield lambda *args, N=64, FLAG=True, num_warps=4, device=0: _triton._launch_key(
-        kernel, device, num_warps, args, {"N": N, "FLAG": FLAG})
-    del _triton._constexpr_names[id(kernel)]
+    """_launch_key for one stand-in kernel id, with constexprs N and FLAG."""
+    return lambda *args, N=64, FLAG=True, num_warps=4, device=0: _triton._launch_key(
+        12345, device, num_warps, args, {"N": N, "FLAG": FLAG})
 
 
 def _at_offset(elements: int, dtype=torch.float16) -> torch.Tensor:
@@ -52,6 +46,7 @@ def test_constexprs_options_and_device_split_the_key(key):
     assert base != key(x, FLAG=False)
     assert base != key(x, num_warps=8)
     assert base != key(x, device=1)
+    assert base != _triton._launch_key(54321, 0, 4, (x,), {"N": 64, "FLAG": True})  # another kernel
 
 
 def test_unknown_argument_types_are_refused(key):

@@ -611,31 +611,33 @@ def _sum_partials_kernel(
 # The first call of each key goes through ``kernel[grid]`` (compiling if needed) and records what it returned.
 FAST_LAUNCH_ENV = "VIBE_KERNELS_TRITON_FAST_LAUNCH"
 _fast_launch_on = os.environ.get(FAST_LAUNCH_ENV, "1") != "0"
-_compiled_kernels: dict = {}
+_compiled_kernels: dict = {}  # launch key -> (compiled kernel, its constexpr values in parameter order)
 _compile_lock = threading.Lock()
-_constexpr_names: dict = {}
 
 
 def _int_spec(value: int):
     return (value == 1, value % 16 == 0, -(2**31) <= value < 2**31, 0 <= value < 2**64)
 
 
-def _launch_key(kernel, device_index: int, num_warps: int, args: tuple, constexprs: dict) -> tuple:
-    # id(kernel), not the kernel: a JITFunction hashes through its source-derived cache_key (slow).
-    key = [id(kernel), device_index, num_warps]
+def _launch_key(kernel_id: int, device_index: int, num_warps: int, args: tuple, constexprs: dict) -> tuple:
+    """Everything Triton specializes a compiled kernel on. ``kernel_id`` is id(kernel): a JITFunction hashes
+    through its source-derived cache_key (slow). Built with as few temporary objects as possible: this runs on
+    every launch, and allocations there also make Python's cyclic GC run more often."""
+    specs = []
     for arg in args:
-        if isinstance(arg, torch.Tensor):
-            key.append((arg.dtype, arg.data_ptr() % 16 == 0))
-        elif arg is None or isinstance(arg, float):
-            key.append(arg if arg is None else float)
+        if arg is None:
+            specs.append(None)
+        elif isinstance(arg, torch.Tensor):
+            specs.append((arg.dtype, arg.data_ptr() % 16 == 0))
+        elif isinstance(arg, float):
+            specs.append(float)
         elif isinstance(arg, bool):
-            key.append(arg)
+            specs.append(arg)
         elif isinstance(arg, int):
-            key.append(_int_spec(arg))
+            specs.append(_int_spec(arg))
         else:
             raise TypeError(f"unsupported kernel argument type {type(arg).__name__}")
-    key.extend(constexprs[name] for name in _constexpr_names[id(kernel)])
-    return tuple(key)
+    return kernel_id, device_index, num_warps, tuple(constexprs), tuple(constexprs.values()), tuple(specs)
 
 
 def _launch(kernel, grid: tuple, num_warps: int, *args, **constexprs) -> None:
@@ -644,31 +646,31 @@ def _launch(kernel, grid: tuple, num_warps: int, *args, **constexprs) -> None:
     if not _fast_launch_on or not isinstance(kernel, triton.runtime.jit.JITFunction):  # interpreter: plain call
         kernel[grid](*args, num_warps=num_warps, **constexprs)
         return
-    names = _constexpr_names.get(id(kernel))
-    if names is None:  # kernels are module-level objects that live as long as the process: their ids are stable
-        names = _constexpr_names[id(kernel)] = tuple(p.name for p in kernel.params if p.is_constexpr)
     device_index = torch.cuda.current_device()
-    key = _launch_key(kernel, device_index, num_warps, args, constexprs)
-    compiled = _compiled_kernels.get(key)
-    if compiled is None:
+    key = _launch_key(id(kernel), device_index, num_warps, args, constexprs)
+    entry = _compiled_kernels.get(key)
+    if entry is None:
         # First call of this key: through the JIT (compiling if needed), under a lock so that threads making the
         # same first call at once compile once; those that waited find the kernel cached and launch it.
         with _compile_lock:
-            compiled = _compiled_kernels.get(key)
-            if compiled is None:
+            entry = _compiled_kernels.get(key)
+            if entry is None:
                 compiled = kernel[grid](*args, num_warps=num_warps, **constexprs)
                 if getattr(compiled, "function", None) is not None and callable(getattr(compiled, "run", None)):
-                    _compiled_kernels[key] = compiled
+                    # The key fixes every constexpr value: store them once, in the kernel's parameter order.
+                    names = [p.name for p in kernel.params if p.is_constexpr]
+                    _compiled_kernels[key] = (compiled, tuple(constexprs[name] for name in names))
                 return
     hooks = _triton_knobs.runtime
-    enter, exit_ = hooks.launch_enter_hook, hooks.launch_exit_hook
-    if getattr(enter, "calls", True) or getattr(exit_, "calls", True):  # profiler hooks installed: the JIT path
-        kernel[grid](*args, num_warps=num_warps, **constexprs)
+    if getattr(hooks.launch_enter_hook, "calls", True) or getattr(hooks.launch_exit_hook, "calls", True):
+        kernel[grid](*args, num_warps=num_warps, **constexprs)  # profiler hooks installed: the JIT path
         return
+    compiled, constexpr_values = entry
     stream = triton.runtime.driver.active.get_current_stream(device_index)
-    grid_x, grid_y, grid_z = (tuple(grid) + (1, 1))[:3]
-    compiled.run(grid_x, grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, None, None, None,
-                 *args, *(constexprs[name] for name in names))
+    grid_y = grid[1] if len(grid) > 1 else 1
+    grid_z = grid[2] if len(grid) > 2 else 1
+    compiled.run(grid[0], grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                 *args, *constexpr_values)
 
 
 # ----------------------------------------------------------------------------------------------------------------
