@@ -173,7 +173,22 @@ class Runner:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-class AutogradRunner(Runner):
+class _LeafRunner(Runner):
+    """A runner whose inputs are autograd leaves (``self._leaves``, None where absent): their grads, cleared and
+    collected once per step."""
+
+    _leaves: list
+
+    def _grads(self) -> Grads:
+        return Grads(*(t.grad if t is not None else None for t in self._leaves))
+
+    def _clear_grads(self) -> None:
+        for leaf in self._leaves:
+            if leaf is not None:
+                leaf.grad = None
+
+
+class AutogradRunner(_LeafRunner):
     """A provider differentiable through torch autograd: ``fn(x, weight, bias) -> out``."""
 
     def __init__(self, fn: Callable, x: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor):
@@ -183,14 +198,6 @@ class AutogradRunner(Runner):
     def _forward(self) -> StepOutput:
         with torch.no_grad():
             return StepOutput(self.fn(self.x, self.weight, self.bias), None)
-
-    def _grads(self) -> Grads:
-        return Grads(*(t.grad if t is not None else None for t in self._leaves))
-
-    def _clear_grads(self) -> None:
-        for leaf in self._leaves:
-            if leaf is not None:
-                leaf.grad = None
 
     def _forward_backward(self) -> StepOutput:
         self._clear_grads()
@@ -212,7 +219,7 @@ class AutogradRunner(Runner):
         return self.fn(*self._leaves)
 
 
-class VariantRunner(Runner):
+class VariantRunner(_LeafRunner):
     """A variant through torch autograd: ``fn(x, weight, bias, residual) -> out`` or ``(out, h)`` with a residual.
     The backward sends dy into out and dh into h; x, weight, bias and the residual require grad."""
 
@@ -235,14 +242,6 @@ class VariantRunner(Runner):
         with torch.no_grad():
             out, h = self._call((self.x, self.weight, self.bias, self.residual))
         return self._output(out, None, h)
-
-    def _grads(self) -> Grads:
-        return Grads(*(t.grad if t is not None else None for t in self._leaves))
-
-    def _clear_grads(self) -> None:
-        for leaf in self._leaves:
-            if leaf is not None:
-                leaf.grad = None
 
     def _backward(self, out: Tensor, h: Optional[Tensor], retain: bool) -> None:
         outputs, grads = ([out], [self.dy]) if h is None else ([out, h], [self.dy, self.dh])

@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._backends import load_backend, resolve_backend
+from ._backends import resolve_backend
 
 
 @torch.library.custom_op("vibe_kernels::layernorm_fwd", mutates_args=())
@@ -69,7 +69,7 @@ def layernorm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], stats: Tensor
                   need_dweight: bool, need_dbias: bool,
                   bias_dtype: Optional[torch.dtype]) -> tuple[Tensor, Tensor, Tensor]:
     """dx always (the kernels write it anyway); dweight/dbias only when asked for, else empty (0,) tensors."""
-    from .api import _on_device
+    from .api import _run_backward
 
     rows, hidden = x.shape
     if dy.stride(-1) != 1:  # the kernels index dy's columns densely (an expanded sum() gradient has stride 0)
@@ -77,18 +77,9 @@ def layernorm_bwd(dy: Tensor, x: Tensor, weight: Optional[Tensor], stats: Tensor
     dx = torch.empty((rows, hidden), dtype=x.dtype, device=x.device)
     dweight = torch.empty((hidden if need_dweight else 0,), dtype=_param_dtype(weight, x), device=x.device)
     dbias = torch.empty((hidden if need_dbias else 0,), dtype=bias_dtype or x.dtype, device=x.device)
-    wanted = (dweight if need_dweight else None, dbias if need_dbias else None)
-    if rows == 0:
-        dweight.zero_()
-        dbias.zero_()
-        return dx, dweight, dbias
-    with _on_device(x.device):
-        try:
-            load_backend(backend).layernorm_bwd(dy, x, weight, stats[0], stats[1], dx, *wanted)
-        except NotImplementedError:
-            if backend != "cutedsl" or not allow_fallback:
-                raise
-            load_backend("triton").layernorm_bwd(dy, x, weight, stats[0], stats[1], dx, *wanted)
+    # Unwanted gradients are empty (0,) tensors (an op returns tensors); the kernels are told None for them.
+    _run_backward(backend, allow_fallback, dy, x, weight, stats[0], stats[1], dx,
+                  dweight if need_dweight else None, dbias if need_dbias else None)
     return dx, dweight, dbias
 
 

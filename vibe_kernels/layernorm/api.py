@@ -130,6 +130,27 @@ def _run_forward(backend: str, allow_fallback: bool, x2d, weight, bias, eps, out
         return "triton"
 
 
+def _run_backward(backend: str, allow_fallback: bool, dy, x2d, weight, mean, rstd, dx, dweight, dbias,
+                  **features) -> None:
+    """Runs the backward on ``backend`` into preallocated gradients (M = 0: dweight/dbias are zeroed, nothing is
+    launched). ``allow_fallback``: a CuTeDSL kernel that lacks the shape (NotImplementedError) defers to Triton,
+    for callers that cannot know which backend ran the forward (the custom op); the autograd Functions pass the
+    backend that ran it and False."""
+    if x2d.shape[0] == 0:
+        for grad in (dweight, dbias):
+            if grad is not None:
+                grad.zero_()
+        return
+    with _on_device(x2d.device):
+        try:
+            load_backend(backend).layernorm_bwd(dy, x2d, weight, mean, rstd, dx, dweight, dbias, **features)
+            return
+        except NotImplementedError:
+            if backend != "cutedsl" or not allow_fallback:
+                raise
+        load_backend("triton").layernorm_bwd(dy, x2d, weight, mean, rstd, dx, dweight, dbias, **features)
+
+
 def _forward(x2d, weight, bias, eps, backend, allow_fallback, need_stats):
     """Allocates out (and mean/rstd when ``need_stats``) and runs the forward: (out, mean, rstd, backend that ran)."""
     rows, hidden = x2d.shape
@@ -204,13 +225,7 @@ def _backward(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr):
         features["dresidual"] = dh
     if dres_in is not None:
         features["dresidual_in"] = dres_in
-    if rows > 0:
-        with _on_device(device):
-            load_backend(ctx.backend).layernorm_bwd(dout, xin, weight, mean, rstd, dx, dweight, dbias, **features)
-    else:
-        for grad in (dweight, dbias):
-            if grad is not None:
-                grad.zero_()
+    _run_backward(ctx.backend, False, dout, xin, weight, mean, rstd, dx, dweight, dbias, **features)
     dr = (dres_in if dres_in is not None else dx) if need_dr else None
     return (dx if need_dx else None), dweight, dbias, dr
 
@@ -260,13 +275,7 @@ class LayerNormFunction(torch.autograd.Function):
         need_db = ctx.has_bias and ctx.needs_input_grad[2]
         dweight = torch.empty((hidden,), dtype=weight.dtype, device=x2d.device) if need_dw else None
         dbias = torch.empty((hidden,), dtype=ctx.bias_dtype, device=x2d.device) if need_db else None
-        if rows > 0:
-            with _on_device(x2d.device):
-                load_backend(ctx.backend).layernorm_bwd(dout, x2d, weight, mean, rstd, dx, dweight, dbias)
-        else:
-            for grad in (dweight, dbias):
-                if grad is not None:
-                    grad.zero_()
+        _run_backward(ctx.backend, False, dout, x2d, weight, mean, rstd, dx, dweight, dbias)
         return (dx if ctx.needs_input_grad[0] else None), dweight, dbias, None, None, None, None, None
 
 
