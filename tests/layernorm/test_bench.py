@@ -242,9 +242,30 @@ def test_cpu_timer_and_sol_are_positive():
     assert bench.measure_sol(x, dy, ["fwd"], timer, 1).keys() == {"fwd"}
 
 
-def test_host_overhead_measures_both_autograd_settings():
+def test_host_overhead_measures_both_autograd_settings_and_the_step():
     (entry,) = bench.measure_host_overhead(["torch"], CPU, calls=3)
-    assert entry.us_no_grad > 0 and entry.us_grad > 0 and not entry.error
+    assert entry.us_no_grad > 0 and entry.us_grad > 0 and entry.us_fwdbwd > 0 and not entry.error
+    table = bench.format_host_table([entry])
+    assert "fwd+bwd step (µs)" in table.splitlines()[0] and f"{entry.us_fwdbwd:.1f}" in table
+
+
+def test_host_hiding_spin_covers_the_host_time_and_is_capped():
+    for host_ms in (0.0, 0.01, 0.3, 2.0):
+        stall = bench.stall_ms_for(host_ms)
+        assert stall >= bench.HOST_STALL_FACTOR * host_ms + bench.HOST_STALL_MARGIN_MS - 1e-12
+    assert bench.stall_ms_for(1e3) == bench.MAX_HOST_STALL_MS
+
+
+def test_timed_call_count_fits_the_budget_with_a_floor():
+    assert bench.timed_call_count(100.0, 0.01, 0.24) == 400
+    assert bench.timed_call_count(100.0, 40.0, 0.5) == bench.MIN_TIMED_CALLS
+    assert bench.timed_call_count(100.0, 0.0, 0.0) >= bench.MIN_TIMED_CALLS
+
+
+def test_timer_says_how_it_times():
+    assert "spin kernel" in bench.Timer(on_gpu=True, warmup_ms=1, rep_ms=1).describe()
+    assert "not hidden" in bench.Timer(on_gpu=True, warmup_ms=1, rep_ms=1, hide_host=False).describe()
+    assert "perf_counter" in bench.Timer(on_gpu=False, warmup_ms=1, rep_ms=1).describe()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -319,6 +340,28 @@ def test_check_end_to_end_in_process(tmp_path, capsys):
         out = capsys.readouterr().out
         assert ("REGRESSION 4x64 float16 +bias fwd torch" in out) == (expected_exit == 1)
         assert "Host dispatch overhead" not in out  # off by default under --check
+
+
+def test_check_times_as_the_baseline_was_timed(tmp_path, monkeypatch):
+    """A baseline without host hiding (older runs) is re-measured without it; one with it, with it."""
+    seen = []
+    real_timer = bench.Timer
+
+    def recording_timer(on_gpu, warmup_ms, rep_ms, hide_host=True):
+        seen.append(hide_host)
+        return real_timer(on_gpu, warmup_ms, rep_ms, hide_host)
+
+    monkeypatch.setattr(bench, "Timer", recording_timer)
+    baseline = tmp_path / "base.json"
+    for host_hidden in (None, False, True):
+        document = {"results": [_record(4, 64, "fwd", "torch", 1e9, dtype="float16")]}
+        if host_hidden is not None:
+            document["host_hidden"] = host_hidden
+        baseline.write_text(json.dumps(document))
+        assert bench.main(["--check", str(baseline), "--repeats", "1"]) == 0
+    assert seen == [False, False, True]
+    assert bench.main(["--check", str(baseline), "--repeats", "1", "--no-hide-host"]) == 0
+    assert seen[-1] is False
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -61,3 +61,11 @@ def test_cli_refuses_cpu_without_flag(tmp_path, device):
     if device != "cpu":
         pytest.skip("only meaningful without a GPU")
     assert tune.main(["--shapes", "2x64", "--out", str(tmp_path / "t.json")]) == 2
+
+
+@pytest.mark.parametrize("hidden", [256, 1024, 4096])
+def test_bwd_candidates_can_be_limited_to_one_program_per_sm(hidden):
+    limited = tune.bwd_candidates(hidden, torch.bfloat16, max_programs_per_sm=1)
+    assert limited[0] == _triton.bwd_config(hidden, torch.bfloat16)  # the heuristic stays first, as the reference
+    assert len(limited) >= 3 and all(cfg.programs_per_sm == 1 for cfg in limited[1:] if not cfg.chunked)
+    assert set(limited) <= set(tune.bwd_candidates(hidden, torch.bfloat16))

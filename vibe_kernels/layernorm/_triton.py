@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import threading
 from dataclasses import asdict, dataclass
@@ -93,7 +94,7 @@ _FWD_LADDER = (
 )
 _BWD_LADDER = (
     # max_n, block_m, block_n (None: whole padded row), num_warps, chunked, programs_per_sm
-    (256, 8, None, 4, False, 4),
+    (256, 32, None, 16, False, 1),  # tuner: 62% of the add, as 8 rows x 4 warps x 4 per SM, in 1/4 the workspace
     (512, 8, None, 4, False, 2),
     (1024, 4, None, 4, False, 2),
     (2048, 2, None, 4, False, 2),
@@ -208,6 +209,17 @@ def _rows_per_program(block_m: int, rows: int, slots: int) -> int:
     return block_m
 
 
+def _row_align(*strides) -> int:
+    """The largest power of two (at most 16) that divides every given row stride (None: not passed), in elements:
+    the kernels' ROW_ALIGN. With 16-byte aligned base pointers, rows then start on 16-byte boundaries wherever
+    ROW_ALIGN elements are 16 bytes or more."""
+    common = 0
+    for stride in strides:
+        if stride is not None:
+            common = math.gcd(common, stride)
+    return min(16, common & -common) if common else 16
+
+
 def _program_slots(device: torch.device) -> int:
     # Under the interpreter (CPU tensors) a handful of programs still exercises the persistent loops.
     return _num_sms(device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 4
@@ -216,6 +228,16 @@ def _program_slots(device: torch.device) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Forward kernels
 # ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _aligned_stride(stride, ROW_ALIGN: tl.constexpr):
+    """A row stride declared a multiple of ROW_ALIGN elements (the launcher checked it: ``_row_align``). Triton
+    only knows a stride's divisibility by 16; a row of 5000 fp16 (10000 bytes) still starts 16-byte aligned, and
+    without this hint its rows would be read and written 2 bytes at a time instead of 16."""
+    if ROW_ALIGN > 1:
+        stride = tl.multiple_of(stride.to(tl.int64), ROW_ALIGN)
+    return stride
 
 
 @triton.jit
@@ -241,12 +263,19 @@ def _layernorm_fwd_resident_kernel(
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """BLOCK_M whole rows per program. Rows far from a power of two (N = 5000) are held as a BLOCK_N head plus a
     TAIL_N tail instead of one padded 8192-wide tile, so fewer lanes sit idle.
 
     IS_RMS: RMSNorm (no centering, no mean). HAS_RESIDUAL: normalize h = x + R (see _load_row_input), written to H
     when STORE_RESIDUAL. The output's dtype is Y's."""
+    stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
+    stride_y_row = _aligned_stride(stride_y_row, ROW_ALIGN)
+    if HAS_RESIDUAL:
+        stride_r_row = _aligned_stride(stride_r_row, ROW_ALIGN)
+    if STORE_RESIDUAL:
+        stride_h_row = _aligned_stride(stride_h_row, ROW_ALIGN)
     row_idx = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = row_idx < rows
     row_off = row_idx.to(tl.int64)[:, None]
@@ -368,10 +397,17 @@ def _layernorm_fwd_chunked_kernel(
     N: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """Rows pid, pid + P, ...: a statistics pass (_row_mean_var), then a normalizing pass. The grid size P bounds
     the rows in flight, so that the second pass finds its row in L2 instead of HBM. With a residual, both passes
     read x and r (the second from L2) and the second writes h."""
+    stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
+    stride_y_row = _aligned_stride(stride_y_row, ROW_ALIGN)
+    if HAS_RESIDUAL:
+        stride_r_row = _aligned_stride(stride_r_row, ROW_ALIGN)
+    if STORE_RESIDUAL:
+        stride_h_row = _aligned_stride(stride_h_row, ROW_ALIGN)
     cols = tl.arange(0, BLOCK_N)
     NUM_CHUNKS: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     for row in range(tl.program_id(0), rows, tl.num_programs(0)):
@@ -472,23 +508,42 @@ def _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx
 
 @triton.jit
 def _store_partials(DW_partial, DB_partial, slot, cols, col_ok, dw_acc, db_acc, N: tl.constexpr,
-                    NEED_DW: tl.constexpr, NEED_DB: tl.constexpr):
-    """Row ``slot`` of the [programs, N] fp32 partials: the accumulators summed over their rows."""
+                    NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, ADD: tl.constexpr):
+    """Row ``slot`` of the [rows, N] fp32 partials: the accumulators summed over their rows, stored, or added
+    atomically when ADD (a row shared by two programs)."""
     if NEED_DW:
-        tl.store(DW_partial + slot * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
+        if ADD:
+            tl.atomic_add(DW_partial + slot * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
+        else:
+            tl.store(DW_partial + slot * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
     if NEED_DB:
-        tl.store(DB_partial + slot * N + cols, tl.sum(db_acc, axis=0), mask=col_ok)
+        if ADD:
+            tl.atomic_add(DB_partial + slot * N + cols, tl.sum(db_acc, axis=0), mask=col_ok)
+        else:
+            tl.store(DB_partial + slot * N + cols, tl.sum(db_acc, axis=0), mask=col_ok)
 
 
 @triton.jit
 def _layernorm_bwd_resident_kernel(
     DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN,
-    stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows,
+    stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
+    ROW_ALIGN: tl.constexpr, SHARED_PARTIALS: tl.constexpr,
 ):
-    """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end."""
+    """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end,
+    then go to partial row p. SHARED_PARTIALS (P = 2 x partial_rows at most): programs p and p + partial_rows add
+    into the same zeroed row p instead, so the workspace stays one row per SM. Exactly two fp32 atomic adds onto
+    0.0 give the same bits in either order (0 + a is exact and a + b = b + a), so the result stays
+    deterministic."""
+    stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
+    stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
+    stride_dx_row = _aligned_stride(stride_dx_row, ROW_ALIGN)
+    if HAS_DRESIDUAL:
+        stride_dres_row = _aligned_stride(stride_dres_row, ROW_ALIGN)
+    if STORE_DRESIDUAL_IN:
+        stride_dres_in_row = _aligned_stride(stride_dres_in_row, ROW_ALIGN)
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -506,20 +561,21 @@ def _layernorm_bwd_resident_kernel(
         dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols,
                                               col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc,
                                               NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
-    _store_partials(DW_partial, DB_partial, pid, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB)
+    _store_partials(DW_partial, DB_partial, pid % partial_rows, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB,
+                    SHARED_PARTIALS)
 
 
 @triton.jit
 def _layernorm_bwd_row_coefs_kernel(
     DY, X, W, Mean, Rstd, MeanGX, MeanG,
     stride_dy_row, stride_x_row,
-    N: tl.constexpr, BLOCK_N: tl.constexpr, HAS_W: tl.constexpr, IS_RMS: tl.constexpr,
+    N: tl.constexpr, BLOCK_N: tl.constexpr, HAS_W: tl.constexpr, IS_RMS: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):
     """Wide rows, step 1: per row, mean(g * xhat) and mean(g) (not for RMSNorm) with g = dy * w, streamed in
     chunks."""
     row = tl.program_id(0)
-    x_row = X + row.to(tl.int64) * stride_x_row
-    dy_row = DY + row.to(tl.int64) * stride_dy_row
+    x_row = X + row.to(tl.int64) * _aligned_stride(stride_x_row, ROW_ALIGN)
+    dy_row = DY + row.to(tl.int64) * _aligned_stride(stride_dy_row, ROW_ALIGN)
     if not IS_RMS:
         mean = tl.load(Mean + row)
     rstd = tl.load(Rstd + row)
@@ -550,9 +606,16 @@ def _layernorm_bwd_tiled_kernel(
     stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, rows_per_group,
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-    IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
+    IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):
     """Wide rows, step 2: program (group, chunk) writes dx for its rows x columns and one dw/db partial row."""
+    stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
+    stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
+    stride_dx_row = _aligned_stride(stride_dx_row, ROW_ALIGN)
+    if HAS_DRESIDUAL:
+        stride_dres_row = _aligned_stride(stride_dres_row, ROW_ALIGN)
+    if STORE_DRESIDUAL_IN:
+        stride_dres_in_row = _aligned_stride(stride_dres_in_row, ROW_ALIGN)
     group = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -572,7 +635,7 @@ def _layernorm_bwd_tiled_kernel(
         dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols,
                                               col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc,
                                               NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
-    _store_partials(DW_partial, DB_partial, group, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB)
+    _store_partials(DW_partial, DB_partial, group, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB, False)
 
 
 @triton.jit
@@ -702,6 +765,7 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
     args = (x, out, weight, bias, mean, rstd, residual, residual_out, x.stride(0), out.stride(0),
             residual.stride(0) if has_residual else None,
             residual_out.stride(0) if residual_out is not None else None, rows, eps)
+    flags["ROW_ALIGN"] = _row_align(*args[8:12])
     if cfg.chunked:
         programs = rows if cfg.programs_per_sm == 0 else min(rows, cfg.programs_per_sm * _program_slots(x.device))
         _launch(_layernorm_fwd_chunked_kernel, (programs,), cfg.num_warps, *args,
@@ -724,6 +788,44 @@ def _sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
     )
 
 
+@dataclass(frozen=True)
+class BwdPlan:
+    """How a backward launch covers M rows: its grid, rows per step (block_m), rows per program group (chunked
+    path), and the fp32 dw/db partial rows it allocates (shared_partials: two programs add into each row)."""
+
+    grid: tuple
+    block_m: int
+    rows_per_group: int
+    partial_rows: int
+    shared_partials: bool
+
+
+def bwd_plan(rows: int, hidden: int, cfg: BwdConfig, sms: int, shrink_rows: bool = True) -> BwdPlan:
+    """The backward's launch plan for ``rows`` x ``hidden`` on ``sms`` SMs. The dw/db workspace is partial_rows x
+    hidden x 8 bytes: at most one row per SM for every ladder config (issue 8's bound).
+
+    Resident: a persistent grid of up to programs_per_sm x SMs programs; beyond one per SM, two programs share
+    each partial row. Chunked: (row groups x column chunks) programs, each writing one partial row segment, with
+    at most programs_per_sm x SMs / column chunks groups.
+
+    >>> bwd_plan(32768, 4096, BwdConfig(1, 4096, 8, False, 2), 132)
+    BwdPlan(grid=(264,), block_m=1, rows_per_group=0, partial_rows=132, shared_partials=True)
+    """
+    slots = sms * cfg.programs_per_sm
+    if cfg.chunked:
+        col_chunks = _cdiv(hidden, cfg.block_n)
+        groups = _clamp(slots // col_chunks, 1, _cdiv(rows, cfg.block_m))
+        rows_per_group = _cdiv(_cdiv(rows, groups), cfg.block_m) * cfg.block_m
+        groups = _cdiv(rows, rows_per_group)
+        return BwdPlan((groups, col_chunks), cfg.block_m, rows_per_group, groups, False)
+    block_m = _rows_per_program(cfg.block_m, rows, sms) if shrink_rows else cfg.block_m
+    programs = min(slots, _cdiv(rows, block_m))
+    # More programs than SMs: programs p and p + partial_rows add into row p (atomic adds onto zeros: exactly two
+    # adds per row, deterministic), so up to 2 programs per SM keep one partial row per SM.
+    shared = programs > sms
+    return BwdPlan((programs,), block_m, 0, _cdiv(programs, 2) if shared else programs, shared)
+
+
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConfig | None = None, *,
                   rms: bool = False, dresidual=None, dresidual_in=None) -> None:
     """dy, x (M, N) unit column stride (x: the normalized input, h with a residual); dx (M, N); dweight/dbias (N,)
@@ -733,12 +835,13 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     to dx. dresidual_in (M, N) or None: a second copy of dx in another dtype (the residual input's gradient)."""
     rows, hidden = x.shape
     cfg = config or bwd_config(hidden, x.dtype)
-    slots = _program_slots(x.device) * cfg.programs_per_sm
+    plan = bwd_plan(rows, hidden, cfg, _program_slots(x.device), shrink_rows=config is None)
     flags = dict(HAS_W=weight is not None, NEED_DW=dweight is not None, NEED_DB=dbias is not None, IS_RMS=bool(rms),
                  HAS_DRESIDUAL=dresidual is not None, STORE_DRESIDUAL_IN=dresidual_in is not None)
     residual_args = (dresidual, dresidual_in, dy.stride(0), x.stride(0), dx.stride(0),
                      dresidual.stride(0) if dresidual is not None else None,
                      dresidual_in.stride(0) if dresidual_in is not None else None, rows)
+    row_align = _row_align(*residual_args[2:7])
     if cfg.chunked:
         mean_gx = torch.empty((rows,), dtype=torch.float32, device=x.device)
         mean_g = None if rms else torch.empty((rows,), dtype=torch.float32, device=x.device)
@@ -746,29 +849,24 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             _layernorm_bwd_row_coefs_kernel, (rows,), 8,
             dy, x, weight, mean, rstd, mean_gx, mean_g, dy.stride(0), x.stride(0),
             N=hidden, BLOCK_N=4096, HAS_W=weight is not None, IS_RMS=bool(rms),
+            ROW_ALIGN=_row_align(dy.stride(0), x.stride(0)),
         )
-        col_chunks = _cdiv(hidden, cfg.block_n)
-        groups = _clamp(slots // col_chunks, 1, _cdiv(rows, cfg.block_m))
-        rows_per_group = _cdiv(_cdiv(rows, groups), cfg.block_m) * cfg.block_m
-        groups = _cdiv(rows, rows_per_group)
-        grid = (groups, col_chunks)
-    else:
-        block_m = _rows_per_program(cfg.block_m, rows, _program_slots(x.device)) if config is None else cfg.block_m
-        groups = min(slots, _cdiv(rows, block_m))
-        grid = (groups,)
-    dw_partial = torch.empty((groups, hidden), dtype=torch.float32, device=x.device) if dweight is not None else None
-    db_partial = torch.empty((groups, hidden), dtype=torch.float32, device=x.device) if dbias is not None else None
+    new_partials = torch.zeros if plan.shared_partials else torch.empty
+    shape = (plan.partial_rows, hidden)
+    dw_partial = new_partials(shape, dtype=torch.float32, device=x.device) if dweight is not None else None
+    db_partial = new_partials(shape, dtype=torch.float32, device=x.device) if dbias is not None else None
     if cfg.chunked:
         _launch(
-            _layernorm_bwd_tiled_kernel, grid, cfg.num_warps,
-            dy, x, weight, mean, rstd, mean_gx, mean_g, dx, dw_partial, db_partial, *residual_args, rows_per_group,
-            N=hidden, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags,
+            _layernorm_bwd_tiled_kernel, plan.grid, cfg.num_warps,
+            dy, x, weight, mean, rstd, mean_gx, mean_g, dx, dw_partial, db_partial, *residual_args,
+            plan.rows_per_group, N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align, **flags,
         )
     else:
         _launch(
-            _layernorm_bwd_resident_kernel, grid, cfg.num_warps,
-            dy, x, weight, mean, rstd, dx, dw_partial, db_partial, *residual_args,
-            N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, **flags,
+            _layernorm_bwd_resident_kernel, plan.grid, cfg.num_warps,
+            dy, x, weight, mean, rstd, dx, dw_partial, db_partial, *residual_args, plan.partial_rows,
+            N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
+            SHARED_PARTIALS=plan.shared_partials, **flags,
         )
     if dweight is not None or dbias is not None:
         _sum_partials(dw_partial, db_partial, dweight, dbias)

@@ -10,8 +10,10 @@ residual: out, h = norm(x + r), both differentiated) and ``--out-dtype`` (out in
 include the residual read, the h write and its gradient read, and the out/dy dtype; their SOL is a copy of the same
 number of bytes (see ``bytes_moved`` and ``measure_sol``).
 
-Method (as in /work/shared/anchors.md): every provider is timed with ``triton.testing.do_bench`` medians (CUDA
-events, warm-up, L2 flushed before each call); SOL is a same-size ``y.copy_(x)`` (forward) plus
+Method (as in /work/shared/anchors.md): every provider is timed with CUDA-event medians (warm-up, L2 flushed before
+each call, as ``triton.testing.do_bench``); by default a spin kernel queued before each timed call hides the host's
+dispatch, so the tables are GPU time for every provider alike and host cost has its own table (``--no-hide-host``:
+plain ``do_bench``, as anchors.md was measured, where host-bound calls are timed at the host's pace); SOL is a same-size ``y.copy_(x)`` (forward) plus
 ``torch.add(x, dy, out=dx)`` (backward), timed in the same run. Before a provider is timed at a shape its output
 (and grads) are checked against the fp32 reference. Without a GPU the command runs tiny shapes on CPU and times
 with ``time.perf_counter``: NOT PERFORMANCE FIGURES.
@@ -275,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-ms", type=_positive_float, default=25.0, help="do_bench warm-up budget (ms)")
     parser.add_argument("--rep-ms", type=_positive_float, default=100.0,
                         help="do_bench timing budget per median (ms); a slow provider gets fewer calls, not more time")
+    parser.add_argument("--hide-host", action=argparse.BooleanOptionalAction, default=None,
+                        help="time GPU work only: queue a spin kernel before each timed call so the host's dispatch "
+                             "is not timed (default: on; with --check: as the baseline was timed; --no-hide-host times as plain do_bench, where a call "
+                             "whose host dispatch outlasts its kernels is timed at the host's pace)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write every result as JSON")
     parser.add_argument("--plot", type=Path, default=None, metavar="PATH",
                         help="write a PNG of GB/s against N per backend, one panel per mode (needs matplotlib)")
@@ -299,13 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Timer:
-    """Median ms of one call of ``fn``: ``triton.testing.do_bench`` on a GPU (CUDA events, L2 flushed before every
-    call); ``time.perf_counter`` around single calls on CPU."""
+    """Median ms of one call of ``fn``.
 
-    def __init__(self, on_gpu: bool, warmup_ms: float, rep_ms: float):
-        self.on_gpu, self.warmup_ms, self.rep_ms = on_gpu, warmup_ms, rep_ms
+    On a GPU, CUDA events around each call with the L2 flushed before it, as ``triton.testing.do_bench``; with
+    ``hide_host`` (the default) a spin kernel is queued between the flush and the start event, long enough for the
+    host to queue the whole call behind it, so the events time the GPU's work and not the host's dispatch (which
+    ``measure_host_overhead`` reports on its own). Without it, a call whose host dispatch takes longer than its
+    kernels is timed at the host's pace. Without a GPU: ``time.perf_counter`` around single calls."""
+
+    def __init__(self, on_gpu: bool, warmup_ms: float, rep_ms: float, hide_host: bool = True):
+        self.on_gpu, self.warmup_ms, self.rep_ms, self.hide_host = on_gpu, warmup_ms, rep_ms, hide_host
 
     def __call__(self, fn: Callable[[], object]) -> float:
+        if self.on_gpu and self.hide_host:
+            return gpu_ms_host_hidden(fn, self.warmup_ms, self.rep_ms)
         if self.on_gpu:
             from triton.testing import do_bench
 
@@ -319,10 +332,108 @@ class Timer:
         return statistics.median(times)
 
     def describe(self) -> str:
+        if self.on_gpu and self.hide_host:
+            return (f"CUDA-event median of GPU time per call (L2 flushed before every call, as do_bench; a spin "
+                    f"kernel of {HOST_STALL_FACTOR:g}x the call's host dispatch time + {HOST_STALL_MARGIN_MS * 1e3:g} "
+                    f"µs is queued before the start event, so host dispatch is not timed: it has its own table; "
+                    f"warm-up {self.warmup_ms:g} ms, rep {self.rep_ms:g} ms)")
         if self.on_gpu:
             return (f"triton.testing.do_bench median (CUDA events; L2 flushed before every call; warm-up "
-                    f"{self.warmup_ms:g} ms, rep {self.rep_ms:g} ms)")
+                    f"{self.warmup_ms:g} ms, rep {self.rep_ms:g} ms; host dispatch not hidden)")
         return f"time.perf_counter median of {CPU_TIMED_CALLS} calls"
+
+
+# The spin kernel before each timed call lasts HOST_STALL_FACTOR x the call's slowest measured host time + a margin
+# (for the event records), capped; repeats fit rep_ms (spin included) with at least MIN_TIMED_CALLS.
+HOST_STALL_FACTOR = 2.0
+HOST_STALL_MARGIN_MS = 0.05
+MAX_HOST_STALL_MS = 20.0
+MIN_TIMED_CALLS = 10
+L2_FLUSH_BYTES = 256 << 20  # as triton.testing.do_bench
+
+
+def stall_ms_for(host_ms: float) -> float:
+    """How long the GPU spins before a timed call whose host dispatch takes ``host_ms``.
+
+    >>> stall_ms_for(0.1)
+    0.25
+    >>> stall_ms_for(100.0)
+    20.0
+    """
+    return min(MAX_HOST_STALL_MS, HOST_STALL_FACTOR * host_ms + HOST_STALL_MARGIN_MS)
+
+
+def timed_call_count(rep_ms: float, call_ms: float, stall_ms: float) -> int:
+    """Calls that fit rep_ms when each also spins stall_ms; at least MIN_TIMED_CALLS.
+
+    >>> timed_call_count(100.0, 0.01, 0.24)
+    400
+    >>> timed_call_count(100.0, 40.0, 0.5)
+    10
+    """
+    return max(MIN_TIMED_CALLS, int(rep_ms / max(call_ms + stall_ms, 1e-3)))
+
+
+_l2_flush_buffers: dict = {}
+_spin_cycles_per_ms: dict = {}
+
+
+def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
+    key = torch.cuda.current_device() if device.index is None else device.index
+    if key not in _l2_flush_buffers:
+        _l2_flush_buffers[key] = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=device)
+    return _l2_flush_buffers[key]
+
+
+def _spin_rate(device: torch.device) -> float:
+    """GPU clock cycles per ms of ``torch.cuda._sleep``, measured once per device with CUDA events."""
+    key = torch.cuda.current_device() if device.index is None else device.index
+    if key not in _spin_cycles_per_ms:
+        cycles = 2_000_000
+        torch.cuda._sleep(cycles // 10)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        _spin_cycles_per_ms[key] = cycles / start.elapsed_time(end)
+    return _spin_cycles_per_ms[key]
+
+
+def _spin_then_time(fn: Callable[[], object], flush: torch.Tensor, spin_cycles: int, calls: int) -> list[float]:
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+    for start, end in zip(starts, ends):
+        flush.zero_()
+        torch.cuda._sleep(spin_cycles)
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in zip(starts, ends)]
+
+
+def gpu_ms_host_hidden(fn: Callable[[], object], warmup_ms: float, rep_ms: float) -> float:
+    """Median GPU ms of one call of ``fn`` on the current CUDA device, L2 flushed before each call and the host's
+    dispatch hidden behind a spin kernel queued before the start event (see ``Timer``)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    fn()
+    torch.cuda.synchronize()
+    flush = _l2_flush_buffer(device)
+    host_ms = 0.0
+    for _ in range(5):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        host_ms = max(host_ms, (time.perf_counter() - start) * 1e3)
+    torch.cuda.synchronize()
+    stall_ms = stall_ms_for(host_ms)
+    spin_cycles = int(stall_ms * _spin_rate(device))
+    estimate_ms = statistics.median(_spin_then_time(fn, flush, spin_cycles, 5))
+    for _ in range(max(1, int(warmup_ms / max(estimate_ms, host_ms, 1e-3)))):
+        fn()
+    times = _spin_then_time(fn, flush, spin_cycles, timed_call_count(rep_ms, estimate_ms, stall_ms))
+    return statistics.median(times)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -554,16 +665,18 @@ def run_benchmark(cases: Sequence[Case], modes: Sequence[str], backends: Sequenc
 
 @dataclass
 class HostOverhead:
-    """CPU µs per forward call, autograd off (no_grad) and on (inputs require grad); None when it failed."""
+    """CPU µs per forward call, autograd off (no_grad) and on (inputs require grad), and per forward+backward step
+    (the fwdbwd mode's step); None when it failed."""
 
     backend: str
     us_no_grad: Optional[float] = None
     us_grad: Optional[float] = None
+    us_fwdbwd: Optional[float] = None
     error: str = ""
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "us_no_grad": self.us_no_grad, "us_grad": self.us_grad,
-                "error": self.error or None}
+                "us_fwdbwd": self.us_fwdbwd, "error": self.error or None}
 
 
 def host_us_per_call(fn: Callable[[], object], calls: int, device: torch.device) -> float:
@@ -590,6 +703,7 @@ def measure_host_overhead(backends: Sequence[str], device: torch.device, calls: 
             runner = PROVIDERS[backend].runner(x, weight, bias, dy, variant, residual, dh)
             entry.us_no_grad = host_us_per_call(runner.step("fwd"), calls, device)
             entry.us_grad = host_us_per_call(runner.forward_tracking_grad, calls, device)
+            entry.us_fwdbwd = host_us_per_call(runner.step("fwdbwd"), max(1, calls // 4), device)
         except Exception as error:  # noqa: BLE001
             entry.error = error_text(error)
         overheads.append(entry)
@@ -645,8 +759,10 @@ def format_mode_table(mode: str, cases: Sequence[Case], backends: Sequence[str],
 
 def format_host_table(overheads: Sequence[HostOverhead]) -> str:
     fmt = lambda us, entry: f"{us:.1f}" if us is not None else ("fails" if entry.error else "N/A")  # noqa: E731
-    body = [[PROVIDERS[o.backend].title, fmt(o.us_no_grad, o), fmt(o.us_grad, o)] for o in overheads]
-    return render_table(["Backend", "no_grad (µs/call)", "inputs require grad (µs/call)"], ["l", "r", "r"], body)
+    body = [[PROVIDERS[o.backend].title, fmt(o.us_no_grad, o), fmt(o.us_grad, o), fmt(o.us_fwdbwd, o)]
+            for o in overheads]
+    return render_table(["Backend", "no_grad (µs/call)", "inputs require grad (µs/call)", "fwd+bwd step (µs)"],
+                        ["l", "r", "r", "r"], body)
 
 
 def variant_lines(variant: Variant) -> list[str]:
@@ -715,7 +831,7 @@ def report_text(cases, modes, backends, results, overheads, host_calls, on_gpu, 
         shape = f"{HOST_CASE.rows}×{HOST_CASE.hidden} {dtype_name(HOST_CASE.dtype)} +bias"
         sections.append(
             f"### Host dispatch overhead (CPU µs per forward call, {shape}, {host_calls} calls back to back without "
-            f"sync, after warm-up){suffix}\n\n{format_host_table(overheads)}"
+            f"sync, after warm-up; the fwd+bwd step: {max(1, host_calls // 4)} steps){suffix}\n\n{format_host_table(overheads)}"
         )
     mismatches = [r for r in results if r.mismatch]
     if mismatches:
@@ -756,6 +872,7 @@ def results_document(environment, timer, repeats, results, overheads, unavailabl
         "format": JSON_FORMAT,
         "environment": environment,
         "timing": timer.describe(),
+        "host_hidden": timer.on_gpu and timer.hide_host,
         "repeats": repeats,
         "variant": variant.to_json(),
         "bytes_model": ("fwd 2*M*N*s, fwdbwd 5*M*N*s, bwd 3*M*N*s (s = element size)" if not variant.same_bytes_sol
@@ -935,7 +1052,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     on_gpu = device.type == "cuda"
     environment = environment_info(device, sys.argv[1:] if argv is None else argv)
 
-    baseline_records = None
+    baseline_records, baseline_hid_host = None, False
     if args.check is not None:
         given = [flag for flag, value in (("--shapes", args.shapes), ("--mode", args.mode), ("--dtype", args.dtype),
                                           ("--bias/--no-bias", args.bias), ("--op", args.op),
@@ -948,6 +1065,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ValueError as error:
             parser.error(str(error))
         baseline_records = baseline["results"]
+        baseline_hid_host = bool(baseline.get("host_hidden", False))
         if args.backends:
             baseline_records = [r for r in baseline_records if r["backend"] in args.backends]
         cases, modes, requested = baseline_plan(baseline_records)
@@ -972,7 +1090,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     repeats = args.repeats or (3 if checking else 1)
     host_calls = args.host_calls or (GPU_HOST_CALLS if on_gpu else CPU_HOST_CALLS)
     measure_host = args.host_overhead if args.host_overhead is not None else not checking
-    timer = Timer(on_gpu, args.warmup_ms, args.rep_ms)
+    hide_host = args.hide_host if args.hide_host is not None else (baseline_hid_host if checking else True)
+    timer = Timer(on_gpu, args.warmup_ms, args.rep_ms, hide_host)
 
     print("\n".join(header_lines(environment, timer, repeats, unavailable, variant)) + "\n", flush=True)
     if not backends:

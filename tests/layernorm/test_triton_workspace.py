@@ -1,0 +1,56 @@
+"""The Triton backward's dw/db workspace (issue 8): at most one fp32 partial row of N per SM for every default
+config, whatever M, and correct results when two programs share a partial row."""
+
+import itertools
+
+import pytest
+import torch
+
+from vibe_kernels.layernorm.reference import layernorm_bwd_ref
+
+_triton = pytest.importorskip("vibe_kernels.layernorm._triton")
+
+SIZES = [1, 7, 64, 256, 257, 512, 1000, 1024, 2048, 4096, 5000, 8192, 8200, 16384, 32768, 65536, 131072, 262144]
+ROWS = [1, 3, 128, 1000, 4096, 32768, 1 << 20]
+
+
+@pytest.mark.parametrize("sms", [4, 114, 132])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_default_configs_keep_one_partial_row_per_sm(dtype, sms):
+    for hidden, rows in itertools.product(SIZES, ROWS):
+        cfg = _triton.bwd_config(hidden, dtype)
+        plan = _triton.bwd_plan(rows, hidden, cfg, sms)
+        where = f"N={hidden} M={rows} {dtype} on {sms} SMs ({cfg})"
+        assert 1 <= plan.partial_rows <= sms, f"{where}: {plan.partial_rows} partial rows"
+        if not cfg.chunked:
+            programs = plan.grid[0]
+            # Shared rows take exactly two atomic adds at most (what keeps them deterministic).
+            assert programs <= (2 if plan.shared_partials else 1) * plan.partial_rows, where
+            assert plan.shared_partials == (programs > sms), where
+
+
+def test_a_tuned_config_with_more_programs_per_sm_still_shares_rows_by_two_at_most():
+    plan = _triton.bwd_plan(32768, 1024, _triton.BwdConfig(2, 1024, 4, False, 4), 132)
+    assert plan.grid == (528,) and plan.shared_partials and plan.partial_rows == 264
+
+
+@pytest.mark.parametrize("hidden", [256, 1024, 5000])
+def test_shared_partial_rows_give_the_reference_gradients(hidden, device):
+    rows = 97
+    gen = torch.Generator().manual_seed(hidden)
+    x = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.float16)
+    dy = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.float16)
+    weight = torch.randn(hidden, generator=gen).to(device)
+    mean = x.float().mean(1)
+    rstd = torch.rsqrt(x.float().var(1, unbiased=False) + 1e-5)
+    cfg = _triton.BwdConfig(1, _triton._next_power_of_2(hidden), 4, False, 2)
+    plan = _triton.bwd_plan(rows, hidden, cfg, _triton._program_slots(x.device), shrink_rows=False)
+    assert plan.shared_partials  # 2 programs per SM: the shared-row path runs
+    dx = torch.full_like(x, float("nan"))
+    dweight = torch.full_like(weight, float("nan"))
+    dbias = torch.full_like(weight, float("nan"))
+    _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config=cfg)
+    want_dx, want_dw, want_db = layernorm_bwd_ref(dy, x, weight, mean, rstd)
+    torch.testing.assert_close(dweight, want_dw.float(), rtol=1e-4, atol=1e-3 * rows ** 0.5)
+    torch.testing.assert_close(dbias, want_db.float(), rtol=1e-4, atol=1e-3 * rows ** 0.5)
+    torch.testing.assert_close(dx.float(), want_dx.float(), rtol=4e-3, atol=4e-3)
