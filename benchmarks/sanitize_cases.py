@@ -101,23 +101,28 @@ def triton_ladder_ns() -> tuple[list[int], list[int]]:
 
 
 def cutedsl_bucket_ns() -> tuple[list[int], list[int]]:
-    """(2-byte Ns, fp32 Ns): for each config bucket (threads per row, cluster size) of the forward and the backward,
-    the smallest power-of-two N that lands in it, plus N = 2 and 4 (vector widths 2 and 4) and odd Ns (vector
-    width 1: 7, 769, 5000, 100003 (prime, clustered))."""
+    """(2-byte Ns, fp32 Ns): for each config bucket (threads per row, cluster size, and for the backward whether w
+    and dw/db live in shared memory) of the forward and the backward,
+    the smallest N that lands in it, among powers of two and then their neighbours and 3 * 2^k (ragged N that
+    shrink a cluster), plus N = 2 and 4 (vector widths 2 and 4) and odd Ns (vector width 1: 7, 769, 5000, 100003
+    (prime, clustered))."""
     from vibe_kernels.layernorm._cutedsl import config
 
+    powers = [1 << k for k in range(config.MAX_N.bit_length())]
+    neighbours = sorted({m for p in powers for m in (p + 1, p - 1, 3 * p) if 1 <= m} - set(powers))
     result = []
     for elem in (2, 4):
         ns = {2, 4, 7, 769, 5000, 100003}
         for make in (config.fwd_config, config.bwd_config):
             seen = set()
-            for k in range(config.MAX_N.bit_length()):
-                n = 1 << k
+            for n in powers + neighbours:
                 if n > config.MAX_N:
-                    break
-                t = make(n, elem, contiguous_vec(n, elem)).tiling
-                if (t.threads_per_row, t.cluster_n) not in seen:
-                    seen.add((t.threads_per_row, t.cluster_n))
+                    continue
+                made = make(n, elem, contiguous_vec(n, elem))
+                bucket = (made.tiling.threads_per_row, made.tiling.cluster_n,
+                          getattr(made, "column_state_in_smem", False))
+                if bucket not in seen:
+                    seen.add(bucket)
                     ns.add(n)
         result.append(sorted(ns))
     return result[0], result[1]
@@ -250,8 +255,7 @@ def loop_rows(case: Case, device) -> int:
 
         elem = ELEM_BYTES[case.dtype]
         cfg = config.bwd_config(case.hidden, elem, contiguous_vec(case.hidden, elem))
-        clusters = max(1, sms * cfg.ctas_per_sm // cfg.tiling.cluster_n)
-        capacity = clusters * cfg.tiling.rows_per_cta
+        capacity = cfg.max_partial_rows(sms) * cfg.tiling.rows_per_cta
     return capacity + capacity // 2 + 3
 
 

@@ -190,3 +190,99 @@ def test_tvm_ffi_variants_compile():
     bwd_cfg = cfg.bwd_config(65536, 2, 8)
     bwd = launch.compile_bwd(cutlass.BFloat16, 65536, cutlass.Float32, True, True, 8, bwd_cfg, ARCH, tvm_ffi=True)
     assert bwd is not None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward: registers, shared-memory column state, workspace bound
+# ----------------------------------------------------------------------------------------------------------------
+
+REGISTERS_PER_SM = 65536
+H100_SMS = 132
+
+
+def _ptxas_usage(ptx: str) -> dict:
+    """ptxas -v of the PTX for sm_90a (skips when ptxas is not on PATH)."""
+    import shutil
+
+    if shutil.which("ptxas") is None:
+        pytest.skip("ptxas (CUDA toolkit) is not on PATH: register/spill usage cannot be checked")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from cutedsl_bwd_probe import ptxas_usage
+
+    return ptxas_usage(ptx)
+
+
+WIDE_BWD = [(n, d, w, want) for n in (131072, 262144) for d in ("bf16", "fp16", "fp32")
+            for w, want in (("fp32", True), ("same", True), ("none", False))] + [(65536, "bf16", "fp32", True)]
+
+
+@pytest.mark.parametrize("case", WIDE_BWD, ids=_id)
+def test_wide_backward_does_not_spill(case):
+    """Rows too wide for the register budget even over 16 CTAs keep w and dw/db in shared memory (conflict-free
+    16-byte slots); the kernel then fits one 512-thread CTA per SM without local memory."""
+    hidden, dtype_name, weight_name, want = case
+    elem = ELEM_BYTES[dtype_name]
+    weight = {"fp32": cutlass.Float32, "same": DTYPES[dtype_name], "none": None}[weight_name]
+    vec = _aligned_vec(hidden, dtype_name)
+    config = cfg.bwd_config(hidden, elem, vec)
+    t = config.tiling
+    over_budget = t.vec * t.vecs_per_thread * elem > 32
+    assert config.column_state_in_smem == over_budget
+    ptx = launch.compile_bwd(DTYPES[dtype_name], hidden, weight, want, want, vec, config, ARCH, keep_ptx=True).__ptx__
+    if config.column_state_in_smem and (want or weight is not None):
+        # w and the accumulators go through 128-bit shared-memory accesses.
+        assert _count(ptx, r"ld\.shared\.v4\.(b32|f32)") >= t.vecs_per_thread
+        assert _count(ptx, r"st\.shared\.v4\.(b32|f32)") >= t.vecs_per_thread
+    usage = _ptxas_usage(ptx)
+    assert usage["spill_stores"] == 0 and usage["spill_loads"] == 0 and usage["stack"] == 0, usage
+    assert usage["registers"] * t.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
+
+
+@pytest.mark.parametrize("hidden", [256, 1024, 4096, 8192, 16384, 32768])
+def test_backward_registers_fit_the_config(hidden):
+    """The default backward configs run ctas_per_sm CTAs of num_threads per SM: their registers must allow it."""
+    config = cfg.bwd_config(hidden, 2, 8)
+    ptx = launch.compile_bwd(cutlass.BFloat16, hidden, cutlass.Float32, True, True, 8, config, ARCH,
+                             keep_ptx=True).__ptx__
+    usage = _ptxas_usage(ptx)
+    assert usage["spill_stores"] == 0 and usage["stack"] == 0, usage
+    assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
+
+
+def _bound_ns() -> list[int]:
+    ns = {1, 2, 3, 5, 7, 111, 769, 1128, 5000, 100003, cfg.MAX_N}
+    for k in range(cfg.MAX_N.bit_length()):
+        ns |= {1 << k, (1 << k) + 1, (1 << k) - 1, 3 << k}
+    ns |= set(range(1, cfg.MAX_N + 1, 997))
+    return sorted(n for n in ns if 1 <= n <= cfg.MAX_N)
+
+
+@pytest.mark.parametrize("elem_bytes", [2, 4])
+def test_backward_workspace_bound_for_every_config(elem_bytes):
+    """Issue 8's bound: the fp32 dw/db partials of a default backward config take at most SMs x N x 8 bytes
+    (one partial row per SM), for any M, every vector width and N from 1 to MAX_N."""
+    for hidden in _bound_ns():
+        for vec in (1, 2, 4, 8):
+            if vec * elem_bytes > 16 or hidden % vec:
+                continue
+            config = cfg.bwd_config(hidden, elem_bytes, vec)
+            for sms in (1, 16, 114, H100_SMS):
+                assert config.max_partial_rows(sms) * hidden * 8 <= sms * hidden * 8, (hidden, vec, sms, config)
+                for rows in (1, 7, 1 << 20):
+                    assert config.partial_rows(sms, rows) <= config.max_partial_rows(sms)
+            assert config.smem_bytes() <= cfg.BWD_SMEM_BUDGET
+
+
+def test_launcher_grid_stays_within_the_bound(monkeypatch):
+    """The launcher's grid (= partial rows) comes from the config, capped by the clusters the GPU holds at once."""
+    monkeypatch.setattr(launch, "_sm_count", lambda index: H100_SMS)
+    for resident in (None, 7, 100):
+        monkeypatch.setattr(launch, "_resident_clusters", lambda index, cluster_n, r=resident: r)
+        for hidden in (256, 4096, 8192, 65536, 262144):
+            config = cfg.bwd_config(hidden, 2, 8)
+            for rows in (1, 5, 32768):
+                clusters = launch.bwd_grid_clusters(config, rows, 0)
+                assert 1 <= clusters <= H100_SMS // config.tiling.cluster_n
+                assert clusters <= -(-rows // config.tiling.rows_per_cta)
+                if resident and config.tiling.cluster_n > 1:
+                    assert clusters <= resident * config.ctas_per_sm

@@ -7,6 +7,8 @@ for the Triton and CuTeDSL backends.
 * Workspace: the peak memory of a backward beyond its own outputs (dx, dw, db) stays within the per-SM dw/db
   partials the backend's config asks for -- (partial rows per SM) x SMs x N x 8 bytes (fp32 dw and db) -- plus
   O(M) (the chunked backward's two per-row fp32 coefficients) and a small constant; and it does not grow with M.
+  For CuTeDSL the partial rows per SM are 1: the bound SMs x N x 8 bytes itself, checked on the grid its launcher
+  computes (tests/layernorm/test_cutedsl_compile.py checks the configs for every N without a GPU).
 * No growth: 10,000 calls (forward, every other one with a backward, M cycling over 1..7) leave
   ``torch.cuda.memory_allocated``, the number of gc-tracked Python objects and every compile/launch cache size
   where they were after warm-up.
@@ -97,16 +99,21 @@ def test_forward_and_backward_bitwise_deterministic(backend, rows, hidden, dtype
 
 
 def _partial_rows_per_sm(backend: str, hidden: int, dtype: torch.dtype) -> float:
-    """How many fp32 dw/db partial rows per SM the backward's config allocates at most."""
+    """How many fp32 dw/db partial rows per SM the backward's config allocates at most (CuTeDSL: one, the bound)."""
     if backend == "triton":
         from vibe_kernels.layernorm import _triton
 
         return _triton.bwd_config(hidden, dtype).programs_per_sm
-    from vibe_kernels.layernorm._cutedsl import config
+    return 1.0
+
+
+def _cutedsl_partial_bytes(hidden: int, dtype: torch.dtype, rows: int) -> int:
+    """fp32 dw + db partial bytes of the grid the CuTeDSL launcher computes from the config it picks at M = rows."""
+    from vibe_kernels.layernorm._cutedsl import config, launch
 
     elem = torch.empty((), dtype=dtype).element_size()
-    cfg = config.bwd_config(hidden, elem, 16 // elem)  # aligned inputs: the widest vector
-    return cfg.ctas_per_sm / cfg.tiling.cluster_n
+    cfg = config.bwd_config(hidden, elem, 16 // elem)  # aligned inputs: the widest vector, as the launcher picks
+    return launch.bwd_grid_clusters(cfg, rows, torch.cuda.current_device()) * hidden * 8
 
 
 def _backward_workspace(backend, rows, hidden, dtype) -> int:
@@ -132,6 +139,10 @@ def test_backward_workspace_is_per_sm_partials_plus_o_of_m(backend, hidden, rows
     dtype = torch.bfloat16
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
     per_sm = _partial_rows_per_sm(backend, hidden, dtype)
+    if backend == "cutedsl":
+        for m in (rows, 4 * rows, 1 << 20):
+            partials = _cutedsl_partial_bytes(hidden, dtype, m)
+            assert partials <= sms * hidden * 8, f"CuTeDSL dw/db partials {partials} B > SMs x N x 8 B at M={m}"
     small = _backward_workspace(backend, rows, hidden, dtype)
     large = _backward_workspace(backend, 4 * rows, hidden, dtype)
     slack = (1 << 20) + 2 * hidden * 4  # allocator rounding, a reduction temporary of N fp32

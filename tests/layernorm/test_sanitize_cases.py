@@ -113,13 +113,15 @@ def _contig_vec(hidden, elem):
 
 
 def _buckets(make, hidden, elem):
-    t = make(hidden, elem, _contig_vec(hidden, elem)).tiling
-    return t.threads_per_row, t.cluster_n
+    config = make(hidden, elem, _contig_vec(hidden, elem))
+    t = config.tiling
+    return t.threads_per_row, t.cluster_n, getattr(config, "column_state_in_smem", False)
 
 
 def _all_buckets(make, elem):
-    """Every (threads per row, cluster size) that some N <= MAX_N lands in (the tiling changes only at powers of
-    two of the vector count, so powers of two, their neighbours and 3 * 2^k find them all)."""
+    """Every (threads per row, cluster size, backward column state in smem) that some N <= MAX_N lands in (the
+    tiling changes only at powers of two of the vector count, so powers of two, their neighbours and 3 * 2^k find
+    them all)."""
     ns = set()
     for k in range(cute_config.MAX_N.bit_length()):
         ns |= {1 << k, (1 << k) + 1, max(1, (1 << k) - 1), 3 << k}

@@ -44,6 +44,10 @@ class RowTiling:
     rows_per_cta: int
     cluster_n: int
 
+    def __post_init__(self):
+        if self.threads_per_row > 32 and self.rows_per_cta > 15:
+            raise ValueError(f"{self}: multi-warp rows synchronize on named barriers 1..rows_per_cta (at most 15)")
+
     @property
     def num_threads(self) -> int:
         return self.rows_per_cta * self.threads_per_row
@@ -65,10 +69,36 @@ class FwdConfig:
 
 @dataclass(frozen=True)
 class BwdConfig:
-    """ctas_per_sm: the persistent grid's occupancy target (the grid is ctas_per_sm * SMs / cluster_n clusters)."""
+    """ctas_per_sm: the persistent grid's occupancy target (the grid is ctas_per_sm * SMs / cluster_n clusters, each
+    writing one fp32 dw and one db partial row).
+
+    column_state_in_smem: the per-column state a CTA keeps across its rows -- the weight and the fp32 dw/db
+    accumulators -- lives in shared memory (each thread its own slots) instead of registers, leaving the registers
+    to x and dy. For rows too wide to spread over the register budget even with a 16-CTA cluster.
+    """
 
     tiling: RowTiling
     ctas_per_sm: int
+    column_state_in_smem: bool = False
+
+    def max_partial_rows(self, num_sms: int) -> int:
+        """Partial rows (each N fp32 for dw and N for db) the launcher allocates at most, whatever M is."""
+        return max(1, num_sms * self.ctas_per_sm // self.tiling.cluster_n)
+
+    def partial_rows(self, num_sms: int, rows: int) -> int:
+        """Partial rows for M = ``rows``: one per cluster of the persistent grid, never more clusters than row tiles."""
+        return min(_ceil_div(rows, self.tiling.rows_per_cta), self.max_partial_rows(num_sms))
+
+    def smem_bytes(self, weight_bytes: int = 4) -> int:
+        """Shared memory of the column state (0 in registers): dw and db accumulators and the weight, per CTA."""
+        if not self.column_state_in_smem:
+            return 0
+        t = self.tiling
+        return t.num_threads * t.vec * t.vecs_per_thread * (2 * 4 + weight_bytes)
+
+
+# What the backward's column state may use (Hopper: 227 KB per CTA; the rest is left to the reduction buffers).
+BWD_SMEM_BUDGET = 200 * 1024
 
 
 def _row_tiling(hidden: int, vec: int, bytes_per_thread: int, elem_bytes: int, max_cta_threads: int,
@@ -107,14 +137,30 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
 
 
 def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int = 32,
-               max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MIN_CTA_THREADS,
-               ctas_per_sm: int | None = None) -> BwdConfig:
+               max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MAX_CTA_THREADS,
+               ctas_per_sm: int | None = None, column_state_in_smem: bool | None = None) -> BwdConfig:
     """Backward holds x, dy, w and two fp32 accumulators per element: half the forward's bytes per thread.
 
-    >>> bwd_config(8192, 2, 8).tiling
-    RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1)
+    One 512-thread CTA per SM (several rows per CTA when a row needs fewer threads), so the grid has one dw/db
+    partial row per SM at most (one per cluster: SMs / cluster_n for wide rows), the workspace bound
+    SMs x N x 8 bytes. A thread needs ~120-128 registers here, so 512 threads is what an SM holds anyway.
+    Where a thread must hold more than ``bytes_per_thread`` of x (rows wider than 16 CTAs x 512 threads x
+    ``bytes_per_thread``, and some ragged N whose cluster had to shrink), w and dw/db move to shared memory, if
+    they fit in ``BWD_SMEM_BUDGET``.
+
+    >>> bwd_config(8192, 2, 8)
+    BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
+ctas_per_sm=1, column_state_in_smem=False)
+    >>> bwd_config(1024, 2, 8).tiling
+    RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
+    >>> bwd_config(262144, 2, 8)
+    BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16), \
+ctas_per_sm=1, column_state_in_smem=True)
     """
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
     if ctas_per_sm is None:
-        ctas_per_sm = max(1, 1024 // tiling.num_threads)
-    return BwdConfig(tiling, ctas_per_sm)
+        ctas_per_sm = 1
+    if column_state_in_smem is None:
+        over_budget = tiling.vecs_per_thread * vec * elem_bytes > bytes_per_thread
+        column_state_in_smem = over_budget and BwdConfig(tiling, ctas_per_sm, True).smem_bytes() <= BWD_SMEM_BUDGET
+    return BwdConfig(tiling, ctas_per_sm, column_state_in_smem)

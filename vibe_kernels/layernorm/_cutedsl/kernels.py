@@ -59,6 +59,40 @@ def _zero_outside(frag: cute.Tensor, pred: cute.Tensor) -> None:
                 cute.autovec_copy(zeros, frag[(None, v), None, k])
 
 
+def _thread_slots(smem: cutlass.memory.SmemAllocator, dtype, tiling: RowTiling) -> cute.Tensor:
+    """Shared memory holding one register fragment (vecs_per_thread vectors of ``vec``) for every thread of the CTA.
+
+    Thread t's values are interleaved with its neighbours' in 16-byte units (unit u of thread t at
+    ``(u * num_threads + t) * 16`` bytes), so a warp's 16-byte accesses cover consecutive banks: conflict-free,
+    where a copy of the row's own layout (32 bytes a thread for 8 fp32) would take two wavefronts per quarter warp."""
+    size = tiling.num_threads * tiling.vec * tiling.vecs_per_thread
+    return smem.allocate_tensor(dtype, cute.make_layout(size), byte_alignment=16)
+
+
+@cute.jit
+def _slots_of(slots: cute.Tensor, thread, tiling: cutlass.Constexpr) -> cute.Tensor:
+    """Thread ``thread``'s view of ``slots``: the shape of a row fragment ((vec, 1), 1, vecs_per_thread), with the
+    same element order, so a fragment's values load/store through ``_load_slots``/``_store_slots``."""
+    unit = const_expr(min(tiling.vec, 128 // slots.element_type.width))
+    per_vec = const_expr(tiling.vec // unit)
+    nt = const_expr(tiling.num_threads)
+    layout = cute.make_layout(((unit, per_vec), 1, tiling.vecs_per_thread),
+                              stride=((1, nt * unit), 0, per_vec * nt * unit))
+    offset = cute.assume(thread * unit, divby=unit)
+    return cute.make_tensor(slots.iterator + offset, layout)
+
+
+@cute.jit
+def _load_slots(view: cute.Tensor, like: cute.Tensor):
+    """The values of a thread's slot view, shaped like the fragment ``like``."""
+    return view.load().reshape(like.shape)
+
+
+@cute.jit
+def _store_slots(view: cute.Tensor, value) -> None:
+    view.store(value.reshape(view.shape))
+
+
 class _RowKernel:
     """What the forward and backward share: the row tiling, shared-memory reduction buffers, cluster setup."""
 
@@ -245,13 +279,15 @@ class LayerNormBwd(_RowKernel):
     and db = sum dy over the CTA's rows.
 
     A persistent grid of ``num_clusters`` CTA groups strides over row tiles, so each CTA accumulates dw/db for many
-    rows in registers and writes them once: dw_partial[cluster, :], reduced over clusters by a second pass.
+    rows (in registers, or in shared memory with ``config.column_state_in_smem``, which also keeps w there) and
+    writes them once: dw_partial[cluster, :], reduced over clusters by a second pass.
     The two row sums share one reduction pass; its buffers and cluster mbarriers alternate between two slots
     by iteration parity, so a CTA that runs ahead never overwrites a slot its peers are still reading.
     """
 
     def __init__(self, dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, config: BwdConfig):
         super().__init__(dtype, hidden, config.tiling, num_stages=2)
+        self.column_state_in_smem = config.column_state_in_smem
         self.weight_dtype = weight_dtype
         self.want_dw = want_dw
         self.want_db = want_db
@@ -342,7 +378,10 @@ class LayerNormBwd(_RowKernel):
         atom = _copy_atom(self.dtype, t.vec)
         copy_row = partial(cute.copy, atom, pred=pred)
 
+        in_smem = const_expr(self.column_state_in_smem)
+        tXgX0 = thr_copy.partition_S(cute.local_tile(mX, tiler, (0, rank)))
         tXrW = None
+        sW = None
         if const_expr(mW is not None):
             tXgW = thr_copy.partition_S(cute.local_tile(mW, tiler, (0, rank)))
             tXrW = cute.make_rmem_tensor_like(tXgW)
@@ -350,15 +389,33 @@ class LayerNormBwd(_RowKernel):
                 # Out-of-row lanes of w must be finite: g = dy * w feeds the row sums (dy is 0 there).
                 tXrW.fill(0.0)
             cute.copy(_copy_atom(mW.element_type, t.vec), tXgW, tXrW, pred=pred)
+            if const_expr(in_smem):
+                sW = _slots_of(_thread_slots(smem, mW.element_type, t), tidx, t)
+                _store_slots(sW, tXrW.load())
 
-        tXgX0 = thr_copy.partition_S(cute.local_tile(mX, tiler, (0, rank)))
+        # dw/db accumulators: register fragments, or this thread's slots in shared memory.
+        tXrDW = None
+        tXrDB = None
+        slots_dw = None
+        slots_db = None
+        if const_expr(self.want_dw):
+            if const_expr(in_smem):
+                slots_dw = _thread_slots(smem, Float32, t)
+                _store_slots(_slots_of(slots_dw, tidx, t), cute.full(tXgX0.shape, 0.0, Float32))
+            else:
+                tXrDW = cute.make_rmem_tensor_like(tXgX0, Float32)
+                tXrDW.fill(0.0)
+        if const_expr(self.want_db):
+            if const_expr(in_smem):
+                slots_db = _thread_slots(smem, Float32, t)
+                _store_slots(_slots_of(slots_db, tidx, t), cute.full(tXgX0.shape, 0.0, Float32))
+            else:
+                tXrDB = cute.make_rmem_tensor_like(tXgX0, Float32)
+                tXrDB.fill(0.0)
+
         tXrX = cute.make_rmem_tensor_like(tXgX0)
         tXrDY = cute.make_rmem_tensor_like(tXgX0)
         tXrDX = cute.make_rmem_tensor_like(tXgX0)
-        tXrDW = cute.make_rmem_tensor_like(tXgX0, Float32)
-        tXrDB = cute.make_rmem_tensor_like(tXgX0, Float32)
-        tXrDW.fill(0.0)
-        tXrDB.fill(0.0)
 
         if const_expr(t.cluster_n > 1):
             cute.arch.cluster_wait()
@@ -388,7 +445,21 @@ class LayerNormBwd(_RowKernel):
             xhat = (x - mean) * rstd
             g = dy
             if const_expr(mW is not None):
-                g = dy * tXrW.load().to(Float32)
+                w = _load_slots(sW, tXrX) if const_expr(in_smem) else tXrW.load()
+                g = dy * w.to(Float32)
+            # dw/db first: dy is then dead before the reduction, which only needs g and xhat.
+            if const_expr(self.want_dw):
+                if const_expr(in_smem):
+                    acc = _slots_of(slots_dw, tidx, t)
+                    _store_slots(acc, _load_slots(acc, tXrX) + dy * xhat)
+                else:
+                    tXrDW.store(tXrDW.load() + dy * xhat)
+            if const_expr(self.want_db):
+                if const_expr(in_smem):
+                    acc = _slots_of(slots_db, tidx, t)
+                    _store_slots(acc, _load_slots(acc, tXrX) + dy)
+                else:
+                    tXrDB.store(tXrDB.load() + dy)
             sum_gx, sum_g = row_sum(
                 (
                     (g * xhat).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),
@@ -405,35 +476,37 @@ class LayerNormBwd(_RowKernel):
             tXrDX.store(dx.to(self.dtype))
             if row < num_rows:
                 copy_row(tXrDX, tXgDX)
-            if const_expr(self.want_dw):
-                tXrDW.store(tXrDW.load() + dy * xhat)
-            if const_expr(self.want_db):
-                tXrDB.store(tXrDB.load() + dy)
 
         if const_expr(self.want_dw):
-            self._store_partial(tXrDW, mDWp, thr_copy, tiled_copy, tiler, bidx, rank, pred, smem)
+            self._store_partial(tXrDW, slots_dw, tXgX0, mDWp, thr_copy, tiler, bidx, rank, pred, smem)
         if const_expr(self.want_db):
-            self._store_partial(tXrDB, mDBp, thr_copy, tiled_copy, tiler, bidx, rank, pred, smem)
+            self._store_partial(tXrDB, slots_db, tXgX0, mDBp, thr_copy, tiler, bidx, rank, pred, smem)
 
     @cute.jit
-    def _store_partial(self, acc, mPartial, thr_copy, tiled_copy, tiler, bidx, rank, pred, smem):
-        """Sums the CTA's thread rows of ``acc`` (through shared memory when there are several) and writes the
-        result as this cluster's partial row."""
+    def _store_partial(self, acc, slots, like, mPartial, thr_copy, tiler, bidx, rank, pred, smem):
+        """Sums the CTA's thread rows of an accumulator and writes the result as this cluster's partial row.
+
+        ``acc``: the accumulator fragment in registers, or None when it is in shared memory (``slots``, every
+        thread's accumulator). Several thread rows are summed through shared memory by the first row's threads."""
         t = self.tiling
         tidx, _, _ = cute.arch.thread_idx()
         gP = cute.local_tile(mPartial[bidx, None, None], tiler, (0, rank))
         tXgP = thr_copy.partition_D(gP)
         store = partial(cute.copy, _copy_atom(Float32, t.vec), pred=pred)
+        total = cute.make_rmem_tensor_like(like, Float32)
         if const_expr(t.rows_per_cta > 1):
-            sAcc = smem.allocate_tensor(Float32, cute.make_ordered_layout(tiler, order=(1, 0)), byte_alignment=16)
-            cute.autovec_copy(acc, thr_copy.partition_D(sAcc))
+            if const_expr(acc is not None):
+                slots = _thread_slots(smem, Float32, t)
+                _store_slots(_slots_of(slots, tidx, t), acc.load())
             cute.arch.barrier()
             if tidx < t.threads_per_row:
-                acc.fill(0.0)
+                total.fill(0.0)
                 for r in cutlass.range(t.rows_per_cta, unroll=4):
-                    part = cute.make_rmem_tensor_like(acc)
-                    cute.autovec_copy(tiled_copy.get_slice(tidx + r * t.threads_per_row).partition_D(sAcc), part)
-                    acc.store(acc.load() + part.load())
-                store(acc, tXgP)
+                    total.store(total.load() + _load_slots(_slots_of(slots, tidx + r * t.threads_per_row, t), like))
+                store(total, tXgP)
         else:
-            store(acc, tXgP)
+            if const_expr(acc is not None):
+                store(acc, tXgP)
+            else:
+                total.store(_load_slots(_slots_of(slots, tidx, t), like))
+                store(total, tXgP)

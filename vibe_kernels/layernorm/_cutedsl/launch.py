@@ -298,6 +298,32 @@ def _run(compile_fn, compile_args: tuple, tvm_args: tuple, ptr_args, device: tor
         compiled(*ptr_args(), cuda.CUstream(stream))
 
 
+@functools.lru_cache(maxsize=64)
+def _resident_clusters(device_index: int, cluster_n: int) -> int | None:
+    """How many clusters of ``cluster_n`` one-CTA-per-SM CTAs (all of an SM's shared memory each) the GPU runs at
+    once (cuOccupancyMaxActiveClusters), or None if the driver cannot say. A 16-CTA cluster needs 16 SMs of one
+    GPC, so an H100's 132 SMs hold fewer than 132 / 16 of them."""
+    try:
+        from cutlass.utils import HardwareInfo
+
+        with torch.cuda.device(device_index), _lock:  # the query compiles a placeholder kernel
+            return int(HardwareInfo(device_index).get_max_active_clusters(cluster_n))
+    except Exception as exc:  # noqa: BLE001 - an occupancy query must not break the call
+        warnings.warn(f"CuTeDSL layernorm: cluster occupancy query failed ({exc!r}); assuming SMs / cluster size")
+        return None
+
+
+def bwd_grid_clusters(config: BwdConfig, rows: int, device_index: int) -> int:
+    """Clusters of the backward's persistent grid (= fp32 dw/db partial rows): the config's count for this M, and
+    never more than ctas_per_sm waves of the clusters the GPU holds at once, so every wave is full."""
+    num_clusters = config.partial_rows(_sm_count(device_index), rows)
+    if config.tiling.cluster_n > 1:
+        resident = _resident_clusters(device_index, config.tiling.cluster_n)
+        if resident:
+            num_clusters = min(num_clusters, resident * config.ctas_per_sm)
+    return max(1, num_clusters)
+
+
 def _check_config(config, vec: int):
     if vec % config.tiling.vec:
         raise ValueError(f"config.tiling.vec={config.tiling.vec} must divide the alignment's vector width {vec}")
@@ -338,11 +364,8 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
         config = bwd_config(hidden, elem, vec)
     _check_config(config, vec)
     vec = config.tiling.vec
-    t = config.tiling
-    num_tiles = -(-rows // t.rows_per_cta)
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    max_clusters = max(1, _sm_count(index) * config.ctas_per_sm // t.cluster_n)
-    num_clusters = min(num_tiles, max_clusters)
+    num_clusters = bwd_grid_clusters(config, rows, index)
     want_dw, want_db = dweight is not None, dbias is not None
     dw_partial = torch.empty((num_clusters, hidden), dtype=torch.float32, device=x.device) if want_dw else None
     db_partial = torch.empty((num_clusters, hidden), dtype=torch.float32, device=x.device) if want_db else None

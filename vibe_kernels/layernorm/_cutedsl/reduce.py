@@ -2,7 +2,8 @@
 (distributed shared memory, completion tracked by an mbarrier's transaction count).
 
 A reduction buffer is an fp32 shared-memory tensor of shape (rows_per_cta, warps_per_row * cluster_n); slot
-[r, rank * warps_per_row + w] holds warp w's partial for row r from the CTA of cluster rank ``rank``. Several values
+[r, rank * warps_per_row + w] holds warp w's partial for row r from the CTA of cluster rank ``rank``. The warps of
+one row synchronize among themselves (a named barrier per row), never with the CTA's other rows. Several values
 (the backward's two sums) share one pass: one barrier / one mbarrier wait for all of them.
 """
 
@@ -62,7 +63,13 @@ def row_sum(
         if lane == 0:
             for i in cutlass.range_constexpr(len(values)):
                 buffers[i][row_in_cta, warp_in_row] = partials[i]
-        cute.arch.barrier()
+        rows = const_expr(cute.size(buffers[0], mode=[0]))
+        if const_expr(rows == 1):
+            cute.arch.barrier()
+        else:
+            # One named barrier per row (ids 1..rows; 0 is the CTA-wide one): the rows of a CTA do not wait for each
+            # other, so one row's loads overlap another's reduction as they would in separate CTAs.
+            cute.arch.barrier(barrier_id=1 + row_in_cta, number_of_threads=warps_per_row * 32)
     else:
         rank = cute.arch.block_idx_in_cluster()
         if warp == 0:

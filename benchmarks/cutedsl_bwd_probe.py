@@ -1,0 +1,191 @@
+"""CuTeDSL LayerNorm backward: the previous default configs ("old") against the current ones ("new").
+
+    python benchmarks/cutedsl_bwd_probe.py            # on the H100: check, then time (under 3 minutes)
+    python benchmarks/cutedsl_bwd_probe.py --ptxas    # anywhere (no GPU): ptxas -v registers / spills per config
+
+old: 128..512-thread CTAs, ctas_per_sm = 1024 // threads (up to 8 CTAs, so up to 8 dw/db partial rows, per SM),
+     w and the dw/db accumulators in registers (N = 262144 then spills: 704-byte stack frame).
+new: one 512-thread CTA per SM (several rows per CTA for N < 8192 bf16), so at most one partial row per SM (one
+     per cluster for clustered rows); w and dw/db in shared memory where a thread holds more than 32 bytes of x
+     (N = 262144 bf16, N >= 131072 fp32).
+Both run through the current kernel and launcher: the launcher caps a clustered grid at ctas_per_sm waves of the
+clusters the GPU holds at once (cuOccupancyMaxActiveClusters), for the old config as well.
+
+Per shape and config: ms (triton do_bench median, L2 flushed), % of a same-size torch.add(x, dy, out=dx), the max
+abs error of dx / dw / db against the fp32 reference (vibe_kernels/layernorm/reference.py) on the first rows,
+checked before timing, and the dw/db workspace (partial rows x N x 8 bytes, measured peak in brackets) against
+the bound SMs x N x 8 bytes. The last lines are a compact table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from vibe_kernels.layernorm._cutedsl import config as cfg  # noqa: E402
+
+SHAPES = [(32768, 256, "bf16"), (32768, 1024, "bf16"), (32768, 4096, "bf16"), (32768, 8192, "bf16"),
+          (32768, 16384, "bf16"), (16384, 131072, "bf16"), (8192, 262144, "bf16"), (8192, 8192, "fp32")]
+ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def old_bwd_config(hidden: int, elem_bytes: int, vec: int) -> cfg.BwdConfig:
+    """The backward config before the workspace bound: CTAs of at least 128 threads, 1024 threads' worth of CTAs
+    per SM, everything in registers."""
+    tiling = cfg.bwd_config(hidden, elem_bytes, vec, min_cta_threads=cfg.MIN_CTA_THREADS,
+                            column_state_in_smem=False).tiling
+    return cfg.BwdConfig(tiling, max(1, 1024 // tiling.num_threads), column_state_in_smem=False)
+
+
+def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
+    vec = 16 // elem_bytes  # contiguous, 16-byte-aligned tensors
+    return {"old": old_bwd_config(hidden, elem_bytes, vec), "new": cfg.bwd_config(hidden, elem_bytes, vec)}
+
+
+def describe(c: cfg.BwdConfig) -> str:
+    t = c.tiling
+    return (f"{t.num_threads}thr {t.rows_per_cta}row x{t.cluster_n}cl {c.ctas_per_sm}cta/SM "
+            f"{'smem' if c.column_state_in_smem else 'regs'}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ptxas (no GPU needed)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def ptxas_usage(ptx: str) -> dict:
+    """Registers, stack frame and spill bytes of the PTX's kernel for sm_90a, from ``ptxas -v``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run(["ptxas", "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True, text=True)
+    text = proc.stdout + proc.stderr
+    if proc.returncode:
+        raise RuntimeError(text)
+    regs = re.search(r"Used (\d+) registers", text)
+    frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    return {"registers": int(regs.group(1)), "stack": int(frame.group(1)), "spill_stores": int(frame.group(2)),
+            "spill_loads": int(frame.group(3))}
+
+
+def ptxas_report() -> None:
+    import cutlass
+
+    from vibe_kernels.layernorm._cutedsl import launch
+
+    dtypes = {"bf16": cutlass.BFloat16, "fp16": cutlass.Float16, "fp32": cutlass.Float32}
+    cases = [(n, "bf16", "fp32", True) for n in (256, 1024, 4096, 8192, 16384, 32768)]
+    for n in (65536, 131072, 262144):
+        for dtype in ("bf16", "fp16", "fp32"):
+            cases += [(n, dtype, "fp32", True), (n, dtype, "bf16", True), (n, dtype, None, False)]
+    print(f"{'N':>7} {'dtype':5} {'w':5} {'dw/db':5} | {'old config':32} {'regs':>4} {'stack':>5} {'spill':>9} | "
+          f"{'new config':32} {'regs':>4} {'stack':>5} {'spill':>9}")
+    for n, dtype, weight, want in cases:
+        line = f"{n:>7} {dtype:5} {str(weight):5} {str(want):5}"
+        for c in configs(n, ELEM_BYTES[dtype]).values():
+            wdt = dtypes[weight] if weight else None
+            ptx = launch.compile_bwd(dtypes[dtype], n, wdt, want, want, c.tiling.vec, c, "sm_90a",
+                                     keep_ptx=True).__ptx__
+            u = ptxas_usage(ptx)
+            line += (f" | {describe(c):32} {u['registers']:>4} {u['stack']:>5} "
+                     f"{u['spill_stores']:>4}/{u['spill_loads']:<4}")
+        print(line, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GPU
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def gpu_probe() -> None:
+    import torch
+    from triton.testing import do_bench
+
+    from vibe_kernels.layernorm._cutedsl import launch
+    from vibe_kernels.layernorm.reference import layernorm_bwd_ref, layernorm_mean_ref, layernorm_rstd_ref
+
+    torch_dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    device = torch.device("cuda")
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    print(f"device: {torch.cuda.get_device_name()} ({sms} SMs)  torch {torch.__version__}", flush=True)
+    start = time.perf_counter()
+    table = []
+
+    def bench(fn) -> float:
+        return do_bench(fn, warmup=10, rep=60, return_mode="median")
+
+    for rows, hidden, dtype_name in SHAPES:
+        dtype = torch_dtypes[dtype_name]
+        gen = torch.Generator(device=device).manual_seed(rows + hidden)
+        x = torch.randn(rows, hidden, device=device, dtype=dtype, generator=gen)
+        dy = torch.randn(rows, hidden, device=device, dtype=dtype, generator=gen)
+        weight = 1 + 0.5 * torch.randn(hidden, device=device, generator=gen)
+        dx = torch.empty_like(x)
+        dw = torch.empty(hidden, device=device)
+        db = torch.empty(hidden, device=device)
+        chunk = max(1, (1 << 28) // (hidden * 4))  # fp32 statistics in 1 GiB slices
+        mean = torch.cat([layernorm_mean_ref(x[i:i + chunk]) for i in range(0, rows, chunk)])
+        rstd = torch.cat([layernorm_rstd_ref(x[i:i + chunk], 1e-5) for i in range(0, rows, chunk)])
+        t_add = bench(lambda: torch.add(x, dy, out=dx))
+        bound = sms * hidden * 8
+        for name, c in configs(hidden, x.element_size()).items():
+            # Check on the first rows: enough for several persistent iterations and a ragged last tile.
+            check = min(rows, max(64, 3 * c.max_partial_rows(sms) * c.tiling.rows_per_cta + 5))
+            ref_dx, ref_dw, ref_db = layernorm_bwd_ref(dy[:check], x[:check], weight, mean[:check], rstd[:check])
+            launch.layernorm_bwd(dy[:check], x[:check], weight, mean[:check], rstd[:check], dx[:check], dw, db,
+                                 config=c)
+            err = max(float((dx[:check].float() - ref_dx.float()).abs().max()),
+                      float((dw - ref_dw).abs().max() / max(1.0, float(ref_dw.abs().max()))),
+                      float((db - ref_db).abs().max() / max(1.0, float(ref_db.abs().max()))))
+            del ref_dx, ref_dw, ref_db
+
+            def run(c=c):
+                launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=c)
+
+            run()
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            run()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - base
+            workspace = launch.bwd_grid_clusters(c, rows, device.index or 0) * hidden * 8
+            ms = bench(run)
+            ok = err < (0.1 if dtype != torch.float32 else 1e-3)
+            line = (f"{rows}x{hidden} {dtype_name} {name:3} [{describe(c)}]: {ms:.4f} ms, "
+                    f"{100 * t_add / ms:.0f}% of add ({t_add:.4f} ms), max err {err:.2e}{'' if ok else ' WRONG'}, "
+                    f"workspace {workspace / 2**20:.2f} MiB (peak {peak / 2**20:.2f}) vs bound {bound / 2**20:.2f} "
+                    f"MiB{'' if workspace <= bound else ' OVER'}")
+            print(line, flush=True)
+            table.append((f"{rows}x{hidden} {dtype_name}", name, ms, 100 * t_add / ms, err, ok, workspace / bound))
+        del x, dy, dx, mean, rstd
+        torch.cuda.empty_cache()
+    print(f"\n[{time.perf_counter() - start:.0f} s]  workspace = partial rows x N x 8 B, as a multiple of "
+          "SMs x N x 8 B")
+    print(f"{'shape':22} {'cfg':4} {'ms':>9} {'%add':>5} {'max err':>9} {'ws/bound':>8}")
+    for shape, name, ms, pct, err, ok, ratio in table:
+        print(f"{shape:22} {name:4} {ms:9.4f} {pct:5.0f} {err:9.2e}{'' if ok else '!'} {ratio:8.2f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ptxas", action="store_true", help="compile only; print ptxas -v usage per config")
+    args = parser.parse_args()
+    if args.ptxas:
+        os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+        ptxas_report()
+    else:
+        gpu_probe()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
