@@ -98,22 +98,19 @@ def test_forward_and_backward_bitwise_deterministic(backend, rows, hidden, dtype
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _partial_rows_per_sm(backend: str, hidden: int, dtype: torch.dtype) -> float:
-    """How many fp32 dw/db partial rows per SM the backward's config allocates at most (CuTeDSL: one, the bound)."""
+def _partial_bytes(backend: str, hidden: int, dtype: torch.dtype, rows: int) -> int:
+    """fp32 dw + db partial bytes of the plan the backend's launcher computes from the config it picks at M = rows."""
+    index = torch.cuda.current_device()
     if backend == "triton":
         from vibe_kernels.layernorm import _triton
 
-        return _triton.bwd_config(hidden, dtype).programs_per_sm
-    return 1.0
-
-
-def _cutedsl_partial_bytes(hidden: int, dtype: torch.dtype, rows: int) -> int:
-    """fp32 dw + db partial bytes of the grid the CuTeDSL launcher computes from the config it picks at M = rows."""
+        plan = _triton.bwd_plan(rows, hidden, _triton.bwd_config(hidden, dtype), _triton._num_sms(index))
+        return plan.partial_rows * hidden * 8
     from vibe_kernels.layernorm._cutedsl import config, launch
 
     elem = torch.empty((), dtype=dtype).element_size()
     cfg = config.bwd_config(hidden, elem, 16 // elem)  # aligned inputs: the widest vector, as the launcher picks
-    return launch.bwd_grid_clusters(cfg, rows, torch.cuda.current_device()) * hidden * 8
+    return launch.bwd_grid_clusters(cfg, rows, index) * hidden * 8
 
 
 def _backward_workspace(backend, rows, hidden, dtype) -> int:
@@ -133,25 +130,23 @@ def _backward_workspace(backend, rows, hidden, dtype) -> int:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("hidden, rows", [(4096, 2048), (65536, 64)], ids=["N4096", "N65536"])
+@pytest.mark.parametrize("hidden, rows", [(256, 32768), (1024, 8192), (4096, 2048), (65536, 64)],
+                         ids=["N256", "N1024", "N4096", "N65536"])
 def test_backward_workspace_is_per_sm_partials_plus_o_of_m(backend, hidden, rows):
     _require(backend)
     dtype = torch.bfloat16
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    per_sm = _partial_rows_per_sm(backend, hidden, dtype)
-    if backend == "cutedsl":
-        for m in (rows, 4 * rows, 1 << 20):
-            partials = _cutedsl_partial_bytes(hidden, dtype, m)
-            assert partials <= sms * hidden * 8, f"CuTeDSL dw/db partials {partials} B > SMs x N x 8 B at M={m}"
+    for m in (rows, 4 * rows, 1 << 20):
+        partials = _partial_bytes(backend, hidden, dtype, m)
+        assert partials <= sms * hidden * 8, f"{backend} dw/db partials {partials} B > SMs x N x 8 B at M={m}"
     small = _backward_workspace(backend, rows, hidden, dtype)
     large = _backward_workspace(backend, 4 * rows, hidden, dtype)
     slack = (1 << 20) + 2 * hidden * 4  # allocator rounding, a reduction temporary of N fp32
-    bound_small = per_sm * sms * hidden * 8 + 16 * rows + slack
+    bound_small = sms * hidden * 8 + 16 * rows + slack
     print(f"{backend} N={hidden}: workspace {small / 2**20:.2f} MiB at M={rows}, {large / 2**20:.2f} MiB at "
-          f"M={4 * rows}; SMs x N x 8 = {sms * hidden * 8 / 2**20:.2f} MiB; partial rows per SM {per_sm:g}")
+          f"M={4 * rows}; SMs x N x 8 = {sms * hidden * 8 / 2**20:.2f} MiB")
     assert small <= bound_small, (
-        f"backward workspace {small} B > {per_sm:g} partial rows/SM x {sms} SMs x {hidden} x 8 B + O(M) "
-        f"= {bound_small} B")
+        f"backward workspace {small} B > {sms} SMs x {hidden} x 8 B + O(M) = {bound_small} B")
     assert large - small <= 16 * 3 * rows + slack, (
         f"backward workspace grows with M beyond O(M): {small} B at M={rows}, {large} B at M={4 * rows}")
 
