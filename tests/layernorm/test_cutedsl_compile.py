@@ -209,7 +209,12 @@ def _ptxas_usage(ptx: str) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from cutedsl_bwd_probe import ptxas_usage
 
-    return ptxas_usage(ptx)
+    try:
+        return ptxas_usage(ptx)
+    except RuntimeError as error:
+        if "Unsupported .version" in str(error):  # an older toolkit than the DSL's PTX ISA (the GPU machine's)
+            pytest.skip(f"this ptxas cannot read the DSL's PTX version: {str(error).strip()[-120:]}")
+        raise
 
 
 WIDE_BWD = [(n, d, w, want) for n in (131072, 262144) for d in ("bf16", "fp16", "fp32")

@@ -36,7 +36,8 @@ def test_a_tuned_config_with_more_programs_per_sm_still_shares_rows_by_two_at_mo
 
 @pytest.mark.parametrize("hidden", [256, 1024, 5000])
 def test_shared_partial_rows_give_the_reference_gradients(hidden, device):
-    rows = 97
+    slots = _triton._program_slots(torch.device(device))
+    rows = 3 * slots + 5  # more programs than SMs at 2 programs per SM: the shared-row path
     gen = torch.Generator().manual_seed(hidden)
     x = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.float16)
     dy = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.float16)
@@ -44,7 +45,7 @@ def test_shared_partial_rows_give_the_reference_gradients(hidden, device):
     mean = x.float().mean(1)
     rstd = torch.rsqrt(x.float().var(1, unbiased=False) + 1e-5)
     cfg = _triton.BwdConfig(1, _triton._next_power_of_2(hidden), 4, False, 2)
-    plan = _triton.bwd_plan(rows, hidden, cfg, _triton._program_slots(x.device), shrink_rows=False)
+    plan = _triton.bwd_plan(rows, hidden, cfg, slots, shrink_rows=False)
     assert plan.shared_partials  # 2 programs per SM: the shared-row path runs
     dx = torch.full_like(x, float("nan"))
     dweight = torch.full_like(weight, float("nan"))

@@ -510,15 +510,16 @@ def _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx
 def _store_partials(DW_partial, DB_partial, slot, cols, col_ok, dw_acc, db_acc, N: tl.constexpr,
                     NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, ADD: tl.constexpr):
     """Row ``slot`` of the [rows, N] fp32 partials: the accumulators summed over their rows, stored, or added
-    atomically when ADD (a row shared by two programs)."""
+    atomically when ADD (a row shared by two programs). Relaxed atomics: nothing in this kernel reads the row
+    back (the sum over rows is the next launch), so no ordering fences are needed."""
     if NEED_DW:
         if ADD:
-            tl.atomic_add(DW_partial + slot * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
+            tl.atomic_add(DW_partial + slot * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok, sem="relaxed")
         else:
             tl.store(DW_partial + slot * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
     if NEED_DB:
         if ADD:
-            tl.atomic_add(DB_partial + slot * N + cols, tl.sum(db_acc, axis=0), mask=col_ok)
+            tl.atomic_add(DB_partial + slot * N + cols, tl.sum(db_acc, axis=0), mask=col_ok, sem="relaxed")
         else:
             tl.store(DB_partial + slot * N + cols, tl.sum(db_acc, axis=0), mask=col_ok)
 
