@@ -254,6 +254,19 @@ def test_backward_registers_fit_the_config(hidden):
     assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
 
 
+@pytest.mark.parametrize("hidden", [8192, 16384])
+def test_fp32_clustered_backward_fits_two_ctas_per_sm(hidden):
+    """fp32 rows of 8192/16384 (8 values a thread, a cluster of 2/4) run two CTAs per SM, still one partial row per
+    SM: their registers must allow 1024 threads."""
+    config = cfg.bwd_config(hidden, 4, 4)
+    assert config.ctas_per_sm == 2 and config.max_partial_rows(H100_SMS) <= H100_SMS
+    ptx = launch.compile_bwd(cutlass.Float32, hidden, cutlass.Float32, True, True, 4, config, ARCH,
+                             keep_ptx=True).__ptx__
+    usage = _ptxas_usage(ptx)
+    assert usage["spill_stores"] == 0 and usage["stack"] == 0, usage
+    assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
+
+
 def _bound_ns() -> list[int]:
     ns = {1, 2, 3, 5, 7, 111, 769, 1128, 5000, 100003, cfg.MAX_N}
     for k in range(cfg.MAX_N.bit_length()):

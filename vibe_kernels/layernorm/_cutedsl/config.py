@@ -158,9 +158,19 @@ ctas_per_sm=1, column_state_in_smem=False)
 ctas_per_sm=1, column_state_in_smem=True)
     """
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
-    if ctas_per_sm is None:
-        ctas_per_sm = 1
     if column_state_in_smem is None:
         over_budget = tiling.vecs_per_thread * vec * elem_bytes > bytes_per_thread
-        column_state_in_smem = over_budget and BwdConfig(tiling, ctas_per_sm, True).smem_bytes() <= BWD_SMEM_BUDGET
+        # Only with 16-byte vectors: racecheck reported shared-memory write-write hazards in the one narrower-vector
+        # config that took this path (N = 65537 bf16, 1-element vectors, cluster of 8; 2026-11-25 visit,
+        # benchmarks/results/h100-2026-11-25/sanitize/), cause not yet found; the 16-byte configs were clean.
+        full_vectors = tiling.vec * elem_bytes == 16
+        column_state_in_smem = (over_budget and full_vectors
+                                and BwdConfig(tiling, 1, True).smem_bytes() <= BWD_SMEM_BUDGET)
+    if ctas_per_sm is None:
+        # A cluster of c CTAs writes one partial row, so up to c CTAs per SM stay within one row per SM. Two where
+        # registers allow it: a thread holding 8 values needs ~60 registers (ptxas: 59 at 8192 and 16384 fp32),
+        # 16 values ~120, so two 512-thread CTAs fit only at 8 (8192 fp32, a cluster of 2: 91% of the add
+        # against 83% with one; probe, 2026-11-25). One with the column state in shared memory.
+        fits_two = tiling.vec * tiling.vecs_per_thread <= 8 and not column_state_in_smem
+        ctas_per_sm = min(tiling.cluster_n, 2) if fits_two else 1
     return BwdConfig(tiling, ctas_per_sm, column_state_in_smem)
