@@ -426,15 +426,15 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
     aligned = [r for r in results if r["kernel"] in RESIDENT and r["constexprs"]["N"] >= 256
                and r["constexprs"]["N"] * elem_bytes % 16 == 0 and bytes_per_thread(r) >= 16]
     assert aligned, "no aligned resident variant compiled"
-    if part == "sizes":
-        assert any(r["constexprs"]["N"] == 5000 for r in aligned), "N = 5000 (rows 16-byte aligned) not checked"
-        for r in aligned:
-            if r["constexprs"]["N"] == 5000 and elem_bytes == 2:  # rows of x, dy, out, dx: 16 bytes at a time
-                assert r["constexprs"]["ROW_ALIGN"] == 8
-                # (the backward's b32 loads are its per-row fp32 mean and rstd)
-                narrow = [line for line in r["scalar_loads"]
-                          if ".b16" in line or (".b32" in line and launcher == "fwd")]
-                assert not narrow, f"{r['kernel']} N=5000 {dtype}: rows loaded narrowly {narrow[:3]}"
+    if part == "sizes" and elem_bytes == 2:
+        # N = 5000: rows 16-byte aligned only through the ROW_ALIGN hint, in whichever kernel the config picks.
+        at_5000 = [r for r in results if r["constexprs"].get("N") == 5000 and "ROW_ALIGN" in r["constexprs"]]
+        assert at_5000, "N = 5000 not compiled"
+        for r in at_5000:  # rows of x, dy, out, dx: 16 bytes at a time
+            assert r["constexprs"]["ROW_ALIGN"] == 8
+            # (the backward's b32 loads are its per-row fp32 mean and rstd)
+            narrow = [line for line in r["scalar_loads"] if ".b16" in line or (".b32" in line and launcher == "fwd")]
+            assert not narrow, f"{r['kernel']} N=5000 {dtype}: rows loaded narrowly {narrow[:3]}"
     for r in aligned:
         where = f"{r['kernel']} N={r['constexprs']['N']} {dtype}"
         assert r["v4_loads"] > 0, f"{where}: no 128-bit loads"

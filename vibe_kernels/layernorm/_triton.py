@@ -112,6 +112,12 @@ def _ladder_row(ladder, hidden: int, dtype: torch.dtype):
     raise AssertionError("ladders end with a catch-all row")
 
 
+# fp16/bf16 rows of (4096, 8192] elements stream in chunks instead of the resident tile (tuner, 2026-11-25, H100:
+# 4096x8192 92% / 32768x8192 99% of copy against 86% / 94% for 4 rows x 16 warps; 4095x5000 93% with 1024-element
+# chunks against 80% for the best head + tail tile). fp32 rows of the same bytes keep their ladder entry (not
+# re-measured).
+FWD_STREAMED_16BIT = (4096, 8192)
+
 # Opt-in tuned configs (python -m vibe_kernels.layernorm.tune): {("fwd"|"bwd", hidden, dtype name): config}. They
 # override the ladders for exactly those (N, dtype); loaded by load_tuned_configs() or, at import, from the JSON file
 # named by $VIBE_KERNELS_TRITON_CONFIGS.
@@ -149,17 +155,27 @@ def load_tuned_configs(path: str) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def fwd_config(hidden: int, dtype: torch.dtype) -> FwdConfig:
+def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False) -> FwdConfig:
     """Forward config for rows of ``hidden`` elements of ``dtype``, from the measured ladder.
 
     >>> fwd_config(256, torch.bfloat16)
     FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0)
     >>> fwd_config(5000, torch.float16)
-    FwdConfig(block_m=2, block_n=4096, num_warps=8, chunked=False, tail_n=1024, programs_per_sm=0)
+    FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0)
+    >>> fwd_config(8192, torch.bfloat16)
+    FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0)
     """
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
         return tuned
+    if dtype != torch.float32 and not residual and FWD_STREAMED_16BIT[0] < hidden <= FWD_STREAMED_16BIT[1]:
+        # One row per program in two passes over 4096-element chunks (the second from L1/L2); 1024-element chunks
+        # when 4096-element ones would leave most of the last chunk idle (N = 5000). Not with a residual: both
+        # passes would read x and r (measured resident there, 94-95% at 4096x8192).
+        block_n, num_warps = 4096, 8
+        if -hidden % block_n > block_n // 2:
+            block_n, num_warps = 1024, 4
+        return FwdConfig(block_m=1, block_n=block_n, num_warps=num_warps, chunked=True)
     _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_FWD_LADDER, hidden, dtype)
     padded = _next_power_of_2(hidden)
     if not chunked or padded <= block_n:
@@ -755,8 +771,8 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         raise ValueError("RMSNorm has no mean: pass mean=None")
     if residual is None and residual_out is not None:
         raise ValueError("residual_out needs a residual")
-    cfg = config or fwd_config(hidden, x.dtype)
     has_residual = residual is not None
+    cfg = config or fwd_config(hidden, x.dtype, has_residual)
     flags = dict(
         HAS_W=weight is not None, HAS_B=bias is not None, STORE_MEAN=mean is not None, STORE_RSTD=rstd is not None,
         IS_RMS=bool(rms), HAS_RESIDUAL=has_residual, STORE_RESIDUAL=residual_out is not None,
