@@ -159,3 +159,140 @@ def resolve_backend_traceable(name: str, device: torch.device) -> str:
     compiled graph can change. An unavailable backend raises while compiling (dynamo wraps the error in its
     InternalTorchDynamoError, a RuntimeError, whose message carries ours)."""
     return _resolve_constant(name, device.type, device.index)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RMSNorm, the fused residual and out_dtype (``_norm`` in api.py): one op pair for every feature combination
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("vibe_kernels::norm_fwd", mutates_args=())
+def norm_fwd(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor], eps: float,
+             backend: str, allow_fallback: bool, need_stats: bool, rms: bool, residual_in_fp32: bool,
+             store_residual: bool, out_dtype: Optional[torch.dtype]) -> tuple[Tensor, Tensor, Tensor]:
+    """``api._forward_features`` as an op: (out, h, stats). out (M, N) in out_dtype (None: x's); h (M, N) when a
+    residual is given and ``store_residual``, else an empty (0, N) tensor; stats fp32 [mean; rstd] (2, M), [rstd]
+    (1, M) for RMSNorm, or (0, M) without ``need_stats``."""
+    from .api import _forward_features
+
+    out, h, stats, _ = _forward_features(x, weight, bias, eps, backend, allow_fallback, need_stats, rms, residual,
+                                         residual_in_fp32, store_residual, out_dtype)
+    rows, hidden = x.shape
+    if h is None:
+        h = x.new_empty((0, hidden))
+    if stats is None:
+        stats = x.new_empty((0, rows), dtype=torch.float32)
+    return out, h, stats
+
+
+def _h_dtype(x: Tensor, residual_in_fp32: bool) -> torch.dtype:
+    return torch.float32 if residual_in_fp32 else x.dtype
+
+
+@norm_fwd.register_fake
+def _norm_fwd_fake(x, weight, bias, residual, eps, backend, allow_fallback, need_stats, rms, residual_in_fp32,
+                   store_residual, out_dtype):
+    from .api import check_features, check_inputs
+
+    check_inputs(x, weight, bias, eps)  # eps is a plain float here (see _layernorm_fwd_fake)
+    check_features(x, residual, residual_in_fp32, False, out_dtype)
+    rows, hidden = x.shape
+    h_rows = rows if residual is not None and store_residual else 0
+    return (x.new_empty((rows, hidden), dtype=out_dtype or x.dtype),
+            x.new_empty((h_rows, hidden), dtype=_h_dtype(x, residual_in_fp32)),
+            x.new_empty(((1 if rms else 2) if need_stats else 0, rows), dtype=torch.float32))
+
+
+@torch.library.custom_op("vibe_kernels::norm_bwd", mutates_args=())
+def norm_bwd(dout: Tensor, dh: Optional[Tensor], xin: Tensor, weight: Optional[Tensor], stats: Tensor, backend: str,
+             allow_fallback: bool, rms: bool, need_dx: bool, need_dw: bool, need_db: bool, need_dr: bool,
+             x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype],
+             bias_dtype: Optional[torch.dtype]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``api._feature_grads`` as an op: (grad, dres_in, dweight, dbias), each an empty (0,) tensor when not computed
+    (an op returns tensors, and no two outputs may alias: the caller hands ``grad`` to both x and the residual
+    when their dtypes agree)."""
+    from types import SimpleNamespace
+
+    from .api import _feature_grads, _split_stats
+
+    ctx = SimpleNamespace(backend=backend, rms=rms, x_dtype=x_dtype, residual_dtype=residual_dtype,
+                          bias_dtype=bias_dtype)
+    mean, rstd = _split_stats(stats, rms)
+    grad, dres_in, dweight, dbias = _feature_grads(ctx, dout, dh, (xin, weight, mean, rstd), need_dx, need_dw,
+                                                   need_db, need_dr, allow_fallback)
+    empty = xin.new_empty((0,))
+    return grad, (dres_in if dres_in is not None else empty), (dweight if dweight is not None else empty.clone()), (
+        dbias if dbias is not None else empty.clone())
+
+
+@norm_bwd.register_fake
+def _norm_bwd_fake(dout, dh, xin, weight, stats, backend, allow_fallback, rms, need_dx, need_dw, need_db, need_dr,
+                   x_dtype, residual_dtype, bias_dtype):
+    rows, hidden = xin.shape
+    primary = residual_dtype if (need_dr and not need_dx) else x_dtype
+    two_copies = need_dx and need_dr and residual_dtype != x_dtype
+    return (xin.new_empty((rows, hidden), dtype=primary),
+            xin.new_empty((rows, hidden) if two_copies else (0,), dtype=residual_dtype if two_copies else xin.dtype),
+            xin.new_empty((hidden,) if need_dw else (0,), dtype=weight.dtype if need_dw else xin.dtype),
+            xin.new_empty((hidden,) if need_db else (0,), dtype=bias_dtype if need_db else xin.dtype))
+
+
+def _norm_setup_context(ctx, inputs, output) -> None:
+    (x, weight, bias, residual, _eps, backend, allow_fallback, _need_stats, rms, _in_fp32, _store, _out_dtype) = inputs
+    _out, h, stats = output
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(stats)
+    has_residual = residual is not None
+    ctx.save_for_backward(h if has_residual else x, weight, stats)
+    ctx.backend, ctx.allow_fallback, ctx.rms = backend, allow_fallback, rms
+    ctx.has_weight, ctx.has_bias, ctx.has_residual = weight is not None, bias is not None, has_residual
+    ctx.x_dtype = x.dtype
+    ctx.residual_dtype = residual.dtype if has_residual else None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _norm_backward(ctx, dout, dh, _dstats):
+    nones = (None,) * 8
+    if dout is None and dh is None:
+        return (None, None, None, None) + nones
+    need_dx = ctx.needs_input_grad[0]
+    need_dw = ctx.has_weight and ctx.needs_input_grad[1]
+    need_db = ctx.has_bias and ctx.needs_input_grad[2]
+    need_dr = ctx.has_residual and ctx.needs_input_grad[3]
+    if dh is not None and dh.shape[0] == 0:  # h was not stored (no residual): nothing flows through it
+        dh = None
+    if dout is None:  # only the residual output reached the loss: norm(h) contributes nothing
+        return ((dh.to(ctx.x_dtype) if need_dx else None), None, None,
+                (dh.to(ctx.residual_dtype) if need_dr else None)) + nones
+    xin, weight, stats = ctx.saved_tensors
+    if stats.shape[0] == 0:
+        raise RuntimeError(
+            "vibe_kernels::norm_fwd ran with need_stats=False, so its backward has no statistics; call it with "
+            "need_stats=True when a gradient is needed"
+        )
+    if dh is not None and dh.stride(-1) != 1:
+        dh = dh.contiguous()
+    grad, dres_in, dweight, dbias = norm_bwd(
+        dout, dh, xin, weight, stats, ctx.backend, ctx.allow_fallback, ctx.rms, need_dx, need_dw, need_db, need_dr,
+        ctx.x_dtype, ctx.residual_dtype, ctx.bias_dtype,
+    )
+    dr = (dres_in if dres_in.shape[0] != 0 else grad) if need_dr else None
+    return ((grad if need_dx else None), (dweight if need_dw else None), (dbias if need_db else None), dr) + nones
+
+
+norm_fwd.register_autograd(_norm_backward, setup_context=_norm_setup_context)
+
+
+def compiled_norm(x2d, weight, bias, residual2d, eps: float, backend: str, allow_fallback: bool, need_mean: bool,
+                  need_rstd: bool, rms: bool, residual_in_fp32: bool, return_residual: bool, out_dtype):
+    """``NormFunction.apply`` through the custom ops: (out, h or None, mean or None, rstd or None). Statistics
+    and h are computed when asked for or when a gradient may be needed (the backward reads them)."""
+    need_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x2d, weight, bias, residual2d))
+    has_residual = residual2d is not None
+    out, h, stats = norm_fwd(x2d, weight, bias, residual2d, eps, backend, allow_fallback,
+                             need_mean or need_rstd or need_grad, rms, residual_in_fp32,
+                             has_residual and (return_residual or need_grad), out_dtype)
+    mean = stats[0] if need_mean and not rms else None
+    rstd = stats[-1] if need_rstd else None
+    return out, (h if return_residual else None), mean, rstd

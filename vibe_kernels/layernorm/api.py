@@ -164,21 +164,24 @@ def _forward(x2d, weight, bias, eps, backend, allow_fallback, need_stats):
     return out, mean, rstd, backend
 
 
+def _split_stats(stats, rms: bool):
+    """(mean, rstd) rows of a stats tensor: [mean; rstd] for LayerNorm, [rstd] for RMSNorm (mean None)."""
+    if stats is None:
+        return None, None
+    return (None, stats[0]) if rms else (stats[0], stats[1])
+
+
 def _forward_features(x2d, weight, bias, eps, backend, allow_fallback, need_stats, rms, residual2d,
                       residual_in_fp32, store_residual, out_dtype):
-    """``_forward`` with RMSNorm, the fused residual and the output dtype: (out, h, mean, rstd, backend that ran).
+    """``_forward`` with RMSNorm, the fused residual and the output dtype: (out, h, stats, backend that ran).
     h (the residual output x + residual, fp32 when residual_in_fp32 else x's dtype) is written only when
-    ``store_residual``; mean is None for RMSNorm."""
+    ``store_residual``; stats (fp32, when ``need_stats``) is (2, M) [mean; rstd], or (1, M) [rstd] for RMSNorm
+    (``_split_stats``)."""
     rows, hidden = x2d.shape
     device = x2d.device
     out = torch.empty((rows, hidden), dtype=out_dtype or x2d.dtype, device=device)
-    mean = rstd = None
-    if need_stats:
-        if rms:
-            rstd = torch.empty((rows,), dtype=torch.float32, device=device)
-        else:
-            stats = torch.empty((2, rows), dtype=torch.float32, device=device)
-            mean, rstd = stats[0], stats[1]
+    stats = torch.empty((1 if rms else 2, rows), dtype=torch.float32, device=device) if need_stats else None
+    mean, rstd = _split_stats(stats, rms)
     h = None
     features = {}
     if rms:
@@ -190,7 +193,7 @@ def _forward_features(x2d, weight, bias, eps, backend, allow_fallback, need_stat
         features.update(residual=residual2d, residual_out=h, residual_in_fp32=bool(residual_in_fp32))
     if rows > 0:
         backend = _run_forward(backend, allow_fallback, x2d, weight, bias, eps, out, mean, rstd, **features)
-    return out, h, mean, rstd, backend
+    return out, h, stats, backend
 
 
 def _backward(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr):
@@ -198,15 +201,25 @@ def _backward(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr):
     with a residual), weight, mean, rstd); ``dh``: the gradient of the residual output (or None). dx and the
     residual's gradient are the same values (dh_total = d(norm)/dh + dh): written once, twice only when their
     dtypes differ. Unwanted gradients are None."""
-    xin, weight, mean, rstd = saved
-    rows, hidden = xin.shape
-    device = xin.device
     if dh is not None and dh.stride(-1) != 1:
         dh = dh.contiguous()
     if dout is None:  # only the residual output reached the loss: norm(h) contributes nothing
         dx = dh.to(ctx.x_dtype) if need_dx else None
         dr = dh.to(ctx.residual_dtype) if need_dr else None
         return dx, None, None, dr
+    grad, dres_in, dweight, dbias = _feature_grads(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr, False)
+    dr = (dres_in if dres_in is not None else grad) if need_dr else None
+    return (grad if need_dx else None), dweight, dbias, dr
+
+
+def _feature_grads(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr, allow_fallback):
+    """The backward's kernels for ``_backward`` and the custom op ``vibe_kernels::norm_bwd``: (grad, dres_in,
+    dweight, dbias). ``grad`` is the gradient of the normalized input (+ dh) in x's dtype, or in the residual's
+    when only the residual wants it; ``dres_in`` a copy in the residual's dtype when both want it and the dtypes
+    differ (else None). ctx: backend, rms, x_dtype, residual_dtype, bias_dtype."""
+    xin, weight, mean, rstd = saved
+    rows, hidden = xin.shape
+    device = xin.device
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     # Write the gradient once in the dtype of whoever wants it (x's when both do), plus a copy in the residual's
@@ -225,9 +238,8 @@ def _backward(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr):
         features["dresidual"] = dh
     if dres_in is not None:
         features["dresidual_in"] = dres_in
-    _run_backward(ctx.backend, False, dout, xin, weight, mean, rstd, dx, dweight, dbias, **features)
-    dr = (dres_in if dres_in is not None else dx) if need_dr else None
-    return (dx if need_dx else None), dweight, dbias, dr
+    _run_backward(ctx.backend, allow_fallback, dout, xin, weight, mean, rstd, dx, dweight, dbias, **features)
+    return dx, dres_in, dweight, dbias
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -289,10 +301,11 @@ class NormFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         need_grad = any(ctx.needs_input_grad[:4])
         has_residual = residual2d is not None
-        out, h, mean, rstd, backend = _forward_features(
+        out, h, stats, backend = _forward_features(
             x2d, weight, bias, eps, backend, allow_fallback, need_mean or need_rstd or need_grad, rms, residual2d,
             residual_in_fp32, has_residual and (return_residual or need_grad), out_dtype,
         )
+        mean, rstd = _split_stats(stats, rms)
         ctx.backend = backend
         ctx.rms = rms
         ctx.has_weight = weight is not None
@@ -327,9 +340,16 @@ def _norm(x, weight, bias, eps, return_rstd, return_mean, backend, rms, residual
     (out, [h], [rstd], [mean])."""
     _check_flags(return_rstd=return_rstd, return_mean=return_mean, residual_in_fp32=residual_in_fp32,
                  return_residual=return_residual)
-    check_inputs(x, weight, bias, eps)
+    compiling = torch.compiler.is_compiling()
+    if compiling:  # as in layernorm: checks and backend choice that dynamo traces without a graph break
+        from ._ops import check_inputs_traceable, resolve_backend_traceable
+
+        check_inputs_traceable(x, weight, bias, eps)
+        concrete = resolve_backend_traceable(backend, x.device)
+    else:
+        check_inputs(x, weight, bias, eps)
+        concrete = resolve_backend(backend, x.device)
     check_features(x, residual, residual_in_fp32, return_residual, out_dtype)
-    concrete = resolve_backend(backend, x.device)
     if out_dtype == x.dtype:
         out_dtype = None
     x2d = _rows_view(x)
@@ -337,16 +357,22 @@ def _norm(x, weight, bias, eps, return_rstd, return_mean, backend, rms, residual
     weight = weight.contiguous() if weight is not None and weight.stride(0) != 1 else weight
     bias = bias.contiguous() if bias is not None and bias.stride(0) != 1 else bias
     args = (float(eps), concrete, backend == "auto")
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
+    if compiling:  # torch.compile traces the custom op vibe_kernels::norm_fwd instead of NormFunction
+        from ._ops import compiled_norm
+
+        out, h, mean, rstd = compiled_norm(x2d, weight, bias, residual2d, *args, return_mean, return_rstd, rms,
+                                           bool(residual_in_fp32), bool(return_residual), out_dtype)
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
         out, h, mean, rstd = NormFunction.apply(
             x2d, weight, bias, residual2d, *args, return_mean, return_rstd, rms, bool(residual_in_fp32),
             bool(return_residual), out_dtype,
         )
     else:
-        out, h, mean, rstd, _ = _forward_features(
+        out, h, stats, _ = _forward_features(
             x2d, weight, bias, *args, return_mean or return_rstd, rms, residual2d, residual_in_fp32,
             bool(return_residual), out_dtype,
         )
+        mean, rstd = _split_stats(stats, rms)
     result = [out.view(x.shape)]
     if return_residual:
         result.append(h.view(x.shape))

@@ -73,6 +73,8 @@ def call_on_dlpack(fn: Callable[..., Any], x: Any, weight: Any, bias: Any, **kwa
     """
     to_producer = _importer_for(x)
     x_t = _as_tensor("x", x)
+    if "residual" in kwargs:  # the fused residual's other input may be a DLPack array too
+        kwargs["residual"] = _as_tensor("residual", kwargs["residual"])
     with torch.no_grad():
         result = fn(x_t, _as_tensor("weight", weight), _as_tensor("bias", bias), **kwargs)
     if isinstance(result, tuple):
