@@ -255,23 +255,19 @@ def _norm_backward(ctx, dout, dh, _dstats):
     nones = (None,) * 8
     if dout is None and dh is None:
         return (None, None, None, None) + nones
-    need_dx = ctx.needs_input_grad[0]
-    need_dw = ctx.has_weight and ctx.needs_input_grad[1]
-    need_db = ctx.has_bias and ctx.needs_input_grad[2]
-    need_dr = ctx.has_residual and ctx.needs_input_grad[3]
+    from .api import _grads_through_h_only, _wanted_grads
+
+    need_dx, need_dw, need_db, need_dr = _wanted_grads(ctx)
     if dh is not None and dh.shape[0] == 0:  # h was not stored (no residual): nothing flows through it
         dh = None
-    if dout is None:  # only the residual output reached the loss: norm(h) contributes nothing
-        return ((dh.to(ctx.x_dtype) if need_dx else None), None, None,
-                (dh.to(ctx.residual_dtype) if need_dr else None)) + nones
+    if dout is None:
+        return _grads_through_h_only(ctx, dh, need_dx, need_dr) + nones
     xin, weight, stats = ctx.saved_tensors
     if stats.shape[0] == 0:
         raise RuntimeError(
             "vibe_kernels::norm_fwd ran with need_stats=False, so its backward has no statistics; call it with "
             "need_stats=True when a gradient is needed"
         )
-    if dh is not None and dh.stride(-1) != 1:
-        dh = dh.contiguous()
     grad, dres_in, dweight, dbias = norm_bwd(
         dout, dh, xin, weight, stats, ctx.backend, ctx.allow_fallback, ctx.rms, need_dx, need_dw, need_db, need_dr,
         ctx.x_dtype, ctx.residual_dtype, ctx.bias_dtype,

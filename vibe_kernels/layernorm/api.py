@@ -201,15 +201,23 @@ def _backward(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr):
     with a residual), weight, mean, rstd); ``dh``: the gradient of the residual output (or None). dx and the
     residual's gradient are the same values (dh_total = d(norm)/dh + dh): written once, twice only when their
     dtypes differ. Unwanted gradients are None."""
-    if dh is not None and dh.stride(-1) != 1:
-        dh = dh.contiguous()
-    if dout is None:  # only the residual output reached the loss: norm(h) contributes nothing
-        dx = dh.to(ctx.x_dtype) if need_dx else None
-        dr = dh.to(ctx.residual_dtype) if need_dr else None
-        return dx, None, None, dr
+    if dout is None:
+        return _grads_through_h_only(ctx, dh, need_dx, need_dr)
     grad, dres_in, dweight, dbias = _feature_grads(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr, False)
     dr = (dres_in if dres_in is not None else grad) if need_dr else None
     return (grad if need_dx else None), dweight, dbias, dr
+
+
+def _wanted_grads(ctx):
+    """(need_dx, need_dw, need_db, need_dr) of a feature forward whose inputs start x, weight, bias, residual."""
+    return (ctx.needs_input_grad[0], ctx.has_weight and ctx.needs_input_grad[1],
+            ctx.has_bias and ctx.needs_input_grad[2], ctx.has_residual and ctx.needs_input_grad[3])
+
+
+def _grads_through_h_only(ctx, dh, need_dx, need_dr):
+    """(dx, dweight, dbias, dresidual) when only the residual output h reached the loss: norm(h) contributes
+    nothing, x and the residual get dh."""
+    return (dh.to(ctx.x_dtype) if need_dx else None), None, None, (dh.to(ctx.residual_dtype) if need_dr else None)
 
 
 def _feature_grads(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr, allow_fallback):
@@ -222,6 +230,8 @@ def _feature_grads(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr, all
     device = xin.device
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
+    if dh is not None and dh.stride(-1) != 1:
+        dh = dh.contiguous()
     # Write the gradient once in the dtype of whoever wants it (x's when both do), plus a copy in the residual's
     # dtype only when both want it and the dtypes differ.
     primary_dtype = ctx.residual_dtype if (need_dr and not need_dx) else ctx.x_dtype
@@ -326,10 +336,7 @@ class NormFunction(torch.autograd.Function):
         nones = (None,) * 9
         if dout is None and dh is None:
             return (None, None, None, None) + nones
-        need_dx = ctx.needs_input_grad[0]
-        need_dw = ctx.has_weight and ctx.needs_input_grad[1]
-        need_db = ctx.has_bias and ctx.needs_input_grad[2]
-        need_dr = ctx.has_residual and ctx.needs_input_grad[3]
+        need_dx, need_dw, need_db, need_dr = _wanted_grads(ctx)
         dx, dweight, dbias, dr = _backward(ctx, dout, dh, ctx.saved_tensors, need_dx, need_dw, need_db, need_dr)
         return (dx, dweight, dbias, dr) + nones
 
