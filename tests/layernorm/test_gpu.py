@@ -133,3 +133,33 @@ def test_fast_launch_cache_separates_alignments(check, cuda_gen):
     for x in views.values():
         check.out(layernorm(x, weight, backend="triton"), x, weight, None, 1e-6)
     assert len(_triton._compiled_kernels) == entries
+
+
+@pytest.mark.parametrize("backend", ["triton", "cutedsl"])
+def test_forward_launch_plans_separate_alignments(check, cuda_gen, backend):
+    """The forward launch plans (a call signature -> the compiled kernel, skipping the launcher's set-up): aligned
+    rows, rows 2 bytes off and an odd row stride each get their own plan, and calls that reuse a plan stay right
+    (fresh values every call: an output left over from a launch that did not happen would fail); with fp16 weight
+    and bias instead of fp32 ones, a new plan each again."""
+    if backend == "cutedsl":
+        if not is_cutedsl_layernorm_available():
+            pytest.skip("CuTeDSL not available")
+        from vibe_kernels.layernorm._cutedsl import launch as plans_module
+    else:
+        plans_module = _triton
+    hidden = 1000
+    storage = torch.empty(64 * (hidden + 8) + 8, device="cuda", dtype=torch.float16)
+    views = [
+        storage[: 64 * hidden].view(64, hidden),
+        storage[1 : 1 + 64 * hidden].view(64, hidden),
+        storage[: 63 * (hidden + 1) + hidden].as_strided((64, hidden), (hidden + 1, 1))[:63],
+    ]
+    plans_module._fwd_plans.clear()
+    for dtype in (torch.float32, torch.float16):
+        for x in views:
+            for _ in range(3):
+                storage.copy_(torch.randn(storage.shape, generator=cuda_gen, device="cuda"))
+                weight = torch.randn(hidden, generator=cuda_gen, device="cuda").to(dtype)
+                bias = torch.randn(hidden, generator=cuda_gen, device="cuda").to(dtype)
+                check.out(layernorm(x, weight, bias, backend=backend), x, weight, bias, 1e-6)
+    assert len(plans_module._fwd_plans) == 2 * len(views)

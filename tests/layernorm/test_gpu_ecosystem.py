@@ -11,7 +11,7 @@ import torch
 import torch._dynamo
 import torch._dynamo.testing
 
-from vibe_kernels.layernorm import LayerNorm, is_cutedsl_layernorm_available, layernorm
+from vibe_kernels.layernorm import LayerNorm, is_cutedsl_layernorm_available, layernorm, rmsnorm
 from vibe_kernels.layernorm.interop import call_on_dlpack
 
 pytestmark = pytest.mark.gpu
@@ -132,6 +132,50 @@ def test_inductor_fullgraph_matches_eager_without_recompiling(backend):
         frames_after_first = frames_after_first or counter.frame_count
     assert counter.frame_count == frames_after_first, "a new batch size recompiled"
     assert any("vibe_kernels.layernorm_fwd" in graph.code for graph in counter.graphs)
+
+
+class _PreNormBlock(torch.nn.Module):
+    """A pre-norm residual block on the feature ops: h, normed = rmsnorm(x + r) (h kept in fp32), a Linear on
+    normed, then a LayerNorm writing fp32 out of a bf16 input."""
+
+    def __init__(self, backend):
+        super().__init__()
+        self.backend = backend
+        self.norm_weight = torch.nn.Parameter(1 + 0.1 * torch.randn(256))
+        self.proj = torch.nn.Linear(256, 256)
+        self.out_weight = torch.nn.Parameter(1 + 0.1 * torch.randn(256))
+
+    def forward(self, x, r):
+        normed, h = rmsnorm(x, self.norm_weight, residual=r, residual_in_fp32=True, return_residual=True,
+                            backend=self.backend)
+        y = self.proj(normed.float()).to(torch.bfloat16)
+        return layernorm(y, self.out_weight, out_dtype=torch.float32, backend=self.backend) + h
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_inductor_fullgraph_feature_ops_match_eager(backend):
+    """RMSNorm with the fused residual and a LayerNorm with out_dtype (vibe_kernels::norm_fwd/norm_bwd) under
+    inductor, fullgraph and dynamic batch: values and parameter gradients as eager's, no recompile."""
+    torch.manual_seed(0)
+    eager = _PreNormBlock(backend).cuda()
+    compiled_model = _PreNormBlock(backend).cuda()
+    compiled_model.load_state_dict(eager.state_dict())
+    counter = torch._dynamo.testing.CompileCounterWithBackend("inductor")
+    compiled = torch.compile(compiled_model, backend=counter, fullgraph=True, dynamic=True)
+    frames_after_first = None
+    for batch in (16, 40, 72):
+        x = torch.randn(batch, 256, device="cuda").to(torch.bfloat16)
+        r = torch.randn(batch, 256, device="cuda").to(torch.bfloat16)
+        out_e, out_c = eager(x, r), compiled(x, r)
+        torch.testing.assert_close(out_c, out_e, rtol=2e-2, atol=2e-2)
+        out_e.square().mean().backward()
+        out_c.square().mean().backward()
+        for (name, p_e), p_c in zip(eager.named_parameters(), compiled_model.parameters()):
+            torch.testing.assert_close(p_c.grad, p_e.grad, rtol=2e-2, atol=2e-3, msg=f"grad of {name}")
+            p_e.grad = p_c.grad = None
+        frames_after_first = frames_after_first or counter.frame_count
+    assert counter.frame_count == frames_after_first, "a new batch size recompiled"
+    assert any("vibe_kernels.norm_fwd" in graph.code for graph in counter.graphs)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

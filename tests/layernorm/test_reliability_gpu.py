@@ -164,6 +164,7 @@ def _cache_sizes(backend: str) -> dict:
         from vibe_kernels.layernorm import _triton
 
         sizes["fast_launch"] = len(_triton._compiled_kernels)
+        sizes["fwd_plans"] = len(_triton._fwd_plans)
         sizes["fwd_config"] = _triton.fwd_config.cache_info().currsize
         sizes["bwd_config"] = _triton.bwd_config.cache_info().currsize
         for name in dir(_triton):
@@ -177,6 +178,7 @@ def _cache_sizes(backend: str) -> dict:
         from vibe_kernels.layernorm._cutedsl import launch
 
         sizes["compile_fwd"] = launch.compile_fwd.cache_info().currsize
+        sizes["fwd_plans"] = len(launch._fwd_plans)
         sizes["compile_bwd"] = launch.compile_bwd.cache_info().currsize
     return sizes
 

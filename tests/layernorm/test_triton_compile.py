@@ -204,10 +204,11 @@ def record_launches(module, scenarios):
                 launches.append((self.name, args, kwargs, current))
             return launch
 
-    saved = dict(kernels, _num_sms=module._num_sms)
+    saved = dict(kernels, _num_sms=module._num_sms, _fast_launch_on=module._fast_launch_on)
     for name in kernels:
         setattr(module, name, Recorder(name))
     module._num_sms = lambda device_index: H100_SMS
+    module._fast_launch_on = False  # the recorders stand in for the JIT: no compiled kernel or launch plan to cache
     try:
         with FakeTensorMode():
             for current, sc in enumerate(scenarios):

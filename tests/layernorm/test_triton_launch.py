@@ -66,3 +66,11 @@ def test_interpreted_kernels_take_the_plain_path(monkeypatch):
     _triton._launch(Recorder(), (3,), 4, "x", 7, N=5)
     assert calls == [((3,), ("x", 7), {"num_warps": 4, "N": 5})]
     assert _triton._compiled_kernels == before
+
+
+def test_alignment_bits_mark_given_aligned_tensors():
+    """The forward plan's pointer signature: one bit per tensor, set when given and 16-byte aligned."""
+    aligned, off = _at_offset(0), _at_offset(1)
+    assert _triton._alignment_bits((aligned, off, None, aligned)) == 0b1001
+    assert _triton._alignment_bits((off, aligned)) != _triton._alignment_bits((aligned, off))
+    assert _triton._alignment_bits((aligned, _at_offset(8))) == 0b11

@@ -31,6 +31,13 @@ from triton import knobs as _triton_knobs
 MAX_RESIDENT_FWD = 32768
 MAX_RESIDENT_BWD = 8192
 
+# Forward launch plans (layernorm_fwd): a forward call's signature -> (grid, compiled kernel entry). A repeated
+# call skips the config lookup, the grid arithmetic and ``_launch_key`` (about half the launcher's host time). The
+# signature holds every input of those: the device, M, N, dtypes, which optional tensors are given, the flags, the
+# row strides and each pointer's 16-byte alignment. Bounded: a workload with ever-new M clears it, never grows it.
+_fwd_plans: dict = {}
+MAX_FWD_PLANS = 256
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Configs (data, chosen by heuristics; overridable)
@@ -150,6 +157,7 @@ def load_tuned_configs(path: str) -> int:
         loaded[(entry["kind"], int(entry["hidden"]), entry["dtype"])] = cls(**entry["config"])
     _TUNED.update(loaded)
     fwd_config.cache_clear()
+    _fwd_plans.clear()
     bwd_config.cache_clear()
     return len(loaded)
 
@@ -720,12 +728,18 @@ def _launch_key(kernel_id: int, device_index: int, num_warps: int, args: tuple, 
     return kernel_id, device_index, num_warps, tuple(constexprs), tuple(constexprs.values()), tuple(specs)
 
 
-def _launch(kernel, grid: tuple, num_warps: int, *args, **constexprs) -> None:
+def _profiler_hooks_installed() -> bool:
+    hooks = _triton_knobs.runtime
+    return bool(getattr(hooks.launch_enter_hook, "calls", True) or getattr(hooks.launch_exit_hook, "calls", True))
+
+
+def _launch(kernel, grid: tuple, num_warps: int, *args, **constexprs):
     """``kernel[grid](*args, **constexprs, num_warps=num_warps)`` with the runtime arguments positional (in the
-    kernel's order, before its constexprs) and every constexpr by name."""
+    kernel's order, before its constexprs) and every constexpr by name. Returns the compiled kernel's entry
+    (for ``_run_compiled``) when the fast path has one, else None."""
     if not _fast_launch_on or not isinstance(kernel, triton.runtime.jit.JITFunction):  # interpreter: plain call
         kernel[grid](*args, num_warps=num_warps, **constexprs)
-        return
+        return None
     device_index = torch.cuda.current_device()
     key = _launch_key(id(kernel), device_index, num_warps, args, constexprs)
     entry = _compiled_kernels.get(key)
@@ -740,17 +754,34 @@ def _launch(kernel, grid: tuple, num_warps: int, *args, **constexprs) -> None:
                     # The key fixes every constexpr value: store them once, in the kernel's parameter order.
                     names = [p.name for p in kernel.params if p.is_constexpr]
                     _compiled_kernels[key] = (compiled, tuple(constexprs[name] for name in names))
-                return
-    hooks = _triton_knobs.runtime
-    if getattr(hooks.launch_enter_hook, "calls", True) or getattr(hooks.launch_exit_hook, "calls", True):
+                return _compiled_kernels.get(key)
+    if _profiler_hooks_installed():
         kernel[grid](*args, num_warps=num_warps, **constexprs)  # profiler hooks installed: the JIT path
-        return
+        return entry
+    _run_compiled(entry, grid, device_index, args)
+    return entry
+
+
+def _run_compiled(entry, grid: tuple, device_index: int, args: tuple) -> None:
     compiled, constexpr_values = entry
     stream = triton.runtime.driver.active.get_current_stream(device_index)
     grid_y = grid[1] if len(grid) > 1 else 1
     grid_z = grid[2] if len(grid) > 2 else 1
     compiled.run(grid[0], grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, None, None, None,
                  *args, *constexpr_values)
+
+
+def _alignment_bits(tensors) -> int:
+    """One bit per tensor: set when it is given and its data pointer is 16-byte aligned (Triton's pointer
+    specialization)."""
+    bits = 0
+    for tensor in tensors:
+        bits = (bits << 1) | (tensor is not None and tensor.data_ptr() % 16 == 0)
+    return bits
+
+
+def _dtype_of(tensor):
+    return None if tensor is None else tensor.dtype
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -772,6 +803,19 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
     if residual is None and residual_out is not None:
         raise ValueError("residual_out needs a residual")
     has_residual = residual is not None
+    tensors = (x, out, weight, bias, mean, rstd, residual, residual_out)
+    args = tensors + (x.stride(0), out.stride(0), residual.stride(0) if has_residual else None,
+                      residual_out.stride(0) if residual_out is not None else None, rows, eps)
+    plan_key = None
+    if config is None and _fast_launch_on and x.is_cuda:
+        device_index = torch.cuda.current_device()
+        plan_key = (device_index, rows, hidden, x.dtype, out.dtype, _dtype_of(weight), _dtype_of(bias),
+                    mean is None, rstd is None, _dtype_of(residual), _dtype_of(residual_out), bool(residual_in_fp32),
+                    bool(rms), _alignment_bits(tensors)) + args[8:12]
+        plan = _fwd_plans.get(plan_key)
+        if plan is not None and not _profiler_hooks_installed():
+            _run_compiled(plan[1], plan[0], device_index, args)
+            return
     cfg = config or fwd_config(hidden, x.dtype, has_residual)
     flags = dict(
         HAS_W=weight is not None, HAS_B=bias is not None, STORE_MEAN=mean is not None, STORE_RSTD=rstd is not None,
@@ -779,18 +823,21 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         # Rounding h to fp32 x's dtype is a no-op: one variant for both.
         RESIDUAL_IN_FP32=has_residual and (bool(residual_in_fp32) or x.dtype == torch.float32),
     )
-    args = (x, out, weight, bias, mean, rstd, residual, residual_out, x.stride(0), out.stride(0),
-            residual.stride(0) if has_residual else None,
-            residual_out.stride(0) if residual_out is not None else None, rows, eps)
     flags["ROW_ALIGN"] = _row_align(*args[8:12])
     if cfg.chunked:
         programs = rows if cfg.programs_per_sm == 0 else min(rows, cfg.programs_per_sm * _program_slots(x.device))
-        _launch(_layernorm_fwd_chunked_kernel, (programs,), cfg.num_warps, *args,
-                N=hidden, BLOCK_N=cfg.block_n, **flags)
+        grid = (programs,)
+        entry = _launch(_layernorm_fwd_chunked_kernel, grid, cfg.num_warps, *args,
+                        N=hidden, BLOCK_N=cfg.block_n, **flags)
     else:
         block_m = _rows_per_program(cfg.block_m, rows, _program_slots(x.device)) if config is None else cfg.block_m
-        _launch(_layernorm_fwd_resident_kernel, (_cdiv(rows, block_m),), cfg.num_warps, *args,
-                N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, **flags)
+        grid = (_cdiv(rows, block_m),)
+        entry = _launch(_layernorm_fwd_resident_kernel, grid, cfg.num_warps, *args,
+                        N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, **flags)
+    if plan_key is not None and entry is not None:
+        if len(_fwd_plans) >= MAX_FWD_PLANS:
+            _fwd_plans.clear()
+        _fwd_plans[plan_key] = (grid, entry)
 
 
 def _sum_partials(dw_partial, db_partial, dweight, dbias) -> None:

@@ -14,7 +14,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP32_TINY = torch.finfo(torch.float32).tiny
 
 
-def _check_param(name: str, param: Optional[torch.Tensor], x: torch.Tensor, hidden: int) -> None:
+def _check_param(name: str, param: Optional[torch.Tensor], x: torch.Tensor, hidden: int, device) -> None:
     if param is None:
         return
     if not isinstance(param, torch.Tensor):
@@ -29,8 +29,22 @@ def _check_param(name: str, param: Optional[torch.Tensor], x: torch.Tensor, hidd
         raise ValueError(
             f"{name} must have shape ({hidden},) to match x's last dim, got {tuple(param.shape)}"
         )
-    if param.device != x.device:
-        raise ValueError(f"{name} is on {param.device} but x is on {x.device}; put them on the same device")
+    if param.device != device:
+        raise ValueError(f"{name} is on {param.device} but x is on {device}; put them on the same device")
+
+
+def _check_eps(eps) -> None:
+    if eps.__class__ is float and FP32_TINY <= eps < math.inf:  # the usual case, in one comparison
+        return
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if (isinstance(eps, int) and abs(eps) >= 2**1024) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+    if eps < FP32_TINY:
+        raise ValueError(
+            f"eps={eps} is below float32's smallest normal number ({FP32_TINY}): the kernels add it to the variance "
+            "in float32, where it would vanish (constant rows would give NaN)"
+        )
 
 
 def check_inputs(x, weight, bias, eps) -> None:
@@ -51,17 +65,10 @@ def check_inputs(x, weight, bias, eps) -> None:
             f"x's last dim must be contiguous (stride 1), got stride {x.stride(-1)} for shape {tuple(x.shape)}; "
             "call x.contiguous() first"
         )
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if (isinstance(eps, int) and abs(eps) >= 2**1024) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be a finite number > 0, got {eps}")
-    if eps < FP32_TINY:
-        raise ValueError(
-            f"eps={eps} is below float32's smallest normal number ({FP32_TINY}): the kernels add it to the variance "
-            "in float32, where it would vanish (constant rows would give NaN)"
-        )
-    _check_param("weight", weight, x, hidden)
-    _check_param("bias", bias, x, hidden)
+    _check_eps(eps)
+    device = x.device
+    _check_param("weight", weight, x, hidden, device)
+    _check_param("bias", bias, x, hidden, device)
 
 
 def check_features(x, residual, residual_in_fp32, return_residual, out_dtype) -> None:

@@ -266,6 +266,10 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def _dtype_of(t: torch.Tensor | None):
+    return None if t is None else t.dtype
+
+
 def _cute(t: torch.Tensor | None):
     return None if t is None else _CUTE_DTYPE[t.dtype]
 
@@ -329,28 +333,54 @@ def _check_config(config, vec: int):
         raise ValueError(f"config.tiling.vec={config.tiling.vec} must divide the alignment's vector width {vec}")
 
 
+# Forward launch plans: a forward call's signature -> the bare TVM FFI function, so that a repeated call skips the
+# alignment class, the config and the compile-cache key (a hash of frozen config dataclasses), most of the
+# launcher's host time. The signature holds every input of those: the device, N, dtypes, which stats are stored, the
+# row strides, and each address modulo 16 (x and out together: they share an element size, so their OR decides the
+# same vector width). M is a runtime argument: not in the signature. Bounded like the Triton backend's.
+_fwd_plans: dict = {}
+MAX_FWD_PLANS = 256
+
+
 def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | None = None) -> None:
     rows, hidden = x.shape
+    store_stats = mean is not None
+    if store_stats != (rstd is not None):
+        raise ValueError("mean and rstd must both be given or both be None")
+    x_addr, out_addr = x.data_ptr(), out.data_ptr()
+    w_addr, b_addr = _addr(weight), _addr(bias)
+    tail = (rows, x.stride(0), out.stride(0), float(eps))
+    plan_key = None
+    if config is None and _TVM_FFI:
+        current = torch.cuda.current_device()
+        index = x.device.index
+        if index is None or index == current:
+            plan_key = (current, hidden, x.dtype, out.dtype, _dtype_of(weight), _dtype_of(bias), store_stats,
+                        tail[1], tail[2], (x_addr | out_addr) & 15, (w_addr or 0) & 15, (b_addr or 0) & 15)
+            compiled = _fwd_plans.get(plan_key)
+            if compiled is not None:
+                compiled(x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd), *tail, _raw_stream(current))
+                return
     elem = x.element_size()
-    addresses = [(x.data_ptr(), elem), (out.data_ptr(), elem)]
+    addresses = [(x_addr, elem), (out_addr, elem)]
     addresses += [(t.data_ptr(), t.element_size()) for t in (weight, bias) if t is not None]
     vec = vector_width(elem, hidden, (x.stride(0), out.stride(0)), tuple(addresses))
     if config is None:
         config = fwd_config(hidden, elem, vec)
     _check_config(config, vec)
     vec = config.tiling.vec
-    store_stats = mean is not None
-    if store_stats != (rstd is not None):
-        raise ValueError("mean and rstd must both be given or both be None")
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), _cute(bias), store_stats, vec, config, _arch_of(x.device))
-    tail = (rows, x.stride(0), out.stride(0), float(eps))
     _run(
         compile_fwd, compile_args,
-        (x.data_ptr(), _addr(weight), _addr(bias), out.data_ptr(), _addr(mean), _addr(rstd)) + tail,
+        (x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd)) + tail,
         lambda: (_ptr(x, vec), _ptr(weight, vec), _ptr(bias, vec), _ptr(out, vec), _stat_ptr(mean),
                  _stat_ptr(rstd)) + tail,
         x.device,
     )
+    if plan_key is not None and _TVM_FFI:  # still on TVM FFI: the call did not fall back to the DSL path
+        if len(_fwd_plans) >= MAX_FWD_PLANS:
+            _fwd_plans.clear()
+        _fwd_plans[plan_key] = compile_fwd(*compile_args, tvm_ffi=True)
 
 
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdConfig | None = None) -> None:
