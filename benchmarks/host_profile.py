@@ -65,7 +65,7 @@ if "triton" in backends:
     kern = _triton._layernorm_fwd_resident_kernel
     cfg = _triton.fwd_config(1024, x.dtype)
     flags = dict(HAS_W=True, HAS_B=True, STORE_MEAN=True, STORE_RSTD=True, IS_RMS=False, HAS_RESIDUAL=False,
-                 STORE_RESIDUAL=False, RESIDUAL_IN_FP32=False)
+                 STORE_RESIDUAL=False, RESIDUAL_IN_FP32=False, ROW_ALIGN=16)
     # The launcher's argument order: x, out, w, b, mean, rstd, residual, residual_out, strides (x, out, residual,
     # residual_out), rows, eps.
     args = (x, out, w, b, stats[0], stats[1], None, None, x.stride(0), out.stride(0), None, None, 8, 1e-6)
@@ -74,6 +74,16 @@ if "triton" in backends:
     pieces["_triton._launch"] = lambda: _triton._launch(kern, (2,), cfg.num_warps, *args, **consts)
     pieces["_launch_key"] = lambda: _triton._launch_key(id(kern), 0, cfg.num_warps, args, consts)
     pieces["get_current_stream"] = lambda: _triton.triton.runtime.driver.active.get_current_stream(0)
+if "cutedsl" in backends:
+    from vibe_kernels.layernorm._cutedsl import launch as cute_launch
+
+    cute_launch._fwd_plans.clear()
+    cute_launch.layernorm_fwd(x, w, b, 1e-6, out, stats[0], stats[1])
+    (bare,) = cute_launch._fwd_plans.values()
+    ptrs = (x.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr())
+    stream = cute_launch._raw_stream(0)
+    pieces["cutedsl bare TVM FFI call (ints)"] = lambda: bare(*ptrs, 8, 1024, 1024, 1e-6, stream)
+    pieces["cutedsl _raw_stream"] = lambda: cute_launch._raw_stream(0)
 print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
 for name, fn in pieces.items():
     print(f"{name:42} {per_call(fn):8.2f} us/call", flush=True)

@@ -63,6 +63,7 @@ class Case:
     rows: tuple = (1, 37)  # M values; "loop" = enough rows for every program of the persistent grid to loop
     tier: int = 0
     race: bool = False  # in racecheck's subset
+    race_rows: tuple = (3,)  # the M values racecheck runs (it is slow per CTA)
 
     @property
     def id(self) -> str:
@@ -188,6 +189,13 @@ def build_cases() -> list[Case]:
         loops.append(replace(core[-1], rows=("loop",), tier=1, race=False))
     for n in cute_fp32:
         core.append(Case("cutedsl", n, "fp32", rows=_small_rows(n)))
+    # The forward's affine_after_stats variant: M >= AFFINE_AFTER_STATS_MIN_ROWS and a one-row CTA of <= 256
+    # threads (16-byte vectors; 4097: 1-element vectors).
+    from vibe_kernels.layernorm._cutedsl.config import AFFINE_AFTER_STATS_MIN_ROWS
+
+    for n, dtype in ((4096, "bf16"), (8192, "fp16"), (4097, "bf16"), (4096, "fp32")):
+        rows = (AFFINE_AFTER_STATS_MIN_ROWS + 7,)
+        core.append(Case("cutedsl", n, dtype, grads="none", rows=rows, race=True, race_rows=rows))
 
     variants = []
     for k, base in enumerate(core):
@@ -317,7 +325,7 @@ def run_case(case: Case, device, tool: str) -> list[str]:
     failures = []
     rows_list = case.rows
     if tool == "racecheck":
-        rows_list = (3,)
+        rows_list = case.race_rows
     for rows in rows_list:
         if rows == "loop":
             rows = loop_rows(case, device)

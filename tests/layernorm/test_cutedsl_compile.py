@@ -304,3 +304,46 @@ def test_launcher_grid_stays_within_the_bound(monkeypatch):
                 assert clusters <= -(-rows // config.tiling.rows_per_cta)
                 if resident and config.tiling.cluster_n > 1:
                     assert clusters <= resident * config.ctas_per_sm
+
+
+# The forward's affine_after_stats variant (weight/bias loaded after the row statistics).
+LATE_AFFINE_GRID = [(4096, "bf16", "wb_fp32"), (8192, "fp16", "wb_same"), (4097, "bf16", "w"),
+                    (4096, "fp32", "wb_fp32"), (5000, "fp16", "wb_fp32"), (2048, "fp32", "none")]
+
+
+@pytest.mark.parametrize("case", LATE_AFFINE_GRID, ids=_id)
+def test_forward_with_affine_after_stats_compiles(case):
+    hidden, dtype_name, affine = case
+    weight, bias = _affine_dtypes(dtype_name, affine)
+    vec = _aligned_vec(hidden, dtype_name)
+    config = cfg.fwd_config(hidden, ELEM_BYTES[dtype_name], vec, rows=cfg.AFFINE_AFTER_STATS_MIN_ROWS)
+    assert config.affine_after_stats
+    ptx = launch.compile_fwd(DTYPES[dtype_name], hidden, weight, bias, True, vec, config, ARCH, keep_ptx=True).__ptx__
+    _check_common(ptx, config.tiling, ELEM_BYTES[dtype_name])
+    assert "rsqrt" in ptx
+
+
+@pytest.mark.parametrize("rows, hidden, elem, late", [
+    (1024, 4096, 2, True), (32768, 8192, 2, True), (4096, 4096, 4, True),  # one-row CTAs of 128-256 threads
+    (1023, 8192, 2, False), (128, 4096, 2, False), (None, 8192, 2, False),  # too few rows (or M not given)
+    (32768, 16384, 2, False), (32768, 65536, 2, False),  # a 512-thread CTA; a cluster
+    (32768, 1024, 2, False),  # several rows per CTA
+])
+def test_affine_after_stats_rule(rows, hidden, elem, late):
+    assert cfg.fwd_config(hidden, elem, 16 // elem, rows=rows).affine_after_stats == late
+
+
+def test_affine_after_stats_frees_registers():
+    """What the variant is for: with fp32 weight and bias, ~30 fewer registers a thread (64 or fewer: twice the
+    CTAs per SM)."""
+    import dataclasses
+
+    config = cfg.fwd_config(8192, 2, 8, rows=4096)
+    usage = {}
+    for late in (False, True):
+        variant = dataclasses.replace(config, affine_after_stats=late)
+        ptx = launch.compile_fwd(cutlass.BFloat16, 8192, cutlass.Float32, cutlass.Float32, False, 8, variant, ARCH,
+                                 keep_ptx=True).__ptx__
+        usage[late] = _ptxas_usage(ptx)
+    assert usage[True]["registers"] <= 64 < usage[False]["registers"], usage
+    assert usage[True]["spill_stores"] == 0, usage

@@ -7,6 +7,7 @@ Kernels are in ``kernels.py``, reductions in ``reduce.py``, configs in ``config.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 from .config import MAX_N
@@ -32,6 +33,8 @@ def _check_hidden(hidden: int) -> None:
 
 
 def _refuse_features(rms: bool, residual: bool, out_dtype_differs: bool) -> None:
+    if not (rms or residual or out_dtype_differs):
+        return
     features = [name for name, used in (("RMSNorm", rms), ("the fused residual", residual),
                                         ("an out dtype other than x's", out_dtype_differs)) if used]
     if features:
@@ -39,14 +42,20 @@ def _refuse_features(rms: bool, residual: bool, out_dtype_differs: bool) -> None
                                   "backend; backend='auto' does)")
 
 
+@functools.lru_cache(maxsize=1)
+def _launch_module():
+    """launch.py, imported (with cutlass) on the first call."""
+    from . import launch
+
+    return launch
+
+
 def layernorm_fwd(x, weight, bias, eps: float, out, mean, rstd, *, residual=None, residual_out=None,
                   residual_in_fp32: bool = False, rms: bool = False) -> None:
     """out = (x - mean) * rstd * weight + bias over the rows of x (M, N); mean, rstd (M,) fp32 stored unless None."""
     _check_hidden(x.shape[1])
     _refuse_features(rms, residual is not None, out.dtype != x.dtype)
-    from . import launch
-
-    launch.layernorm_fwd(x, weight, bias, eps, out, mean, rstd)
+    _launch_module().layernorm_fwd(x, weight, bias, eps, out, mean, rstd)
 
 
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, rms: bool = False, dresidual=None,
@@ -55,9 +64,7 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, rms: bool = 
     _check_hidden(x.shape[1])
     _refuse_features(rms, dresidual is not None or dresidual_in is not None,
                      dy.dtype != x.dtype or dx.dtype != x.dtype)
-    from . import launch
-
-    launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)
+    _launch_module().layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)
 
 
 __all__ = ["is_available", "layernorm_fwd", "layernorm_bwd", "MAX_N"]

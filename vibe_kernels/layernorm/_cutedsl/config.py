@@ -64,7 +64,11 @@ class RowTiling:
 
 @dataclass(frozen=True)
 class FwdConfig:
+    """affine_after_stats: load weight and bias after the row statistics instead of before them (fewer registers
+    held across the reductions, their load latency exposed)."""
+
     tiling: RowTiling
+    affine_after_stats: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,9 +126,21 @@ def _row_tiling(hidden: int, vec: int, bytes_per_thread: int, elem_bytes: int, m
     return RowTiling(vec, threads, vecs_per_thread, rows_per_cta, cluster_n)
 
 
-def fwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int = 64,
+# affine_after_stats pays where it doubles the CTAs an SM holds and there are rows enough to fill them: M >= this
+# and a one-row CTA of at most 256 threads (benchmarks/cutedsl_fwd_probe.py, H100, 2026-11-25).
+AFFINE_AFTER_STATS_MIN_ROWS = 1024
+
+
+def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = None, bytes_per_thread: int = 64,
                max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MIN_CTA_THREADS) -> FwdConfig:
     """Forward: 64 bytes of x per thread (32 bf16 / 16 fp32 values), up to 512 threads per CTA, then clusters.
+
+    Weight and bias load after the row statistics (``affine_after_stats``) when ``rows`` >= 1024 and one row
+    takes a whole CTA of at most 256 threads and no cluster: holding fp32 weight and bias across the reductions costs
+    ~30 registers a thread (ptxas: 92-95 instead of 63-64), which halves the CTAs per SM. Measured on the H100
+    (% of a copy, fp32 weight and bias): 4096x8192 83 -> 94%, 4095x5000 78 -> 94%, 32768x4096 91 -> 98%,
+    32768x8192 86 -> 100%; but 512-thread CTAs (N = 16384) and clusters lost 5-15 points (the loads' latency, no
+    longer hidden), as did M = 128 and M = 1 (one wave: occupancy cannot help).
 
     >>> fwd_config(4096, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=128, vecs_per_thread=4, rows_per_cta=1, cluster_n=1)
@@ -133,7 +149,10 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
     >>> fwd_config(256, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=8, vecs_per_thread=4, rows_per_cta=16, cluster_n=1)
     """
-    return FwdConfig(_row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads))
+    tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
+    late = (rows is not None and rows >= AFFINE_AFTER_STATS_MIN_ROWS and tiling.cluster_n == 1
+            and tiling.rows_per_cta == 1 and tiling.num_threads <= 256)
+    return FwdConfig(tiling, affine_after_stats=late)
 
 
 def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int = 32,

@@ -131,6 +131,7 @@ class LayerNormFwd(_RowKernel):
         self.weight_dtype = weight_dtype
         self.bias_dtype = bias_dtype
         self.store_stats = store_stats
+        self.affine_after_stats = config.affine_after_stats
 
     @cute.jit
     def __call__(
@@ -218,17 +219,11 @@ class LayerNormFwd(_RowKernel):
         if row < mX.shape[0]:
             copy_x(tXgX, tXrX)
 
-        # Weight/bias loads are issued before the reductions so their latency hides behind them.
-        tXrW = None
-        if const_expr(mW is not None):
-            tXgW = thr_copy.partition_S(cute.local_tile(mW, tiler, (0, rank)))
-            tXrW = cute.make_rmem_tensor_like(tXgW)
-            cute.copy(_copy_atom(mW.element_type, t.vec), tXgW, tXrW, pred=pred)
-        tXrB = None
-        if const_expr(mB is not None):
-            tXgB = thr_copy.partition_S(cute.local_tile(mB, tiler, (0, rank)))
-            tXrB = cute.make_rmem_tensor_like(tXgB)
-            cute.copy(_copy_atom(mB.element_type, t.vec), tXgB, tXrB, pred=pred)
+        # Weight/bias loads issued before the reductions hide their latency behind them, at the cost of holding them
+        # in registers meanwhile; affine_after_stats loads them after (from L2: every row reads the same ones).
+        affine = None
+        if const_expr(not self.affine_after_stats):
+            affine = self._load_affine(mW, mB, thr_copy, tiler, rank, pred)
 
         if const_expr(t.cluster_n > 1):
             cute.arch.cluster_wait()
@@ -258,6 +253,9 @@ class LayerNormFwd(_RowKernel):
                 mMean[row] = mean
                 mRstd[row] = rstd
 
+        if const_expr(self.affine_after_stats):
+            affine = self._load_affine(mW, mB, thr_copy, tiler, rank, pred)
+        tXrW, tXrB = affine
         y = centered * rstd
         if const_expr(mW is not None):
             y = y * tXrW.load().to(Float32)
@@ -267,6 +265,23 @@ class LayerNormFwd(_RowKernel):
         tXrO.store(y.to(self.dtype))
         if row < mX.shape[0]:
             copy_x(tXrO, tXgO)
+
+
+    @cute.jit
+    def _load_affine(self, mW, mB, thr_copy, tiler: cutlass.Constexpr, rank, pred):
+        """This thread's weight and bias vectors (register fragments; None where not given)."""
+        t = self.tiling
+        tXrW = None
+        if const_expr(mW is not None):
+            tXgW = thr_copy.partition_S(cute.local_tile(mW, tiler, (0, rank)))
+            tXrW = cute.make_rmem_tensor_like(tXgW)
+            cute.copy(_copy_atom(mW.element_type, t.vec), tXgW, tXrW, pred=pred)
+        tXrB = None
+        if const_expr(mB is not None):
+            tXgB = thr_copy.partition_S(cute.local_tile(mB, tiler, (0, rank)))
+            tXrB = cute.make_rmem_tensor_like(tXgB)
+            cute.copy(_copy_atom(mB.element_type, t.vec), tXgB, tXrB, pred=pred)
+        return tXrW, tXrB
 
 
 # ----------------------------------------------------------------------------------------------------------------

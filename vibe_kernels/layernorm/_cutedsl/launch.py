@@ -25,7 +25,7 @@ import torch
 from cutlass import Float32
 from cutlass.cute.runtime import load_module, make_fake_stream, make_ptr
 
-from .config import BwdConfig, FwdConfig, bwd_config, fwd_config
+from .config import AFFINE_AFTER_STATS_MIN_ROWS, BwdConfig, FwdConfig, bwd_config, fwd_config
 from .kernels import LayerNormBwd, LayerNormFwd
 
 _CUTE_DTYPE = {torch.float16: cutlass.Float16, torch.bfloat16: cutlass.BFloat16, torch.float32: cutlass.Float32}
@@ -337,7 +337,8 @@ def _check_config(config, vec: int):
 # alignment class, the config and the compile-cache key (a hash of frozen config dataclasses), most of the
 # launcher's host time. The signature holds every input of those: the device, N, dtypes, which stats are stored, the
 # row strides, and each address modulo 16 (x and out together: they share an element size, so their OR decides the
-# same vector width). M is a runtime argument: not in the signature. Bounded like the Triton backend's.
+# same vector width), and whether M reaches AFFINE_AFTER_STATS_MIN_ROWS (the config depends on it). M itself is a
+# runtime argument. Bounded like the Triton backend's.
 _fwd_plans: dict = {}
 MAX_FWD_PLANS = 256
 
@@ -356,7 +357,8 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
         index = x.device.index
         if index is None or index == current:
             plan_key = (current, hidden, x.dtype, out.dtype, _dtype_of(weight), _dtype_of(bias), store_stats,
-                        tail[1], tail[2], (x_addr | out_addr) & 15, (w_addr or 0) & 15, (b_addr or 0) & 15)
+                        rows >= AFFINE_AFTER_STATS_MIN_ROWS, tail[1], tail[2], (x_addr | out_addr) & 15,
+                        (w_addr or 0) & 15, (b_addr or 0) & 15)
             compiled = _fwd_plans.get(plan_key)
             if compiled is not None:
                 compiled(x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd), *tail, _raw_stream(current))
@@ -366,7 +368,7 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
     addresses += [(t.data_ptr(), t.element_size()) for t in (weight, bias) if t is not None]
     vec = vector_width(elem, hidden, (x.stride(0), out.stride(0)), tuple(addresses))
     if config is None:
-        config = fwd_config(hidden, elem, vec)
+        config = fwd_config(hidden, elem, vec, rows=rows)
     _check_config(config, vec)
     vec = config.tiling.vec
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), _cute(bias), store_stats, vec, config, _arch_of(x.device))

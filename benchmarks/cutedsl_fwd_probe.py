@@ -1,0 +1,78 @@
+"""CuTeDSL forward: config variants side by side on the GPU (ms and % of a same-size copy, one process).
+
+Variants: the default config; weight/bias loaded after the row statistics (``affine_after_stats``: ~64 instead of
+~95 registers a thread with fp32 weight and bias, so twice the CTAs per SM); and that with 32 bytes of x a thread.
+Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
+dispatch hidden behind a spin kernel).
+
+    python benchmarks/cutedsl_fwd_probe.py [--json PATH]
+"""
+import argparse
+import dataclasses
+import json
+
+import torch
+
+from vibe_kernels.layernorm._cutedsl import config as cfg
+from vibe_kernels.layernorm._cutedsl import launch
+from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
+
+SHAPES = [(4096, 8192, torch.float16), (4096, 8192, torch.bfloat16), (4096, 16384, torch.float16),
+          (4096, 4096, torch.float16), (4095, 5000, torch.float16), (8192, 8192, torch.float32),
+          (32768, 256, torch.bfloat16), (32768, 1024, torch.bfloat16), (32768, 4096, torch.bfloat16),
+          (32768, 8192, torch.bfloat16), (32768, 16384, torch.bfloat16), (32768, 32768, torch.bfloat16),
+          (32768, 65536, torch.bfloat16), (16384, 131072, torch.bfloat16), (8192, 262144, torch.bfloat16),
+          (128, 8192, torch.bfloat16), (1, 8192, torch.bfloat16)]
+
+
+def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
+    default = cfg.fwd_config(hidden, elem, vec, rows=rows)
+    late = dataclasses.replace(default, affine_after_stats=True)
+    late32 = dataclasses.replace(cfg.fwd_config(hidden, elem, vec, bytes_per_thread=32), affine_after_stats=True)
+    early = dataclasses.replace(default, affine_after_stats=False)
+    found = {"default": default}
+    for name, config in (("early", early), ("late", late), ("late32", late32)):
+        if config not in found.values():
+            found[name] = config
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    rows_out = []
+    print(f"device: {torch.cuda.get_device_name()}")
+    for rows, hidden, dtype in SHAPES:
+        gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
+        x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)
+        w = 1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)
+        b = 0.1 * torch.randn(hidden, device="cuda", generator=gen)
+        out = torch.empty_like(x)
+        ref = torch.nn.functional.layer_norm(x.float(), (hidden,), w, b, 1e-6)
+        copy_ms = gpu_ms_host_hidden(lambda: out.copy_(x), 25, 100)
+        line = {"rows": rows, "hidden": hidden, "dtype": str(dtype).split(".")[-1], "copy_ms": copy_ms}
+        vec = 16 // x.element_size()
+        for name, config in variants(hidden, x.element_size(), vec, rows).items():
+            try:
+                out.fill_(float("nan"))
+                launch.layernorm_fwd(x, w, b, 1e-6, out, None, None, config=config)
+                err = (out.float() - ref).abs().max().item()
+                ms = gpu_ms_host_hidden(lambda: launch.layernorm_fwd(x, w, b, 1e-6, out, None, None, config=config),
+                                        25, 100)
+                line[name] = {"ms": ms, "pct": 100 * copy_ms / ms, "max_err": err,
+                              "tiling": dataclasses.asdict(config.tiling)}
+            except Exception as exc:  # noqa: BLE001
+                line[name] = {"error": repr(exc)[:200]}
+        rows_out.append(line)
+        cells = "  ".join(f"{k} {v['ms']:.4f} ({v['pct']:.0f}%, err {v['max_err']:.1e})" if "ms" in v else f"{k} ERR"
+                          for k, v in line.items() if isinstance(v, dict))
+        print(f"{rows}x{hidden} {line['dtype']}: copy {copy_ms:.4f}  {cells}", flush=True)
+        del x, out, ref
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": rows_out}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
