@@ -85,11 +85,23 @@ def test_residual_forward_backward(cuda_gen, check, backend, norm, residual_in_f
 @pytest.mark.parametrize("norm", list(NORMS))
 @pytest.mark.parametrize("rows, hidden, dtype", SHAPES, ids=_ids)
 def test_fused_residual_equals_unfused(cuda_gen, norm, rows, hidden, dtype):
+    """h is exactly x + residual; out is the unfused norm(x + residual) bit for bit where both take the same
+    forward kernel, and within one ulp of its terms where they do not (fp16/bf16 rows of 4097-8192 stream in
+    chunks without a residual and stay resident with one: the statistics round differently)."""
     x, residual, weight, bias = _inputs(cuda_gen, rows, hidden, dtype)
     fn = rmsnorm if NORMS[norm] else layernorm
     fused, h = fn(x, weight, bias, residual=residual, return_residual=True, backend="triton")
     assert torch.equal(h, x + residual)
-    assert torch.equal(fused, fn(x + residual, weight, bias, backend="triton"))
+    unfused = fn(x + residual, weight, bias, backend="triton")
+    if _triton.fwd_config(hidden, dtype, True) == _triton.fwd_config(hidden, dtype, False):
+        assert torch.equal(fused, unfused)
+    else:
+        # One ulp of the larger of out and its terms (normalized * weight, bias): where they cancel, a last-bit
+        # difference of the fp32 statistics moves out by more than one ulp of out itself.
+        out32, bias32 = unfused.float(), bias.float()
+        terms = out32.abs() + (out32 - bias32).abs() + bias32.abs()
+        ratio = ((fused.float() - out32).abs() / (torch.finfo(dtype).eps * terms)).nan_to_num(0.0).max().item()
+        assert ratio <= 1.0, f"fused and unfused out differ by {ratio:.2f} ulps of their terms"
 
 
 @pytest.mark.parametrize("x_dtype, out_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),

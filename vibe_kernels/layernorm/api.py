@@ -424,7 +424,8 @@ def layernorm(
 
     residual: (..., N) like x, in x's dtype or float32: the fused pre-norm residual. h = x + residual is normalized
     instead of x, in the same pass; h is summed in fp32 and rounded to x's dtype (exactly the unfused
-    ``layernorm(x + residual)`` in x's dtype), or kept and returned in float32 with ``residual_in_fp32=True``.
+    ``x + residual``; out is the unfused ``layernorm(x + residual)``, to one ulp where the two take different
+    kernels), or kept and returned in float32 with ``residual_in_fp32=True``.
     ``return_residual=True`` also returns h; the gradient flowing into h adds to the one through the norm, and x and
     residual both get that sum.
     out_dtype: write out in another float dtype (float16/bfloat16/float32); the gradient flows back in x's dtype.
