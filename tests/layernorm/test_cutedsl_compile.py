@@ -347,3 +347,69 @@ def test_affine_after_stats_frees_registers():
         usage[late] = _ptxas_usage(ptx)
     assert usage[True]["registers"] <= 64 < usage[False]["registers"], usage
     assert usage[True]["spill_stores"] == 0, usage
+
+
+# RMSNorm and out_dtype (the forward's out, the backward's dy in another float dtype than x).
+FEATURE_GRID = [  # (N, x dtype, out / dy dtype, rms)
+    (4096, "bf16", "bf16", True), (8192, "fp16", "fp32", False), (8192, "bf16", "fp32", True),
+    (4096, "fp32", "bf16", False), (65536, "bf16", "fp32", True), (262144, "bf16", "bf16", True),
+    (5000, "fp16", "fp32", True), (769, "bf16", "fp32", False), (32768, "fp32", "bf16", True),
+]
+
+
+def _feature_vec(hidden: int, x_name: str, out_name: str) -> int:
+    """The launcher's vector width for contiguous aligned tensors: at most 16 bytes of x and of out."""
+    widest = max(ELEM_BYTES[x_name], ELEM_BYTES[out_name])
+    return launch.vector_width(widest, hidden, (hidden,), ((0x7F0000000000, widest),))
+
+
+def _check_out_vectors(ptx: str, tiling: cfg.RowTiling, out_name: str) -> None:
+    if tiling.vec * ELEM_BYTES[out_name] == 16:
+        assert _count(ptx, r"st\.global\.v4\.(b32|f32|u32)") >= tiling.vecs_per_thread
+
+
+@pytest.mark.parametrize("case", FEATURE_GRID, ids=_id)
+def test_feature_forward_compiles(case):
+    hidden, x_name, out_name, rms = case
+    vec = _feature_vec(hidden, x_name, out_name)
+    config = cfg.fwd_config(hidden, ELEM_BYTES[x_name], vec, rows=4096)
+    ptx = launch.compile_fwd(DTYPES[x_name], hidden, cutlass.Float32, None, True, vec, config, ARCH, keep_ptx=True,
+                             out_dtype=DTYPES[out_name], rms=rms).__ptx__
+    assert ".target sm_90a" in ptx and "rsqrt" in ptx
+    _check_out_vectors(ptx, config.tiling, out_name)
+    assert not re.search(r"\b(ld|st)\.local", ptx)
+    if config.tiling.cluster_n > 1:
+        assert "st.async.shared::cluster.mbarrier::complete_tx::bytes" in ptx
+
+
+@pytest.mark.parametrize("case", FEATURE_GRID, ids=_id)
+def test_feature_backward_compiles(case):
+    hidden, x_name, dy_name, rms = case
+    vec = _feature_vec(hidden, x_name, dy_name)
+    config = cfg.bwd_config(hidden, ELEM_BYTES[x_name], vec)
+    ptx = launch.compile_bwd(DTYPES[x_name], hidden, cutlass.Float32, True, True, vec, config, ARCH, keep_ptx=True,
+                             dy_dtype=DTYPES[dy_name], rms=rms).__ptx__
+    assert ".target sm_90a" in ptx
+    if config.tiling.vec * ELEM_BYTES[dy_name] == 16:  # dy comes in as 16-byte vectors
+        assert _count(ptx, r"ld\.global(\.nc)?\.v4\.(b32|f32|u32)") >= config.tiling.vecs_per_thread
+    assert not re.search(r"\b(ld|st)\.local", ptx)
+
+
+@pytest.mark.parametrize("hidden", [1024, 16384])
+def test_rmsnorm_reduces_once(hidden):
+    """RMSNorm's forward sums x^2 only: half the warp shuffles of LayerNorm's two row sums (mean, then variance),
+    and its backward one row sum instead of two."""
+    config = cfg.fwd_config(hidden, 2, 8)
+    shuffles = {}
+    for rms in (False, True):
+        ptx = launch.compile_fwd(cutlass.BFloat16, hidden, None, None, False, 8, config, ARCH, keep_ptx=True,
+                                 rms=rms).__ptx__
+        shuffles[rms] = _count(ptx, r"shfl\.sync\.bfly")
+    assert 0 < shuffles[True] and 2 * shuffles[True] == shuffles[False], shuffles
+    bwd = cfg.bwd_config(hidden, 2, 8)
+    shuffles = {}
+    for rms in (False, True):
+        ptx = launch.compile_bwd(cutlass.BFloat16, hidden, None, False, False, 8, bwd, ARCH, keep_ptx=True,
+                                 rms=rms).__ptx__
+        shuffles[rms] = _count(ptx, r"shfl\.sync\.bfly")
+    assert 0 < shuffles[True] and 2 * shuffles[True] == shuffles[False], shuffles

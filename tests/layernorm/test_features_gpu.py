@@ -1,7 +1,7 @@
 """RMSNorm, the fused residual and out_dtype at realistic shapes on a CUDA GPU (skipped without one): Triton and
-"auto" (CuTeDSL where it has the feature, else the fallback to Triton) forward + backward against the fp64
-reference, launchers with poisoned outputs, fused == unfused bit for bit, and the RMSNorm module against
-torch.nn.RMSNorm."""
+CuTeDSL (RMSNorm and out_dtype) and "auto" (CuTeDSL where it has the feature, else the fallback to Triton) forward +
+backward against the fp64 reference, launchers with poisoned outputs, fused vs unfused, and the RMSNorm module
+against torch.nn.RMSNorm."""
 
 from __future__ import annotations
 
@@ -45,9 +45,15 @@ def _dh_total_check(check, h, weight, bias, dy, dh, rms, grad, what):
     check.within(grad, total, allowed, what)
 
 
-@pytest.mark.parametrize("backend", ["triton", "auto"])
+def _require(backend):
+    if backend == "cutedsl" and not is_cutedsl_layernorm_available():
+        pytest.skip("CuTeDSL backend unavailable (needs nvidia-cutlass-dsl and sm_90+)")
+
+
+@pytest.mark.parametrize("backend", ["triton", "cutedsl", "auto"])
 @pytest.mark.parametrize("rows, hidden, dtype", SHAPES, ids=_ids)
 def test_rmsnorm_forward_backward(cuda_gen, check, backend, rows, hidden, dtype):
+    _require(backend)
     x, _, weight, bias = _inputs(cuda_gen, rows, hidden, dtype, requires_grad=True)
     out, rstd = rmsnorm(x, weight, bias, eps=1e-5, return_rstd=True, backend=backend)
     check.out(out, x, weight, bias, 1e-5, rms=True)
@@ -107,9 +113,10 @@ def test_fused_residual_equals_unfused(cuda_gen, norm, rows, hidden, dtype):
 @pytest.mark.parametrize("x_dtype, out_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),
                                                 (torch.float16, torch.float32)], ids=_ids)
 @pytest.mark.parametrize("norm", list(NORMS))
-@pytest.mark.parametrize("backend", ["triton", "auto"])
+@pytest.mark.parametrize("backend", ["triton", "cutedsl", "auto"])
 @pytest.mark.parametrize("rows, hidden", [(4096, 8192), (4, 65536), (4095, 5000)], ids=str)
 def test_out_dtype(cuda_gen, check, backend, norm, x_dtype, out_dtype, rows, hidden):
+    _require(backend)
     rms = NORMS[norm]
     x, _, weight, bias = _inputs(cuda_gen, rows, hidden, x_dtype, requires_grad=True)
     out = (rmsnorm if rms else layernorm)(x, weight, bias, eps=1e-5, out_dtype=out_dtype, backend=backend)
@@ -146,11 +153,9 @@ def test_cutedsl_refuses_and_auto_falls_back(cuda_gen, check):
     if not is_cutedsl_layernorm_available():
         pytest.skip("CuTeDSL backend unavailable (needs nvidia-cutlass-dsl and sm_90+)")
     x, residual, weight, _ = _inputs(cuda_gen, 256, 4096, torch.bfloat16, requires_grad=True)
-    for kwargs in ({"residual": residual}, {"out_dtype": torch.float32}):
-        with pytest.raises(NotImplementedError, match="not supported yet"):
-            layernorm(x, weight, backend="cutedsl", **kwargs)
-    with pytest.raises(NotImplementedError, match="RMSNorm not supported yet"):
-        rmsnorm(x, weight, backend="cutedsl")
+    for fn in (layernorm, rmsnorm):
+        with pytest.raises(NotImplementedError, match="the fused residual is not supported yet"):
+            fn(x, weight, backend="cutedsl", residual=residual)
     out = rmsnorm(x, weight, residual=residual, backend="auto")  # runs (and differentiates) on Triton
     out.sum().backward()
     assert x.grad is not None and torch.equal(x.grad, residual.grad)

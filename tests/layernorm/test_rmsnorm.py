@@ -199,17 +199,6 @@ def test_bwd_launcher_forced_config(gen, device, check, dtype, config, grads):
     check.grads(x, weight, bias, dy, EPS, dx, dweight, dbias, rms=True)
 
 
-def test_cutedsl_refuses_rmsnorm():
-    pytest.importorskip("cutlass")
-    from vibe_kernels.layernorm import _cutedsl
-
-    x = torch.empty((2, 64))
-    with pytest.raises(NotImplementedError, match="RMSNorm not supported yet"):
-        _cutedsl.layernorm_fwd(x, None, None, EPS, x, None, None, rms=True)
-    with pytest.raises(NotImplementedError, match="RMSNorm"):
-        _cutedsl.layernorm_bwd(x, x, None, None, x[0], x, None, None, rms=True)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The module: a drop-in torch.nn.RMSNorm
 # ----------------------------------------------------------------------------------------------------------------

@@ -430,7 +430,7 @@ def layernorm(
     residual both get that sum.
     out_dtype: write out in another float dtype (float16/bfloat16/float32); the gradient flows back in x's dtype.
     backend: "auto" (CuTeDSL on sm_90+, else Triton on CUDA, else torch), "cutedsl", "triton" or "torch".
-    The CuTeDSL kernels cover N up to 262144 and not the residual / out_dtype features: for those
+    The CuTeDSL kernels cover N up to 262144 and out_dtype, not the fused residual: for those
     backend="cutedsl" raises NotImplementedError and backend="auto" runs Triton (any N).
 
     x may also be any array with ``__dlpack__`` (NumPy, CuPy, JAX, ...), and weight/bias too: they are viewed as
@@ -533,8 +533,8 @@ def rmsnorm(
     The same inputs, backends, autograd and validation as ``layernorm`` (weight/bias (N,) in float32 or x's dtype,
     or None). Returns ``out``, followed when asked by ``h`` (return_residual) and ``rstd`` (return_rstd): ``out``,
     ``(out, rstd)``, ``(out, h)``, ``(out, h, rstd)``. ``residual``/``residual_in_fp32``/``return_residual`` (the
-    fused pre-norm residual) and ``out_dtype`` behave as in ``layernorm``. The CuTeDSL backend does not run
-    RMSNorm yet: backend="cutedsl" raises NotImplementedError and backend="auto" runs Triton.
+    fused pre-norm residual) and ``out_dtype`` behave as in ``layernorm``; so do the backends (CuTeDSL: N up
+    to 262144 and no fused residual, where backend="auto" runs Triton).
     """
     if not isinstance(x, torch.Tensor) and hasattr(x, "__dlpack__"):  # CuPy, JAX, NumPy...: zero-copy round trip
         from .interop import call_on_dlpack

@@ -32,13 +32,9 @@ def _check_hidden(hidden: int) -> None:
         raise NotImplementedError(f"CuTeDSL layernorm: N={hidden} is not supported yet (max {MAX_N})")
 
 
-def _refuse_features(rms: bool, residual: bool, out_dtype_differs: bool) -> None:
-    if not (rms or residual or out_dtype_differs):
-        return
-    features = [name for name, used in (("RMSNorm", rms), ("the fused residual", residual),
-                                        ("an out dtype other than x's", out_dtype_differs)) if used]
-    if features:
-        raise NotImplementedError(f"CuTeDSL layernorm: {', '.join(features)} not supported yet (use the Triton "
+def _refuse_residual(residual: bool) -> None:
+    if residual:
+        raise NotImplementedError("CuTeDSL layernorm: the fused residual is not supported yet (use the Triton "
                                   "backend; backend='auto' does)")
 
 
@@ -52,19 +48,22 @@ def _launch_module():
 
 def layernorm_fwd(x, weight, bias, eps: float, out, mean, rstd, *, residual=None, residual_out=None,
                   residual_in_fp32: bool = False, rms: bool = False) -> None:
-    """out = (x - mean) * rstd * weight + bias over the rows of x (M, N); mean, rstd (M,) fp32 stored unless None."""
+    """out = (x - mean) * rstd * weight + bias over the rows of x (M, N), in out's dtype (x's or another float
+    dtype); mean, rstd (M,) fp32 stored unless None. rms: RMSNorm (out = x * rstd * weight + bias; mean None)."""
     _check_hidden(x.shape[1])
-    _refuse_features(rms, residual is not None, out.dtype != x.dtype)
-    _launch_module().layernorm_fwd(x, weight, bias, eps, out, mean, rstd)
+    _refuse_residual(residual is not None or residual_out is not None)
+    _launch_module().layernorm_fwd(x, weight, bias, eps, out, mean, rstd, rms=rms)
 
 
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, rms: bool = False, dresidual=None,
                   dresidual_in=None) -> None:
-    """dx (M, N), and dweight/dbias (N,) unless None, from dy, x (M, N) and the forward's mean, rstd (M,) fp32."""
+    """dx (M, N) in x's dtype, and dweight/dbias (N,) unless None, from dy (M, N; the forward's out dtype), x and the
+    forward's mean (None for RMSNorm), rstd (M,) fp32."""
     _check_hidden(x.shape[1])
-    _refuse_features(rms, dresidual is not None or dresidual_in is not None,
-                     dy.dtype != x.dtype or dx.dtype != x.dtype)
-    _launch_module().layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)
+    _refuse_residual(dresidual is not None or dresidual_in is not None)
+    if dx.dtype != x.dtype:
+        raise NotImplementedError("CuTeDSL layernorm: dx must be in x's dtype")
+    _launch_module().layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, rms=rms)
 
 
 __all__ = ["is_available", "layernorm_fwd", "layernorm_bwd", "MAX_N"]

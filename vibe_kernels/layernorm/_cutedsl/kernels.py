@@ -124,13 +124,19 @@ class _RowKernel:
 
 
 class LayerNormFwd(_RowKernel):
-    """out = (x - mean) * rstd * w + b, rows of ``hidden`` elements; mean and rstd optionally stored (fp32)."""
+    """out = (x - mean) * rstd * w + b, rows of ``hidden`` elements; mean and rstd optionally stored (fp32).
 
-    def __init__(self, dtype, hidden: int, weight_dtype, bias_dtype, store_stats: bool, config: FwdConfig):
+    rms: RMSNorm, out = x * rstd * w + b with rstd = 1 / sqrt(mean(x^2) + eps): one row reduction, no mean (only
+    rstd is stored). out_dtype: the output's element type (default x's)."""
+
+    def __init__(self, dtype, hidden: int, weight_dtype, bias_dtype, store_stats: bool, config: FwdConfig,
+                 out_dtype=None, rms: bool = False):
         super().__init__(dtype, hidden, config.tiling, num_stages=2)
         self.weight_dtype = weight_dtype
         self.bias_dtype = bias_dtype
         self.store_stats = store_stats
+        self.out_dtype = out_dtype if out_dtype is not None else dtype
+        self.rms = rms
         self.affine_after_stats = config.affine_after_stats
 
     @cute.jit
@@ -165,7 +171,8 @@ class LayerNormFwd(_RowKernel):
         mMean = None
         mRstd = None
         if const_expr(self.store_stats):
-            mMean = cute.make_tensor(mean_ptr, cute.make_layout(rows))
+            if const_expr(not self.rms):
+                mMean = cute.make_tensor(mean_ptr, cute.make_layout(rows))
             mRstd = cute.make_tensor(rstd_ptr, cute.make_layout(rows))
         tiled_copy = _tiled_copy(self.dtype, t)
         self.kernel(mX, mW, mB, mO, mMean, mRstd, eps, tiled_copy).launch(
@@ -216,6 +223,7 @@ class LayerNormFwd(_RowKernel):
             tXrX.fill(0.0)
         # Bind the predicate outside the dynamic branches below (the DSL rewrites names captured by them).
         copy_x = partial(cute.copy, _copy_atom(self.dtype, t.vec), pred=pred)
+        copy_out = partial(cute.copy, _copy_atom(self.out_dtype, t.vec), pred=pred)
         if row < mX.shape[0]:
             copy_x(tXgX, tXrX)
 
@@ -229,18 +237,21 @@ class LayerNormFwd(_RowKernel):
             cute.arch.cluster_wait()
 
         x = tXrX.load().to(Float32)
-        (row_total,) = row_sum(
-            (x.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
-            t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_mean,), mbar_ptr, 0,
-        )
-        mean = row_total / n
-        centered = x - mean
-        if const_expr(not self.even_n):
-            # Out-of-row lanes hold 0 - mean: they must not reach the variance.
-            tXrC = cute.make_rmem_tensor_like(tXrX, Float32)
-            tXrC.store(centered)
-            _zero_outside(tXrC, pred)
-            centered = tXrC.load()
+        mean = Float32(0.0)
+        centered = x  # RMSNorm: out-of-row lanes hold 0 and add nothing to the sum of squares
+        if const_expr(not self.rms):
+            (row_total,) = row_sum(
+                (x.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
+                t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_mean,), mbar_ptr, 0,
+            )
+            mean = row_total / n
+            centered = x - mean
+            if const_expr(not self.even_n):
+                # Out-of-row lanes hold 0 - mean: they must not reach the variance.
+                tXrC = cute.make_rmem_tensor_like(tXrX, Float32)
+                tXrC.store(centered)
+                _zero_outside(tXrC, pred)
+                centered = tXrC.load()
         (sq_total,) = row_sum(
             ((centered * centered).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
             t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_var,),
@@ -250,7 +261,8 @@ class LayerNormFwd(_RowKernel):
 
         if const_expr(self.store_stats):
             if tXcX[0][1] == 0 and row < mX.shape[0]:
-                mMean[row] = mean
+                if const_expr(mMean is not None):
+                    mMean[row] = mean
                 mRstd[row] = rstd
 
         if const_expr(self.affine_after_stats):
@@ -262,9 +274,9 @@ class LayerNormFwd(_RowKernel):
         if const_expr(mB is not None):
             y = y + tXrB.load().to(Float32)
         tXrO = cute.make_rmem_tensor_like(tXgO)
-        tXrO.store(y.to(self.dtype))
+        tXrO.store(y.to(self.out_dtype))
         if row < mX.shape[0]:
-            copy_x(tXrO, tXgO)
+            copy_out(tXrO, tXgO)
 
 
     @cute.jit
@@ -300,12 +312,15 @@ class LayerNormBwd(_RowKernel):
     by iteration parity, so a CTA that runs ahead never overwrites a slot its peers are still reading.
     """
 
-    def __init__(self, dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, config: BwdConfig):
+    def __init__(self, dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, config: BwdConfig,
+                 dy_dtype=None, rms: bool = False):
         super().__init__(dtype, hidden, config.tiling, num_stages=2)
         self.column_state_in_smem = config.column_state_in_smem
         self.weight_dtype = weight_dtype
         self.want_dw = want_dw
         self.want_db = want_db
+        self.dy_dtype = dy_dtype if dy_dtype is not None else dtype  # the forward's out dtype
+        self.rms = rms  # RMSNorm: xhat = x * rstd, dx = (g - xhat * mean(g * xhat)) * rstd; no mean
 
     @cute.jit
     def __call__(
@@ -334,7 +349,9 @@ class LayerNormBwd(_RowKernel):
         mW = None
         if const_expr(self.weight_dtype is not None):
             mW = cute.make_tensor(w_ptr, cute.make_layout((t.rows_per_cta, n), stride=(0, 1)))
-        mMean = cute.make_tensor(mean_ptr, cute.make_layout(rows))
+        mMean = None
+        if const_expr(not self.rms):
+            mMean = cute.make_tensor(mean_ptr, cute.make_layout(rows))
         mRstd = cute.make_tensor(rstd_ptr, cute.make_layout(rows))
         # Partials: one fp32 row per cluster; seen by the CTA's rows_per_cta thread rows through a zero row stride.
         mDWp = None
@@ -357,7 +374,7 @@ class LayerNormBwd(_RowKernel):
         mDY: cute.Tensor,
         mX: cute.Tensor,
         mW,
-        mMean: cute.Tensor,
+        mMean,
         mRstd: cute.Tensor,
         mDX: cute.Tensor,
         mDWp,
@@ -390,8 +407,8 @@ class LayerNormBwd(_RowKernel):
         pred = None
         if const_expr(not self.even_n):
             pred = _column_predicate(tXcX0, n)
-        atom = _copy_atom(self.dtype, t.vec)
-        copy_row = partial(cute.copy, atom, pred=pred)
+        copy_row = partial(cute.copy, _copy_atom(self.dtype, t.vec), pred=pred)
+        copy_dy = partial(cute.copy, _copy_atom(self.dy_dtype, t.vec), pred=pred)
 
         in_smem = const_expr(self.column_state_in_smem)
         tXgX0 = thr_copy.partition_S(cute.local_tile(mX, tiler, (0, rank)))
@@ -429,7 +446,7 @@ class LayerNormBwd(_RowKernel):
                 tXrDB.fill(0.0)
 
         tXrX = cute.make_rmem_tensor_like(tXgX0)
-        tXrDY = cute.make_rmem_tensor_like(tXgX0)
+        tXrDY = cute.make_rmem_tensor_like(thr_copy.partition_S(cute.local_tile(mDY, tiler, (0, rank))))
         tXrDX = cute.make_rmem_tensor_like(tXgX0)
 
         if const_expr(t.cluster_n > 1):
@@ -452,8 +469,9 @@ class LayerNormBwd(_RowKernel):
             rstd = Float32(0.0)
             if row < num_rows:
                 copy_row(tXgX, tXrX)
-                copy_row(tXgDY, tXrDY)
-                mean = mMean[row]
+                copy_dy(tXgDY, tXrDY)
+                if const_expr(mMean is not None):
+                    mean = mMean[row]
                 rstd = mRstd[row]
             x = tXrX.load().to(Float32)
             dy = tXrDY.load().to(Float32)
@@ -475,19 +493,18 @@ class LayerNormBwd(_RowKernel):
                     _store_slots(acc, _load_slots(acc, tXrX) + dy)
                 else:
                     tXrDB.store(tXrDB.load() + dy)
-            sum_gx, sum_g = row_sum(
-                (
-                    (g * xhat).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),
-                    g.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),
-                ),
-                t.threads_per_row, t.warps_per_row, t.cluster_n,
-                (buf_gx[None, None, slot], buf_g[None, None, slot]),
-                mbar_ptr + slot if const_expr(t.cluster_n > 1) else None,
-                phase,
-            )
-            mean_gx = sum_gx / n
-            mean_g = sum_g / n
-            dx = (g - mean_g - xhat * mean_gx) * rstd
+            sums = ((g * xhat).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),)
+            buffers = (buf_gx[None, None, slot],)
+            if const_expr(not self.rms):
+                sums = sums + (g.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),)
+                buffers = buffers + (buf_g[None, None, slot],)
+            totals = row_sum(sums, t.threads_per_row, t.warps_per_row, t.cluster_n, buffers,
+                             mbar_ptr + slot if const_expr(t.cluster_n > 1) else None, phase)
+            mean_gx = totals[0] / n
+            if const_expr(self.rms):
+                dx = (g - xhat * mean_gx) * rstd
+            else:
+                dx = (g - totals[1] / n - xhat * mean_gx) * rstd
             tXrDX.store(dx.to(self.dtype))
             if row < num_rows:
                 copy_row(tXrDX, tXgDX)

@@ -190,52 +190,59 @@ def _callable(compiled):
 
 @_CompileOnce
 def compile_fwd(dtype, hidden: int, weight_dtype, bias_dtype, store_stats: bool, vec: int, config: FwdConfig,
-                arch: str, keep_ptx: bool = False, tvm_ffi: bool = False):
-    """Compiled forward for one variant; ``dtype``/``weight_dtype``/``bias_dtype`` are cutlass types (or None)."""
+                arch: str, keep_ptx: bool = False, tvm_ffi: bool = False, out_dtype=None, rms: bool = False):
+    """Compiled forward for one variant; ``dtype``/``weight_dtype``/``bias_dtype``/``out_dtype`` are cutlass types
+    (or None; out_dtype None: x's). rms: RMSNorm (store_stats then stores rstd only)."""
+    out_dtype = out_dtype if out_dtype is not None else dtype
     build = functools.partial(_compile_fwd, dtype, hidden, weight_dtype, bias_dtype, store_stats, vec, config, arch,
-                              keep_ptx, tvm_ffi)
+                              keep_ptx, tvm_ffi, out_dtype, rms)
     if not tvm_ffi or keep_ptx:
         return build()
-    variant = (str(dtype), hidden, str(weight_dtype), str(bias_dtype), store_stats, vec, config, arch)
+    variant = (str(dtype), hidden, str(weight_dtype), str(bias_dtype), store_stats, vec, config, arch,
+               str(out_dtype), rms)
     return _callable(_disk_cached("fwd", variant, build))
 
 
-def _compile_fwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, vec, config, arch, keep_ptx, tvm_ffi):
-    kernel = LayerNormFwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, config)
+def _compile_fwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, vec, config, arch, keep_ptx, tvm_ffi,
+                 out_dtype, rms):
+    kernel = LayerNormFwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, config, out_dtype, rms)
     w = _placeholder(weight_dtype, _ptr_align(weight_dtype, vec)) if weight_dtype is not None else None
     b = _placeholder(bias_dtype, _ptr_align(bias_dtype, vec)) if bias_dtype is not None else None
     stat = _placeholder(Float32, 4) if store_stats else None
     x = _placeholder(dtype, _ptr_align(dtype, vec))
-    out = _placeholder(dtype, _ptr_align(dtype, vec))
+    out = _placeholder(out_dtype, _ptr_align(out_dtype, vec))
     with _lock:
         return cute.compile(
-            kernel, x, w, b, out, stat, stat, cutlass.Int32(1), cutlass.Int64(hidden), cutlass.Int64(hidden),
-            Float32(1e-5), make_fake_stream(), options=_options(arch, keep_ptx, tvm_ffi),
+            kernel, x, w, b, out, None if rms else stat, stat, cutlass.Int32(1), cutlass.Int64(hidden),
+            cutlass.Int64(hidden), Float32(1e-5), make_fake_stream(), options=_options(arch, keep_ptx, tvm_ffi),
         )
 
 
 @_CompileOnce
 def compile_bwd(dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, vec: int, config: BwdConfig,
-                arch: str, keep_ptx: bool = False, tvm_ffi: bool = False):
-    """Compiled backward for one variant (dw/db partials in fp32)."""
+                arch: str, keep_ptx: bool = False, tvm_ffi: bool = False, dy_dtype=None, rms: bool = False):
+    """Compiled backward for one variant (dw/db partials in fp32); dy_dtype: dy's cutlass type (None: x's); rms:
+    RMSNorm (no mean)."""
+    dy_dtype = dy_dtype if dy_dtype is not None else dtype
     build = functools.partial(_compile_bwd, dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch,
-                              keep_ptx, tvm_ffi)
+                              keep_ptx, tvm_ffi, dy_dtype, rms)
     if not tvm_ffi or keep_ptx:
         return build()
-    variant = (str(dtype), hidden, str(weight_dtype), want_dw, want_db, vec, config, arch)
+    variant = (str(dtype), hidden, str(weight_dtype), want_dw, want_db, vec, config, arch, str(dy_dtype), rms)
     return _callable(_disk_cached("bwd", variant, build))
 
 
-def _compile_bwd(dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch, keep_ptx, tvm_ffi):
-    kernel = LayerNormBwd(dtype, hidden, weight_dtype, want_dw, want_db, config)
+def _compile_bwd(dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch, keep_ptx, tvm_ffi, dy_dtype, rms):
+    kernel = LayerNormBwd(dtype, hidden, weight_dtype, want_dw, want_db, config, dy_dtype, rms)
     w = _placeholder(weight_dtype, _ptr_align(weight_dtype, vec)) if weight_dtype is not None else None
     dwp = _placeholder(Float32, _ptr_align(Float32, vec)) if want_dw else None
     dbp = _placeholder(Float32, _ptr_align(Float32, vec)) if want_db else None
     act = _placeholder(dtype, _ptr_align(dtype, vec))
+    dy = _placeholder(dy_dtype, _ptr_align(dy_dtype, vec))
     stat = _placeholder(Float32, 4)
     with _lock:
         return cute.compile(
-            kernel, act, act, w, stat, stat, act, dwp, dbp, cutlass.Int32(1), cutlass.Int64(hidden),
+            kernel, dy, act, w, None if rms else stat, stat, act, dwp, dbp, cutlass.Int32(1), cutlass.Int64(hidden),
             cutlass.Int64(hidden), cutlass.Int64(hidden), cutlass.Int32(1), make_fake_stream(),
             options=_options(arch, keep_ptx, tvm_ffi),
         )
@@ -280,7 +287,8 @@ def _raw_stream(device_index: int) -> int:
     return raw(device_index) if raw is not None else torch.cuda.current_stream(device_index).cuda_stream
 
 
-def _run(compile_fn, compile_args: tuple, tvm_args: tuple, ptr_args, device: torch.device) -> None:
+def _run(compile_fn, compile_args: tuple, compile_kwargs: dict, tvm_args: tuple, ptr_args,
+         device: torch.device) -> None:
     """Launches on ``device``'s current stream, through TVM FFI when available (falling back for good to the
     DSL's own call path if a TVM FFI call fails before launching). ``ptr_args`` is a callable returning the DSL
     path's arguments: building cute pointers costs tens of µs, so only that path builds them."""
@@ -291,14 +299,14 @@ def _run(compile_fn, compile_args: tuple, tvm_args: tuple, ptr_args, device: tor
     switch = index != current
     with torch.cuda.device(device) if switch else contextlib.nullcontext():
         if _TVM_FFI:
-            compiled = compile_fn(*compile_args, tvm_ffi=True)
+            compiled = compile_fn(*compile_args, tvm_ffi=True, **compile_kwargs)
             try:
                 compiled(*tvm_args, stream)
                 return
             except (TypeError, ValueError, cutlass.base_dsl.common.DSLRuntimeError) as exc:
                 warnings.warn(f"CuTeDSL layernorm: TVM FFI call failed ({exc!r}); using the slower DSL call path")
                 _TVM_FFI = False
-        compiled = compile_fn(*compile_args, tvm_ffi=False)
+        compiled = compile_fn(*compile_args, tvm_ffi=False, **compile_kwargs)
         compiled(*ptr_args(), cuda.CUstream(stream))
 
 
@@ -343,10 +351,15 @@ _fwd_plans: dict = {}
 MAX_FWD_PLANS = 256
 
 
-def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | None = None) -> None:
+def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | None = None,
+                  rms: bool = False) -> None:
+    """x (M, N); out (M, N) in x's or another float dtype; mean/rstd (M,) fp32 or None (both or neither; RMSNorm
+    (``rms``): mean None, rstd optional)."""
     rows, hidden = x.shape
-    store_stats = mean is not None
-    if store_stats != (rstd is not None):
+    store_stats = rstd is not None
+    if rms and mean is not None:
+        raise ValueError("RMSNorm has no mean: pass mean=None")
+    if not rms and store_stats != (mean is not None):
         raise ValueError("mean and rstd must both be given or both be None")
     x_addr, out_addr = x.data_ptr(), out.data_ptr()
     w_addr, b_addr = _addr(weight), _addr(bias)
@@ -356,7 +369,7 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
         current = torch.cuda.current_device()
         index = x.device.index
         if index is None or index == current:
-            plan_key = (current, hidden, x.dtype, out.dtype, _dtype_of(weight), _dtype_of(bias), store_stats,
+            plan_key = (current, hidden, x.dtype, out.dtype, _dtype_of(weight), _dtype_of(bias), store_stats, rms,
                         rows >= AFFINE_AFTER_STATS_MIN_ROWS, tail[1], tail[2], (x_addr | out_addr) & 15,
                         (w_addr or 0) & 15, (b_addr or 0) & 15)
             compiled = _fwd_plans.get(plan_key)
@@ -364,16 +377,18 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
                 compiled(x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd), *tail, _raw_stream(current))
                 return
     elem = x.element_size()
-    addresses = [(x_addr, elem), (out_addr, elem)]
+    addresses = [(x_addr, elem), (out_addr, out.element_size())]
     addresses += [(t.data_ptr(), t.element_size()) for t in (weight, bias) if t is not None]
-    vec = vector_width(elem, hidden, (x.stride(0), out.stride(0)), tuple(addresses))
+    # Vectors of at most 16 bytes of x and of out (bf16 in, fp32 out: 4 elements).
+    vec = vector_width(max(elem, out.element_size()), hidden, (x.stride(0), out.stride(0)), tuple(addresses))
     if config is None:
         config = fwd_config(hidden, elem, vec, rows=rows)
     _check_config(config, vec)
     vec = config.tiling.vec
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), _cute(bias), store_stats, vec, config, _arch_of(x.device))
+    compile_kwargs = {"out_dtype": _CUTE_DTYPE[out.dtype], "rms": bool(rms)}
     _run(
-        compile_fwd, compile_args,
+        compile_fwd, compile_args, compile_kwargs,
         (x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd)) + tail,
         lambda: (_ptr(x, vec), _ptr(weight, vec), _ptr(bias, vec), _ptr(out, vec), _stat_ptr(mean),
                  _stat_ptr(rstd)) + tail,
@@ -382,16 +397,22 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
     if plan_key is not None and _TVM_FFI:  # still on TVM FFI: the call did not fall back to the DSL path
         if len(_fwd_plans) >= MAX_FWD_PLANS:
             _fwd_plans.clear()
-        _fwd_plans[plan_key] = compile_fwd(*compile_args, tvm_ffi=True)
+        _fwd_plans[plan_key] = compile_fwd(*compile_args, tvm_ffi=True, **compile_kwargs)
 
 
-def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdConfig | None = None) -> None:
+def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdConfig | None = None,
+                  rms: bool = False) -> None:
+    """dy (M, N) in any float dtype (the forward's out dtype); x and dx (M, N) in x's; mean (None for RMSNorm)
+    and rstd (M,) fp32; dweight/dbias (N,) or None."""
     rows, hidden = x.shape
+    if rms != (mean is None):
+        raise ValueError("mean must be None exactly for RMSNorm (rms=True)")
     elem = x.element_size()
-    addresses = [(t.data_ptr(), elem) for t in (dy, x, dx)]
+    addresses = [(x.data_ptr(), elem), (dx.data_ptr(), elem), (dy.data_ptr(), dy.element_size())]
     if weight is not None:
         addresses.append((weight.data_ptr(), weight.element_size()))
-    vec = vector_width(elem, hidden, (dy.stride(0), x.stride(0), dx.stride(0)), tuple(addresses))
+    vec = vector_width(max(elem, dy.element_size()), hidden, (dy.stride(0), x.stride(0), dx.stride(0)),
+                       tuple(addresses))
     if config is None:
         config = bwd_config(hidden, elem, vec)
     _check_config(config, vec)
@@ -402,10 +423,11 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
     dw_partial = torch.empty((num_clusters, hidden), dtype=torch.float32, device=x.device) if want_dw else None
     db_partial = torch.empty((num_clusters, hidden), dtype=torch.float32, device=x.device) if want_db else None
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), want_dw, want_db, vec, config, _arch_of(x.device))
+    compile_kwargs = {"dy_dtype": _CUTE_DTYPE[dy.dtype], "rms": bool(rms)}
     tail = (rows, dy.stride(0), x.stride(0), dx.stride(0), num_clusters)
     _run(
-        compile_bwd, compile_args,
-        (dy.data_ptr(), x.data_ptr(), _addr(weight), mean.data_ptr(), rstd.data_ptr(), dx.data_ptr(),
+        compile_bwd, compile_args, compile_kwargs,
+        (dy.data_ptr(), x.data_ptr(), _addr(weight), _addr(mean), rstd.data_ptr(), dx.data_ptr(),
          _addr(dw_partial), _addr(db_partial)) + tail,
         lambda: (_ptr(dy, vec), _ptr(x, vec), _ptr(weight, vec), _stat_ptr(mean), _stat_ptr(rstd), _ptr(dx, vec),
                  _ptr(dw_partial, vec), _ptr(db_partial, vec)) + tail,
