@@ -2,7 +2,8 @@
 # A GPU-machine visit, in parts that each fit one 10-minute device call:
 #   bash benchmarks/gpu_visit.sh tests      # the whole test suite on CUDA tensors
 #   bash benchmarks/gpu_visit.sh checks     # CuTeDSL check, validation vs Quack, first-call times, host profile
-#   bash benchmarks/gpu_visit.sh sanitize   # compute-sanitizer memcheck / initcheck / racecheck (sanitize.sh)
+#   bash benchmarks/gpu_visit.sh sanitize   # compute-sanitizer memcheck / initcheck / racecheck (sanitize.sh,
+#                                           # then sanitize_features.py)
 #   bash benchmarks/gpu_visit.sh bench      # the LayerNorm benchmark over every shape of anchors.md, JSON + plot
 #   bash benchmarks/gpu_visit.sh features   # RMSNorm / fused residual / out_dtype benchmarks (seed shapes)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
@@ -37,6 +38,13 @@ case "$part" in
     ;;
   sanitize)
     OUT="$out" bash benchmarks/sanitize.sh
+    # RMSNorm, the fused residual and out_dtype (sanitize.sh's sweep is plain LayerNorm)
+    for tool in memcheck racecheck initcheck; do
+      log="$out/sanitize-features-$tool.log"
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool "$tool" --report-api-errors no \
+        --error-exitcode 86 python benchmarks/sanitize_features.py > "$log" 2>&1
+      echo "features $tool: rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
+    done
     ;;
   bench)
     timeout 560 python -m vibe_kernels.layernorm.bench --shapes all --json "$out/bench.json" --plot "$out/bench.png" \

@@ -343,10 +343,10 @@ def _check_config(config, vec: int):
 
 # Forward launch plans: a forward call's signature -> the bare TVM FFI function, so that a repeated call skips the
 # alignment class, the config and the compile-cache key (a hash of frozen config dataclasses), most of the
-# launcher's host time. The signature holds every input of those: the device, N, dtypes, which stats are stored, the
-# row strides, and each address modulo 16 (x and out together: they share an element size, so their OR decides the
-# same vector width), and whether M reaches AFFINE_AFTER_STATS_MIN_ROWS (the config depends on it). M itself is a
-# runtime argument. Bounded like the Triton backend's.
+# launcher's host time. The signature holds every input of those: the device, N, dtypes, which stats are stored,
+# RMSNorm or not, the row strides, each address modulo 16 (the vector width depends on nothing finer), and whether M
+# reaches AFFINE_AFTER_STATS_MIN_ROWS (the config depends on it). M itself is a runtime argument. Bounded like the
+# Triton backend's.
 _fwd_plans: dict = {}
 MAX_FWD_PLANS = 256
 
@@ -370,7 +370,7 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
         index = x.device.index
         if index is None or index == current:
             plan_key = (current, hidden, x.dtype, out.dtype, _dtype_of(weight), _dtype_of(bias), store_stats, rms,
-                        rows >= AFFINE_AFTER_STATS_MIN_ROWS, tail[1], tail[2], (x_addr | out_addr) & 15,
+                        rows >= AFFINE_AFTER_STATS_MIN_ROWS, tail[1], tail[2], x_addr & 15, out_addr & 15,
                         (w_addr or 0) & 15, (b_addr or 0) & 15)
             compiled = _fwd_plans.get(plan_key)
             if compiled is not None:

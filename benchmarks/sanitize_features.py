@@ -1,0 +1,72 @@
+"""RMSNorm, the fused residual and out_dtype under compute-sanitizer (the LayerNorm sweep, sanitize_cases.py, runs
+plain LayerNorm only): forward + backward at ragged N, odd M and the widest N, each output checked against the
+fp64 reference (a sanity bound). CuTeDSL runs RMSNorm and out_dtype; Triton also the residual (h in x's dtype or
+fp32, its gradient through h).
+
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --report-api-errors no \\
+        python benchmarks/sanitize_features.py [--backends cutedsl,triton]
+
+The reference runs on the CPU (torch's own GPU reductions would show up in racecheck's report), and
+--report-api-errors no drops the CUDA libraries' start-up probes (see sanitize.sh).
+"""
+import argparse
+
+import torch
+
+from vibe_kernels.layernorm import layernorm, layernorm_ref, rmsnorm, rmsnorm_ref
+
+CASES = [  # (M, N, x dtype, out dtype, rms, residual: None, "x" (x's dtype) or "fp32" (residual_in_fp32))
+    (37, 7, torch.bfloat16, torch.float32, True, None), (37, 769, torch.float16, torch.float32, False, None),
+    (3, 5000, torch.bfloat16, torch.bfloat16, True, None), (1, 65537, torch.bfloat16, torch.float32, True, None),
+    (2, 262144, torch.bfloat16, torch.bfloat16, True, None), (37, 4096, torch.float32, torch.bfloat16, False, None),
+    (1031, 4096, torch.bfloat16, torch.float32, True, None),
+    (37, 769, torch.bfloat16, torch.bfloat16, True, "x"), (3, 5000, torch.float16, torch.float16, False, "fp32"),
+    (1, 65537, torch.bfloat16, torch.float32, False, "x"), (2, 262144, torch.bfloat16, torch.bfloat16, True, "fp32"),
+    (300, 8192, torch.bfloat16, torch.bfloat16, False, "x"),
+]
+
+
+def run(backend: str, rows: int, hidden: int, dtype, out_dtype, rms: bool, residual) -> bool:
+    gen = torch.Generator(device="cuda").manual_seed(rows * hidden)
+    x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype).requires_grad_()
+    w = (1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)).requires_grad_()
+    fn, ref_fn = (rmsnorm, rmsnorm_ref) if rms else (layernorm, layernorm_ref)
+    kwargs = {"out_dtype": out_dtype}
+    r = None
+    if residual is not None:
+        r = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype).requires_grad_()
+        kwargs.update(residual=r, residual_in_fp32=residual == "fp32", return_residual=True)
+    result = fn(x, w, eps=1e-5, backend=backend, **kwargs)
+    out, h = result if residual is not None else (result, None)
+    grads = [torch.randn(out.shape, device="cuda", generator=gen).to(out.dtype)]
+    outputs = [out]
+    if h is not None:
+        outputs.append(h)
+        grads.append(torch.randn(h.shape, device="cuda", generator=gen).to(h.dtype))
+    torch.autograd.backward(outputs, grads)
+    normed = (h if h is not None else x).detach().cpu().double()
+    ref = ref_fn(normed, w.detach().cpu().double(), None, 1e-5)
+    err = (out.detach().cpu().double() - ref).abs().max().item()
+    finite = all(torch.isfinite(t.grad).all().item() for t in (x, w) + ((r,) if r is not None else ()))
+    ok = err < 5e-2 and finite
+    print(f"{backend} M={rows} N={hidden} {dtype} -> {out_dtype} rms={rms} residual={residual}: max err {err:.2e} "
+          f"{'ok' if ok else 'FAIL'}", flush=True)
+    return ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backends", default="cutedsl,triton")
+    args = parser.parse_args()
+    failures = 0
+    for backend in args.backends.split(","):
+        for case in CASES:
+            if backend == "cutedsl" and case[-1] is not None:
+                continue  # the fused residual runs on Triton only
+            failures += not run(backend, *case)
+    print("failures:", failures)
+    raise SystemExit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
