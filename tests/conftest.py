@@ -50,6 +50,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture
+def fresh_dynamo():
+    """The test compiles from scratch and leaves no cached frames behind for the next (the torch.compile tests)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def device() -> str:
     return "cuda" if CUDA else "cpu"

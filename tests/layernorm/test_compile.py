@@ -18,14 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from vibe_kernels.layernorm import LayerNorm, _ops, layernorm
 
 BACKENDS = ["torch", "triton"]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    """Every test compiles from scratch (and leaves no cached frames behind for the next)."""
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def _params(device, gen, hidden, affine, dtype=torch.float32):

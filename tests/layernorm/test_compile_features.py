@@ -15,13 +15,7 @@ import torch._dynamo.testing
 from vibe_kernels.layernorm import RMSNorm, _ops, layernorm, rmsnorm
 
 BACKENDS = ["torch", "triton"]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 # (rms, residual dtype (None: no residual; "x": x's), residual_in_fp32, out_dtype)

@@ -399,17 +399,12 @@ def test_feature_backward_compiles(case):
 def test_rmsnorm_reduces_once(hidden):
     """RMSNorm's forward sums x^2 only: half the warp shuffles of LayerNorm's two row sums (mean, then variance),
     and its backward one row sum instead of two."""
-    config = cfg.fwd_config(hidden, 2, 8)
-    shuffles = {}
-    for rms in (False, True):
-        ptx = launch.compile_fwd(cutlass.BFloat16, hidden, None, None, False, 8, config, ARCH, keep_ptx=True,
-                                 rms=rms).__ptx__
-        shuffles[rms] = _count(ptx, r"shfl\.sync\.bfly")
-    assert 0 < shuffles[True] and 2 * shuffles[True] == shuffles[False], shuffles
-    bwd = cfg.bwd_config(hidden, 2, 8)
-    shuffles = {}
-    for rms in (False, True):
-        ptx = launch.compile_bwd(cutlass.BFloat16, hidden, None, False, False, 8, bwd, ARCH, keep_ptx=True,
-                                 rms=rms).__ptx__
-        shuffles[rms] = _count(ptx, r"shfl\.sync\.bfly")
-    assert 0 < shuffles[True] and 2 * shuffles[True] == shuffles[False], shuffles
+    fwd, bwd = cfg.fwd_config(hidden, 2, 8), cfg.bwd_config(hidden, 2, 8)
+    for compile_kernel in (
+        lambda rms: launch.compile_fwd(cutlass.BFloat16, hidden, None, None, False, 8, fwd, ARCH, keep_ptx=True,
+                                       rms=rms),
+        lambda rms: launch.compile_bwd(cutlass.BFloat16, hidden, None, False, False, 8, bwd, ARCH, keep_ptx=True,
+                                       rms=rms),
+    ):
+        shuffles = {rms: _count(compile_kernel(rms).__ptx__, r"shfl\.sync\.bfly") for rms in (False, True)}
+        assert 0 < shuffles[True] and 2 * shuffles[True] == shuffles[False], shuffles
