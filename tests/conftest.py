@@ -158,8 +158,10 @@ class Checker:
             terms = x64.abs() * rmsnorm_rstd_ref(x64, eps).unsqueeze(-1)
         else:
             ref = layernorm_ref(x64, w64, b64, eps)
-            mean = x64.mean(dim=-1, keepdim=True)
-            terms = (x64.abs() + mean.abs()) * layernorm_rstd_ref(x64, eps).unsqueeze(-1)
+            # The fp32 mean's rounding error scales with the row's mean |x| (what its sum adds up), not with |mean|:
+            # rows whose mean cancels to ~0 would otherwise get no room for it.
+            mean_abs = x64.abs().mean(dim=-1, keepdim=True)
+            terms = (x64.abs() + mean_abs) * layernorm_rstd_ref(x64, eps).unsqueeze(-1)
         terms = terms * (w64.abs() if w64 is not None else 1.0) + (b64.abs() if b64 is not None else 0.0)
         return ref, bound(dtype, self.table[dtype].out_ulps, ref, terms, x.shape[-1])
 

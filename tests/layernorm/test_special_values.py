@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vibe_kernels.layernorm import layernorm, layernorm_rstd_ref
@@ -89,6 +89,9 @@ def test_bad_input_leaves_user_tensors_untouched(gen, device):
     backend=st.sampled_from(BACKENDS),
     seed=st.integers(0, 2**31 - 1),
 )
+# Found by CI: a row whose mean cancels to ~0 (the tolerance must scale with the row's mean |x|, not |mean|).
+@example(rows=2, hidden=43, dtype_name="float32", params="none", row_pad=16, lead=(2,), arity="out",
+         backend="torch", seed=1476)
 def test_property_forward_matches_fp64(device, check, rows, hidden, dtype_name, params, row_pad, lead, arity,
                                        backend, seed):
     """Random shapes, row strides, dtypes, affine parameters and return arities: out, mean and rstd against fp64."""
