@@ -1,7 +1,8 @@
 """RMSNorm, the fused residual and out_dtype under compute-sanitizer (the LayerNorm sweep, sanitize_cases.py, runs
 plain LayerNorm only): forward + backward at ragged N, odd M and the widest N, each output checked against the
-fp64 reference (a sanity bound). CuTeDSL runs RMSNorm and out_dtype; Triton also the residual (h in x's dtype or
-fp32, its gradient through h).
+fp64 reference (a sanity bound). Both backends run every case; the residual is in x's dtype with h rounded to it,
+or in fp32 with h kept in fp32 (``residual_in_fp32``: dx is then written twice, in x's dtype and in fp32), and
+its gradient flows through h too.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --report-api-errors no \\
         python benchmarks/sanitize_features.py [--backends cutedsl,triton]
@@ -22,7 +23,7 @@ CASES = [  # (M, N, x dtype, out dtype, rms, residual: None, "x" (x's dtype) or 
     (1031, 4096, torch.bfloat16, torch.float32, True, None),
     (37, 769, torch.bfloat16, torch.bfloat16, True, "x"), (3, 5000, torch.float16, torch.float16, False, "fp32"),
     (1, 65537, torch.bfloat16, torch.float32, False, "x"), (2, 262144, torch.bfloat16, torch.bfloat16, True, "fp32"),
-    (300, 8192, torch.bfloat16, torch.bfloat16, False, "x"),
+    (300, 8192, torch.bfloat16, torch.bfloat16, False, "x"), (1031, 4096, torch.bfloat16, torch.float32, False, "fp32"),
 ]
 
 
@@ -34,7 +35,8 @@ def run(backend: str, rows: int, hidden: int, dtype, out_dtype, rms: bool, resid
     kwargs = {"out_dtype": out_dtype}
     r = None
     if residual is not None:
-        r = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype).requires_grad_()
+        r_dtype = torch.float32 if residual == "fp32" else dtype
+        r = torch.randn(rows, hidden, device="cuda", generator=gen).to(r_dtype).requires_grad_()
         kwargs.update(residual=r, residual_in_fp32=residual == "fp32", return_residual=True)
     result = fn(x, w, eps=1e-5, backend=backend, **kwargs)
     out, h = result if residual is not None else (result, None)
@@ -61,8 +63,6 @@ def main() -> None:
     failures = 0
     for backend in args.backends.split(","):
         for case in CASES:
-            if backend == "cutedsl" and case[-1] is not None:
-                continue  # the fused residual runs on Triton only
             failures += not run(backend, *case)
     print("failures:", failures)
     raise SystemExit(1 if failures else 0)

@@ -13,6 +13,7 @@ per N, rotating dtypes so each dtype meets small, ragged and clustered rows.
 from __future__ import annotations
 
 import re
+from functools import partial
 import subprocess
 import sys
 from pathlib import Path
@@ -408,3 +409,76 @@ def test_rmsnorm_reduces_once(hidden):
     ):
         shuffles = {rms: _count(compile_kernel(rms).__ptx__, r"shfl\.sync\.bfly") for rms in (False, True)}
         assert 0 < shuffles[True] and 2 * shuffles[True] == shuffles[False], shuffles
+
+
+# The fused residual: (N, x dtype, residual dtype, h dtype or None (h not stored), rms). h in fp32 means
+# residual_in_fp32 (no rounding); h in x's dtype means h rounded to x's dtype before it is normalized.
+RESIDUAL_GRID = [
+    (8192, "bf16", "bf16", "bf16", False), (8192, "bf16", "fp32", "fp32", True), (4096, "fp16", "fp32", "fp16", False),
+    (5000, "fp16", "fp16", None, True), (256, "bf16", "bf16", "bf16", True), (16384, "bf16", "fp32", "fp32", False),
+    (65536, "bf16", "bf16", "bf16", True), (262144, "bf16", "fp32", "fp32", False), (8192, "fp32", "fp32", "fp32", False),
+    (769, "bf16", "bf16", "bf16", False),
+]
+
+
+def _residual_vec(hidden: int, *names) -> int:
+    widest = max(ELEM_BYTES[n] for n in names if n is not None)
+    return launch.vector_width(widest, hidden, (hidden,), ((0x7F0000000000, widest),))
+
+
+def _vector_ops(ptx: str, op: str, vector_bytes: int) -> int | None:
+    """Global loads/stores (``op``: "ld" or "st") of ``vector_bytes``-byte vectors; None for narrower vectors,
+    which the PTX cannot tell apart from scalar accesses."""
+    lanes = {16: "v4", 8: "v2"}.get(vector_bytes)
+    return None if lanes is None else _count(ptx, rf"{op}\.global(\.nc)?\.{lanes}\.(b32|f32|u32)")
+
+
+def _adds_vector_ops(plain: str, fused: str, op: str, vector_bytes: int, count: int) -> None:
+    """The fused kernel has at least ``count`` more ``vector_bytes``-byte global ``op``s than the plain one."""
+    before, after = _vector_ops(plain, op, vector_bytes), _vector_ops(fused, op, vector_bytes)
+    if before is not None:
+        assert after >= before + count, (op, vector_bytes, before, after)
+
+
+@pytest.mark.parametrize("case", RESIDUAL_GRID, ids=_id)
+def test_residual_forward_compiles(case):
+    """h = x + r in the same pass: r comes in and h goes out in vectors as wide as the alignment allows (one more
+    global load and one more store per vector than the plain forward), and the row still fits in registers."""
+    hidden, x_name, r_name, h_name, rms = case
+    vec = _residual_vec(hidden, x_name, r_name, h_name)
+    config = cfg.fwd_config(hidden, ELEM_BYTES[x_name], vec, rows=4096)
+    compile_one = partial(launch.compile_fwd, DTYPES[x_name], hidden, cutlass.Float32, cutlass.Float32, True, vec,
+                          config, ARCH, keep_ptx=True, rms=rms)
+    plain = compile_one().__ptx__
+    fused = compile_one(residual_dtype=DTYPES[r_name], residual_out_dtype=DTYPES[h_name] if h_name else None,
+                        round_residual=h_name == x_name and x_name != "fp32").__ptx__
+    assert not re.search(r"\b(ld|st)\.local", fused)
+    per_thread = config.tiling.vecs_per_thread
+    _adds_vector_ops(plain, fused, "ld", vec * ELEM_BYTES[r_name], per_thread)
+    if h_name is not None:
+        _adds_vector_ops(plain, fused, "st", vec * ELEM_BYTES[h_name], per_thread)
+    usage = _ptxas_usage(fused)
+    assert usage["spill_stores"] == 0, usage
+
+
+@pytest.mark.parametrize("case", RESIDUAL_GRID, ids=_id)
+def test_residual_backward_compiles(case):
+    """The backward of the fused residual reads h (as x) and the gradient of h, adds it to dx, and writes dx in x's
+    dtype plus, where the residual's dtype differs, a second copy in that dtype."""
+    hidden, x_name, r_name, h_name, rms = case
+    h_name = h_name or x_name
+    dres_in = DTYPES[r_name] if r_name != x_name else None
+    vec = _residual_vec(hidden, x_name, r_name, h_name)
+    config = cfg.bwd_config(hidden, ELEM_BYTES[h_name], vec)
+    compile_one = partial(launch.compile_bwd, DTYPES[h_name], hidden, cutlass.Float32, True, True, vec, config, ARCH,
+                          keep_ptx=True, rms=rms, dx_dtype=DTYPES[x_name])
+    plain = compile_one().__ptx__
+    fused = compile_one(dres_dtype=DTYPES[h_name], dres_in_dtype=dres_in).__ptx__
+    assert not re.search(r"\b(ld|st)\.local", fused)
+    assert not re.search(r"\b(red|atom)\.[\w.]*f32", fused)
+    per_thread = config.tiling.vecs_per_thread
+    _adds_vector_ops(plain, fused, "ld", vec * ELEM_BYTES[h_name], per_thread)
+    if dres_in is not None:
+        _adds_vector_ops(plain, fused, "st", vec * ELEM_BYTES[r_name], per_thread)
+    usage = _ptxas_usage(fused)
+    assert usage["spill_stores"] == 0, usage

@@ -1,7 +1,6 @@
-"""RMSNorm, the fused residual and out_dtype at realistic shapes on a CUDA GPU (skipped without one): Triton and
-CuTeDSL (RMSNorm and out_dtype) and "auto" (CuTeDSL where it has the feature, else the fallback to Triton) forward +
-backward against the fp64 reference, launchers with poisoned outputs, fused vs unfused, and the RMSNorm module
-against torch.nn.RMSNorm."""
+"""RMSNorm, the fused residual and out_dtype at realistic shapes on a CUDA GPU (skipped without one): Triton,
+CuTeDSL and "auto" forward + backward against the fp64 reference, both backends' launchers with poisoned outputs,
+fused vs unfused, "auto" running the features on CuTeDSL, and the RMSNorm module against torch.nn.RMSNorm."""
 
 from __future__ import annotations
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 from vibe_kernels.layernorm import RMSNorm, _triton, is_cutedsl_layernorm_available, layernorm, rmsnorm
+from vibe_kernels.layernorm._backends import load_backend
 
 pytestmark = pytest.mark.gpu
 
@@ -65,9 +65,10 @@ def test_rmsnorm_forward_backward(cuda_gen, check, backend, rows, hidden, dtype)
 
 @pytest.mark.parametrize("residual_in_fp32", [False, True], ids=["h_xdtype", "h_fp32"])
 @pytest.mark.parametrize("norm", list(NORMS))
-@pytest.mark.parametrize("backend", ["triton", "auto"])
+@pytest.mark.parametrize("backend", ["triton", "cutedsl", "auto"])
 @pytest.mark.parametrize("rows, hidden, dtype", SHAPES, ids=_ids)
 def test_residual_forward_backward(cuda_gen, check, backend, norm, residual_in_fp32, rows, hidden, dtype):
+    _require(backend)
     rms = NORMS[norm]
     r_dtype = torch.float32 if residual_in_fp32 else dtype
     x, residual, weight, bias = _inputs(cuda_gen, rows, hidden, dtype, r_dtype, requires_grad=True)
@@ -88,18 +89,21 @@ def test_residual_forward_backward(cuda_gen, check, backend, norm, residual_in_f
     check.grads(h.detach(), weight, bias, dy, 1e-5, None, weight.grad, bias.grad, rms=rms)
 
 
+@pytest.mark.parametrize("backend", ["triton", "cutedsl"])
 @pytest.mark.parametrize("norm", list(NORMS))
 @pytest.mark.parametrize("rows, hidden, dtype", SHAPES, ids=_ids)
-def test_fused_residual_equals_unfused(cuda_gen, norm, rows, hidden, dtype):
+def test_fused_residual_equals_unfused(cuda_gen, backend, norm, rows, hidden, dtype):
     """h is exactly x + residual; out is the unfused norm(x + residual) bit for bit where both take the same
-    forward kernel, and within one ulp of its terms where they do not (fp16/bf16 rows of 4097-8192 stream in
-    chunks without a residual and stay resident with one: the statistics round differently)."""
+    forward kernel configuration (always on CuTeDSL: same dtypes, same alignment class, same config), and within
+    one ulp of its terms where they do not (Triton's fp16/bf16 rows of 4097-8192 stream in chunks without a
+    residual and stay resident with one: the statistics round differently)."""
+    _require(backend)
     x, residual, weight, bias = _inputs(cuda_gen, rows, hidden, dtype)
     fn = rmsnorm if NORMS[norm] else layernorm
-    fused, h = fn(x, weight, bias, residual=residual, return_residual=True, backend="triton")
+    fused, h = fn(x, weight, bias, residual=residual, return_residual=True, backend=backend)
     assert torch.equal(h, x + residual)
-    unfused = fn(x + residual, weight, bias, backend="triton")
-    if _triton.fwd_config(hidden, dtype, True) == _triton.fwd_config(hidden, dtype, False):
+    unfused = fn(x + residual, weight, bias, backend=backend)
+    if backend == "cutedsl" or _triton.fwd_config(hidden, dtype, True) == _triton.fwd_config(hidden, dtype, False):
         assert torch.equal(fused, unfused)
     else:
         # One ulp of the larger of out and its terms (normalized * weight, bias): where they cancel, a last-bit
@@ -127,38 +131,56 @@ def test_out_dtype(cuda_gen, check, backend, norm, x_dtype, out_dtype, rows, hid
     check.grads(x, weight, bias, dy, 1e-5, x.grad, weight.grad, bias.grad, rms=rms)
 
 
+@pytest.mark.parametrize("backend", ["triton", "cutedsl"])
+@pytest.mark.parametrize("rms", [True, False], ids=["rmsnorm", "layernorm"])
 @pytest.mark.parametrize("rows, hidden, dtype", SHAPES, ids=_ids)
-def test_launchers_write_every_element(cuda_gen, check, rows, hidden, dtype):
+def test_launchers_write_every_element(cuda_gen, check, backend, rms, rows, hidden, dtype):
+    """The backends' launchers into NaN-poisoned outputs: an fp32 residual kept in fp32 (h), out in fp32, and a
+    backward that adds the gradient of h and writes dx twice (x's dtype and the residual's)."""
+    _require(backend)
+    module = load_backend(backend)
     x, residual, weight, _ = _inputs(cuda_gen, rows, hidden, dtype, torch.float32)
     nan = float("nan")
     out = torch.full_like(x, nan, dtype=torch.float32)
     h = torch.full_like(x, nan, dtype=torch.float32)
     rstd = torch.full((rows,), nan, device="cuda")
-    _triton.layernorm_fwd(x, weight, None, 1e-5, out, None, rstd, residual=residual, residual_out=h,
-                          residual_in_fp32=True, rms=True)
-    check.out(out, h, weight, None, 1e-5, rms=True, out_dtype=torch.float32)
-    check.stats(None, rstd, h, 1e-5, rms=True)
+    mean = None if rms else torch.full((rows,), nan, device="cuda")
+    module.layernorm_fwd(x, weight, None, 1e-5, out, mean, rstd, residual=residual, residual_out=h,
+                         residual_in_fp32=True, rms=rms)
+    assert torch.equal(h, x.float() + residual)
+    check.out(out, h, weight, None, 1e-5, rms=rms, out_dtype=torch.float32)
+    check.stats(mean, rstd, h, 1e-5, rms=rms)
     dy = torch.randn(x.shape, generator=cuda_gen, device="cuda")
     dh = torch.randn(x.shape, generator=cuda_gen, device="cuda")
     dx = torch.full_like(x, nan)
     dres_in = torch.full_like(h, nan)
     dweight = torch.full_like(weight, nan)
-    _triton.layernorm_bwd(dy, h, weight, None, rstd, dx, dweight, None, rms=True, dresidual=dh, dresidual_in=dres_in)
-    _dh_total_check(check, h, weight, None, dy, dh, True, dx, "dx")
-    _dh_total_check(check, h, weight, None, dy, dh, True, dres_in, "dresidual_in")
-    check.grads(h, weight, None, dy, 1e-5, None, dweight, None, rms=True)
+    module.layernorm_bwd(dy, h, weight, mean, rstd, dx, dweight, None, rms=rms, dresidual=dh, dresidual_in=dres_in)
+    _dh_total_check(check, h, weight, None, dy, dh, rms, dx, "dx")
+    _dh_total_check(check, h, weight, None, dy, dh, rms, dres_in, "dresidual_in")
+    check.grads(h, weight, None, dy, 1e-5, None, dweight, None, rms=rms)
 
 
-def test_cutedsl_refuses_and_auto_falls_back(cuda_gen, check):
-    if not is_cutedsl_layernorm_available():
-        pytest.skip("CuTeDSL backend unavailable (needs nvidia-cutlass-dsl and sm_90+)")
-    x, residual, weight, _ = _inputs(cuda_gen, 256, 4096, torch.bfloat16, requires_grad=True)
-    for fn in (layernorm, rmsnorm):
-        with pytest.raises(NotImplementedError, match="the fused residual is not supported yet"):
-            fn(x, weight, backend="cutedsl", residual=residual)
-    out = rmsnorm(x, weight, residual=residual, backend="auto")  # runs (and differentiates) on Triton
-    out.sum().backward()
-    assert x.grad is not None and torch.equal(x.grad, residual.grad)
+def test_auto_runs_the_features_on_cutedsl(cuda_gen, check, monkeypatch):
+    """Under backend="auto" on Hopper, RMSNorm with the fused residual and out_dtype runs forward and backward on
+    CuTeDSL: with the Triton launchers made to fail, the call still succeeds."""
+    _require("cutedsl")
+
+    def no_triton(*args, **kwargs):
+        raise AssertionError("backend='auto' fell back to Triton")
+
+    monkeypatch.setattr(_triton, "layernorm_fwd", no_triton)
+    monkeypatch.setattr(_triton, "layernorm_bwd", no_triton)
+    x, residual, weight, bias = _inputs(cuda_gen, 256, 4096, torch.bfloat16, torch.float32, requires_grad=True)
+    for fn, rms in ((layernorm, False), (rmsnorm, True)):
+        out, h = fn(x, weight, bias, residual=residual, residual_in_fp32=True, return_residual=True,
+                    out_dtype=torch.float32, backend="auto")
+        assert out.dtype == torch.float32 and h.dtype == torch.float32
+        check.out(out, h.detach(), weight, bias, 1e-6, rms=rms, out_dtype=torch.float32)
+        (out.sum() + h.sum()).backward()
+        assert x.grad.dtype == torch.bfloat16 and residual.grad.dtype == torch.float32
+        assert torch.equal(x.grad, residual.grad.to(torch.bfloat16))
+        x.grad = residual.grad = weight.grad = bias.grad = None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=_ids)

@@ -323,18 +323,6 @@ def test_fwd_launcher_refuses_residual_out_without_residual(device):
         _triton.layernorm_fwd(x, None, None, EPS, torch.empty_like(x), None, None, residual_out=torch.empty_like(x))
 
 
-def test_cutedsl_refuses_residual():
-    pytest.importorskip("cutlass")
-    from vibe_kernels.layernorm import _cutedsl
-
-    x = torch.empty((2, 64))
-    for kwargs in ({"residual": x}, {"residual": x, "residual_out": x}):
-        with pytest.raises(NotImplementedError, match="the fused residual is not supported yet"):
-            _cutedsl.layernorm_fwd(x, None, None, EPS, x, None, None, **kwargs)
-    with pytest.raises(NotImplementedError, match="the fused residual"):
-        _cutedsl.layernorm_bwd(x, x, None, x[0], x[0], x, None, None, dresidual=x)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Input checks
 # ----------------------------------------------------------------------------------------------------------------

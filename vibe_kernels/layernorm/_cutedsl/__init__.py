@@ -32,12 +32,6 @@ def _check_hidden(hidden: int) -> None:
         raise NotImplementedError(f"CuTeDSL layernorm: N={hidden} is not supported yet (max {MAX_N})")
 
 
-def _refuse_residual(residual: bool) -> None:
-    if residual:
-        raise NotImplementedError("CuTeDSL layernorm: the fused residual is not supported yet (use the Triton "
-                                  "backend; backend='auto' does)")
-
-
 @functools.lru_cache(maxsize=1)
 def _launch_module():
     """launch.py, imported (with cutlass) on the first call."""
@@ -49,21 +43,22 @@ def _launch_module():
 def layernorm_fwd(x, weight, bias, eps: float, out, mean, rstd, *, residual=None, residual_out=None,
                   residual_in_fp32: bool = False, rms: bool = False) -> None:
     """out = (x - mean) * rstd * weight + bias over the rows of x (M, N), in out's dtype (x's or another float
-    dtype); mean, rstd (M,) fp32 stored unless None. rms: RMSNorm (out = x * rstd * weight + bias; mean None)."""
+    dtype); mean, rstd (M,) fp32 stored unless None. rms: RMSNorm (out = x * rstd * weight + bias; mean None).
+    residual (M, N) or None: normalize h = x + residual (rounded to x's dtype unless residual_in_fp32), written to
+    residual_out unless None."""
     _check_hidden(x.shape[1])
-    _refuse_residual(residual is not None or residual_out is not None)
-    _launch_module().layernorm_fwd(x, weight, bias, eps, out, mean, rstd, rms=rms)
+    _launch_module().layernorm_fwd(x, weight, bias, eps, out, mean, rstd, rms=rms, residual=residual,
+                                   residual_out=residual_out, residual_in_fp32=residual_in_fp32)
 
 
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, rms: bool = False, dresidual=None,
                   dresidual_in=None) -> None:
-    """dx (M, N) in x's dtype, and dweight/dbias (N,) unless None, from dy (M, N; the forward's out dtype), x and the
-    forward's mean (None for RMSNorm), rstd (M,) fp32."""
+    """dx (M, N) and dweight/dbias (N,) unless None, from dy (M, N; the forward's out dtype), x (the normalized
+    input: h with a residual) and the forward's mean (None for RMSNorm), rstd (M,) fp32. dresidual: the gradient
+    of h, added to dx; dresidual_in: dx again in the residual's dtype (both optional)."""
     _check_hidden(x.shape[1])
-    _refuse_residual(dresidual is not None or dresidual_in is not None)
-    if dx.dtype != x.dtype:
-        raise NotImplementedError("CuTeDSL layernorm: dx must be in x's dtype")
-    _launch_module().layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, rms=rms)
+    _launch_module().layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, rms=rms, dresidual=dresidual,
+                                   dresidual_in=dresidual_in)
 
 
 __all__ = ["is_available", "layernorm_fwd", "layernorm_bwd", "MAX_N"]

@@ -93,6 +93,11 @@ def _store_slots(view: cute.Tensor, value) -> None:
     view.store(value.reshape(view.shape))
 
 
+def _rows_tensor(ptr: cute.Pointer, rows, hidden: int, row_stride, vec: int) -> cute.Tensor:
+    """An (M, N) global tensor with unit column stride; the row stride is a runtime value divisible by ``vec``."""
+    return cute.make_tensor(ptr, cute.make_layout((rows, hidden), stride=(cute.assume(row_stride, divby=vec), 1)))
+
+
 class _RowKernel:
     """What the forward and backward share: the row tiling, shared-memory reduction buffers, cluster setup."""
 
@@ -127,10 +132,15 @@ class LayerNormFwd(_RowKernel):
     """out = (x - mean) * rstd * w + b, rows of ``hidden`` elements; mean and rstd optionally stored (fp32).
 
     rms: RMSNorm, out = x * rstd * w + b with rstd = 1 / sqrt(mean(x^2) + eps): one row reduction, no mean (only
-    rstd is stored). out_dtype: the output's element type (default x's)."""
+    rstd is stored). out_dtype: the output's element type (default x's).
+
+    Fused pre-norm residual (``residual_dtype`` not None): the row normalized is h = x + r, summed in fp32 and
+    rounded to x's dtype when ``round_residual`` (so h is exactly an unfused ``x + r`` in x's dtype), else kept in
+    fp32; h is written to the residual output when ``residual_out_dtype`` is not None."""
 
     def __init__(self, dtype, hidden: int, weight_dtype, bias_dtype, store_stats: bool, config: FwdConfig,
-                 out_dtype=None, rms: bool = False):
+                 out_dtype=None, rms: bool = False, residual_dtype=None, residual_out_dtype=None,
+                 round_residual: bool = False):
         super().__init__(dtype, hidden, config.tiling, num_stages=2)
         self.weight_dtype = weight_dtype
         self.bias_dtype = bias_dtype
@@ -138,6 +148,11 @@ class LayerNormFwd(_RowKernel):
         self.out_dtype = out_dtype if out_dtype is not None else dtype
         self.rms = rms
         self.affine_after_stats = config.affine_after_stats
+        if residual_dtype is None and (residual_out_dtype is not None or round_residual):
+            raise ValueError("residual_out_dtype and round_residual need a residual_dtype")
+        self.residual_dtype = residual_dtype
+        self.residual_out_dtype = residual_out_dtype
+        self.round_residual = round_residual
 
     @cute.jit
     def __call__(
@@ -148,19 +163,26 @@ class LayerNormFwd(_RowKernel):
         out_ptr: cute.Pointer,
         mean_ptr: cute.Pointer,
         rstd_ptr: cute.Pointer,
+        r_ptr: cute.Pointer,
+        h_ptr: cute.Pointer,
         rows: Int32,
         x_row_stride: Int64,
         out_row_stride: Int64,
+        r_row_stride: Int64,
+        h_row_stride: Int64,
         eps: Float32,
         stream: cuda.CUstream,
     ):
         t = self.tiling
         n = self.hidden
-        vec = t.vec
-        x_stride = cute.assume(x_row_stride, divby=vec)
-        mX = cute.make_tensor(x_ptr, cute.make_layout((rows, n), stride=(x_stride, 1)))
-        out_stride = cute.assume(out_row_stride, divby=vec)
-        mO = cute.make_tensor(out_ptr, cute.make_layout((rows, n), stride=(out_stride, 1)))
+        mX = _rows_tensor(x_ptr, rows, n, x_row_stride, t.vec)
+        mO = _rows_tensor(out_ptr, rows, n, out_row_stride, t.vec)
+        mR = None
+        mH = None
+        if const_expr(self.residual_dtype is not None):
+            mR = _rows_tensor(r_ptr, rows, n, r_row_stride, t.vec)
+            if const_expr(self.residual_out_dtype is not None):
+                mH = _rows_tensor(h_ptr, rows, n, h_row_stride, t.vec)
         # Weight and bias are broadcast over the CTA's rows with a zero row stride.
         mW = None
         if const_expr(self.weight_dtype is not None):
@@ -175,7 +197,7 @@ class LayerNormFwd(_RowKernel):
                 mMean = cute.make_tensor(mean_ptr, cute.make_layout(rows))
             mRstd = cute.make_tensor(rstd_ptr, cute.make_layout(rows))
         tiled_copy = _tiled_copy(self.dtype, t)
-        self.kernel(mX, mW, mB, mO, mMean, mRstd, eps, tiled_copy).launch(
+        self.kernel(mX, mW, mB, mO, mMean, mRstd, mR, mH, eps, tiled_copy).launch(
             grid=[cute.ceil_div(rows, t.rows_per_cta), t.cluster_n, 1],
             block=[t.num_threads, 1, 1],
             cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
@@ -191,6 +213,8 @@ class LayerNormFwd(_RowKernel):
         mO: cute.Tensor,
         mMean,
         mRstd,
+        mR,
+        mH,
         eps: Float32,
         tiled_copy: cute.TiledCopy,
     ):
@@ -224,8 +248,22 @@ class LayerNormFwd(_RowKernel):
         # Bind the predicate outside the dynamic branches below (the DSL rewrites names captured by them).
         copy_x = partial(cute.copy, _copy_atom(self.dtype, t.vec), pred=pred)
         copy_out = partial(cute.copy, _copy_atom(self.out_dtype, t.vec), pred=pred)
+        tXrR = None
+        if const_expr(mR is not None):
+            tXgR = thr_copy.partition_S(cute.local_tile(mR, tiler, (bidx, rank)))
+            tXrR = cute.make_rmem_tensor_like(tXgR)
+            if const_expr(not self.even_n):
+                tXrR.fill(0.0)
+        copy_r = None
+        copy_h = None
+        if const_expr(mR is not None):
+            copy_r = partial(cute.copy, _copy_atom(self.residual_dtype, t.vec), pred=pred)
+            if const_expr(mH is not None):
+                copy_h = partial(cute.copy, _copy_atom(self.residual_out_dtype, t.vec), pred=pred)
         if row < mX.shape[0]:
             copy_x(tXgX, tXrX)
+            if const_expr(mR is not None):
+                copy_r(tXgR, tXrR)
 
         # Weight/bias loads issued before the reductions hide their latency behind them, at the cost of holding them
         # in registers meanwhile; affine_after_stats loads them after (from L2: every row reads the same ones).
@@ -237,6 +275,16 @@ class LayerNormFwd(_RowKernel):
             cute.arch.cluster_wait()
 
         x = tXrX.load().to(Float32)
+        if const_expr(mR is not None):
+            x = x + tXrR.load().to(Float32)  # out-of-row lanes: 0 + 0
+            if const_expr(self.round_residual):
+                x = x.to(self.dtype).to(Float32)
+            if const_expr(mH is not None):
+                tXgH = thr_copy.partition_D(cute.local_tile(mH, tiler, (bidx, rank)))
+                tXrH = cute.make_rmem_tensor_like(tXgH)
+                tXrH.store(x.to(self.residual_out_dtype))
+                if row < mX.shape[0]:
+                    copy_h(tXrH, tXgH)
         mean = Float32(0.0)
         centered = x  # RMSNorm: out-of-row lanes hold 0 and add nothing to the sum of squares
         if const_expr(not self.rms):
@@ -310,10 +358,14 @@ class LayerNormBwd(_RowKernel):
     writes them once: dw_partial[cluster, :], reduced over clusters by a second pass.
     The two row sums share one reduction pass; its buffers and cluster mbarriers alternate between two slots
     by iteration parity, so a CTA that runs ahead never overwrites a slot its peers are still reading.
+
+    Fused residual: x is then the forward's h; ``dres_dtype`` (not None) adds the gradient flowing into h to dx,
+    and ``dres_in_dtype`` (not None) writes dx a second time in that dtype (the residual input's gradient, when its
+    dtype differs from dx's). dx's own element type is ``dx_dtype`` (default x's).
     """
 
     def __init__(self, dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, config: BwdConfig,
-                 dy_dtype=None, rms: bool = False):
+                 dy_dtype=None, rms: bool = False, dx_dtype=None, dres_dtype=None, dres_in_dtype=None):
         super().__init__(dtype, hidden, config.tiling, num_stages=2)
         self.column_state_in_smem = config.column_state_in_smem
         self.weight_dtype = weight_dtype
@@ -321,6 +373,9 @@ class LayerNormBwd(_RowKernel):
         self.want_db = want_db
         self.dy_dtype = dy_dtype if dy_dtype is not None else dtype  # the forward's out dtype
         self.rms = rms  # RMSNorm: xhat = x * rstd, dx = (g - xhat * mean(g * xhat)) * rstd; no mean
+        self.dx_dtype = dx_dtype if dx_dtype is not None else dtype
+        self.dres_dtype = dres_dtype
+        self.dres_in_dtype = dres_in_dtype
 
     @cute.jit
     def __call__(
@@ -333,19 +388,29 @@ class LayerNormBwd(_RowKernel):
         dx_ptr: cute.Pointer,
         dw_partial_ptr: cute.Pointer,
         db_partial_ptr: cute.Pointer,
+        dres_ptr: cute.Pointer,
+        dres_in_ptr: cute.Pointer,
         rows: Int32,
         dy_row_stride: Int64,
         x_row_stride: Int64,
         dx_row_stride: Int64,
+        dres_row_stride: Int64,
+        dres_in_row_stride: Int64,
         num_clusters: Int32,
         stream: cuda.CUstream,
     ):
         t = self.tiling
         n = self.hidden
         vec = t.vec
-        mDY = cute.make_tensor(dy_ptr, cute.make_layout((rows, n), stride=(cute.assume(dy_row_stride, divby=vec), 1)))
-        mX = cute.make_tensor(x_ptr, cute.make_layout((rows, n), stride=(cute.assume(x_row_stride, divby=vec), 1)))
-        mDX = cute.make_tensor(dx_ptr, cute.make_layout((rows, n), stride=(cute.assume(dx_row_stride, divby=vec), 1)))
+        mDY = _rows_tensor(dy_ptr, rows, n, dy_row_stride, vec)
+        mX = _rows_tensor(x_ptr, rows, n, x_row_stride, vec)
+        mDX = _rows_tensor(dx_ptr, rows, n, dx_row_stride, vec)
+        mDR = None
+        if const_expr(self.dres_dtype is not None):
+            mDR = _rows_tensor(dres_ptr, rows, n, dres_row_stride, vec)
+        mDRin = None
+        if const_expr(self.dres_in_dtype is not None):
+            mDRin = _rows_tensor(dres_in_ptr, rows, n, dres_in_row_stride, vec)
         mW = None
         if const_expr(self.weight_dtype is not None):
             mW = cute.make_tensor(w_ptr, cute.make_layout((t.rows_per_cta, n), stride=(0, 1)))
@@ -361,7 +426,7 @@ class LayerNormBwd(_RowKernel):
         if const_expr(self.want_db):
             mDBp = cute.make_tensor(db_partial_ptr, cute.make_layout((num_clusters, t.rows_per_cta, n), stride=(n, 0, 1)))
         tiled_copy = _tiled_copy(self.dtype, t)
-        self.kernel(mDY, mX, mW, mMean, mRstd, mDX, mDWp, mDBp, tiled_copy).launch(
+        self.kernel(mDY, mX, mW, mMean, mRstd, mDX, mDWp, mDBp, mDR, mDRin, tiled_copy).launch(
             grid=[num_clusters, t.cluster_n, 1],
             block=[t.num_threads, 1, 1],
             cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
@@ -379,6 +444,8 @@ class LayerNormBwd(_RowKernel):
         mDX: cute.Tensor,
         mDWp,
         mDBp,
+        mDR,
+        mDRin,
         tiled_copy: cute.TiledCopy,
     ):
         t = self.tiling
@@ -409,6 +476,13 @@ class LayerNormBwd(_RowKernel):
             pred = _column_predicate(tXcX0, n)
         copy_row = partial(cute.copy, _copy_atom(self.dtype, t.vec), pred=pred)
         copy_dy = partial(cute.copy, _copy_atom(self.dy_dtype, t.vec), pred=pred)
+        copy_dx = partial(cute.copy, _copy_atom(self.dx_dtype, t.vec), pred=pred)
+        copy_dres = None
+        if const_expr(mDR is not None):
+            copy_dres = partial(cute.copy, _copy_atom(self.dres_dtype, t.vec), pred=pred)
+        copy_dres_in = None
+        if const_expr(mDRin is not None):
+            copy_dres_in = partial(cute.copy, _copy_atom(self.dres_in_dtype, t.vec), pred=pred)
 
         in_smem = const_expr(self.column_state_in_smem)
         tXgX0 = thr_copy.partition_S(cute.local_tile(mX, tiler, (0, rank)))
@@ -447,7 +521,13 @@ class LayerNormBwd(_RowKernel):
 
         tXrX = cute.make_rmem_tensor_like(tXgX0)
         tXrDY = cute.make_rmem_tensor_like(thr_copy.partition_S(cute.local_tile(mDY, tiler, (0, rank))))
-        tXrDX = cute.make_rmem_tensor_like(tXgX0)
+        tXrDX = cute.make_rmem_tensor_like(thr_copy.partition_D(cute.local_tile(mDX, tiler, (0, rank))))
+        tXrDR = None
+        if const_expr(mDR is not None):
+            tXrDR = cute.make_rmem_tensor_like(thr_copy.partition_S(cute.local_tile(mDR, tiler, (0, rank))))
+        tXrDRin = None
+        if const_expr(mDRin is not None):
+            tXrDRin = cute.make_rmem_tensor_like(thr_copy.partition_D(cute.local_tile(mDRin, tiler, (0, rank))))
 
         if const_expr(t.cluster_n > 1):
             cute.arch.cluster_wait()
@@ -470,6 +550,8 @@ class LayerNormBwd(_RowKernel):
             if row < num_rows:
                 copy_row(tXgX, tXrX)
                 copy_dy(tXgDY, tXrDY)
+                if const_expr(mDR is not None):
+                    copy_dres(thr_copy.partition_S(cute.local_tile(mDR, tiler, (tile, rank))), tXrDR)
                 if const_expr(mMean is not None):
                     mean = mMean[row]
                 rstd = mRstd[row]
@@ -505,9 +587,15 @@ class LayerNormBwd(_RowKernel):
                 dx = (g - xhat * mean_gx) * rstd
             else:
                 dx = (g - totals[1] / n - xhat * mean_gx) * rstd
-            tXrDX.store(dx.to(self.dtype))
+            if const_expr(mDR is not None):
+                dx = dx + tXrDR.load().to(Float32)  # rows past M / columns past N: never stored
+            tXrDX.store(dx.to(self.dx_dtype))
+            if const_expr(mDRin is not None):
+                tXrDRin.store(dx.to(self.dres_in_dtype))
             if row < num_rows:
-                copy_row(tXrDX, tXgDX)
+                copy_dx(tXrDX, tXgDX)
+                if const_expr(mDRin is not None):
+                    copy_dres_in(tXrDRin, thr_copy.partition_D(cute.local_tile(mDRin, tiler, (tile, rank))))
 
         if const_expr(self.want_dw):
             self._store_partial(tXrDW, slots_dw, tXgX0, mDWp, thr_copy, tiler, bidx, rank, pred, smem)

@@ -188,62 +188,74 @@ def _callable(compiled):
     return bare if bare is not None else compiled
 
 
+def _row_placeholder(dtype, vec: int):
+    """A placeholder pointer for an (M, N) or (N,) tensor read/written in vectors (None when absent)."""
+    return None if dtype is None else _placeholder(dtype, _ptr_align(dtype, vec))
+
+
 @_CompileOnce
 def compile_fwd(dtype, hidden: int, weight_dtype, bias_dtype, store_stats: bool, vec: int, config: FwdConfig,
-                arch: str, keep_ptx: bool = False, tvm_ffi: bool = False, out_dtype=None, rms: bool = False):
+                arch: str, keep_ptx: bool = False, tvm_ffi: bool = False, out_dtype=None, rms: bool = False,
+                residual_dtype=None, residual_out_dtype=None, round_residual: bool = False):
     """Compiled forward for one variant; ``dtype``/``weight_dtype``/``bias_dtype``/``out_dtype`` are cutlass types
-    (or None; out_dtype None: x's). rms: RMSNorm (store_stats then stores rstd only)."""
+    (or None; out_dtype None: x's). rms: RMSNorm (store_stats then stores rstd only). residual_dtype (None: no
+    residual), residual_out_dtype (None: h not stored), round_residual: the fused residual (LayerNormFwd)."""
     out_dtype = out_dtype if out_dtype is not None else dtype
     build = functools.partial(_compile_fwd, dtype, hidden, weight_dtype, bias_dtype, store_stats, vec, config, arch,
-                              keep_ptx, tvm_ffi, out_dtype, rms)
+                              keep_ptx, tvm_ffi, out_dtype, rms, residual_dtype, residual_out_dtype, round_residual)
     if not tvm_ffi or keep_ptx:
         return build()
     variant = (str(dtype), hidden, str(weight_dtype), str(bias_dtype), store_stats, vec, config, arch,
-               str(out_dtype), rms)
+               str(out_dtype), rms, str(residual_dtype), str(residual_out_dtype), round_residual)
     return _callable(_disk_cached("fwd", variant, build))
 
 
 def _compile_fwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, vec, config, arch, keep_ptx, tvm_ffi,
-                 out_dtype, rms):
-    kernel = LayerNormFwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, config, out_dtype, rms)
-    w = _placeholder(weight_dtype, _ptr_align(weight_dtype, vec)) if weight_dtype is not None else None
-    b = _placeholder(bias_dtype, _ptr_align(bias_dtype, vec)) if bias_dtype is not None else None
+                 out_dtype, rms, residual_dtype, residual_out_dtype, round_residual):
+    kernel = LayerNormFwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, config, out_dtype, rms,
+                          residual_dtype, residual_out_dtype, round_residual)
     stat = _placeholder(Float32, 4) if store_stats else None
-    x = _placeholder(dtype, _ptr_align(dtype, vec))
-    out = _placeholder(out_dtype, _ptr_align(out_dtype, vec))
+    row = cutlass.Int64(hidden)
     with _lock:
         return cute.compile(
-            kernel, x, w, b, out, None if rms else stat, stat, cutlass.Int32(1), cutlass.Int64(hidden),
-            cutlass.Int64(hidden), Float32(1e-5), make_fake_stream(), options=_options(arch, keep_ptx, tvm_ffi),
+            kernel, _row_placeholder(dtype, vec), _row_placeholder(weight_dtype, vec),
+            _row_placeholder(bias_dtype, vec), _row_placeholder(out_dtype, vec), None if rms else stat, stat,
+            _row_placeholder(residual_dtype, vec), _row_placeholder(residual_out_dtype, vec), cutlass.Int32(1),
+            row, row, row, row, Float32(1e-5), make_fake_stream(), options=_options(arch, keep_ptx, tvm_ffi),
         )
 
 
 @_CompileOnce
 def compile_bwd(dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, vec: int, config: BwdConfig,
-                arch: str, keep_ptx: bool = False, tvm_ffi: bool = False, dy_dtype=None, rms: bool = False):
-    """Compiled backward for one variant (dw/db partials in fp32); dy_dtype: dy's cutlass type (None: x's); rms:
-    RMSNorm (no mean)."""
+                arch: str, keep_ptx: bool = False, tvm_ffi: bool = False, dy_dtype=None, rms: bool = False,
+                dx_dtype=None, dres_dtype=None, dres_in_dtype=None):
+    """Compiled backward for one variant (dw/db partials in fp32); dy_dtype / dx_dtype: dy's / dx's cutlass type
+    (None: x's); rms: RMSNorm (no mean); dres_dtype, dres_in_dtype (None: absent): the fused residual's gradient
+    into h (added to dx) and the second copy of dx (LayerNormBwd)."""
     dy_dtype = dy_dtype if dy_dtype is not None else dtype
+    dx_dtype = dx_dtype if dx_dtype is not None else dtype
     build = functools.partial(_compile_bwd, dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch,
-                              keep_ptx, tvm_ffi, dy_dtype, rms)
+                              keep_ptx, tvm_ffi, dy_dtype, rms, dx_dtype, dres_dtype, dres_in_dtype)
     if not tvm_ffi or keep_ptx:
         return build()
-    variant = (str(dtype), hidden, str(weight_dtype), want_dw, want_db, vec, config, arch, str(dy_dtype), rms)
+    variant = (str(dtype), hidden, str(weight_dtype), want_dw, want_db, vec, config, arch, str(dy_dtype), rms,
+               str(dx_dtype), str(dres_dtype), str(dres_in_dtype))
     return _callable(_disk_cached("bwd", variant, build))
 
 
-def _compile_bwd(dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch, keep_ptx, tvm_ffi, dy_dtype, rms):
-    kernel = LayerNormBwd(dtype, hidden, weight_dtype, want_dw, want_db, config, dy_dtype, rms)
-    w = _placeholder(weight_dtype, _ptr_align(weight_dtype, vec)) if weight_dtype is not None else None
-    dwp = _placeholder(Float32, _ptr_align(Float32, vec)) if want_dw else None
-    dbp = _placeholder(Float32, _ptr_align(Float32, vec)) if want_db else None
-    act = _placeholder(dtype, _ptr_align(dtype, vec))
-    dy = _placeholder(dy_dtype, _ptr_align(dy_dtype, vec))
+def _compile_bwd(dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch, keep_ptx, tvm_ffi, dy_dtype, rms,
+                 dx_dtype, dres_dtype, dres_in_dtype):
+    kernel = LayerNormBwd(dtype, hidden, weight_dtype, want_dw, want_db, config, dy_dtype, rms, dx_dtype, dres_dtype,
+                          dres_in_dtype)
+    partial_row = _row_placeholder(Float32, vec)
     stat = _placeholder(Float32, 4)
+    row = cutlass.Int64(hidden)
     with _lock:
         return cute.compile(
-            kernel, dy, act, w, None if rms else stat, stat, act, dwp, dbp, cutlass.Int32(1), cutlass.Int64(hidden),
-            cutlass.Int64(hidden), cutlass.Int64(hidden), cutlass.Int32(1), make_fake_stream(),
+            kernel, _row_placeholder(dy_dtype, vec), _row_placeholder(dtype, vec), _row_placeholder(weight_dtype, vec),
+            None if rms else stat, stat, _row_placeholder(dx_dtype, vec), partial_row if want_dw else None,
+            partial_row if want_db else None, _row_placeholder(dres_dtype, vec), _row_placeholder(dres_in_dtype, vec),
+            cutlass.Int32(1), row, row, row, row, row, cutlass.Int32(1), make_fake_stream(),
             options=_options(arch, keep_ptx, tvm_ffi),
         )
 
@@ -351,19 +363,33 @@ _fwd_plans: dict = {}
 MAX_FWD_PLANS = 256
 
 
-def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | None = None,
-                  rms: bool = False) -> None:
+def _stride0(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.stride(0)
+
+
+def _widest(*tensors) -> int:
+    return max(t.element_size() for t in tensors if t is not None)
+
+
+def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | None = None, rms: bool = False,
+                  residual=None, residual_out=None, residual_in_fp32: bool = False) -> None:
     """x (M, N); out (M, N) in x's or another float dtype; mean/rstd (M,) fp32 or None (both or neither; RMSNorm
-    (``rms``): mean None, rstd optional)."""
+    (``rms``): mean None, rstd optional). residual (M, N) or None: normalize h = x + residual, rounded to x's dtype
+    unless ``residual_in_fp32``; residual_out (M, N) or None: where h is written."""
     rows, hidden = x.shape
     store_stats = rstd is not None
     if rms and mean is not None:
         raise ValueError("RMSNorm has no mean: pass mean=None")
     if not rms and store_stats != (mean is not None):
         raise ValueError("mean and rstd must both be given or both be None")
+    if residual is None and residual_out is not None:
+        raise ValueError("residual_out needs a residual")
     x_addr, out_addr = x.data_ptr(), out.data_ptr()
     w_addr, b_addr = _addr(weight), _addr(bias)
-    tail = (rows, x.stride(0), out.stride(0), float(eps))
+    r_addr, h_addr = _addr(residual), _addr(residual_out)
+    # Rounding h to fp32 x's dtype is a no-op: one variant for both.
+    round_residual = residual is not None and not residual_in_fp32 and x.dtype != torch.float32
+    tail = (rows, x.stride(0), out.stride(0), _stride0(residual), _stride0(residual_out), float(eps))
     plan_key = None
     if config is None and _TVM_FFI:
         current = torch.cuda.current_device()
@@ -372,26 +398,31 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
             plan_key = (current, hidden, x.dtype, out.dtype, _dtype_of(weight), _dtype_of(bias), store_stats, rms,
                         rows >= AFFINE_AFTER_STATS_MIN_ROWS, tail[1], tail[2], x_addr & 15, out_addr & 15,
                         (w_addr or 0) & 15, (b_addr or 0) & 15)
+            if residual is not None:
+                plan_key += (residual.dtype, _dtype_of(residual_out), round_residual, tail[3], tail[4], r_addr & 15,
+                             (h_addr or 0) & 15)
             compiled = _fwd_plans.get(plan_key)
             if compiled is not None:
-                compiled(x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd), *tail, _raw_stream(current))
+                compiled(x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd), r_addr, h_addr, *tail,
+                         _raw_stream(current))
                 return
+    row_tensors = [t for t in (x, out, residual, residual_out) if t is not None]
+    addresses = [(t.data_ptr(), t.element_size()) for t in row_tensors + [weight, bias] if t is not None]
+    # Vectors of at most 16 bytes of every row tensor (bf16 in, fp32 out or residual: 4 elements).
+    vec = vector_width(_widest(*row_tensors), hidden, tuple(t.stride(0) for t in row_tensors), tuple(addresses))
     elem = x.element_size()
-    addresses = [(x_addr, elem), (out_addr, out.element_size())]
-    addresses += [(t.data_ptr(), t.element_size()) for t in (weight, bias) if t is not None]
-    # Vectors of at most 16 bytes of x and of out (bf16 in, fp32 out: 4 elements).
-    vec = vector_width(max(elem, out.element_size()), hidden, (x.stride(0), out.stride(0)), tuple(addresses))
     if config is None:
         config = fwd_config(hidden, elem, vec, rows=rows)
     _check_config(config, vec)
     vec = config.tiling.vec
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), _cute(bias), store_stats, vec, config, _arch_of(x.device))
-    compile_kwargs = {"out_dtype": _CUTE_DTYPE[out.dtype], "rms": bool(rms)}
+    compile_kwargs = {"out_dtype": _CUTE_DTYPE[out.dtype], "rms": bool(rms), "residual_dtype": _cute(residual),
+                      "residual_out_dtype": _cute(residual_out), "round_residual": round_residual}
     _run(
         compile_fwd, compile_args, compile_kwargs,
-        (x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd)) + tail,
+        (x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd), r_addr, h_addr) + tail,
         lambda: (_ptr(x, vec), _ptr(weight, vec), _ptr(bias, vec), _ptr(out, vec), _stat_ptr(mean),
-                 _stat_ptr(rstd)) + tail,
+                 _stat_ptr(rstd), _ptr(residual, vec), _ptr(residual_out, vec)) + tail,
         x.device,
     )
     if plan_key is not None and _TVM_FFI:  # still on TVM FFI: the call did not fall back to the DSL path
@@ -401,20 +432,19 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
 
 
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdConfig | None = None,
-                  rms: bool = False) -> None:
-    """dy (M, N) in any float dtype (the forward's out dtype); x and dx (M, N) in x's; mean (None for RMSNorm)
-    and rstd (M,) fp32; dweight/dbias (N,) or None."""
+                  rms: bool = False, dresidual=None, dresidual_in=None) -> None:
+    """dy (M, N) in any float dtype (the forward's out dtype); x (M, N: the normalized input, h with a residual) and
+    dx (M, N), each in its own float dtype; mean (None for RMSNorm) and rstd (M,) fp32; dweight/dbias (N,) or None.
+    dresidual (M, N) or None: the gradient flowing into the residual output h, added to dx; dresidual_in (M, N) or
+    None: dx written a second time in its dtype (the residual input's gradient)."""
     rows, hidden = x.shape
     if rms != (mean is None):
         raise ValueError("mean must be None exactly for RMSNorm (rms=True)")
-    elem = x.element_size()
-    addresses = [(x.data_ptr(), elem), (dx.data_ptr(), elem), (dy.data_ptr(), dy.element_size())]
-    if weight is not None:
-        addresses.append((weight.data_ptr(), weight.element_size()))
-    vec = vector_width(max(elem, dy.element_size()), hidden, (dy.stride(0), x.stride(0), dx.stride(0)),
-                       tuple(addresses))
+    row_tensors = [t for t in (dy, x, dx, dresidual, dresidual_in) if t is not None]
+    addresses = [(t.data_ptr(), t.element_size()) for t in row_tensors + [weight] if t is not None]
+    vec = vector_width(_widest(*row_tensors), hidden, tuple(t.stride(0) for t in row_tensors), tuple(addresses))
     if config is None:
-        config = bwd_config(hidden, elem, vec)
+        config = bwd_config(hidden, x.element_size(), vec)
     _check_config(config, vec)
     vec = config.tiling.vec
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
@@ -423,14 +453,15 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
     dw_partial = torch.empty((num_clusters, hidden), dtype=torch.float32, device=x.device) if want_dw else None
     db_partial = torch.empty((num_clusters, hidden), dtype=torch.float32, device=x.device) if want_db else None
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), want_dw, want_db, vec, config, _arch_of(x.device))
-    compile_kwargs = {"dy_dtype": _CUTE_DTYPE[dy.dtype], "rms": bool(rms)}
-    tail = (rows, dy.stride(0), x.stride(0), dx.stride(0), num_clusters)
+    compile_kwargs = {"dy_dtype": _CUTE_DTYPE[dy.dtype], "rms": bool(rms), "dx_dtype": _CUTE_DTYPE[dx.dtype],
+                      "dres_dtype": _cute(dresidual), "dres_in_dtype": _cute(dresidual_in)}
+    tail = (rows, dy.stride(0), x.stride(0), dx.stride(0), _stride0(dresidual), _stride0(dresidual_in), num_clusters)
     _run(
         compile_bwd, compile_args, compile_kwargs,
         (dy.data_ptr(), x.data_ptr(), _addr(weight), _addr(mean), rstd.data_ptr(), dx.data_ptr(),
-         _addr(dw_partial), _addr(db_partial)) + tail,
+         _addr(dw_partial), _addr(db_partial), _addr(dresidual), _addr(dresidual_in)) + tail,
         lambda: (_ptr(dy, vec), _ptr(x, vec), _ptr(weight, vec), _stat_ptr(mean), _stat_ptr(rstd), _ptr(dx, vec),
-                 _ptr(dw_partial, vec), _ptr(db_partial, vec)) + tail,
+                 _ptr(dw_partial, vec), _ptr(db_partial, vec), _ptr(dresidual, vec), _ptr(dresidual_in, vec)) + tail,
         x.device,
     )
     # Second pass: a fixed-order fp32 column sum over the partials (deterministic, no atomics).
