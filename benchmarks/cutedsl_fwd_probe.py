@@ -1,7 +1,12 @@
 """CuTeDSL forward: config variants side by side on the GPU (ms and % of a same-size copy, one process).
 
 Variants: the default config; weight/bias loaded after the row statistics (``affine_after_stats``: ~64 instead of
-~95 registers a thread with fp32 weight and bias, so twice the CTAs per SM); and that with 32 bytes of x a thread.
+~95 registers a thread with fp32 weight and bias, so twice the CTAs per SM); and that with 32 bytes of x a thread;
+CTAs of up to 1024 threads with 32 bytes of x a thread (``t1024``: twice the warps of a 512-thread CTA at the same
+registers per SM), with weight/bias early or late; and the default, late and early configs with L1 hints
+(``l1_hints``: rows loaded without allocating in L1, weight/bias kept with evict-last): "+l1"; and the late and
+early configs with a launch bound of two CTAs per SM (``min_ctas_per_sm=2``: ptxas fits 64 registers a thread at
+512 threads): "+2cta".
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -30,8 +35,21 @@ def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
     late = dataclasses.replace(default, affine_after_stats=True)
     late32 = dataclasses.replace(cfg.fwd_config(hidden, elem, vec, bytes_per_thread=32), affine_after_stats=True)
     early = dataclasses.replace(default, affine_after_stats=False)
+    t1024 = cfg.fwd_config(hidden, elem, vec, bytes_per_thread=32, max_cta_threads=1024)
+    t1024_late = dataclasses.replace(t1024, affine_after_stats=True)
+    hinted = {f"{name}+l1": dataclasses.replace(config, l1_hints=True)
+              for name, config in (("default", default), ("late", late), ("early", early))}
+    two_ctas = {f"{name}+2cta": dataclasses.replace(config, min_ctas_per_sm=2)
+                for name, config in (("late", late), ("early", early))}
+    # The rule before the launch bound: late only for one-row CTAs of <= 256 threads without a cluster.
+    previous = dataclasses.replace(default, min_ctas_per_sm=0, affine_after_stats=(
+        rows >= cfg.AFFINE_AFTER_STATS_MIN_ROWS and default.tiling.rows_per_cta == 1
+        and default.tiling.cluster_n == 1 and default.tiling.num_threads <= 256))
     found = {"default": default}
-    for name, config in (("early", early), ("late", late), ("late32", late32)):
+    if previous != default:
+        found["previous"] = previous
+    for name, config in (("early", early), ("late", late), ("late32", late32), ("t1024", t1024),
+                         ("t1024late", t1024_late), *hinted.items(), *two_ctas.items()):
         if config not in found.values():
             found[name] = config
     return found
@@ -40,10 +58,14 @@ def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
+    parser.add_argument("--min-hidden", type=int, default=1, help="only shapes with N at least this")
+    parser.add_argument("--only", default="", help="comma-separated variant names to run besides the default")
     args = parser.parse_args()
     rows_out = []
     print(f"device: {torch.cuda.get_device_name()}")
     for rows, hidden, dtype in SHAPES:
+        if hidden < args.min_hidden:
+            continue
         gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
         x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)
         w = 1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)
@@ -54,6 +76,8 @@ def main() -> None:
         line = {"rows": rows, "hidden": hidden, "dtype": str(dtype).split(".")[-1], "copy_ms": copy_ms}
         vec = 16 // x.element_size()
         for name, config in variants(hidden, x.element_size(), vec, rows).items():
+            if args.only and name not in ("default", "previous") and name not in args.only.split(","):
+                continue
             try:
                 out.fill_(float("nan"))
                 launch.layernorm_fwd(x, w, b, 1e-6, out, None, None, config=config)

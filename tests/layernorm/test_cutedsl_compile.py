@@ -324,14 +324,35 @@ def test_forward_with_affine_after_stats_compiles(case):
     assert "rsqrt" in ptx
 
 
-@pytest.mark.parametrize("rows, hidden, elem, late", [
-    (1024, 4096, 2, True), (32768, 8192, 2, True), (4096, 4096, 4, True),  # one-row CTAs of 128-256 threads
-    (1023, 8192, 2, False), (128, 4096, 2, False), (None, 8192, 2, False),  # too few rows (or M not given)
-    (32768, 16384, 2, False), (32768, 65536, 2, False),  # a 512-thread CTA; a cluster
-    (32768, 1024, 2, False),  # several rows per CTA
+@pytest.mark.parametrize("rows, hidden, elem, vec, residual, late, min_ctas", [
+    (1024, 4096, 2, 8, False, True, 0), (32768, 8192, 2, 8, False, True, 0),  # one-row CTAs of 128-256 threads
+    (4096, 4096, 4, 4, False, True, 0), (4096, 8192, 2, 8, True, True, 0),
+    (32768, 16384, 2, 8, False, True, 2), (32768, 65536, 2, 8, False, True, 2),  # 512 threads; a cluster
+    (4096, 8192, 4, 4, False, True, 2), (4096, 262144, 4, 4, False, True, 2),
+    (1023, 8192, 2, 8, False, False, 0), (128, 4096, 2, 8, False, False, 0),  # too few rows
+    (None, 8192, 2, 8, False, False, 0), (128, 16384, 2, 8, False, False, 0),  # (or M not given)
+    (32768, 1024, 2, 8, False, False, 0),  # several rows per CTA
+    (4096, 16384, 2, 8, True, False, 0), (4096, 100003, 2, 1, False, False, 0),  # 512 threads: spills
+    (4096, 16384, 2, 4, False, False, 0),
 ])
-def test_affine_after_stats_rule(rows, hidden, elem, late):
-    assert cfg.fwd_config(hidden, elem, 16 // elem, rows=rows).affine_after_stats == late
+def test_affine_after_stats_rule(rows, hidden, elem, vec, residual, late, min_ctas):
+    config = cfg.fwd_config(hidden, elem, vec, rows=rows, residual=residual)
+    assert (config.affine_after_stats, config.min_ctas_per_sm) == (late, min_ctas)
+
+
+@pytest.mark.parametrize("hidden, dtype_name", [(16384, "bf16"), (65536, "bf16"), (16384, "fp32"), (262144, "fp16")])
+def test_two_ctas_per_sm_fit_the_registers(hidden, dtype_name):
+    """The launch bound of the 512-thread late-affine forward: .minnctapersm 2 in the PTX, and ptxas fits a thread in
+    64 registers (two 512-thread CTAs per SM) with at most a few bytes spilled (fp32 weight and bias)."""
+    vec = _aligned_vec(hidden, dtype_name)
+    config = cfg.fwd_config(hidden, ELEM_BYTES[dtype_name], vec, rows=4096)
+    assert config.min_ctas_per_sm == 2 and config.tiling.num_threads == 512
+    ptx = launch.compile_fwd(DTYPES[dtype_name], hidden, cutlass.Float32, cutlass.Float32, True, vec, config, ARCH,
+                             keep_ptx=True).__ptx__
+    assert re.search(r"\.minnctapersm\s+2", ptx)
+    _check_common(ptx, config.tiling, ELEM_BYTES[dtype_name])
+    usage = _ptxas_usage(ptx)
+    assert usage["registers"] <= 64 and usage["spill_stores"] <= 32, usage
 
 
 def test_affine_after_stats_frees_registers():
@@ -446,7 +467,7 @@ def test_residual_forward_compiles(case):
     global load and one more store per vector than the plain forward), and the row still fits in registers."""
     hidden, x_name, r_name, h_name, rms = case
     vec = _residual_vec(hidden, x_name, r_name, h_name)
-    config = cfg.fwd_config(hidden, ELEM_BYTES[x_name], vec, rows=4096)
+    config = cfg.fwd_config(hidden, ELEM_BYTES[x_name], vec, rows=4096, residual=True)
     compile_one = partial(launch.compile_fwd, DTYPES[x_name], hidden, cutlass.Float32, cutlass.Float32, True, vec,
                           config, ARCH, keep_ptx=True, rms=rms)
     plain = compile_one().__ptx__

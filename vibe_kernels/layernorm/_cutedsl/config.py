@@ -65,10 +65,17 @@ class RowTiling:
 @dataclass(frozen=True)
 class FwdConfig:
     """affine_after_stats: load weight and bias after the row statistics instead of before them (fewer registers
-    held across the reductions, their load latency exposed)."""
+    held across the reductions, their load latency exposed).
+
+    l1_hints: the rows (x, the residual) are loaded without allocating in L1 and weight/bias with evict-last, so
+    the weight and bias that every row reads again stay in L1 instead of being evicted by rows read once.
+
+    min_ctas_per_sm: a launch bound (0: none) telling ptxas to fit this many CTAs per SM in the register file."""
 
     tiling: RowTiling
     affine_after_stats: bool = False
+    l1_hints: bool = False
+    min_ctas_per_sm: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,15 +139,20 @@ AFFINE_AFTER_STATS_MIN_ROWS = 1024
 
 
 def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = None, bytes_per_thread: int = 64,
-               max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MIN_CTA_THREADS) -> FwdConfig:
+               max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MIN_CTA_THREADS,
+               residual: bool = False) -> FwdConfig:
     """Forward: 64 bytes of x per thread (32 bf16 / 16 fp32 values), up to 512 threads per CTA, then clusters.
 
-    Weight and bias load after the row statistics (``affine_after_stats``) when ``rows`` >= 1024 and one row
-    takes a whole CTA of at most 256 threads and no cluster: holding fp32 weight and bias across the reductions costs
-    ~30 registers a thread (ptxas: 92-95 instead of 63-64), which halves the CTAs per SM. Measured on the H100
-    (% of a copy, fp32 weight and bias): 4096x8192 83 -> 94%, 4095x5000 78 -> 94%, 32768x4096 91 -> 98%,
-    32768x8192 86 -> 100%; but 512-thread CTAs (N = 16384) and clusters lost 5-15 points (the loads' latency, no
-    longer hidden), as did M = 128 and M = 1 (one wave: occupancy cannot help).
+    Weight and bias load after the row statistics (``affine_after_stats``) when ``rows`` >= 1024 and one row takes
+    a whole CTA: holding fp32 weight and bias across the reductions costs ~30 registers a thread (ptxas: 92-128
+    instead of 63-64), which halves the CTAs per SM. A 256-thread CTA then gets 64 registers by itself; a
+    512-thread one (N >= 16384, clusters included) also needs a launch bound of two CTAs per SM (``min_ctas_per_sm``;
+    without it ptxas takes 77 registers and one CTA fits, which only exposes the loads' latency). Measured on the
+    H100 (% of a copy, bf16 x, fp32 weight and bias, cutedsl_fwd_probe.py): 4096x8192 83 -> 94%, 4095x5000 78 ->
+    94%, 32768x8192 86 -> 100%; with the launch bound 4096x16384 81 -> 95%, 32768x16384 84 -> 100%, 32768x32768 72
+    -> 90%, 65536 65 -> 82%, 131072 55 -> 73%, 262144 40 -> 63%. Not at M = 128 or M = 1 (one wave: occupancy cannot
+    help, the exposed latency stays), and the launch bound only with 16-byte vectors and without a fused residual
+    (ptxas spills there: 108 bytes at N = 100003 with scalar accesses; 8-24 with a residual).
 
     >>> fwd_config(4096, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=128, vecs_per_thread=4, rows_per_cta=1, cluster_n=1)
@@ -148,11 +160,16 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16)
     >>> fwd_config(256, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=8, vecs_per_thread=4, rows_per_cta=16, cluster_n=1)
+    >>> fwd_config(16384, 2, 8, rows=4096)
+    FwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=1), \
+affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2)
     """
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
-    late = (rows is not None and rows >= AFFINE_AFTER_STATS_MIN_ROWS and tiling.cluster_n == 1
-            and tiling.rows_per_cta == 1 and tiling.num_threads <= 256)
-    return FwdConfig(tiling, affine_after_stats=late)
+    many_rows = rows is not None and rows >= AFFINE_AFTER_STATS_MIN_ROWS and tiling.rows_per_cta == 1
+    fits_alone = tiling.cluster_n == 1 and tiling.num_threads <= 256
+    bounded = tiling.num_threads == 512 and vec * elem_bytes == 16 and not residual
+    late = many_rows and (fits_alone or bounded)
+    return FwdConfig(tiling, affine_after_stats=late, min_ctas_per_sm=2 if late and bounded else 0)
 
 
 def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int = 32,

@@ -32,6 +32,16 @@ def _copy_atom(dtype, vec: int):
     return cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=min(128, vec * dtype.width))
 
 
+def _load_atom(dtype, vec: int, l1_priority=None):
+    """A global load of ``vec`` elements; ``l1_priority`` (a cute.nvgpu.CacheEvictionPriority, or None: no hint) says
+    how the L1 keeps the line: NO_ALLOCATE for data read once (the rows), EVICT_LAST for data every row reads again
+    (weight, bias)."""
+    if l1_priority is None:
+        return _copy_atom(dtype, vec)
+    return cute.make_copy_atom(cute.nvgpu.CopyG2ROp(), dtype, num_bits_per_copy=min(128, vec * dtype.width),
+                               l1c_evict_priority=l1_priority)
+
+
 @cute.jit
 def _column_predicate(tXcX: cute.Tensor, hidden: cutlass.Constexpr[int]) -> cute.Tensor:
     """One flag per vector: its first column is inside the row (vec divides N, so the whole vector is)."""
@@ -148,6 +158,10 @@ class LayerNormFwd(_RowKernel):
         self.out_dtype = out_dtype if out_dtype is not None else dtype
         self.rms = rms
         self.affine_after_stats = config.affine_after_stats
+        self.min_ctas_per_sm = config.min_ctas_per_sm
+        priority = cute.nvgpu.CacheEvictionPriority
+        self.row_l1 = priority.NO_ALLOCATE if config.l1_hints else None
+        self.affine_l1 = priority.EVICT_LAST if config.l1_hints else None
         if residual_dtype is None and (residual_out_dtype is not None or round_residual):
             raise ValueError("residual_out_dtype and round_residual need a residual_dtype")
         self.residual_dtype = residual_dtype
@@ -197,11 +211,17 @@ class LayerNormFwd(_RowKernel):
                 mMean = cute.make_tensor(mean_ptr, cute.make_layout(rows))
             mRstd = cute.make_tensor(rstd_ptr, cute.make_layout(rows))
         tiled_copy = _tiled_copy(self.dtype, t)
+        launch_bounds = {}
+        if const_expr(self.min_ctas_per_sm > 1):
+            # ptxas then keeps registers within 64K / (min_ctas_per_sm * threads); the L1/shared split stays the
+            # driver's choice (the carveout hint is only needed because the DSL would otherwise query the device).
+            launch_bounds = {"min_blocks_per_mp": self.min_ctas_per_sm, "preferred_smem_carveout": -1}
         self.kernel(mX, mW, mB, mO, mMean, mRstd, mR, mH, eps, tiled_copy).launch(
             grid=[cute.ceil_div(rows, t.rows_per_cta), t.cluster_n, 1],
             block=[t.num_threads, 1, 1],
             cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
             stream=stream,
+            **launch_bounds,
         )
 
     @cute.kernel
@@ -246,7 +266,7 @@ class LayerNormFwd(_RowKernel):
             pred = _column_predicate(tXcX, n)
             tXrX.fill(0.0)
         # Bind the predicate outside the dynamic branches below (the DSL rewrites names captured by them).
-        copy_x = partial(cute.copy, _copy_atom(self.dtype, t.vec), pred=pred)
+        copy_x = partial(cute.copy, _load_atom(self.dtype, t.vec, self.row_l1), pred=pred)
         copy_out = partial(cute.copy, _copy_atom(self.out_dtype, t.vec), pred=pred)
         tXrR = None
         if const_expr(mR is not None):
@@ -257,7 +277,7 @@ class LayerNormFwd(_RowKernel):
         copy_r = None
         copy_h = None
         if const_expr(mR is not None):
-            copy_r = partial(cute.copy, _copy_atom(self.residual_dtype, t.vec), pred=pred)
+            copy_r = partial(cute.copy, _load_atom(self.residual_dtype, t.vec, self.row_l1), pred=pred)
             if const_expr(mH is not None):
                 copy_h = partial(cute.copy, _copy_atom(self.residual_out_dtype, t.vec), pred=pred)
         if row < mX.shape[0]:
@@ -335,12 +355,12 @@ class LayerNormFwd(_RowKernel):
         if const_expr(mW is not None):
             tXgW = thr_copy.partition_S(cute.local_tile(mW, tiler, (0, rank)))
             tXrW = cute.make_rmem_tensor_like(tXgW)
-            cute.copy(_copy_atom(mW.element_type, t.vec), tXgW, tXrW, pred=pred)
+            cute.copy(_load_atom(mW.element_type, t.vec, self.affine_l1), tXgW, tXrW, pred=pred)
         tXrB = None
         if const_expr(mB is not None):
             tXgB = thr_copy.partition_S(cute.local_tile(mB, tiler, (0, rank)))
             tXrB = cute.make_rmem_tensor_like(tXgB)
-            cute.copy(_copy_atom(mB.element_type, t.vec), tXgB, tXrB, pred=pred)
+            cute.copy(_load_atom(mB.element_type, t.vec, self.affine_l1), tXgB, tXrB, pred=pred)
         return tXrW, tXrB
 
 

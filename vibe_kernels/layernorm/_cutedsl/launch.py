@@ -412,7 +412,7 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
     vec = vector_width(_widest(*row_tensors), hidden, tuple(t.stride(0) for t in row_tensors), tuple(addresses))
     elem = x.element_size()
     if config is None:
-        config = fwd_config(hidden, elem, vec, rows=rows)
+        config = fwd_config(hidden, elem, vec, rows=rows, residual=residual is not None)
     _check_config(config, vec)
     vec = config.tiling.vec
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), _cute(bias), store_stats, vec, config, _arch_of(x.device))
