@@ -189,13 +189,17 @@ def build_cases() -> list[Case]:
         loops.append(replace(core[-1], rows=("loop",), tier=1, race=False))
     for n in cute_fp32:
         core.append(Case("cutedsl", n, "fp32", rows=_small_rows(n)))
-    # The forward's affine_after_stats variant: M >= AFFINE_AFTER_STATS_MIN_ROWS and a one-row CTA of <= 256
-    # threads (16-byte vectors; 4097: 1-element vectors).
+    # The forward's affine_after_stats variant: M >= AFFINE_AFTER_STATS_MIN_ROWS and a one-row CTA (16-byte vectors;
+    # 4097: 1-element vectors); 512-thread CTAs and clusters (16384, 65536, 8192 fp32) under the launch bound of two
+    # CTAs per SM. Their backwards (16384, 65536 bf16: a cluster, two CTAs per SM with the column state in shared
+    # memory) run with them under memcheck and initcheck.
     from vibe_kernels.layernorm._cutedsl.config import AFFINE_AFTER_STATS_MIN_ROWS
 
-    for n, dtype in ((4096, "bf16"), (8192, "fp16"), (4097, "bf16"), (4096, "fp32")):
+    for n, dtype in ((4096, "bf16"), (8192, "fp16"), (4097, "bf16"), (4096, "fp32"), (16384, "bf16"),
+                     (65536, "bf16"), (8192, "fp32")):
         rows = (AFFINE_AFTER_STATS_MIN_ROWS + 7,)
-        core.append(Case("cutedsl", n, dtype, grads="none", rows=rows, race=True, race_rows=rows))
+        race = n <= 16384 and dtype != "fp32" or n == 4096  # racecheck is slow per CTA: not the clustered rows
+        core.append(Case("cutedsl", n, dtype, grads="none", rows=rows, race=race, race_rows=rows))
 
     variants = []
     for k, base in enumerate(core):

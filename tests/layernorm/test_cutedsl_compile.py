@@ -225,7 +225,8 @@ WIDE_BWD = [(n, d, w, want) for n in (131072, 262144) for d in ("bf16", "fp16", 
 @pytest.mark.parametrize("case", WIDE_BWD, ids=_id)
 def test_wide_backward_does_not_spill(case):
     """Rows too wide for the register budget even over 16 CTAs keep w and dw/db in shared memory (conflict-free
-    16-byte slots); the kernel then fits one 512-thread CTA per SM without local memory."""
+    16-byte slots); the kernel then fits one 512-thread CTA per SM without local memory. Clustered rows of 16
+    values a thread keep them there too, to fit two CTAs per SM."""
     hidden, dtype_name, weight_name, want = case
     elem = ELEM_BYTES[dtype_name]
     weight = {"fp32": cutlass.Float32, "same": DTYPES[dtype_name], "none": None}[weight_name]
@@ -233,7 +234,9 @@ def test_wide_backward_does_not_spill(case):
     config = cfg.bwd_config(hidden, elem, vec)
     t = config.tiling
     over_budget = t.vec * t.vecs_per_thread * elem > 32
-    assert config.column_state_in_smem == over_budget
+    two_in_smem = not over_budget and t.vec * t.vecs_per_thread == 16 and t.cluster_n >= 2
+    assert config.column_state_in_smem == (over_budget or two_in_smem)
+    assert config.ctas_per_sm == (2 if two_in_smem or t.vec * t.vecs_per_thread <= 8 else 1)
     ptx = launch.compile_bwd(DTYPES[dtype_name], hidden, weight, want, want, vec, config, ARCH, keep_ptx=True).__ptx__
     if config.column_state_in_smem and (want or weight is not None):
         # w and the accumulators go through 128-bit shared-memory accesses.
@@ -301,7 +304,8 @@ def test_launcher_grid_stays_within_the_bound(monkeypatch):
             config = cfg.bwd_config(hidden, 2, 8)
             for rows in (1, 5, 32768):
                 clusters = launch.bwd_grid_clusters(config, rows, 0)
-                assert 1 <= clusters <= H100_SMS // config.tiling.cluster_n
+                # ctas_per_sm CTAs of a cluster's width per SM, and never more partial rows than SMs.
+                assert 1 <= clusters <= H100_SMS * config.ctas_per_sm // config.tiling.cluster_n <= H100_SMS
                 assert clusters <= -(-rows // config.tiling.rows_per_cta)
                 if resident and config.tiling.cluster_n > 1:
                     assert clusters <= resident * config.ctas_per_sm
@@ -490,7 +494,7 @@ def test_residual_backward_compiles(case):
     h_name = h_name or x_name
     dres_in = DTYPES[r_name] if r_name != x_name else None
     vec = _residual_vec(hidden, x_name, r_name, h_name)
-    config = cfg.bwd_config(hidden, ELEM_BYTES[h_name], vec)
+    config = cfg.bwd_config(hidden, ELEM_BYTES[h_name], vec, residual=True)
     compile_one = partial(launch.compile_bwd, DTYPES[h_name], hidden, cutlass.Float32, True, True, vec, config, ARCH,
                           keep_ptx=True, rms=rms, dx_dtype=DTYPES[x_name])
     plain = compile_one().__ptx__

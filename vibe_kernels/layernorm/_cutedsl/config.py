@@ -108,8 +108,10 @@ class BwdConfig:
         return t.num_threads * t.vec * t.vecs_per_thread * (2 * 4 + weight_bytes)
 
 
-# What the backward's column state may use (Hopper: 227 KB per CTA; the rest is left to the reduction buffers).
+# What the backward's column state may use (Hopper: 227 KB per CTA; the rest is left to the reduction buffers),
+# and what two CTAs' column state may use together (228 KB per SM).
 BWD_SMEM_BUDGET = 200 * 1024
+TWO_CTAS_SMEM_BUDGET = 216 * 1024
 
 
 def _row_tiling(hidden: int, vec: int, bytes_per_thread: int, elem_bytes: int, max_cta_threads: int,
@@ -174,7 +176,8 @@ affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2)
 
 def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int = 32,
                max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MAX_CTA_THREADS,
-               ctas_per_sm: int | None = None, column_state_in_smem: bool | None = None) -> BwdConfig:
+               ctas_per_sm: int | None = None, column_state_in_smem: bool | None = None,
+               residual: bool = False) -> BwdConfig:
     """Backward holds x, dy, w and two fp32 accumulators per element: half the forward's bytes per thread.
 
     One 512-thread CTA per SM (several rows per CTA when a row needs fewer threads), so the grid has one dw/db
@@ -182,7 +185,8 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
     SMs x N x 8 bytes. A thread needs ~120-128 registers here, so 512 threads is what an SM holds anyway.
     Where a thread must hold more than ``bytes_per_thread`` of x (rows wider than 16 CTAs x 512 threads x
     ``bytes_per_thread``, and some ragged N whose cluster had to shrink), w and dw/db move to shared memory, if
-    they fit in ``BWD_SMEM_BUDGET``.
+    they fit in ``BWD_SMEM_BUDGET``. Clustered rows run two CTAs per SM where registers or shared memory allow
+    (below), still one partial row per SM at most.
 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
@@ -192,21 +196,35 @@ ctas_per_sm=1, column_state_in_smem=False)
     >>> bwd_config(262144, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16), \
 ctas_per_sm=1, column_state_in_smem=True)
+    >>> bwd_config(16384, 2, 8)
+    BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=2), \
+ctas_per_sm=2, column_state_in_smem=True)
     """
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
+    column_state_in_smem_given = column_state_in_smem
+    # Shared-memory column state only with 16-byte vectors: racecheck reported shared-memory write-write hazards in
+    # the one narrower-vector config that took this path (N = 65537 bf16, 1-element vectors, cluster of 8;
+    # 2026-11-25 visit, benchmarks/results/h100-2026-11-25/sanitize/), cause not yet found; 16-byte ones are clean.
+    full_vectors = tiling.vec * elem_bytes == 16
     if column_state_in_smem is None:
         over_budget = tiling.vecs_per_thread * vec * elem_bytes > bytes_per_thread
-        # Only with 16-byte vectors: racecheck reported shared-memory write-write hazards in the one narrower-vector
-        # config that took this path (N = 65537 bf16, 1-element vectors, cluster of 8; 2026-11-25 visit,
-        # benchmarks/results/h100-2026-11-25/sanitize/), cause not yet found; the 16-byte configs were clean.
-        full_vectors = tiling.vec * elem_bytes == 16
         column_state_in_smem = (over_budget and full_vectors
                                 and BwdConfig(tiling, 1, True).smem_bytes() <= BWD_SMEM_BUDGET)
     if ctas_per_sm is None:
         # A cluster of c CTAs writes one partial row, so up to c CTAs per SM stay within one row per SM. Two where
         # registers allow it: a thread holding 8 values needs ~60 registers (ptxas: 59 at 8192 and 16384 fp32),
         # 16 values ~120, so two 512-thread CTAs fit only at 8 (8192 fp32, a cluster of 2: 91% of the add
-        # against 83% with one; probe, 2026-11-25). One with the column state in shared memory.
-        fits_two = tiling.vec * tiling.vecs_per_thread <= 8 and not column_state_in_smem
-        ctas_per_sm = min(tiling.cluster_n, 2) if fits_two else 1
+        # against 83% with one; probe, 2026-11-25). With 16 values, two fit once w and dw/db move to shared
+        # memory (63 registers under the launch bound, 96 KB of column state a CTA): clustered 16-bit rows,
+        # 32768x16384 bf16 83 -> 94% of the add, 4096x16384 fp16 76 -> 83%, N 32768-131072 +1-3 points
+        # (cutedsl_bwd_probe.py, 2026-11-25, third session).
+        # Not with the fused residual's extra gradient tensors in registers: ptxas spills under the launch bound
+        # (12 bytes at 8192 fp32).
+        fits_two = tiling.vec * tiling.vecs_per_thread <= 8 and not column_state_in_smem and not residual
+        two_in_smem = (not fits_two and tiling.cluster_n >= 2 and not column_state_in_smem and full_vectors
+                       and column_state_in_smem_given is None
+                       and 2 * BwdConfig(tiling, 2, True).smem_bytes() <= TWO_CTAS_SMEM_BUDGET)
+        if two_in_smem:
+            column_state_in_smem = True
+        ctas_per_sm = min(tiling.cluster_n, 2) if fits_two or two_in_smem else 1
     return BwdConfig(tiling, ctas_per_sm, column_state_in_smem)

@@ -108,6 +108,15 @@ def _rows_tensor(ptr: cute.Pointer, rows, hidden: int, row_stride, vec: int) -> 
     return cute.make_tensor(ptr, cute.make_layout((rows, hidden), stride=(cute.assume(row_stride, divby=vec), 1)))
 
 
+def _launch_bounds(min_ctas_per_sm: int) -> dict:
+    """Launch keyword arguments asking ptxas to fit ``min_ctas_per_sm`` CTAs per SM in the register file (none for
+    one). The L1/shared split stays the driver's choice: the carveout value is given only because the DSL would
+    otherwise query the device for it, which a compile without a GPU cannot."""
+    if min_ctas_per_sm <= 1:
+        return {}
+    return {"min_blocks_per_mp": min_ctas_per_sm, "preferred_smem_carveout": -1}
+
+
 class _RowKernel:
     """What the forward and backward share: the row tiling, shared-memory reduction buffers, cluster setup."""
 
@@ -211,17 +220,12 @@ class LayerNormFwd(_RowKernel):
                 mMean = cute.make_tensor(mean_ptr, cute.make_layout(rows))
             mRstd = cute.make_tensor(rstd_ptr, cute.make_layout(rows))
         tiled_copy = _tiled_copy(self.dtype, t)
-        launch_bounds = {}
-        if const_expr(self.min_ctas_per_sm > 1):
-            # ptxas then keeps registers within 64K / (min_ctas_per_sm * threads); the L1/shared split stays the
-            # driver's choice (the carveout hint is only needed because the DSL would otherwise query the device).
-            launch_bounds = {"min_blocks_per_mp": self.min_ctas_per_sm, "preferred_smem_carveout": -1}
         self.kernel(mX, mW, mB, mO, mMean, mRstd, mR, mH, eps, tiled_copy).launch(
             grid=[cute.ceil_div(rows, t.rows_per_cta), t.cluster_n, 1],
             block=[t.num_threads, 1, 1],
             cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
             stream=stream,
-            **launch_bounds,
+            **_launch_bounds(self.min_ctas_per_sm),
         )
 
     @cute.kernel
@@ -388,6 +392,7 @@ class LayerNormBwd(_RowKernel):
                  dy_dtype=None, rms: bool = False, dx_dtype=None, dres_dtype=None, dres_in_dtype=None):
         super().__init__(dtype, hidden, config.tiling, num_stages=2)
         self.column_state_in_smem = config.column_state_in_smem
+        self.ctas_per_sm = config.ctas_per_sm
         self.weight_dtype = weight_dtype
         self.want_dw = want_dw
         self.want_db = want_db
@@ -451,6 +456,7 @@ class LayerNormBwd(_RowKernel):
             block=[t.num_threads, 1, 1],
             cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
             stream=stream,
+            **_launch_bounds(self.ctas_per_sm),
         )
 
     @cute.kernel
