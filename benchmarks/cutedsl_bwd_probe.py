@@ -5,6 +5,7 @@
 
 old: 128..512-thread CTAs, ctas_per_sm = 1024 // threads (up to 8 CTAs, so up to 8 dw/db partial rows, per SM),
      w and the dw/db accumulators in registers (N = 262144 then spills: 704-byte stack frame).
+16B: 16 bytes of x a thread (twice the threads, two CTAs per SM in registers).
 2cs: for clustered rows, two CTAs per SM (a launch bound: 64 registers) with w and dw/db in shared memory.
 new: one 512-thread CTA per SM (several rows per CTA for N < 8192 bf16), so at most one partial row per SM (one
      per cluster for clustered rows); w and dw/db in shared memory where a thread holds more than 32 bytes of x
@@ -33,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from vibe_kernels.layernorm._cutedsl import config as cfg  # noqa: E402
 
 SHAPES = [(32768, 256, "bf16"), (32768, 1024, "bf16"), (32768, 4096, "bf16"), (32768, 8192, "bf16"),
+          (4096, 8192, "fp16"), (4096, 4096, "fp16"),
           (32768, 16384, "bf16"), (4096, 16384, "fp16"), (32768, 32768, "bf16"), (32768, 65536, "bf16"),
           (16384, 131072, "bf16"), (8192, 262144, "bf16"), (8192, 8192, "fp32")]
 ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -54,6 +56,11 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     two = cfg.BwdConfig(found["new"].tiling, 2, column_state_in_smem=True)
     if two.tiling.cluster_n >= 2 and 2 * two.smem_bytes() <= 220 * 1024 and two not in found.values():
         found["2cs"] = two
+    # 16 bytes of x a thread: twice the threads (a cluster of two 512-thread CTAs at N = 8192 bf16), 8 values a
+    # thread, so two CTAs per SM fit in registers.
+    half = cfg.bwd_config(hidden, elem_bytes, vec, bytes_per_thread=16)
+    if half not in found.values():
+        found["16B"] = half
     return found
 
 
@@ -187,8 +194,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ptxas", action="store_true", help="compile only; print ptxas -v usage per config")
     parser.add_argument("--min-hidden", type=int, default=1, help="only shapes with N at least this")
+    parser.add_argument("--max-hidden", type=int, default=1 << 30, help="only shapes with N at most this")
     args = parser.parse_args()
-    SHAPES[:] = [shape for shape in SHAPES if shape[1] >= args.min_hidden]
+    SHAPES[:] = [shape for shape in SHAPES if args.min_hidden <= shape[1] <= args.max_hidden]
     if args.ptxas:
         os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
         ptxas_report()

@@ -45,6 +45,9 @@ case "$part" in
         --error-exitcode 86 python benchmarks/sanitize_features.py > "$log" 2>&1
       echo "features $tool: rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
     done
+    # Nine logs: one archive (the device tool returns at most 8 files a call).
+    tar czf "$out/sanitize-logs.tgz" -C "$out" sanitize $(cd "$out" && ls sanitize-features-*.log) \
+      && rm -rf "$out/sanitize" "$out"/sanitize-features-*.log
     ;;
   bench)
     timeout 560 python -m vibe_kernels.layernorm.bench --shapes all --json "$out/bench.json" --plot "$out/bench.png" \
@@ -53,14 +56,19 @@ case "$part" in
     grep -E "^\| +[0-9]+ \||^###|^\| [A-Z]" "$out/bench.txt" | cut -c1-150 | tail -50
     ;;
   features)
+    # One text and one stderr file for the four runs (the device tool returns at most 8 files a call).
+    : > "$out/bench-features.txt"; : > "$out/bench-features.err"
     for spec in "rmsnorm::--op rmsnorm" "rmsnorm-residual::--op rmsnorm --residual" "layernorm-residual::--residual" \
                 "layernorm-out-fp32::--out-dtype float32 --dtype bfloat16"; do
       name=${spec%%::*}; args=${spec#*::}
+      echo "== $name ($args)" | tee -a "$out/bench-features.txt" >> "$out/bench-features.err"
       # shellcheck disable=SC2086
       timeout 130 python -m vibe_kernels.layernorm.bench $args --shapes seed --no-host-overhead \
-        --json "$out/bench-$name.json" > "$out/bench-$name.txt" 2> "$out/bench-$name.err"
+        --json "$out/bench-$name.json" > "$out/bench-$name.part" 2>> "$out/bench-features.err"
       echo "== $name: rc=$?"
-      grep -E "^\| +[0-9]+ \||^###|^\| [A-Z]" "$out/bench-$name.txt" | cut -c1-170 | tail -14
+      cat "$out/bench-$name.part" >> "$out/bench-features.txt"
+      grep -E "^\| +[0-9]+ \||^###|^\| [A-Z]" "$out/bench-$name.part" | cut -c1-170 | tail -14
+      rm -f "$out/bench-$name.part"
     done
     ;;
 esac

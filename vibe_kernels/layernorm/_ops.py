@@ -208,15 +208,16 @@ def norm_bwd(dout: Tensor, dh: Optional[Tensor], xin: Tensor, weight: Optional[T
              allow_fallback: bool, rms: bool, need_dx: bool, need_dw: bool, need_db: bool, need_dr: bool,
              x_dtype: torch.dtype, residual_dtype: Optional[torch.dtype],
              bias_dtype: Optional[torch.dtype]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``api._feature_grads`` as an op: (grad, dres_in, dweight, dbias), each an empty (0,) tensor when not computed
-    (an op returns tensors, and no two outputs may alias: the caller hands ``grad`` to both x and the residual
-    when their dtypes agree)."""
+    """``api._feature_grads`` as an op: (grad, dres_in, dweight, dbias), each an empty (0,) tensor when not computed.
+    When x and the residual both want a gradient the kernel writes it twice (grad, dres_in): the graph flattens
+    both outside the op, and two views of one gradient would let accumulating into one leaf's .grad change the
+    other's."""
     from types import SimpleNamespace
 
     from .api import _feature_grads, _split_stats
 
     ctx = SimpleNamespace(backend=backend, rms=rms, x_dtype=x_dtype, residual_dtype=residual_dtype,
-                          bias_dtype=bias_dtype)
+                          bias_dtype=bias_dtype, separate_residual_grad=True)
     mean, rstd = _split_stats(stats, rms)
     grad, dres_in, dweight, dbias = _feature_grads(ctx, dout, dh, (xin, weight, mean, rstd), need_dx, need_dw,
                                                    need_db, need_dr, allow_fallback)
@@ -230,7 +231,7 @@ def _norm_bwd_fake(dout, dh, xin, weight, stats, backend, allow_fallback, rms, n
                    x_dtype, residual_dtype, bias_dtype):
     rows, hidden = xin.shape
     primary = residual_dtype if (need_dr and not need_dx) else x_dtype
-    two_copies = need_dx and need_dr and residual_dtype != x_dtype
+    two_copies = need_dx and need_dr
     return (xin.new_empty((rows, hidden), dtype=primary),
             xin.new_empty((rows, hidden) if two_copies else (0,), dtype=residual_dtype if two_copies else xin.dtype),
             xin.new_empty((hidden,) if need_dw else (0,), dtype=weight.dtype if need_dw else xin.dtype),
@@ -249,6 +250,7 @@ def _norm_setup_context(ctx, inputs, output) -> None:
     ctx.x_dtype = x.dtype
     ctx.residual_dtype = residual.dtype if has_residual else None
     ctx.bias_dtype = bias.dtype if bias is not None else None
+    ctx.separate_residual_grad = True  # as norm_bwd: x and the residual never get one gradient tensor
 
 
 def _norm_backward(ctx, dout, dh, _dstats):

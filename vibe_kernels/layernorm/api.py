@@ -223,15 +223,20 @@ def _wanted_grads(ctx):
 
 def _grads_through_h_only(ctx, dh, need_dx, need_dr):
     """(dx, dweight, dbias, dresidual) when only the residual output h reached the loss: norm(h) contributes
-    nothing, x and the residual get dh."""
-    return (dh.to(ctx.x_dtype) if need_dx else None), None, None, (dh.to(ctx.residual_dtype) if need_dr else None)
+    nothing, x and the residual get dh (two distinct tensors under ``ctx.separate_residual_grad``)."""
+    dx = dh.to(ctx.x_dtype) if need_dx else None
+    dr = dh.to(ctx.residual_dtype) if need_dr else None
+    if dr is not None and dr is dx and ctx.separate_residual_grad:
+        dr = dr.clone()
+    return dx, None, None, dr
 
 
 def _feature_grads(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr, allow_fallback):
     """The backward's kernels for ``_backward`` and the custom op ``vibe_kernels::norm_bwd``: (grad, dres_in,
     dweight, dbias). ``grad`` is the gradient of the normalized input (+ dh) in x's dtype, or in the residual's
     when only the residual wants it; ``dres_in`` a copy in the residual's dtype when both want it and the dtypes
-    differ (else None). ctx: backend, rms, x_dtype, residual_dtype, bias_dtype."""
+    differ or ``ctx.separate_residual_grad`` (the two must not be one tensor), else None. ctx: backend, rms,
+    x_dtype, residual_dtype, bias_dtype, separate_residual_grad."""
     xin, weight, mean, rstd = saved
     rows, hidden = xin.shape
     device = xin.device
@@ -244,7 +249,7 @@ def _feature_grads(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr, all
     primary_dtype = ctx.residual_dtype if (need_dr and not need_dx) else ctx.x_dtype
     dx = torch.empty((rows, hidden), dtype=primary_dtype, device=device)
     dres_in = None
-    if need_dx and need_dr and ctx.residual_dtype != ctx.x_dtype:
+    if need_dx and need_dr and (ctx.residual_dtype != ctx.x_dtype or ctx.separate_residual_grad):
         dres_in = torch.empty((rows, hidden), dtype=ctx.residual_dtype, device=device)
     dweight = torch.empty((hidden,), dtype=weight.dtype, device=device) if need_dw else None
     dbias = torch.empty((hidden,), dtype=ctx.bias_dtype, device=device) if need_db else None
@@ -310,14 +315,24 @@ class LayerNormFunction(torch.autograd.Function):
 
 class NormFunction(torch.autograd.Function):
     """LayerNorm or RMSNorm with the fused residual and the output dtype. Outputs (out, h, mean, rstd): h is the
-    residual output (None without a residual), mean is None for RMSNorm; mean/rstd are not differentiable."""
+    residual output (None without a residual), mean is None for RMSNorm; mean/rstd are not differentiable.
+
+    x and the residual come in with their own (..., N) shapes and are flattened here, not by the caller: the
+    backward then hands one and the same gradient tensor to both, as torch's own ``x + residual`` does, and
+    autograd copies it where two leaves would otherwise share it. Flattened outside, each would get its own view of
+    one storage, and accumulating into one leaf's .grad would change the other's. When both are leaves, the kernel
+    writes the residual's gradient a second time instead (cheaper than autograd's copy)."""
 
     @staticmethod
-    def forward(ctx, x2d, weight, bias, residual2d, eps, backend, allow_fallback, need_mean, need_rstd, rms,
+    def forward(ctx, x, weight, bias, residual, eps, backend, allow_fallback, need_mean, need_rstd, rms,
                 residual_in_fp32, return_residual, out_dtype):
         ctx.set_materialize_grads(False)
         need_grad = any(ctx.needs_input_grad[:4])
-        has_residual = residual2d is not None
+        has_residual = residual is not None
+        x2d = _rows_view(x)
+        residual2d = _rows_view(residual) if has_residual else None
+        ctx.x_shape = x.shape
+        ctx.separate_residual_grad = has_residual and x.is_leaf and residual.is_leaf
         out, h, stats, backend = _forward_features(
             x2d, weight, bias, eps, backend, allow_fallback, need_mean or need_rstd or need_grad, rms, residual2d,
             residual_in_fp32, has_residual and (return_residual or need_grad), out_dtype,
@@ -345,7 +360,10 @@ class NormFunction(torch.autograd.Function):
             return (None, None, None, None) + nones
         need_dx, need_dw, need_db, need_dr = _wanted_grads(ctx)
         dx, dweight, dbias, dr = _backward(ctx, dout, dh, ctx.saved_tensors, need_dx, need_dw, need_db, need_dr)
-        return (dx, dweight, dbias, dr) + nones
+        # One view object for both when dx and dr are one tensor (see the class docstring).
+        dx_nd = dx.view(ctx.x_shape) if dx is not None else None
+        dr_nd = dx_nd if dr is dx else (dr.view(ctx.x_shape) if dr is not None else None)
+        return (dx_nd, dweight, dbias, dr_nd) + nones
 
 
 def _norm(x, weight, bias, eps, return_rstd, return_mean, backend, rms, residual, residual_in_fp32,
@@ -377,8 +395,8 @@ def _norm(x, weight, bias, eps, return_rstd, return_mean, backend, rms, residual
         out, h, mean, rstd = compiled_norm(x2d, weight, bias, residual2d, *args, return_mean, return_rstd, rms,
                                            bool(residual_in_fp32), bool(return_residual), out_dtype)
     elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
-        out, h, mean, rstd = NormFunction.apply(
-            x2d, weight, bias, residual2d, *args, return_mean, return_rstd, rms, bool(residual_in_fp32),
+        out, h, mean, rstd = NormFunction.apply(  # x and residual unflattened: see NormFunction
+            x, weight, bias, residual, *args, return_mean, return_rstd, rms, bool(residual_in_fp32),
             bool(return_residual), out_dtype,
         )
     else:
