@@ -344,6 +344,18 @@ def test_affine_after_stats_rule(rows, hidden, elem, vec, residual, late, min_ct
     assert (config.affine_after_stats, config.min_ctas_per_sm) == (late, min_ctas)
 
 
+def test_launch_bound_counts_the_widest_row_tensor():
+    """bf16 in, fp32 out: 4-element vectors are 16 bytes of out, so the 512-thread forward gets the launch bound
+    (and fits it: 63 registers, no spills)."""
+    assert cfg.fwd_config(16384, 2, 4, rows=4096).min_ctas_per_sm == 0  # 8-byte vectors of x alone
+    config = cfg.fwd_config(16384, 2, 4, rows=4096, widest_elem_bytes=4)
+    assert (config.affine_after_stats, config.min_ctas_per_sm) == (True, 2)
+    ptx = launch.compile_fwd(cutlass.BFloat16, 16384, cutlass.Float32, cutlass.Float32, True, 4, config, ARCH,
+                             keep_ptx=True, out_dtype=cutlass.Float32).__ptx__
+    usage = _ptxas_usage(ptx)
+    assert usage["registers"] <= 64 and usage["spill_stores"] == 0, usage
+
+
 @pytest.mark.parametrize("hidden, dtype_name", [(16384, "bf16"), (65536, "bf16"), (16384, "fp32"), (262144, "fp16")])
 def test_two_ctas_per_sm_fit_the_registers(hidden, dtype_name):
     """The launch bound of the 512-thread late-affine forward: .minnctapersm 2 in the PTX, and ptxas fits a thread in

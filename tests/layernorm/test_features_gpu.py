@@ -118,7 +118,7 @@ def test_fused_residual_equals_unfused(cuda_gen, backend, norm, rows, hidden, dt
                                                 (torch.float16, torch.float32)], ids=_ids)
 @pytest.mark.parametrize("norm", list(NORMS))
 @pytest.mark.parametrize("backend", ["triton", "cutedsl", "auto"])
-@pytest.mark.parametrize("rows, hidden", [(4096, 8192), (4, 65536), (4095, 5000)], ids=str)
+@pytest.mark.parametrize("rows, hidden", [(4096, 8192), (4, 65536), (4095, 5000), (2048, 16384)], ids=str)
 def test_out_dtype(cuda_gen, check, backend, norm, x_dtype, out_dtype, rows, hidden):
     _require(backend)
     rms = NORMS[norm]

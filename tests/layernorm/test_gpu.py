@@ -24,6 +24,8 @@ SHAPES = [  # (M, N, dtype)
     (4, 65536, torch.bfloat16),
     (2, 262144, torch.float16),
     (4095, 5000, torch.float16),
+    (1, 4096, torch.bfloat16),  # one CTA (CuTeDSL: the fp32 dw/db written directly, no column sum)
+    (7, 1024, torch.float32),  # several rows in one CTA, one partial row
 ]
 
 

@@ -142,7 +142,7 @@ AFFINE_AFTER_STATS_MIN_ROWS = 1024
 
 def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = None, bytes_per_thread: int = 64,
                max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MIN_CTA_THREADS,
-               residual: bool = False) -> FwdConfig:
+               residual: bool = False, widest_elem_bytes: int | None = None) -> FwdConfig:
     """Forward: 64 bytes of x per thread (32 bf16 / 16 fp32 values), up to 512 threads per CTA, then clusters.
 
     Weight and bias load after the row statistics (``affine_after_stats``) when ``rows`` >= 1024 and one row takes
@@ -153,8 +153,9 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     H100 (% of a copy, bf16 x, fp32 weight and bias, cutedsl_fwd_probe.py): 4096x8192 83 -> 94%, 4095x5000 78 ->
     94%, 32768x8192 86 -> 100%; with the launch bound 4096x16384 81 -> 95%, 32768x16384 84 -> 100%, 32768x32768 72
     -> 90%, 65536 65 -> 82%, 131072 55 -> 73%, 262144 40 -> 63%. Not at M = 128 or M = 1 (one wave: occupancy cannot
-    help, the exposed latency stays), and the launch bound only with 16-byte vectors and without a fused residual
-    (ptxas spills there: 108 bytes at N = 100003 with scalar accesses; 8-24 with a residual).
+    help, the exposed latency stays), and the launch bound only with 16-byte vectors (of the widest of x and out,
+    ``widest_elem_bytes``) and without a fused residual (ptxas spills there: 108 bytes at N = 100003 with scalar
+    accesses; 8-24 with a residual).
 
     >>> fwd_config(4096, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=128, vecs_per_thread=4, rows_per_cta=1, cluster_n=1)
@@ -169,7 +170,9 @@ affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2)
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
     many_rows = rows is not None and rows >= AFFINE_AFTER_STATS_MIN_ROWS and tiling.rows_per_cta == 1
     fits_alone = tiling.cluster_n == 1 and tiling.num_threads <= 256
-    bounded = tiling.num_threads == 512 and vec * elem_bytes == 16 and not residual
+    # 16-byte vectors of the widest row tensor (x, or out in another dtype: bf16 -> fp32 moves 4 elements).
+    full_vectors = vec * max(elem_bytes, widest_elem_bytes or 0) == 16
+    bounded = tiling.num_threads == 512 and full_vectors and not residual
     late = many_rows and (fits_alone or bounded)
     return FwdConfig(tiling, affine_after_stats=late, min_ctas_per_sm=2 if late and bounded else 0)
 

@@ -409,10 +409,11 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
     row_tensors = [t for t in (x, out, residual, residual_out) if t is not None]
     addresses = [(t.data_ptr(), t.element_size()) for t in row_tensors + [weight, bias] if t is not None]
     # Vectors of at most 16 bytes of every row tensor (bf16 in, fp32 out or residual: 4 elements).
-    vec = vector_width(_widest(*row_tensors), hidden, tuple(t.stride(0) for t in row_tensors), tuple(addresses))
+    widest = _widest(*row_tensors)
+    vec = vector_width(widest, hidden, tuple(t.stride(0) for t in row_tensors), tuple(addresses))
     elem = x.element_size()
     if config is None:
-        config = fwd_config(hidden, elem, vec, rows=rows, residual=residual is not None)
+        config = fwd_config(hidden, elem, vec, rows=rows, residual=residual is not None, widest_elem_bytes=widest)
     _check_config(config, vec)
     vec = config.tiling.vec
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), _cute(bias), store_stats, vec, config, _arch_of(x.device))
@@ -429,6 +430,17 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
         if len(_fwd_plans) >= MAX_FWD_PLANS:
             _fwd_plans.clear()
         _fwd_plans[plan_key] = compile_fwd(*compile_args, tvm_ffi=True, **compile_kwargs)
+
+
+def _partial_rows(grad: torch.Tensor | None, num_clusters: int, hidden: int) -> torch.Tensor | None:
+    """The fp32 dw (or db) partial rows the backward writes, one per cluster; with a single cluster (small M) an
+    fp32, contiguous, 16-byte-aligned gradient is its own partial row: the kernel writes it directly and the
+    column-sum pass (a launch, ~3 µs of GPU time at M = 1) is skipped."""
+    if grad is None:
+        return None
+    if num_clusters == 1 and grad.dtype == torch.float32 and grad.is_contiguous() and grad.data_ptr() % 16 == 0:
+        return grad
+    return torch.empty((num_clusters, hidden), dtype=torch.float32, device=grad.device)
 
 
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdConfig | None = None,
@@ -450,8 +462,8 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     num_clusters = bwd_grid_clusters(config, rows, index)
     want_dw, want_db = dweight is not None, dbias is not None
-    dw_partial = torch.empty((num_clusters, hidden), dtype=torch.float32, device=x.device) if want_dw else None
-    db_partial = torch.empty((num_clusters, hidden), dtype=torch.float32, device=x.device) if want_db else None
+    dw_partial = _partial_rows(dweight, num_clusters, hidden)
+    db_partial = _partial_rows(dbias, num_clusters, hidden)
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), want_dw, want_db, vec, config, _arch_of(x.device))
     compile_kwargs = {"dy_dtype": _CUTE_DTYPE[dy.dtype], "rms": bool(rms), "dx_dtype": _CUTE_DTYPE[dx.dtype],
                       "dres_dtype": _cute(dresidual), "dres_in_dtype": _cute(dresidual_in)}
@@ -466,7 +478,7 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
     )
     # Second pass: a fixed-order fp32 column sum over the partials (deterministic, no atomics).
     for partial, grad in ((dw_partial, dweight), (db_partial, dbias)):
-        if partial is None:
+        if partial is None or partial is grad:
             continue
         if grad.dtype == torch.float32:
             torch.sum(partial, dim=0, out=grad)
