@@ -477,6 +477,18 @@ def _adds_vector_ops(plain: str, fused: str, op: str, vector_bytes: int, count: 
         assert after >= before + count, (op, vector_bytes, before, after)
 
 
+def _check_fused(plain: str, fused: str, per_thread: int, load_bytes: int, store_bytes: int | None) -> None:
+    """The fused kernel's PTX against the plain one's: one more global load of ``load_bytes``-byte vectors per
+    vector a thread holds (and one more store of ``store_bytes``-byte vectors, unless None), rows still in
+    registers (no local memory in the PTX, no spills in ptxas)."""
+    assert not re.search(r"\b(ld|st)\.local", fused)
+    _adds_vector_ops(plain, fused, "ld", load_bytes, per_thread)
+    if store_bytes is not None:
+        _adds_vector_ops(plain, fused, "st", store_bytes, per_thread)
+    usage = _ptxas_usage(fused)
+    assert usage["spill_stores"] == 0, usage
+
+
 @pytest.mark.parametrize("case", RESIDUAL_GRID, ids=_id)
 def test_residual_forward_compiles(case):
     """h = x + r in the same pass: r comes in and h goes out in vectors as wide as the alignment allows (one more
@@ -489,13 +501,8 @@ def test_residual_forward_compiles(case):
     plain = compile_one().__ptx__
     fused = compile_one(residual_dtype=DTYPES[r_name], residual_out_dtype=DTYPES[h_name] if h_name else None,
                         round_residual=h_name == x_name and x_name != "fp32").__ptx__
-    assert not re.search(r"\b(ld|st)\.local", fused)
-    per_thread = config.tiling.vecs_per_thread
-    _adds_vector_ops(plain, fused, "ld", vec * ELEM_BYTES[r_name], per_thread)
-    if h_name is not None:
-        _adds_vector_ops(plain, fused, "st", vec * ELEM_BYTES[h_name], per_thread)
-    usage = _ptxas_usage(fused)
-    assert usage["spill_stores"] == 0, usage
+    _check_fused(plain, fused, config.tiling.vecs_per_thread, vec * ELEM_BYTES[r_name],
+                 vec * ELEM_BYTES[h_name] if h_name is not None else None)
 
 
 @pytest.mark.parametrize("case", RESIDUAL_GRID, ids=_id)
@@ -511,11 +518,6 @@ def test_residual_backward_compiles(case):
                           keep_ptx=True, rms=rms, dx_dtype=DTYPES[x_name])
     plain = compile_one().__ptx__
     fused = compile_one(dres_dtype=DTYPES[h_name], dres_in_dtype=dres_in).__ptx__
-    assert not re.search(r"\b(ld|st)\.local", fused)
     assert not re.search(r"\b(red|atom)\.[\w.]*f32", fused)
-    per_thread = config.tiling.vecs_per_thread
-    _adds_vector_ops(plain, fused, "ld", vec * ELEM_BYTES[h_name], per_thread)
-    if dres_in is not None:
-        _adds_vector_ops(plain, fused, "st", vec * ELEM_BYTES[r_name], per_thread)
-    usage = _ptxas_usage(fused)
-    assert usage["spill_stores"] == 0, usage
+    _check_fused(plain, fused, config.tiling.vecs_per_thread, vec * ELEM_BYTES[h_name],
+                 vec * ELEM_BYTES[r_name] if dres_in is not None else None)

@@ -273,14 +273,13 @@ class LayerNormFwd(_RowKernel):
         copy_x = partial(cute.copy, _load_atom(self.dtype, t.vec, self.row_l1), pred=pred)
         copy_out = partial(cute.copy, _copy_atom(self.out_dtype, t.vec), pred=pred)
         tXrR = None
+        copy_r = None
+        copy_h = None
         if const_expr(mR is not None):
             tXgR = thr_copy.partition_S(cute.local_tile(mR, tiler, (bidx, rank)))
             tXrR = cute.make_rmem_tensor_like(tXgR)
             if const_expr(not self.even_n):
                 tXrR.fill(0.0)
-        copy_r = None
-        copy_h = None
-        if const_expr(mR is not None):
             copy_r = partial(cute.copy, _load_atom(self.residual_dtype, t.vec, self.row_l1), pred=pred)
             if const_expr(mH is not None):
                 copy_h = partial(cute.copy, _copy_atom(self.residual_out_dtype, t.vec), pred=pred)
