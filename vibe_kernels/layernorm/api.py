@@ -206,8 +206,8 @@ def _forward_features(x2d, weight, bias, eps, backend, allow_fallback, need_stat
 def _backward(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr):
     """The gradients (dx, dweight, dbias, dresidual) of a forward saved as ``saved`` = (normalized input (x, or h
     with a residual), weight, mean, rstd); ``dh``: the gradient of the residual output (or None). dx and the
-    residual's gradient are the same values (dh_total = d(norm)/dh + dh): written once, twice only when their
-    dtypes differ. Unwanted gradients are None."""
+    residual's gradient are the same values (dh_total = d(norm)/dh + dh): written once, twice when their dtypes
+    differ or ``ctx.separate_residual_grad``. Unwanted gradients are None."""
     if dout is None:
         return _grads_through_h_only(ctx, dh, need_dx, need_dr)
     grad, dres_in, dweight, dbias = _feature_grads(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr, False)
@@ -245,7 +245,7 @@ def _feature_grads(ctx, dout, dh, saved, need_dx, need_dw, need_db, need_dr, all
     if dh is not None and dh.stride(-1) != 1:
         dh = dh.contiguous()
     # Write the gradient once in the dtype of whoever wants it (x's when both do), plus a copy in the residual's
-    # dtype only when both want it and the dtypes differ.
+    # dtype when both want it and the dtypes differ or the two must be distinct tensors.
     primary_dtype = ctx.residual_dtype if (need_dr and not need_dx) else ctx.x_dtype
     dx = torch.empty((rows, hidden), dtype=primary_dtype, device=device)
     dres_in = None
@@ -384,27 +384,29 @@ def _norm(x, weight, bias, eps, return_rstd, return_mean, backend, rms, residual
     check_features(x, residual, residual_in_fp32, return_residual, out_dtype)
     if out_dtype == x.dtype:
         out_dtype = None
-    x2d = _rows_view(x)
-    residual2d = _rows_view(residual) if residual is not None else None
     weight = weight.contiguous() if weight is not None and weight.stride(0) != 1 else weight
     bias = bias.contiguous() if bias is not None and bias.stride(0) != 1 else bias
     args = (float(eps), concrete, backend == "auto")
-    if compiling:  # torch.compile traces the custom op vibe_kernels::norm_fwd instead of NormFunction
-        from ._ops import compiled_norm
-
-        out, h, mean, rstd = compiled_norm(x2d, weight, bias, residual2d, *args, return_mean, return_rstd, rms,
-                                           bool(residual_in_fp32), bool(return_residual), out_dtype)
-    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, residual)):
-        out, h, mean, rstd = NormFunction.apply(  # x and residual unflattened: see NormFunction
+    if torch.is_grad_enabled() and not compiling and any(
+            t is not None and t.requires_grad for t in (x, weight, bias, residual)):
+        out, h, mean, rstd = NormFunction.apply(  # x and residual unflattened: NormFunction flattens them
             x, weight, bias, residual, *args, return_mean, return_rstd, rms, bool(residual_in_fp32),
             bool(return_residual), out_dtype,
         )
     else:
-        out, h, stats, _ = _forward_features(
-            x2d, weight, bias, *args, return_mean or return_rstd, rms, residual2d, residual_in_fp32,
-            bool(return_residual), out_dtype,
-        )
-        mean, rstd = _split_stats(stats, rms)
+        x2d = _rows_view(x)
+        residual2d = _rows_view(residual) if residual is not None else None
+        if compiling:  # torch.compile traces the custom op vibe_kernels::norm_fwd instead of NormFunction
+            from ._ops import compiled_norm
+
+            out, h, mean, rstd = compiled_norm(x2d, weight, bias, residual2d, *args, return_mean, return_rstd,
+                                               rms, bool(residual_in_fp32), bool(return_residual), out_dtype)
+        else:
+            out, h, stats, _ = _forward_features(
+                x2d, weight, bias, *args, return_mean or return_rstd, rms, residual2d, residual_in_fp32,
+                bool(return_residual), out_dtype,
+            )
+            mean, rstd = _split_stats(stats, rms)
     result = [out.view(x.shape)]
     if return_residual:
         result.append(h.view(x.shape))

@@ -356,9 +356,9 @@ def _check_config(config, vec: int):
 # Forward launch plans: a forward call's signature -> the bare TVM FFI function, so that a repeated call skips the
 # alignment class, the config and the compile-cache key (a hash of frozen config dataclasses), most of the
 # launcher's host time. The signature holds every input of those: the device, N, dtypes, which stats are stored,
-# RMSNorm or not, the row strides, each address modulo 16 (the vector width depends on nothing finer), and whether M
-# reaches AFFINE_AFTER_STATS_MIN_ROWS (the config depends on it). M itself is a runtime argument. Bounded like the
-# Triton backend's.
+# RMSNorm or not, the row strides, each address modulo 16 (the vector width depends on nothing finer), whether M
+# reaches AFFINE_AFTER_STATS_MIN_ROWS (the config depends on it), and with a residual its dtypes, rounding, strides
+# and addresses modulo 16. M itself is a runtime argument. Bounded like the Triton backend's.
 _fwd_plans: dict = {}
 MAX_FWD_PLANS = 256
 
