@@ -195,15 +195,26 @@ def test_backward_through_h_only(gen, device, backend, norm):
     assert weight.grad is None and bias.grad is None
 
 
+# How x and the residual reach the call: the leaves themselves, computed tensors, views of the leaves, or clones of
+# such views (autograd hands a view's gradient to the leaf without copying it: pytorch/pytorch#34082).
+INPUT_PATHS = {
+    "leaves": lambda t: t,
+    "non_leaves": lambda t: t * 1.0,
+    "leaf_views": lambda t: t.unsqueeze(0),
+    "cloned_views": lambda t: t.view(-1, t.shape[-1]).clone(),
+}
+
+
 @pytest.mark.parametrize("uses", ["out_and_h", "h_only"])
-@pytest.mark.parametrize("leaves", [True, False], ids=["leaves", "non_leaves"])
+@pytest.mark.parametrize("path", list(INPUT_PATHS))
 @pytest.mark.parametrize("shape", [(6, 40), (2, 3, 40)], ids=["2d", "3d"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_grads_of_x_and_residual_accumulate_apart(gen, device, fresh_dynamo, backend, compiled, shape, leaves, uses):
+def test_grads_of_x_and_residual_accumulate_apart(gen, device, fresh_dynamo, backend, compiled, shape, path, uses):
     """dx and dresidual hold the same values, but x.grad and residual.grad must be separate tensors: a second
-    backward accumulates into each. A regression test: with (..., N) leaves both once got a view of one storage,
-    so the second backward doubled-counted (4x instead of 2x the first gradient)."""
+    backward accumulates into each. A regression test: with (..., N) leaves, and with views of leaves, both once
+    got a view of one storage, so the second backward double-counted (4x, or 3x, instead of 2x the first
+    gradient)."""
     x0, r0, weight, bias = make_inputs(gen, shape, torch.float32, device, requires_grad=True)
     dy, dh = random_like(gen, x0), random_like(gen, x0)
 
@@ -212,12 +223,13 @@ def test_grads_of_x_and_residual_accumulate_apart(gen, device, fresh_dynamo, bac
 
     run = torch.compile(forward, fullgraph=True) if compiled else forward
     for step in range(2):
-        out, h = run(x0, r0) if leaves else run(x0 * 1.0, r0 * 1.0)
-        outputs, grads = ([out, h], [dy, dh]) if uses == "out_and_h" else ([h], [dh])
+        out, h = run(INPUT_PATHS[path](x0), INPUT_PATHS[path](r0))
+        dy_, dh_ = dy.view(out.shape), dh.view(h.shape)
+        outputs, grads = ([out, h], [dy_, dh_]) if uses == "out_and_h" else ([h], [dh_])
         torch.autograd.backward(outputs, grads)
         if step == 0:
             first = x0.grad.clone()
-            assert torch.equal(r0.grad, first)
+            assert first.shape == x0.shape and torch.equal(r0.grad, first)
     assert x0.grad.untyped_storage().data_ptr() != r0.grad.untyped_storage().data_ptr()
     torch.testing.assert_close(x0.grad, 2 * first)
     torch.testing.assert_close(r0.grad, 2 * first)

@@ -115,6 +115,35 @@ def _rows_view(x: torch.Tensor) -> torch.Tensor:
     return x2d
 
 
+# Backward nodes that hand on the gradient they receive, or a view of it, with no new storage.
+_GRAD_VIEW_NODES = frozenset({
+    "ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward", "AliasBackward", "UnsqueezeBackward",
+    "SqueezeBackward", "TBackward", "TransposeBackward", "PermuteBackward", "CloneBackward", "ExpandBackward",
+    "ToCopyBackward",
+})
+
+
+def _grad_lands_in_a_leaf(t: torch.Tensor) -> bool:
+    """Whether the gradient handed to ``t`` can become a leaf's .grad as that very storage: t is a leaf, or only
+    views and pass-throughs (view, reshape, transpose, clone...) separate it from one. autograd then steals the
+    gradient (or a view of it) instead of copying it (pytorch/pytorch#34082), so two such inputs given one
+    gradient tensor would share their .grad storage. Bounded walk; a very long chain counts as reaching a leaf."""
+    if t.is_leaf:
+        return True
+    node = t.grad_fn
+    for _ in range(32):
+        if node is None:
+            return False
+        name = type(node).__name__
+        if name == "AccumulateGrad":
+            return True
+        if name.rstrip("0123456789") not in _GRAD_VIEW_NODES:
+            return False
+        following = node.next_functions
+        node = following[0][0] if following else None
+    return True
+
+
 def _on_device(device: torch.device):
     """Triton and CuTeDSL launch on the *current* CUDA device: make it x's for tensors on another GPU."""
     if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
@@ -320,8 +349,10 @@ class NormFunction(torch.autograd.Function):
     x and the residual come in with their own (..., N) shapes and are flattened here, not by the caller: the
     backward then hands one and the same gradient tensor to both, as torch's own ``x + residual`` does, and
     autograd copies it where two leaves would otherwise share it. Flattened outside, each would get its own view of
-    one storage, and accumulating into one leaf's .grad would change the other's. When both are leaves, the kernel
-    writes the residual's gradient a second time instead (cheaper than autograd's copy)."""
+    one storage, and accumulating into one leaf's .grad would change the other's. When the gradients of both can
+    land in a leaf's .grad without a copy (leaves, or views of leaves: ``_grad_lands_in_a_leaf``), the kernel
+    writes the residual's gradient a second time instead: autograd would not copy a view (nor does it for torch's
+    own ``x.view(...) + r.view(...)``, pytorch/pytorch#34082)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, residual, eps, backend, allow_fallback, need_mean, need_rstd, rms,
@@ -332,7 +363,7 @@ class NormFunction(torch.autograd.Function):
         x2d = _rows_view(x)
         residual2d = _rows_view(residual) if has_residual else None
         ctx.x_shape = x.shape
-        ctx.separate_residual_grad = has_residual and x.is_leaf and residual.is_leaf
+        ctx.separate_residual_grad = has_residual and _grad_lands_in_a_leaf(x) and _grad_lands_in_a_leaf(residual)
         out, h, stats, backend = _forward_features(
             x2d, weight, bias, eps, backend, allow_fallback, need_mean or need_rstd or need_grad, rms, residual2d,
             residual_in_fp32, has_residual and (return_residual or need_grad), out_dtype,
