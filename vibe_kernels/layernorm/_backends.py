@@ -1,8 +1,11 @@
 """Backend registry: which kernel implementations exist, whether each can run on a given tensor, and why not.
 
 A backend is a module exposing ``layernorm_fwd(x, weight, bias, eps, out, mean, rstd)`` and
-``layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)``, both writing into preallocated outputs. Heavy
-imports (triton, cutlass) happen only when a backend is first used.
+``layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)``, both writing into preallocated outputs, and
+``fwd_launcher(x, weight, bias, out, mean, rstd)``: called after a plain forward ran with those tensors, it returns
+``launch(x, weight, bias, out, mean, rstd, eps)``, which repeats that forward for tensors of the same metadata with
+the least host work (the API's repeat-call path). Heavy imports (triton, cutlass) happen only when a backend is
+first used.
 """
 
 from __future__ import annotations
@@ -109,3 +112,19 @@ def _resolve(name: str, device: torch.device) -> str:
     if reason:
         raise RuntimeError(f"backend={name!r} cannot run: {reason}")
     return name
+
+
+# The API's repeat-call plans (api._repeat_forward): a plain forward call's signature -> what to launch. Here, with
+# the registry, so that whatever changes the backends' configs (_triton.load_tuned_configs) can clear them. Bounded.
+repeat_fwd_plans: dict = {}
+MAX_REPEAT_FWD_PLANS = 256
+
+
+def rows_launcher(layernorm_fwd, rows: int, hidden: int):
+    """A ``fwd_launcher`` result that calls ``layernorm_fwd`` on (rows, hidden) views of x and out (the backend's
+    own checks and lookups included): for backends, or calls, with nothing cheaper to repeat."""
+
+    def launch(x, weight, bias, out, mean, rstd, eps):
+        layernorm_fwd(x.reshape(rows, hidden), weight, bias, eps, out.view(rows, hidden), mean, rstd)
+
+    return launch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ._backends import rows_launcher
 from .reference import (
     layernorm_mean_ref,
     layernorm_ref,
@@ -37,6 +38,11 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, residual=None, resid
         mean.copy_(layernorm_mean_ref(x))
     if rstd is not None:
         rstd.copy_(layernorm_rstd_ref(x, eps))
+
+
+def fwd_launcher(x, weight, bias, out, mean, rstd):
+    """Repeats ``layernorm_fwd`` on (M, N) views (see _backends)."""
+    return rows_launcher(layernorm_fwd, *x.shape)
 
 
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, rms=False, dresidual=None,

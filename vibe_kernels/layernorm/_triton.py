@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from triton import knobs as _triton_knobs
 
+from ._backends import repeat_fwd_plans, rows_launcher
+
 # Widest row (elements, power of two) kept whole in registers by one program: above this, chunked kernels.
 MAX_RESIDENT_FWD = 32768
 MAX_RESIDENT_BWD = 8192
@@ -158,6 +160,7 @@ def load_tuned_configs(path: str) -> int:
     _TUNED.update(loaded)
     fwd_config.cache_clear()
     _fwd_plans.clear()
+    repeat_fwd_plans.clear()  # the API's repeat-call launchers hold the old configs' kernels and grids
     bwd_config.cache_clear()
     return len(loaded)
 
@@ -789,6 +792,45 @@ def _dtype_of(tensor):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _fwd_plan_key(tensors: tuple, row_strides: tuple, residual_in_fp32: bool, rms: bool) -> tuple | None:
+    """The forward plan signature (see ``_fwd_plans``) of a call with ``tensors`` = (x, out, weight, bias, mean,
+    rstd, residual, residual_out) and the row strides of x, out, residual, residual_out; its first item is the
+    current device's index. None when calls are not planned (fast launch off, or CPU tensors)."""
+    x, out, weight, bias, mean, rstd, residual, residual_out = tensors
+    if not (_fast_launch_on and x.is_cuda):
+        return None
+    return (torch.cuda.current_device(), x.shape[0], x.shape[1], x.dtype, out.dtype, _dtype_of(weight),
+            _dtype_of(bias), mean is None, rstd is None, _dtype_of(residual), _dtype_of(residual_out),
+            bool(residual_in_fp32), bool(rms), _alignment_bits(tensors)) + tuple(row_strides)
+
+
+def fwd_launcher(x, weight, bias, out, mean, rstd):
+    """After a plain LayerNorm ``layernorm_fwd(x, weight, bias, eps, out, mean, rstd)`` (no RMSNorm, no residual,
+    default config) ran: a function ``launch(x, weight, bias, out, mean, rstd, eps)`` that launches the same
+    compiled kernel and grid again for tensors of the same plan signature (x and out may have any leading dims
+    that flatten to these rows), skipping every lookup. Without a plan (the interpreter, fast launch off) it calls
+    ``layernorm_fwd`` on 2-D views. The caller guarantees the signature matches."""
+    rows, hidden = x.shape
+    tensors = (x, out, weight, bias, mean, rstd, None, None)
+    row_strides = (x.stride(0), out.stride(0), None, None)
+    key = _fwd_plan_key(tensors, row_strides, False, False)
+    plan = _fwd_plans.get(key) if key is not None else None
+    launch_2d = rows_launcher(layernorm_fwd, rows, hidden)
+    if plan is None:
+        return launch_2d
+    grid, entry = plan
+    index = key[0]
+
+    def launch(x, weight, bias, out, mean, rstd, eps):
+        if _profiler_hooks_installed():  # a profiler wants the JIT's launch hooks
+            launch_2d(x, weight, bias, out, mean, rstd, eps)
+        else:
+            _run_compiled(entry, grid, index, (x, out, weight, bias, mean, rstd, None, None) + row_strides
+                          + (rows, eps))
+
+    return launch
+
+
 def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | None = None, *, residual=None,
                   residual_out=None, residual_in_fp32: bool = False, rms: bool = False) -> None:
     """x (M, N) with unit column stride; out (M, N) in any float dtype; mean/rstd (M,) fp32 or None; weight/bias
@@ -807,14 +849,11 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
     args = tensors + (x.stride(0), out.stride(0), residual.stride(0) if has_residual else None,
                       residual_out.stride(0) if residual_out is not None else None, rows, eps)
     plan_key = None
-    if config is None and _fast_launch_on and x.is_cuda:
-        device_index = torch.cuda.current_device()
-        plan_key = (device_index, rows, hidden, x.dtype, out.dtype, _dtype_of(weight), _dtype_of(bias),
-                    mean is None, rstd is None, _dtype_of(residual), _dtype_of(residual_out), bool(residual_in_fp32),
-                    bool(rms), _alignment_bits(tensors)) + args[8:12]
-        plan = _fwd_plans.get(plan_key)
+    if config is None:
+        plan_key = _fwd_plan_key(tensors, args[8:12], residual_in_fp32, rms)
+        plan = _fwd_plans.get(plan_key) if plan_key is not None else None
         if plan is not None and not _profiler_hooks_installed():
-            _run_compiled(plan[1], plan[0], device_index, args)
+            _run_compiled(plan[1], plan[0], plan_key[0], args)
             return
     cfg = config or fwd_config(hidden, x.dtype, has_residual)
     flags = dict(

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ._backends import load_backend, resolve_backend
+from ._backends import MAX_REPEAT_FWD_PLANS, load_backend, repeat_fwd_plans, resolve_backend
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP32_TINY = torch.finfo(torch.float32).tiny
@@ -449,6 +449,85 @@ def _norm(x, weight, bias, eps, return_rstd, return_mean, backend, rms, residual
     return result[0] if len(result) == 1 else tuple(result)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Repeat calls of the plain forward without autograd (host time, issue 6)
+# ----------------------------------------------------------------------------------------------------------------
+# The first no-grad call with a given signature takes the full path (checks, backend choice, the backend's launcher)
+# and records a launcher from the backend that ran (``fwd_launcher``). A later call with the same signature has
+# passed the same checks (the signature holds everything they look at except eps, which is checked on each call),
+# so it allocates the outputs and launches. Anything else (autograd, torch.compile, tensor subclasses and DLPack
+# arrays, features, flags that are not bools) takes the full path.
+
+
+def _param_signature(param):
+    return None if param is None else (param.__class__, param.dtype, param.device, param.shape, param.stride(),
+                                       param.data_ptr() & 15)
+
+
+def _repeat_signature(x, weight, bias, return_rstd, return_mean, backend):
+    """What check_inputs, the backend choice and the backends' launch plans depend on in a plain forward call:
+    raises AttributeError/RuntimeError/TypeError for inputs that cannot be signed (the full path reports them)."""
+    return (backend, return_rstd, return_mean, x.device, torch.cuda.current_device() if x.is_cuda else -1, x.dtype,
+            x.shape, x.stride(), x.data_ptr() & 15, _param_signature(weight), _param_signature(bias))
+
+
+def _repeat_forward(x, weight, bias, eps, return_rstd, return_mean, backend):
+    """``layernorm``'s result for a call whose signature an earlier no-grad call recorded; None when there is no
+    record or the call needs the full path."""
+    if (torch.compiler.is_compiling() or x.__class__ is not torch.Tensor or eps.__class__ is not float
+            or not FP32_TINY <= eps < math.inf or return_rstd.__class__ is not bool
+            or return_mean.__class__ is not bool):
+        return None
+    try:
+        if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
+                                        or (bias is not None and bias.requires_grad)):
+            return None
+        plan = repeat_fwd_plans.get(_repeat_signature(x, weight, bias, return_rstd, return_mean, backend))
+    except (AttributeError, RuntimeError, TypeError):  # not tensors, or not signable: the full path says why
+        return None
+    if plan is None:
+        return None
+    launch, rows, contiguous = plan
+    out = torch.empty_like(x) if contiguous else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if not (return_rstd or return_mean):
+        launch(x, weight, bias, out, None, None, eps)
+        return out
+    stats = torch.empty((2, rows), dtype=torch.float32, device=x.device)
+    mean, rstd = stats.unbind(0)
+    launch(x, weight, bias, out, mean, rstd, eps)
+    return _with_stats(out, mean, rstd, x.shape[:-1], return_rstd, return_mean)
+
+
+def _record_repeat(x, weight, bias, return_rstd, return_mean, backend, ran, x2d, out2d, mean, rstd) -> None:
+    """After a no-grad plain forward (``ran``: the backend that ran it) into ``out2d``: records a launcher for
+    repeats of the call, if its inputs allow one (x contiguous or 2-D with unit column stride; weight and bias
+    dense, as passed; x on the current device)."""
+    if (x.__class__ is not torch.Tensor or x2d.shape[0] == 0 or not (x.is_contiguous() or x.dim() == 2)
+            or x2d.data_ptr() != x.data_ptr() or any(p is not None and p.stride(0) != 1 for p in (weight, bias))
+            or (x.is_cuda and x.device.index != torch.cuda.current_device())):
+        return
+    launcher = getattr(load_backend(ran), "fwd_launcher", None)
+    if launcher is None:
+        return
+    try:
+        signature = _repeat_signature(x, weight, bias, return_rstd, return_mean, backend)
+    except (AttributeError, RuntimeError, TypeError):
+        return
+    if len(repeat_fwd_plans) >= MAX_REPEAT_FWD_PLANS:
+        repeat_fwd_plans.clear()
+    repeat_fwd_plans[signature] = (launcher(x2d, weight, bias, out2d, mean, rstd), x2d.shape[0], x.is_contiguous())
+
+
+def _with_stats(out, mean, rstd, stats_shape, return_rstd, return_mean):
+    """``(out, [rstd], [mean])`` with the statistics in x's leading shape."""
+    result = [out]
+    if return_rstd:
+        result.append(rstd.view(stats_shape))
+    if return_mean:
+        result.append(mean.view(stats_shape))
+    return tuple(result)
+
+
 def layernorm(
     x: torch.Tensor,
     weight: Optional[torch.Tensor],
@@ -490,6 +569,10 @@ def layernorm(
     Under torch.compile the call traces to the custom ops ``vibe_kernels::layernorm_fwd``/``layernorm_bwd``
     (_ops.py; fullgraph and dynamic shapes work); eager calls never go through them.
     """
+    if residual is None and out_dtype is None and return_residual is False and residual_in_fp32 is False:
+        result = _repeat_forward(x, weight, bias, eps, return_rstd, return_mean, backend)
+        if result is not None:
+            return result
     if residual is not None or residual_in_fp32 or return_residual or out_dtype is not None:
         if not isinstance(x, torch.Tensor) and hasattr(x, "__dlpack__"):
             from .interop import call_on_dlpack
@@ -517,6 +600,7 @@ def layernorm(
         check_inputs(x, weight, bias, eps)
         concrete = resolve_backend(backend, x.device)
     x2d = _rows_view(x)
+    weight_in, bias_in = weight, bias
     # The kernels index weight and bias as dense vectors: a strided view (w[::2]) is copied (differentiably).
     weight = weight.contiguous() if weight is not None and weight.stride(0) != 1 else weight
     bias = bias.contiguous() if bias is not None and bias.stride(0) != 1 else bias
@@ -533,19 +617,14 @@ def layernorm(
         )
         out, mean, rstd = result if (return_mean or return_rstd) else (result, None, None)
     else:  # inference: skip the autograd.Function machinery (a few µs of host time per call)
-        out, mean, rstd, _ = _forward(x2d, weight, bias, float(eps), concrete, backend == "auto",
-                                      return_mean or return_rstd)
+        out, mean, rstd, ran = _forward(x2d, weight, bias, float(eps), concrete, backend == "auto",
+                                        return_mean or return_rstd)
+        _record_repeat(x, weight_in, bias_in, return_rstd, return_mean, backend, ran, x2d, out, mean, rstd)
     if out.dim() != x.dim():
         out = out.view(x.shape)
     if not (return_rstd or return_mean):
         return out
-    stats_shape = x.shape[:-1]
-    result = [out]
-    if return_rstd:
-        result.append(rstd.view(stats_shape))
-    if return_mean:
-        result.append(mean.view(stats_shape))
-    return tuple(result)
+    return _with_stats(out, mean, rstd, x.shape[:-1], return_rstd, return_mean)
 
 
 def cutedsl_layernorm(x, weight, bias=None, *, eps=1e-6, return_rstd=False, return_mean=False, **kwargs):

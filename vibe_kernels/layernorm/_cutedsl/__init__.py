@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 
+from .._backends import rows_launcher
 from .config import MAX_N
 
 
@@ -51,6 +52,13 @@ def layernorm_fwd(x, weight, bias, eps: float, out, mean, rstd, *, residual=None
                                    residual_out=residual_out, residual_in_fp32=residual_in_fp32)
 
 
+def fwd_launcher(x, weight, bias, out, mean, rstd):
+    """After a plain forward ran with these tensors: a repeat launcher (see _backends), the compiled kernel called
+    directly when it has a plan (launch.fwd_launcher), else ``layernorm_fwd`` on (M, N) views."""
+    launch = _launch_module().fwd_launcher(x, weight, bias, out, mean, rstd)
+    return launch if launch is not None else rows_launcher(layernorm_fwd, *x.shape)
+
+
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, rms: bool = False, dresidual=None,
                   dresidual_in=None) -> None:
     """dx (M, N) and dweight/dbias (N,) unless None, from dy (M, N; the forward's out dtype), x (the normalized
@@ -61,4 +69,4 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, rms: bool = 
                                    dresidual_in=dresidual_in)
 
 
-__all__ = ["is_available", "layernorm_fwd", "layernorm_bwd", "MAX_N"]
+__all__ = ["is_available", "layernorm_fwd", "layernorm_bwd", "fwd_launcher", "MAX_N"]

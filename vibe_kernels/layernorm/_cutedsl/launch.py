@@ -371,6 +371,48 @@ def _widest(*tensors) -> int:
     return max(t.element_size() for t in tensors if t is not None)
 
 
+def _fwd_plan_key(x, weight, bias, out, store_stats: bool, rms: bool, residual=None, residual_out=None,
+                  round_residual: bool = False) -> tuple | None:
+    """The forward plan signature of a call (see ``_fwd_plans``), its first item the current device's index; None
+    when calls are not planned (not on TVM FFI, or x on another device than the current one)."""
+    if not _TVM_FFI:
+        return None
+    current = torch.cuda.current_device()
+    index = x.device.index
+    if index is not None and index != current:
+        return None
+    key = (current, x.shape[1], x.dtype, out.dtype, _dtype_of(weight), _dtype_of(bias), store_stats, rms,
+           x.shape[0] >= AFFINE_AFTER_STATS_MIN_ROWS, x.stride(0), out.stride(0), x.data_ptr() & 15,
+           out.data_ptr() & 15, (_addr(weight) or 0) & 15, (_addr(bias) or 0) & 15)
+    if residual is not None:
+        key += (residual.dtype, _dtype_of(residual_out), round_residual, residual.stride(0), _stride0(residual_out),
+                residual.data_ptr() & 15, (_addr(residual_out) or 0) & 15)
+    return key
+
+
+def fwd_launcher(x, weight, bias, out, mean, rstd):
+    """After a plain LayerNorm ``layernorm_fwd(x, weight, bias, eps, out, mean, rstd)`` (no RMSNorm, no residual,
+    default config) ran: a function ``launch(x, weight, bias, out, mean, rstd, eps)`` that launches the same
+    compiled kernel again for tensors of the same plan signature (sizes, row strides, dtypes, alignment class,
+    device; x and out may have any leading dims that flatten to these rows), skipping every lookup; None when the
+    call has no plan (not on TVM FFI). The caller guarantees the signature matches."""
+    store_stats = rstd is not None
+    key = _fwd_plan_key(x, weight, bias, out, store_stats, False)
+    compiled = _fwd_plans.get(key) if key is not None else None
+    if compiled is None:
+        return None
+    index, rows, x_stride, out_stride = key[0], x.shape[0], x.stride(0), out.stride(0)
+    raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or _raw_stream
+
+    def launch(x, weight, bias, out, mean, rstd, eps):
+        compiled(x.data_ptr(), None if weight is None else weight.data_ptr(),
+                 None if bias is None else bias.data_ptr(), out.data_ptr(), None if mean is None else mean.data_ptr(),
+                 None if rstd is None else rstd.data_ptr(), None, None, rows, x_stride, out_stride, 0, 0, eps,
+                 raw_stream(index))
+
+    return launch
+
+
 def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | None = None, rms: bool = False,
                   residual=None, residual_out=None, residual_in_fp32: bool = False) -> None:
     """x (M, N); out (M, N) in x's or another float dtype; mean/rstd (M,) fp32 or None (both or neither; RMSNorm
@@ -391,21 +433,13 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
     round_residual = residual is not None and not residual_in_fp32 and x.dtype != torch.float32
     tail = (rows, x.stride(0), out.stride(0), _stride0(residual), _stride0(residual_out), float(eps))
     plan_key = None
-    if config is None and _TVM_FFI:
-        current = torch.cuda.current_device()
-        index = x.device.index
-        if index is None or index == current:
-            plan_key = (current, hidden, x.dtype, out.dtype, _dtype_of(weight), _dtype_of(bias), store_stats, rms,
-                        rows >= AFFINE_AFTER_STATS_MIN_ROWS, tail[1], tail[2], x_addr & 15, out_addr & 15,
-                        (w_addr or 0) & 15, (b_addr or 0) & 15)
-            if residual is not None:
-                plan_key += (residual.dtype, _dtype_of(residual_out), round_residual, tail[3], tail[4], r_addr & 15,
-                             (h_addr or 0) & 15)
-            compiled = _fwd_plans.get(plan_key)
-            if compiled is not None:
-                compiled(x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd), r_addr, h_addr, *tail,
-                         _raw_stream(current))
-                return
+    if config is None:
+        plan_key = _fwd_plan_key(x, weight, bias, out, store_stats, rms, residual, residual_out, round_residual)
+        compiled = _fwd_plans.get(plan_key) if plan_key is not None else None
+        if compiled is not None:
+            compiled(x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd), r_addr, h_addr, *tail,
+                     _raw_stream(plan_key[0]))
+            return
     row_tensors = [t for t in (x, out, residual, residual_out) if t is not None]
     addresses = [(t.data_ptr(), t.element_size()) for t in row_tensors + [weight, bias] if t is not None]
     # Vectors of at most 16 bytes of every row tensor (bf16 in, fp32 out or residual: 4 elements).
