@@ -56,14 +56,16 @@ case "$part" in
     grep -E "^\| +[0-9]+ \||^###|^\| [A-Z]" "$out/bench.txt" | cut -c1-150 | tail -50
     ;;
   features)
-    # One text and one stderr file for the four runs (the device tool returns at most 8 files a call).
+    # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).
     : > "$out/bench-features.txt"; : > "$out/bench-features.err"
+    # The residual runs: x and r computed as in a model (the default), and as leaves (two .grad tensors).
     for spec in "rmsnorm::--op rmsnorm" "rmsnorm-residual::--op rmsnorm --residual" "layernorm-residual::--residual" \
+                "rmsnorm-residual-leaves::--op rmsnorm --residual --residual-inputs leaves" \
                 "layernorm-out-fp32::--out-dtype float32 --dtype bfloat16"; do
       name=${spec%%::*}; args=${spec#*::}
       echo "== $name ($args)" | tee -a "$out/bench-features.txt" >> "$out/bench-features.err"
       # shellcheck disable=SC2086
-      timeout 130 python -m vibe_kernels.layernorm.bench $args --shapes seed --no-host-overhead \
+      timeout 110 python -m vibe_kernels.layernorm.bench $args --shapes seed --no-host-overhead \
         --json "$out/bench-$name.json" > "$out/bench-$name.part" 2>> "$out/bench-features.err"
       echo "== $name: rc=$?"
       cat "$out/bench-$name.part" >> "$out/bench-features.txt"

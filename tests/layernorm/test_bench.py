@@ -410,6 +410,19 @@ def test_variant_flags_parse():
     assert (args.op, args.residual, args.out_dtype) == (None, None, None)
 
 
+def test_residual_inputs_flag(capsys):
+    assert bench.build_parser().parse_args(["--residual", "--residual-inputs", "leaves"]).residual_inputs == "leaves"
+    assert bench.build_parser().parse_args(["--residual"]).residual_inputs is None
+    with pytest.raises(SystemExit):
+        bench.main(["--residual-inputs", "leaves", "--shapes", "tiny"])
+    assert "--residual-inputs needs --residual" in capsys.readouterr().err
+    leaves = Variant(residual=True, leaf_inputs=True)
+    assert bench.variant_from_json(leaves.to_json()) == leaves
+    assert bench.variant_from_json(Variant(residual=True).to_json()) == Variant(residual=True)
+    # Bench JSON written before the flag existed: its residual runs had leaves.
+    assert bench.variant_from_json({"op": "rmsnorm", "residual": True, "out_dtype": None}).leaf_inputs
+
+
 def test_bad_variant_flags(capsys):
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["--op", "batchnorm"])
@@ -447,7 +460,8 @@ def test_same_bytes_sol_on_cpu():
 
 
 @pytest.mark.parametrize("variant", [Variant("rmsnorm"), RMS_RESIDUAL, Variant(residual=True),
-                                     Variant(out_dtype=FP32), Variant("rmsnorm", True, FP32)],
+                                     Variant(residual=True, leaf_inputs=True), Variant(out_dtype=FP32),
+                                     Variant("rmsnorm", True, FP32)],
                          ids=lambda v: v.label)
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_variant_providers_match_the_reference(device, variant, backend):
@@ -464,6 +478,8 @@ def test_variant_providers_match_the_reference(device, variant, backend):
             assert isinstance(output, ResidualStepOutput) and output.h.shape == x.shape
         if mode != "fwd" and variant.residual:
             assert output.grads.dresidual is not None
+            # Computed x and r (as in a model) share one gradient tensor: the kernel writes it once. Leaves get two.
+            assert (output.grads.dx is output.grads.dresidual) != variant.leaf_inputs
         if variant.out_dtype is not None and mode != "bwd":
             assert output.out.dtype == variant.out_dtype
 
@@ -530,5 +546,5 @@ def test_variant_command_runs_on_cpu(tmp_path):
     assert "Variant: rmsnorm, fused residual, out float32." in completed.stdout
     assert "[1/1] 4x64 bfloat16 no bias" in completed.stderr  # RMSNorm: no bias unless --bias
     document = json.loads(out_json.read_text())
-    assert document["variant"] == {"op": "rmsnorm", "residual": True, "out_dtype": "float32"}
+    assert document["variant"] == {"op": "rmsnorm", "residual": True, "out_dtype": "float32", "leaf_inputs": False}
     assert all(r["op"] == "rmsnorm" and not r["mismatch"] and r["error"] is None for r in document["results"])

@@ -201,3 +201,31 @@ def test_loading_tuned_triton_configs_clears_the_plans(tmp_path, gen, device, pl
     path.write_text('{"format": "vibe_kernels.triton_configs/1", "configs": []}')
     _triton.load_tuned_configs(str(path))
     assert len(plans) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cutedsl"])
+def test_cuda_graph_captures_a_repeat_call(check, plans, full_path_counter, backend):
+    """An inference step captured in a CUDA graph after warm-up (so the capture takes the repeat path) replays on
+    new inputs like eager."""
+    _require(backend, "cuda")
+    rows, hidden = 64, 1024
+    static_x = torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16)
+    weight = torch.randn(hidden, device="cuda")
+    bias = torch.randn(hidden, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(2):
+            layernorm(static_x, weight, bias, eps=EPS, backend=backend)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        static_out = layernorm(static_x, weight, bias, eps=EPS, backend=backend)
+    assert len(full_path_counter) == 1
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    for replay in range(2):
+        static_x.copy_(torch.randn(rows, hidden, device="cuda", generator=gen) * (1 + replay) + replay)
+        static_out.fill_(float("nan"))
+        graph.replay()
+        check.out(static_out, static_x, weight, bias, EPS)

@@ -76,11 +76,15 @@ def make_inputs(case: Case, device: torch.device) -> tuple[Tensor, Tensor, Optio
 @dataclass(frozen=True)
 class Variant:
     """What is benchmarked: ``op`` "layernorm" or "rmsnorm"; ``residual``: the fused pre-norm residual (h = x + r in
-    x's dtype, returned and differentiated); ``out_dtype``: the output's dtype (None: x's)."""
+    x's dtype, returned and differentiated); ``out_dtype``: the output's dtype (None: x's). ``leaf_inputs`` (with the
+    residual): x and r are autograd leaves, so x.grad and r.grad must be two tensors (the gradient is written or
+    copied twice); otherwise they are outputs of an upstream op, as in a model, whose backward takes the one
+    gradient (``Produced``)."""
 
     op: str = "layernorm"
     residual: bool = False
     out_dtype: Optional[torch.dtype] = None
+    leaf_inputs: bool = False
 
     @property
     def plain_layernorm(self) -> bool:
@@ -95,14 +99,15 @@ class Variant:
     def label(self) -> str:
         parts = [self.op]
         if self.residual:
-            parts.append("fused residual")
+            parts.append("fused residual" + (" (x, r leaves)" if self.leaf_inputs else ""))
         if self.out_dtype is not None:
             parts.append(f"out {dtype_name(self.out_dtype)}")
         return ", ".join(parts)
 
     def to_json(self) -> dict:
         return {"op": self.op, "residual": self.residual,
-                "out_dtype": dtype_name(self.out_dtype) if self.out_dtype is not None else None}
+                "out_dtype": dtype_name(self.out_dtype) if self.out_dtype is not None else None,
+                "leaf_inputs": self.leaf_inputs}
 
 
 PLAIN = Variant()
@@ -219,21 +224,54 @@ class AutogradRunner(_LeafRunner):
         return self.fn(*self._leaves)
 
 
+class Produced(torch.autograd.Function):
+    """x (or the residual) as the output of an upstream op, as in a model: its backward takes the gradient and
+    ends there, keeping it (by reference, no copy, no kernel) in ``sink[name]`` for the check; the gradient is then
+    never a leaf's .grad. The forward returns a view (no kernel)."""
+
+    @staticmethod
+    def forward(ctx, t, sink, name):
+        ctx.sink, ctx.name = sink, name
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.sink[ctx.name] = grad
+        return None, None, None
+
+
 class VariantRunner(_LeafRunner):
     """A variant through torch autograd: ``fn(x, weight, bias, residual) -> out`` or ``(out, h)`` with a residual.
-    The backward sends dy into out and dh into h; x, weight, bias and the residual require grad."""
+    The backward sends dy into out and dh into h; x, weight, bias and the residual require grad. With a residual and
+    ``leaf_inputs`` False, x and the residual reach ``fn`` through ``Produced`` (computed tensors, as in a model);
+    else they are leaves."""
 
     def __init__(self, fn: Callable, x: Tensor, weight: Tensor, bias: Optional[Tensor], dy: Tensor,
-                 residual: Optional[Tensor] = None, dh: Optional[Tensor] = None):
+                 residual: Optional[Tensor] = None, dh: Optional[Tensor] = None, leaf_inputs: bool = False):
         self.fn, self.x, self.weight, self.bias, self.dy = fn, x, weight, bias, dy
         self.residual, self.dh = residual, dh
         self._leaves = [t.detach().requires_grad_() if t is not None else None for t in (x, weight, bias, residual)]
+        self._produced = residual is not None and not leaf_inputs
+        self._sink: dict = {}
 
     def _split(self, result) -> tuple[Tensor, Optional[Tensor]]:
         return result if self.residual is not None else (result, None)
 
     def _call(self, tensors) -> tuple[Tensor, Optional[Tensor]]:
+        if self._produced and tensors is self._leaves:
+            x, weight, bias, residual = tensors
+            tensors = (Produced.apply(x, self._sink, "x"), weight, bias, Produced.apply(residual, self._sink, "r"))
         return self._split(self.fn(*tensors))
+
+    def _grads(self) -> Grads:
+        if not self._produced:
+            return super()._grads()
+        return Grads(self._sink.get("x"), self._leaves[1].grad, self._leaves[2].grad if self.bias is not None
+                     else None, self._sink.get("r"))
+
+    def _clear_grads(self) -> None:
+        super()._clear_grads()
+        self._sink.clear()
 
     def _output(self, out, grads, h):
         return StepOutput(out, grads) if self.residual is None else ResidualStepOutput(out, grads, h)
@@ -493,7 +531,7 @@ class Provider:
             return self.make_runner(x, weight, bias, dy)
         if self.variant_fn is None:
             raise NotImplementedError(f"{self.name} has no {variant.label}")
-        return VariantRunner(self.variant_fn(variant), x, weight, bias, dy, residual, dh)
+        return VariantRunner(self.variant_fn(variant), x, weight, bias, dy, residual, dh, variant.leaf_inputs)
 
 
 def _autograd(fn_factory: Callable[[], Callable]):

@@ -879,7 +879,10 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         _fwd_plans[plan_key] = (grid, entry)
 
 
-def _sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
+def sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
+    """dweight = dw_partial.sum(0) and dbias = db_partial.sum(0) ((P, N) fp32 partial rows, contiguous; either pair
+    may be None) in a fixed order, in the gradients' own dtypes, in one launch. Also the CuTeDSL backward's column
+    sum."""
     num_partials, hidden = (dw_partial if dw_partial is not None else db_partial).shape
     # Narrow column blocks and all partial rows at once: enough programs and bytes in flight even for small N.
     block_n = min(_next_power_of_2(hidden), 32)
@@ -972,4 +975,4 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             SHARED_PARTIALS=plan.shared_partials, **flags,
         )
     if dweight is not None or dbias is not None:
-        _sum_partials(dw_partial, db_partial, dweight, dbias)
+        sum_partials(dw_partial, db_partial, dweight, dbias)

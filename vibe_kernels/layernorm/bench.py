@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--residual", action="store_true", default=None,
                         help="the fused pre-norm residual: out, h = norm(x + r) with h returned and differentiated "
                              "(r in x's dtype)")
+    parser.add_argument("--residual-inputs", choices=("computed", "leaves"), default=None,
+                        help="with --residual: x and r as outputs of an upstream op, as in a model (default), or as "
+                             "autograd leaves, whose two .grad tensors take a second write of the gradient (not "
+                             "counted in the bytes)")
     parser.add_argument("--out-dtype", type=parse_dtype, default=None,
                         help="write out in this dtype (float16, bfloat16 or float32) instead of x's")
     parser.add_argument("--mode", type=parse_mode_list, default=None,
@@ -779,6 +783,10 @@ def variant_lines(variant: Variant) -> list[str]:
                      "into out and dh into h (x and r both get dh_total). torch/compile = the unfused x + r then the "
                      "norm; quack = rmsnorm(residual=r, prenorm=True). Bytes: fwd reads x, r and writes out, h; "
                      "bwd reads h, dy, dh and writes dx (= dr).")
+        lines.append("x and r are autograd leaves: x.grad and r.grad are two tensors, so the gradient is written "
+                     "(or copied) twice; the second write is not counted in the bytes." if variant.leaf_inputs else
+                     "x and r are outputs of an upstream op, as in a model (an autograd Function whose backward "
+                     "takes the gradient without a copy or a kernel), not leaves: one gradient tensor serves both.")
     if variant.out_dtype is not None:
         lines.append(f"out_dtype {dtype_name(variant.out_dtype)}: out and dy in that dtype, dx in x's; torch = the "
                      "norm then .to(out_dtype).")
@@ -889,8 +897,10 @@ def variant_from_json(document: Optional[dict]) -> Variant:
     if not document:
         return PLAIN
     out_dtype = document.get("out_dtype")
-    return Variant(document.get("op", "layernorm"), bool(document.get("residual", False)),
-                   DTYPES[out_dtype] if out_dtype else None)
+    residual = bool(document.get("residual", False))
+    # Before leaf_inputs existed, the residual variant's x and r were leaves.
+    return Variant(document.get("op", "layernorm"), residual, DTYPES[out_dtype] if out_dtype else None,
+                   bool(document.get("leaf_inputs", residual)))
 
 
 def load_baseline(path: Path) -> dict:
@@ -1056,7 +1066,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.check is not None:
         given = [flag for flag, value in (("--shapes", args.shapes), ("--mode", args.mode), ("--dtype", args.dtype),
                                           ("--bias/--no-bias", args.bias), ("--op", args.op),
-                                          ("--residual", args.residual), ("--out-dtype", args.out_dtype))
+                                          ("--residual", args.residual), ("--out-dtype", args.out_dtype),
+                                          ("--residual-inputs", args.residual_inputs))
                  if value is not None]
         if given:
             parser.error(f"--check takes the shapes and modes from the baseline; drop {', '.join(given)}")
@@ -1075,7 +1086,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _log(f"warning: the baseline was measured on {baseline_device!r}, this run is on "
                  f"{environment['device']!r}")
     else:
-        variant = Variant(args.op or "layernorm", bool(args.residual), args.out_dtype)
+        if args.residual_inputs is not None and not args.residual:
+            parser.error("--residual-inputs needs --residual")
+        variant = Variant(args.op or "layernorm", bool(args.residual), args.out_dtype,
+                          args.residual is True and args.residual_inputs == "leaves")
         if variant.out_dtype is not None and args.dtype == variant.out_dtype:
             variant = replace(variant, out_dtype=None)
         bias = args.bias if args.bias is not None or variant.op != "rmsnorm" else False  # RMSNorm: no bias by default

@@ -140,10 +140,17 @@ def _row_tiling(hidden: int, vec: int, bytes_per_thread: int, elem_bytes: int, m
 AFFINE_AFTER_STATS_MIN_ROWS = 1024
 
 
-def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = None, bytes_per_thread: int = 64,
+# Rows of at most this many bytes get 32 bytes of x a thread instead of 64 (twice the threads on a row, half the
+# rows a CTA): 32768x256 bf16 89 -> 93% of a copy; at N = 1024 it loses (94 -> 74%) (cutedsl_fwd_probe.py, H100,
+# 2026-11-25, probes/probe-l1.txt: the ``t1024`` and ``late32`` variants, the same tiling at N = 256).
+NARROW_ROW_BYTES = 512
+
+
+def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = None, bytes_per_thread: int | None = None,
                max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MIN_CTA_THREADS,
                residual: bool = False, widest_elem_bytes: int | None = None) -> FwdConfig:
-    """Forward: 64 bytes of x per thread (32 bf16 / 16 fp32 values), up to 512 threads per CTA, then clusters.
+    """Forward: 64 bytes of x per thread (32 bf16 / 16 fp32 values; 32 bytes for rows of at most
+    ``NARROW_ROW_BYTES``), up to 512 threads per CTA, then clusters.
 
     Weight and bias load after the row statistics (``affine_after_stats``) when ``rows`` >= 1024 and one row takes
     a whole CTA: holding fp32 weight and bias across the reductions costs ~30 registers a thread (ptxas: 92-128
@@ -162,11 +169,13 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     >>> fwd_config(262144, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16)
     >>> fwd_config(256, 2, 8).tiling
-    RowTiling(vec=8, threads_per_row=8, vecs_per_thread=4, rows_per_cta=16, cluster_n=1)
+    RowTiling(vec=8, threads_per_row=16, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
     >>> fwd_config(16384, 2, 8, rows=4096)
     FwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=1), \
 affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2)
     """
+    if bytes_per_thread is None:
+        bytes_per_thread = 32 if hidden * elem_bytes <= NARROW_ROW_BYTES else 64
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
     many_rows = rows is not None and rows >= AFFINE_AFTER_STATS_MIN_ROWS and tiling.rows_per_cta == 1
     fits_alone = tiling.cluster_n == 1 and tiling.num_threads <= 256

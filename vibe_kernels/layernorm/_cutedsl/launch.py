@@ -511,10 +511,37 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
         x.device,
     )
     # Second pass: a fixed-order fp32 column sum over the partials (deterministic, no atomics).
+    _column_sums(None if dw_partial is dweight else dw_partial, None if db_partial is dbias else db_partial,
+                 dweight, dbias)
+
+
+def _column_sums(dw_partial, db_partial, dweight, dbias) -> None:
+    """dweight/dbias = the column sums of their (P, N) fp32 partial rows (a pair with no partial is skipped), in a
+    fixed order: one launch for both (the Triton backend's column-sum kernel) when Triton can launch, else
+    torch.sum for each."""
+    if dw_partial is None and db_partial is None:
+        return
+    sum_partials = _triton_column_sum()
+    if sum_partials is not None:
+        sum_partials(dw_partial, db_partial, dweight if dw_partial is not None else None,
+                     dbias if db_partial is not None else None)
+        return
     for partial, grad in ((dw_partial, dweight), (db_partial, dbias)):
-        if partial is None or partial is grad:
+        if partial is None:
             continue
         if grad.dtype == torch.float32:
             torch.sum(partial, dim=0, out=grad)
         else:
             grad.copy_(partial.sum(dim=0))
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_column_sum():
+    """The Triton backend's ``sum_partials``, or None where the Triton backend cannot run (not installed)."""
+    from .._backends import triton_unavailable_reason
+
+    if triton_unavailable_reason():
+        return None
+    from .._triton import sum_partials
+
+    return sum_partials
