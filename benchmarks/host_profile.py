@@ -37,6 +37,7 @@ out = torch.empty_like(x)
 stats = torch.empty(2, 8, device="cuda")
 pieces = {
     "torch.empty(8x1024)": lambda: torch.empty((8, 1024), dtype=torch.bfloat16, device=x.device),
+    "torch.empty_like(x)": lambda: torch.empty_like(x),
     "torch.cuda.current_device()": torch.cuda.current_device,
     "torch.cuda.is_available()": torch.cuda.is_available,
     "x.device": lambda: x.device,
@@ -82,7 +83,8 @@ if "cutedsl" in backends:
     (bare,) = cute_launch._fwd_plans.values()
     ptrs = (x.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr())
     stream = cute_launch._raw_stream(0)
-    pieces["cutedsl bare TVM FFI call (ints)"] = lambda: bare(*ptrs, 8, 1024, 1024, 1e-6, stream)
+    # x, w, b, out, mean, rstd, residual, residual_out, rows, row strides (x, out, residual, residual_out), eps, stream
+    pieces["cutedsl bare TVM FFI call (ints)"] = lambda: bare(*ptrs, None, None, 8, 1024, 1024, 0, 0, 1e-6, stream)
     pieces["cutedsl _raw_stream"] = lambda: cute_launch._raw_stream(0)
 print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
 for name, fn in pieces.items():
