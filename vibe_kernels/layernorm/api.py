@@ -560,8 +560,10 @@ def layernorm(
     residual both get that sum.
     out_dtype: write out in another float dtype (float16/bfloat16/float32); the gradient flows back in x's dtype.
     backend: "auto" (CuTeDSL on sm_90+, else Triton on CUDA, else torch), "cutedsl", "triton" or "torch".
-    The CuTeDSL kernels cover N up to 262144 and out_dtype, not the fused residual: for those
-    backend="cutedsl" raises NotImplementedError and backend="auto" runs Triton (any N).
+    The CuTeDSL kernels cover N up to 262144 with every feature (RMSNorm, the fused residual, out_dtype): above
+    that backend="cutedsl" raises NotImplementedError and backend="auto" runs Triton (any N).
+    A repeated no-grad call whose tensors have the same metadata as an earlier one (shapes, strides, dtypes,
+    devices, pointer alignment, flags) skips the checks and lookups (``_repeat_forward``; eps is checked again).
 
     x may also be any array with ``__dlpack__`` (NumPy, CuPy, JAX, ...), and weight/bias too: they are viewed as
     tensors without a copy, and out/rstd/mean come back as arrays of x's kind, again without a copy (interop.py;
@@ -664,7 +666,7 @@ def rmsnorm(
     or None). Returns ``out``, followed when asked by ``h`` (return_residual) and ``rstd`` (return_rstd): ``out``,
     ``(out, rstd)``, ``(out, h)``, ``(out, h, rstd)``. ``residual``/``residual_in_fp32``/``return_residual`` (the
     fused pre-norm residual) and ``out_dtype`` behave as in ``layernorm``; so do the backends (CuTeDSL: N up
-    to 262144 and no fused residual, where backend="auto" runs Triton).
+    to 262144, every feature; above that backend="auto" runs Triton).
     """
     if not isinstance(x, torch.Tensor) and hasattr(x, "__dlpack__"):  # CuPy, JAX, NumPy...: zero-copy round trip
         from .interop import call_on_dlpack
