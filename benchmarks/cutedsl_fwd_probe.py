@@ -6,7 +6,7 @@ CTAs of up to 1024 threads with 32 bytes of x a thread (``t1024``: twice the war
 registers per SM), with weight/bias early or late; and the default, late and early configs with L1 hints
 (``l1_hints``: rows loaded without allocating in L1, weight/bias kept with evict-last): "+l1"; and the late and
 early configs with a launch bound of two CTAs per SM (``min_ctas_per_sm=2``: ptxas fits 64 registers a thread at
-512 threads): "+2cta".
+512 threads): "+2cta"; two or four rows a CTA where a row takes 128 threads ("rows2", "rows4", "...late").
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -41,6 +41,11 @@ def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
               for name, config in (("default", default), ("late", late), ("early", early))}
     two_ctas = {f"{name}+2cta": dataclasses.replace(config, min_ctas_per_sm=2)
                 for name, config in (("late", late), ("early", early))}
+    # Several rows a CTA where a row takes 128 threads (CTAs of 256 / 512 threads), weight/bias early or late.
+    rows2 = cfg.fwd_config(hidden, elem, vec, rows=rows, min_cta_threads=256)
+    rows4 = cfg.fwd_config(hidden, elem, vec, rows=rows, min_cta_threads=512)
+    multi_row = {"rows2": rows2, "rows2late": dataclasses.replace(rows2, affine_after_stats=True),
+                 "rows4": rows4, "rows4late": dataclasses.replace(rows4, affine_after_stats=True)}
     # The rule before the launch bound: late only for one-row CTAs of <= 256 threads without a cluster.
     previous = dataclasses.replace(default, min_ctas_per_sm=0, affine_after_stats=(
         rows >= cfg.AFFINE_AFTER_STATS_MIN_ROWS and default.tiling.rows_per_cta == 1
@@ -49,7 +54,7 @@ def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
     if previous != default:
         found["previous"] = previous
     for name, config in (("early", early), ("late", late), ("late32", late32), ("t1024", t1024),
-                         ("t1024late", t1024_late), *hinted.items(), *two_ctas.items()):
+                         ("t1024late", t1024_late), *hinted.items(), *two_ctas.items(), *multi_row.items()):
         if config not in found.values():
             found[name] = config
     return found
@@ -60,11 +65,12 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--min-hidden", type=int, default=1, help="only shapes with N at least this")
     parser.add_argument("--only", default="", help="comma-separated variant names to run besides the default")
+    parser.add_argument("--shapes", default="", help="comma-separated MxN to run (default: all of SHAPES)")
     args = parser.parse_args()
     rows_out = []
     print(f"device: {torch.cuda.get_device_name()}")
     for rows, hidden, dtype in SHAPES:
-        if hidden < args.min_hidden:
+        if hidden < args.min_hidden or (args.shapes and f"{rows}x{hidden}" not in args.shapes.split(",")):
             continue
         gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
         x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)

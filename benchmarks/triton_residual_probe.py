@@ -1,0 +1,63 @@
+"""Triton forward with the fused residual: the default config against the tuner's candidates, RMSNorm and LayerNorm
+side by side (ms and % of the variant's same-bytes SOL: a copy of x, r -> out, h, i.e. two same-size copies).
+
+Every candidate's out and h are checked against the torch composition first. GPU time (the bench's timer).
+
+    python benchmarks/triton_residual_probe.py [--shapes 4096x16384,4096x8192] [--top 6]
+"""
+import argparse
+
+import torch
+
+from vibe_kernels.layernorm import _triton
+from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
+from vibe_kernels.layernorm.tune import fwd_candidates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", default="4096x16384,4096x8192")
+    parser.add_argument("--dtype", default="float16")
+    parser.add_argument("--top", type=int, default=6)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    print(f"device: {torch.cuda.get_device_name()}")
+    for spec in args.shapes.split(","):
+        rows, hidden = map(int, spec.split("x"))
+        gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
+        x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)
+        r = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)
+        w = 1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)
+        out, h = torch.empty_like(x), torch.empty_like(x)
+        rstd = torch.empty(rows, device="cuda")
+        mean = torch.empty(rows, device="cuda")
+        x2, r2 = torch.empty_like(x), torch.empty_like(x)
+        sol = gpu_ms_host_hidden(lambda: (x2.copy_(x), r2.copy_(r)), 25, 100)
+        hh = (x.float() + r.float()).to(dtype).float()
+        for rms in (True, False):
+            ref = (torch.nn.functional.rms_norm(hh, (hidden,), w, 1e-6) if rms
+                   else torch.nn.functional.layer_norm(hh, (hidden,), w, None, 1e-6))
+            results = []
+            default = _triton.fwd_config(hidden, dtype, True)
+            for config in [default] + [c for c in fwd_candidates(hidden, dtype) if c != default]:
+                def run(config=config):
+                    _triton.layernorm_fwd(x, w, None, 1e-6, out, None if rms else mean, rstd, config=config,
+                                          residual=r, residual_out=h, rms=rms)
+                try:
+                    out.fill_(float("nan"))
+                    run()
+                    err = (out.float() - ref).abs().max().item()
+                    if not err < 0.05 or not torch.equal(h.float(), hh):
+                        raise AssertionError(f"wrong output: max err {err}")
+                    results.append((gpu_ms_host_hidden(run, 10, 40), config))
+                except Exception as exc:  # noqa: BLE001
+                    print(f"  {config}: {type(exc).__name__}: {str(exc)[:120]}")
+            default_ms = results[0][0] if results and results[0][1] == default else float("nan")
+            print(f"{spec} {args.dtype} {'rmsnorm' if rms else 'layernorm'} + residual: SOL {sol:.4f} ms; "
+                  f"default {default_ms:.4f} ({100 * sol / default_ms:.0f}%) {default}")
+            for ms, config in sorted(results, key=lambda item: item[0])[: args.top]:
+                print(f"  {ms:.4f} ({100 * sol / ms:.0f}%) {config}")
+
+
+if __name__ == "__main__":
+    main()
