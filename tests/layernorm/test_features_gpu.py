@@ -12,12 +12,13 @@ from vibe_kernels.layernorm._backends import load_backend
 
 pytestmark = pytest.mark.gpu
 
-SHAPES = [  # (M, N, dtype): resident, one warp-wide row, head + tail, chunked forward and backward
+SHAPES = [  # (M, N, dtype): resident, one warp-wide row, head + tail, chunked forward and backward, and more
     (4096, 8192, torch.bfloat16),
     (32768, 256, torch.bfloat16),
     (4095, 5000, torch.float16),
     (4, 65536, torch.bfloat16),
     (8192, 8192, torch.float32),
+    (1024, 16384, torch.float16),  # Triton: resident with a residual, chunked without
 ]
 _ids = lambda v: str(v).replace("torch.", "")  # noqa: E731
 NORMS = {"layernorm": False, "rmsnorm": True}

@@ -21,7 +21,8 @@ dtype, fp32 bias, all outputs). Weight/bias dtypes (fp32 vs x's) vary across tho
 deduplicated before compiling. One subprocess per (launcher, flags|sizes|features, dtype) so pytest-xdist spreads
 them. The "features" part covers RMSNorm, the fused residual (residual in x's dtype or fp32, h stored or not,
 rounded or kept in fp32), the output dtype, and in the backward the residual output's gradient (DRES) and the
-residual input's own-dtype gradient (DRES_IN), at one resident, one head+tail and one chunked N.
+residual input's own-dtype gradient (DRES_IN), at one resident, one head+tail and one chunked N (and, forward, at
+N = 16384, resident only with a residual).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ FWD_FEATURE_SETS = [
 
 def fwd_feature_scenarios(dtype: str) -> list[dict]:
     scenarios = []
-    for hidden in (1024, 5000, 65536):
+    for hidden in (1024, 5000, 16384, 65536):  # 16384: resident with a residual, chunked without
         for rms, residual, store, in_fp32, out in FWD_FEATURE_SETS:
             residual_out = ("float32" if in_fp32 else "x") if store else None
             scenarios.append(dict(

@@ -126,6 +126,11 @@ def _ladder_row(ladder, hidden: int, dtype: torch.dtype):
 # chunks against 80% for the best head + tail tile). fp32 rows of the same bytes keep their ladder entry (not
 # re-measured).
 FWD_STREAMED_16BIT = (4096, 8192)
+# With a fused residual, fp16/bf16 rows of (8192, 16384] elements stay resident (one row a program, 16 warps) instead
+# of the ladder's 8192-element chunks, whose second pass re-reads the h the first pass wrote (probe, H100,
+# 2026-11-25, fourth session, benchmarks/results/h100-2026-11-25-d/probes/triton-residual-probe.txt, 4096x16384
+# fp16, % of the variant's SOL: RMSNorm + residual 77 -> 100%, LayerNorm + residual 95 -> 99%).
+FWD_RESIDUAL_RESIDENT_16BIT = 16384
 
 # Opt-in tuned configs (python -m vibe_kernels.layernorm.tune): {("fwd"|"bwd", hidden, dtype name): config}. They
 # override the ladders for exactly those (N, dtype); loaded by load_tuned_configs() or, at import, from the JSON file
@@ -175,6 +180,8 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False) -> FwdCo
     FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0)
     >>> fwd_config(8192, torch.bfloat16)
     FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0)
+    >>> fwd_config(16384, torch.float16, residual=True)
+    FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0)
     """
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
@@ -187,6 +194,8 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False) -> FwdCo
         if -hidden % block_n > block_n // 2:
             block_n, num_warps = 1024, 4
         return FwdConfig(block_m=1, block_n=block_n, num_warps=num_warps, chunked=True)
+    if dtype != torch.float32 and residual and FWD_STREAMED_16BIT[1] < hidden <= FWD_RESIDUAL_RESIDENT_16BIT:
+        return FwdConfig(block_m=1, block_n=_next_power_of_2(hidden), num_warps=16, chunked=False)
     _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_FWD_LADDER, hidden, dtype)
     padded = _next_power_of_2(hidden)
     if not chunked or padded <= block_n:
