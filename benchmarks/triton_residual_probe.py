@@ -1,9 +1,11 @@
 """Triton forward with the fused residual: the default config against the tuner's candidates, RMSNorm and LayerNorm
 side by side (ms and % of the variant's same-bytes SOL: a copy of x, r -> out, h, i.e. two same-size copies).
+``--out-dtype float32``: instead, LayerNorm with out in that dtype and no residual (SOL: one fp16 copy moving x's and
+out's bytes, as the bench).
 
 Every candidate's out and h are checked against the torch composition first. GPU time (the bench's timer).
 
-    python benchmarks/triton_residual_probe.py [--shapes 4096x16384,4096x8192] [--top 6]
+    python benchmarks/triton_residual_probe.py [--shapes 4096x16384,4096x8192] [--top 6] [--out-dtype float32]
 """
 import argparse
 
@@ -19,7 +21,10 @@ def main() -> None:
     parser.add_argument("--shapes", default="4096x16384,4096x8192")
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--top", type=int, default=6)
+    parser.add_argument("--out-dtype", default=None)
     args = parser.parse_args()
+    if args.out_dtype:
+        return out_dtype_probe(args)
     dtype = getattr(torch, args.dtype)
     print(f"device: {torch.cuda.get_device_name()}")
     for spec in args.shapes.split(","):
@@ -57,6 +62,43 @@ def main() -> None:
                   f"default {default_ms:.4f} ({100 * sol / default_ms:.0f}%) {default}")
             for ms, config in sorted(results, key=lambda item: item[0])[: args.top]:
                 print(f"  {ms:.4f} ({100 * sol / ms:.0f}%) {config}")
+
+
+def out_dtype_probe(args) -> None:
+    dtype, out_dtype = getattr(torch, args.dtype), getattr(torch, args.out_dtype)
+    print(f"device: {torch.cuda.get_device_name()}")
+    for spec in args.shapes.split(","):
+        rows, hidden = map(int, spec.split("x"))
+        gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
+        x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)
+        w = 1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)
+        b = 0.1 * torch.randn(hidden, device="cuda", generator=gen)
+        out = torch.empty(rows, hidden, device="cuda", dtype=out_dtype)
+        # The bench's same-bytes SOL: one fp16 copy moving x's bytes read plus out's bytes written.
+        elements = rows * hidden * (x.element_size() + out.element_size()) // 4
+        src = torch.empty(elements, device="cuda", dtype=torch.float16).normal_()
+        dst = torch.empty_like(src)
+        sol = gpu_ms_host_hidden(lambda: dst.copy_(src), 25, 100)
+        ref = torch.nn.functional.layer_norm(x.float(), (hidden,), w, b, 1e-6)
+        results = []
+        default = _triton.fwd_config(hidden, dtype)
+        for config in [default] + [c for c in fwd_candidates(hidden, dtype) if c != default]:
+            def run(config=config):
+                _triton.layernorm_fwd(x, w, b, 1e-6, out, None, None, config=config)
+            try:
+                out.fill_(float("nan"))
+                run()
+                err = (out.float() - ref).abs().max().item()
+                if not err < 0.05:
+                    raise AssertionError(f"wrong output: max err {err}")
+                results.append((gpu_ms_host_hidden(run, 10, 40), config))
+            except Exception as exc:  # noqa: BLE001
+                print(f"  {config}: {type(exc).__name__}: {str(exc)[:120]}")
+        default_ms = results[0][0] if results and results[0][1] == default else float("nan")
+        print(f"{spec} {args.dtype} -> {args.out_dtype} layernorm: SOL {sol:.4f} ms; default {default_ms:.4f} "
+              f"({100 * sol / default_ms:.0f}%) {default}")
+        for ms, config in sorted(results, key=lambda item: item[0])[: args.top]:
+            print(f"  {ms:.4f} ({100 * sol / ms:.0f}%) {config}")
 
 
 if __name__ == "__main__":
