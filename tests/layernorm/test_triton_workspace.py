@@ -55,3 +55,32 @@ def test_shared_partial_rows_give_the_reference_gradients(hidden, device):
     torch.testing.assert_close(dweight, want_dw.float(), rtol=1e-4, atol=1e-3 * rows ** 0.5)
     torch.testing.assert_close(dbias, want_db.float(), rtol=1e-4, atol=1e-3 * rows ** 0.5)
     torch.testing.assert_close(dx.float(), want_dx.float(), rtol=4e-3, atol=4e-3)
+
+
+@pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16], ids=["fp32_grads", "bf16_grads"])
+@pytest.mark.parametrize("rows, hidden", [(1, 256), (1, 5000), (1, 16384), (3, 1024), (200, 256)])
+def test_a_single_partial_row_is_the_gradient(rows, hidden, grad_dtype, device, monkeypatch, check):
+    """With one partial row written by plain stores (small M), fp32 dw/db are written by the backward kernel itself
+    and the column-sum launch is skipped; gradients in another dtype, or several partial rows, still go through it.
+    Both give the reference gradients (fresh random inputs, NaN-poisoned outputs)."""
+    calls = []
+    real_sum = _triton.sum_partials
+    monkeypatch.setattr(_triton, "sum_partials", lambda *args: (calls.append(1), real_sum(*args)))
+    gen = torch.Generator().manual_seed(rows * hidden)
+    x = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.bfloat16)
+    dy = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.bfloat16)
+    weight = torch.randn(hidden, generator=gen).to(device=device, dtype=grad_dtype)
+    mean = x.float().mean(1)
+    rstd = torch.rsqrt(x.float().var(1, unbiased=False) + 1e-5)
+    dx = torch.full_like(x, float("nan"))
+    dweight = torch.full_like(weight, float("nan"))
+    dbias = torch.full_like(weight, float("nan"))
+    _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)
+    cfg = _triton.bwd_config(hidden, x.dtype)
+    plan = _triton.bwd_plan(rows, hidden, cfg, _triton._program_slots(torch.device(device)))
+    direct = plan.partial_rows == 1 and not plan.shared_partials and grad_dtype == torch.float32
+    assert len(calls) == (0 if direct else 1), f"{plan}, grads {grad_dtype}"
+    refs = check.grad_references(x, weight, torch.zeros_like(weight), dy, 1e-5,
+                                 {"dx": dx.dtype, "dw": grad_dtype, "db": grad_dtype})
+    for name, got in (("dx", dx), ("dw", dweight), ("db", dbias)):
+        check.within(got, *refs[name], name)

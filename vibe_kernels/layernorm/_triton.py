@@ -941,6 +941,18 @@ def bwd_plan(rows: int, hidden: int, cfg: BwdConfig, sms: int, shrink_rows: bool
     return BwdPlan((programs,), block_m, 0, _cdiv(programs, 2) if shared else programs, shared)
 
 
+def _partial_rows(grad, plan: BwdPlan, hidden: int):
+    """The fp32 dw (or db) partial rows of ``plan``; with a single partial row written by plain stores (small M), an
+    fp32 contiguous gradient is its own partial row: the kernel writes it and the column-sum launch is skipped."""
+    if grad is None:
+        return None
+    if (plan.partial_rows == 1 and not plan.shared_partials and grad.dtype == torch.float32
+            and grad.is_contiguous()):
+        return grad
+    new_partials = torch.zeros if plan.shared_partials else torch.empty
+    return new_partials((plan.partial_rows, hidden), dtype=torch.float32, device=grad.device)
+
+
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConfig | None = None, *,
                   rms: bool = False, dresidual=None, dresidual_in=None) -> None:
     """dy, x (M, N) unit column stride (x: the normalized input, h with a residual); dx (M, N); dweight/dbias (N,)
@@ -966,10 +978,8 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             N=hidden, BLOCK_N=4096, HAS_W=weight is not None, IS_RMS=bool(rms),
             ROW_ALIGN=_row_align(dy.stride(0), x.stride(0)),
         )
-    new_partials = torch.zeros if plan.shared_partials else torch.empty
-    shape = (plan.partial_rows, hidden)
-    dw_partial = new_partials(shape, dtype=torch.float32, device=x.device) if dweight is not None else None
-    db_partial = new_partials(shape, dtype=torch.float32, device=x.device) if dbias is not None else None
+    dw_partial = _partial_rows(dweight, plan, hidden)
+    db_partial = _partial_rows(dbias, plan, hidden)
     if cfg.chunked:
         _launch(
             _layernorm_bwd_tiled_kernel, plan.grid, cfg.num_warps,
@@ -983,5 +993,8 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
             SHARED_PARTIALS=plan.shared_partials, **flags,
         )
-    if dweight is not None or dbias is not None:
-        sum_partials(dw_partial, db_partial, dweight, dbias)
+    dw_partial = None if dw_partial is dweight else dw_partial
+    db_partial = None if db_partial is dbias else db_partial
+    if dw_partial is not None or db_partial is not None:
+        sum_partials(dw_partial, db_partial, dweight if dw_partial is not None else None,
+                     dbias if db_partial is not None else None)
