@@ -42,26 +42,37 @@ def main() -> None:
         for rms in (True, False):
             ref = (torch.nn.functional.rms_norm(hh, (hidden,), w, 1e-6) if rms
                    else torch.nn.functional.layer_norm(hh, (hidden,), w, None, 1e-6))
-            results = []
-            default = _triton.fwd_config(hidden, dtype, True)
-            for config in [default] + [c for c in fwd_candidates(hidden, dtype) if c != default]:
-                def run(config=config):
-                    _triton.layernorm_fwd(x, w, None, 1e-6, out, None if rms else mean, rstd, config=config,
-                                          residual=r, residual_out=h, rms=rms)
-                try:
-                    out.fill_(float("nan"))
-                    run()
-                    err = (out.float() - ref).abs().max().item()
-                    if not err < 0.05 or not torch.equal(h.float(), hh):
-                        raise AssertionError(f"wrong output: max err {err}")
-                    results.append((gpu_ms_host_hidden(run, 10, 40), config))
-                except Exception as exc:  # noqa: BLE001
-                    print(f"  {config}: {type(exc).__name__}: {str(exc)[:120]}")
-            default_ms = results[0][0] if results and results[0][1] == default else float("nan")
-            print(f"{spec} {args.dtype} {'rmsnorm' if rms else 'layernorm'} + residual: SOL {sol:.4f} ms; "
-                  f"default {default_ms:.4f} ({100 * sol / default_ms:.0f}%) {default}")
-            for ms, config in sorted(results, key=lambda item: item[0])[: args.top]:
-                print(f"  {ms:.4f} ({100 * sol / ms:.0f}%) {config}")
+
+            def launch(config):
+                _triton.layernorm_fwd(x, w, None, 1e-6, out, None if rms else mean, rstd, config=config,
+                                      residual=r, residual_out=h, rms=rms)
+
+            def check():
+                err = (out.float() - ref).abs().max().item()
+                if not err < 0.05 or not torch.equal(h.float(), hh):
+                    raise AssertionError(f"wrong output: max err {err}")
+
+            label = f"{spec} {args.dtype} {'rmsnorm' if rms else 'layernorm'} + residual"
+            rank_candidates(label, _triton.fwd_config(hidden, dtype, True), fwd_candidates(hidden, dtype), launch,
+                            out, check, sol, args.top)
+
+
+def rank_candidates(label, default, candidates, launch, out, check, sol, top) -> None:
+    """Times ``launch(config)`` for the default and every candidate (each checked first: ``out`` is poisoned,
+    ``check()`` raises on a wrong result) and prints the default and the ``top`` fastest, as % of ``sol``."""
+    results = []
+    for config in [default] + [c for c in candidates if c != default]:
+        try:
+            out.fill_(float("nan"))
+            launch(config)
+            check()
+            results.append((gpu_ms_host_hidden(lambda config=config: launch(config), 10, 40), config))
+        except Exception as exc:  # noqa: BLE001
+            print(f"  {config}: {type(exc).__name__}: {str(exc)[:120]}")
+    default_ms = results[0][0] if results and results[0][1] == default else float("nan")
+    print(f"{label}: SOL {sol:.4f} ms; default {default_ms:.4f} ({100 * sol / default_ms:.0f}%) {default}")
+    for ms, config in sorted(results, key=lambda item: item[0])[:top]:
+        print(f"  {ms:.4f} ({100 * sol / ms:.0f}%) {config}")
 
 
 def out_dtype_probe(args) -> None:
@@ -80,25 +91,16 @@ def out_dtype_probe(args) -> None:
         dst = torch.empty_like(src)
         sol = gpu_ms_host_hidden(lambda: dst.copy_(src), 25, 100)
         ref = torch.nn.functional.layer_norm(x.float(), (hidden,), w, b, 1e-6)
-        results = []
-        default = _triton.fwd_config(hidden, dtype)
-        for config in [default] + [c for c in fwd_candidates(hidden, dtype) if c != default]:
-            def run(config=config):
-                _triton.layernorm_fwd(x, w, b, 1e-6, out, None, None, config=config)
-            try:
-                out.fill_(float("nan"))
-                run()
-                err = (out.float() - ref).abs().max().item()
-                if not err < 0.05:
-                    raise AssertionError(f"wrong output: max err {err}")
-                results.append((gpu_ms_host_hidden(run, 10, 40), config))
-            except Exception as exc:  # noqa: BLE001
-                print(f"  {config}: {type(exc).__name__}: {str(exc)[:120]}")
-        default_ms = results[0][0] if results and results[0][1] == default else float("nan")
-        print(f"{spec} {args.dtype} -> {args.out_dtype} layernorm: SOL {sol:.4f} ms; default {default_ms:.4f} "
-              f"({100 * sol / default_ms:.0f}%) {default}")
-        for ms, config in sorted(results, key=lambda item: item[0])[: args.top]:
-            print(f"  {ms:.4f} ({100 * sol / ms:.0f}%) {config}")
+
+        def check():
+            err = (out.float() - ref).abs().max().item()
+            if not err < 0.05:
+                raise AssertionError(f"wrong output: max err {err}")
+
+        rank_candidates(f"{spec} {args.dtype} -> {args.out_dtype} layernorm", _triton.fwd_config(hidden, dtype),
+                        fwd_candidates(hidden, dtype),
+                        lambda config: _triton.layernorm_fwd(x, w, b, 1e-6, out, None, None, config=config), out,
+                        check, sol, args.top)
 
 
 if __name__ == "__main__":
