@@ -1,5 +1,5 @@
-"""The repeat-call path of the plain no-grad forward (api._repeat_forward): a call whose signature an earlier call
-recorded skips the checks and the backend's lookups. These tests run it for real (the torch backend, and Triton
+"""The repeat-call path of the plain no-grad forward of layernorm and rmsnorm (api._repeat_forward): a call whose
+signature an earlier call recorded skips the checks and the backend's lookups. These tests run it for real (the torch backend, and Triton
 under the interpreter on the CPU; CUDA backends on a GPU) and check that it gives the full path's results, that
 it is taken, and that every call it must not take goes the full way (its checks and errors included)."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vibe_kernels.layernorm import _backends, api, layernorm
+from vibe_kernels.layernorm import _backends, api, layernorm, rmsnorm
 from vibe_kernels.layernorm._backends import resolve_backend
 
 EPS = 1e-5
@@ -69,13 +69,17 @@ LAYOUTS = {
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("params", ["fp32_wb", "x_dtype_w", "none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
 @pytest.mark.parametrize("backend", ["torch", "triton", "cutedsl"])
-def test_repeats_match_the_reference_on_fresh_inputs(gen, device, check, plans, full_path_counter, backend, dtype,
-                                                     params, layout, flags):
+def test_repeats_match_the_reference_on_fresh_inputs(gen, device, check, plans, full_path_counter, backend, norm,
+                                                     dtype, params, layout, flags):
     if backend not in _backends_here(device):
         pytest.skip("CuTeDSL kernels need a GPU")
     _require(backend, device)
     return_rstd, return_mean = flags
+    rms = norm == "rmsnorm"
+    if rms and return_mean:
+        pytest.skip("RMSNorm has no mean")
     buf = torch.empty(6 * 56 + 8, dtype=dtype, device=device)
     x = LAYOUTS[layout](buf)
     hidden = x.shape[-1]
@@ -88,16 +92,19 @@ def test_repeats_match_the_reference_on_fresh_inputs(gen, device, check, plans, 
         for t in (buf, weight, bias):  # new values every call, in the same tensors: a stale launch would fail
             if t is not None:
                 _fill(gen, t)
-        result = layernorm(x, weight, bias, eps=EPS, backend=backend, return_rstd=return_rstd,
-                           return_mean=return_mean)
+        if rms:
+            result = rmsnorm(x, weight, bias, eps=EPS, backend=backend, return_rstd=return_rstd)
+        else:
+            result = layernorm(x, weight, bias, eps=EPS, backend=backend, return_rstd=return_rstd,
+                               return_mean=return_mean)
         out = result[0] if isinstance(result, tuple) else result
         assert out.shape == x.shape and out.is_contiguous()
-        check.out(out, x, weight, bias, EPS)
+        check.out(out, x, weight, bias, EPS, rms=rms)
         rstd = result[1] if return_rstd else None
         mean = result[-1] if return_mean else None
         if return_rstd or return_mean:
             assert len(result) == 1 + return_rstd + return_mean
-            check.stats(mean, rstd, x, EPS)
+            check.stats(mean, rstd, x, EPS, rms=rms)
     assert len(full_path_counter) == 1, "the second and third calls should have taken the repeat path"
     assert len(plans) == 1
 
@@ -116,6 +123,7 @@ def test_a_changed_signature_takes_the_full_path(gen, device, plans, full_path_c
         lambda: layernorm(x, weight, backend=backend, return_rstd=True),  # flags
         lambda: layernorm(x.view(2, 2, 64), weight, backend=backend),  # shape
         lambda: layernorm(x, weight, backend="auto" if backend != "auto" else "torch"),  # requested backend
+        lambda: rmsnorm(x, weight, backend=backend),  # the other norm: its own signature
     ]
     for run in variants:
         before = len(full_path_counter)

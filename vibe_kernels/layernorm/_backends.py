@@ -2,9 +2,9 @@
 
 A backend is a module exposing ``layernorm_fwd(x, weight, bias, eps, out, mean, rstd)`` and
 ``layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)``, both writing into preallocated outputs, and
-``fwd_launcher(x, weight, bias, out, mean, rstd)``: called after a plain forward ran with those tensors, it returns
-``launch(x, weight, bias, out, mean, rstd, eps)``, which repeats that forward for tensors of the same metadata with
-the least host work (the API's repeat-call path). Heavy imports (triton, cutlass) happen only when a backend is
+``fwd_launcher(x, weight, bias, out, mean, rstd, rms=False)``: called after a plain forward (LayerNorm, or RMSNorm
+with ``rms``) ran with those tensors, it returns ``launch(x, weight, bias, out, mean, rstd, eps)``, which repeats
+that forward for tensors of the same metadata with the least host work (the API's repeat-call path). Heavy imports (triton, cutlass) happen only when a backend is
 first used.
 """
 
@@ -120,11 +120,12 @@ repeat_fwd_plans: dict = {}
 MAX_REPEAT_FWD_PLANS = 256
 
 
-def rows_launcher(layernorm_fwd, rows: int, hidden: int):
-    """A ``fwd_launcher`` result that calls ``layernorm_fwd`` on (rows, hidden) views of x and out (the backend's
-    own checks and lookups included): for backends, or calls, with nothing cheaper to repeat."""
+def rows_launcher(layernorm_fwd, rows: int, hidden: int, rms: bool = False):
+    """A ``fwd_launcher`` result that calls ``layernorm_fwd`` (``rms``: as RMSNorm) on (rows, hidden) views of x and
+    out (the backend's own checks and lookups included): for backends, or calls, with nothing cheaper to repeat."""
+    features = {"rms": True} if rms else {}
 
     def launch(x, weight, bias, out, mean, rstd, eps):
-        layernorm_fwd(x.reshape(rows, hidden), weight, bias, eps, out.view(rows, hidden), mean, rstd)
+        layernorm_fwd(x.reshape(rows, hidden), weight, bias, eps, out.view(rows, hidden), mean, rstd, **features)
 
     return launch

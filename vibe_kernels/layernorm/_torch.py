@@ -40,9 +40,9 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, residual=None, resid
         rstd.copy_(layernorm_rstd_ref(x, eps))
 
 
-def fwd_launcher(x, weight, bias, out, mean, rstd):
+def fwd_launcher(x, weight, bias, out, mean, rstd, rms=False):
     """Repeats ``layernorm_fwd`` on (M, N) views (see _backends)."""
-    return rows_launcher(layernorm_fwd, *x.shape)
+    return rows_launcher(layernorm_fwd, *x.shape, rms=rms)
 
 
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, rms=False, dresidual=None,

@@ -813,18 +813,18 @@ def _fwd_plan_key(tensors: tuple, row_strides: tuple, residual_in_fp32: bool, rm
             bool(residual_in_fp32), bool(rms), _alignment_bits(tensors)) + tuple(row_strides)
 
 
-def fwd_launcher(x, weight, bias, out, mean, rstd):
-    """After a plain LayerNorm ``layernorm_fwd(x, weight, bias, eps, out, mean, rstd)`` (no RMSNorm, no residual,
-    default config) ran: a function ``launch(x, weight, bias, out, mean, rstd, eps)`` that launches the same
-    compiled kernel and grid again for tensors of the same plan signature (x and out may have any leading dims
-    that flatten to these rows), skipping every lookup. Without a plan (the interpreter, fast launch off) it calls
-    ``layernorm_fwd`` on 2-D views. The caller guarantees the signature matches."""
+def fwd_launcher(x, weight, bias, out, mean, rstd, rms: bool = False):
+    """After a plain ``layernorm_fwd(x, weight, bias, eps, out, mean, rstd)`` (LayerNorm, or RMSNorm with ``rms``;
+    no residual, out in x's dtype, default config) ran: a function ``launch(x, weight, bias, out, mean, rstd, eps)``
+    that launches the same compiled kernel and grid again for tensors of the same plan signature (x and out may
+    have any leading dims that flatten to these rows), skipping every lookup. Without a plan (the interpreter, fast
+    launch off) it calls ``layernorm_fwd`` on 2-D views. The caller guarantees the signature matches."""
     rows, hidden = x.shape
     tensors = (x, out, weight, bias, mean, rstd, None, None)
     row_strides = (x.stride(0), out.stride(0), None, None)
-    key = _fwd_plan_key(tensors, row_strides, False, False)
+    key = _fwd_plan_key(tensors, row_strides, False, rms)
     plan = _fwd_plans.get(key) if key is not None else None
-    launch_2d = rows_launcher(layernorm_fwd, rows, hidden)
+    launch_2d = rows_launcher(layernorm_fwd, rows, hidden, rms)
     if plan is None:
         return launch_2d
     grid, entry = plan

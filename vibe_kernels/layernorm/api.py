@@ -415,6 +415,7 @@ def _norm(x, weight, bias, eps, return_rstd, return_mean, backend, rms, residual
     check_features(x, residual, residual_in_fp32, return_residual, out_dtype)
     if out_dtype == x.dtype:
         out_dtype = None
+    weight_in, bias_in = weight, bias
     weight = weight.contiguous() if weight is not None and weight.stride(0) != 1 else weight
     bias = bias.contiguous() if bias is not None and bias.stride(0) != 1 else bias
     args = (float(eps), concrete, backend == "auto")
@@ -433,11 +434,13 @@ def _norm(x, weight, bias, eps, return_rstd, return_mean, backend, rms, residual
             out, h, mean, rstd = compiled_norm(x2d, weight, bias, residual2d, *args, return_mean, return_rstd,
                                                rms, bool(residual_in_fp32), bool(return_residual), out_dtype)
         else:
-            out, h, stats, _ = _forward_features(
+            out, h, stats, ran = _forward_features(
                 x2d, weight, bias, *args, return_mean or return_rstd, rms, residual2d, residual_in_fp32,
                 bool(return_residual), out_dtype,
             )
             mean, rstd = _split_stats(stats, rms)
+            if rms and residual2d is None and out_dtype is None and not return_residual:  # plain RMSNorm
+                _record_repeat(x, weight_in, bias_in, return_rstd, False, backend, ran, x2d, out, None, rstd, rms=True)
     result = [out.view(x.shape)]
     if return_residual:
         result.append(h.view(x.shape))
@@ -464,16 +467,16 @@ def _param_signature(param):
                                        param.data_ptr() & 15)
 
 
-def _repeat_signature(x, weight, bias, return_rstd, return_mean, backend):
+def _repeat_signature(x, weight, bias, return_rstd, return_mean, backend, rms=False):
     """What check_inputs, the backend choice and the backends' launch plans depend on in a plain forward call:
     raises AttributeError/RuntimeError/TypeError for inputs that cannot be signed (the full path reports them)."""
-    return (backend, return_rstd, return_mean, x.device, torch.cuda.current_device() if x.is_cuda else -1, x.dtype,
+    return (rms, backend, return_rstd, return_mean, x.device, torch.cuda.current_device() if x.is_cuda else -1, x.dtype,
             x.shape, x.stride(), x.data_ptr() & 15, _param_signature(weight), _param_signature(bias))
 
 
-def _repeat_forward(x, weight, bias, eps, return_rstd, return_mean, backend):
-    """``layernorm``'s result for a call whose signature an earlier no-grad call recorded; None when there is no
-    record or the call needs the full path."""
+def _repeat_forward(x, weight, bias, eps, return_rstd, return_mean, backend, rms=False):
+    """``layernorm``'s (``rms``: ``rmsnorm``'s) result for a call whose signature an earlier no-grad call recorded;
+    None when there is no record or the call needs the full path."""
     if (torch.compiler.is_compiling() or x.__class__ is not torch.Tensor or eps.__class__ is not float
             or not FP32_TINY <= eps < math.inf or return_rstd.__class__ is not bool
             or return_mean.__class__ is not bool):
@@ -482,7 +485,7 @@ def _repeat_forward(x, weight, bias, eps, return_rstd, return_mean, backend):
         if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
                                         or (bias is not None and bias.requires_grad)):
             return None
-        plan = repeat_fwd_plans.get(_repeat_signature(x, weight, bias, return_rstd, return_mean, backend))
+        plan = repeat_fwd_plans.get(_repeat_signature(x, weight, bias, return_rstd, return_mean, backend, rms))
     except (AttributeError, RuntimeError, TypeError):  # not tensors, or not signable: the full path says why
         return None
     if plan is None:
@@ -492,16 +495,21 @@ def _repeat_forward(x, weight, bias, eps, return_rstd, return_mean, backend):
     if not (return_rstd or return_mean):
         launch(x, weight, bias, out, None, None, eps)
         return out
+    if rms:  # rstd only
+        rstd = torch.empty((rows,), dtype=torch.float32, device=x.device)
+        launch(x, weight, bias, out, None, rstd, eps)
+        return out, rstd.view(x.shape[:-1])
     stats = torch.empty((2, rows), dtype=torch.float32, device=x.device)
     mean, rstd = stats.unbind(0)
     launch(x, weight, bias, out, mean, rstd, eps)
     return _with_stats(out, mean, rstd, x.shape[:-1], return_rstd, return_mean)
 
 
-def _record_repeat(x, weight, bias, return_rstd, return_mean, backend, ran, x2d, out2d, mean, rstd) -> None:
-    """After a no-grad plain forward (``ran``: the backend that ran it) into ``out2d``: records a launcher for
-    repeats of the call, if its inputs allow one (x contiguous or 2-D with unit column stride; weight and bias
-    dense, as passed; x on the current device)."""
+def _record_repeat(x, weight, bias, return_rstd, return_mean, backend, ran, x2d, out2d, mean, rstd,
+                   rms=False) -> None:
+    """After a no-grad plain forward (``ran``: the backend that ran it; ``rms``: RMSNorm) into ``out2d``: records a
+    launcher for repeats of the call, if its inputs allow one (x contiguous or 2-D with unit column stride; weight
+    and bias dense, as passed; x on the current device)."""
     if (x.__class__ is not torch.Tensor or x2d.shape[0] == 0 or not (x.is_contiguous() or x.dim() == 2)
             or x2d.data_ptr() != x.data_ptr() or any(p is not None and p.stride(0) != 1 for p in (weight, bias))
             or (x.is_cuda and x.device.index != torch.cuda.current_device())):
@@ -510,12 +518,14 @@ def _record_repeat(x, weight, bias, return_rstd, return_mean, backend, ran, x2d,
     if launcher is None:
         return
     try:
-        signature = _repeat_signature(x, weight, bias, return_rstd, return_mean, backend)
+        signature = _repeat_signature(x, weight, bias, return_rstd, return_mean, backend, rms)
     except (AttributeError, RuntimeError, TypeError):
         return
     if len(repeat_fwd_plans) >= MAX_REPEAT_FWD_PLANS:
         repeat_fwd_plans.clear()
-    repeat_fwd_plans[signature] = (launcher(x2d, weight, bias, out2d, mean, rstd), x2d.shape[0], x.is_contiguous())
+    launch = launcher(x2d, weight, bias, out2d, mean, rstd, rms=True) if rms else launcher(x2d, weight, bias, out2d,
+                                                                                           mean, rstd)
+    repeat_fwd_plans[signature] = (launch, x2d.shape[0], x.is_contiguous())
 
 
 def _with_stats(out, mean, rstd, stats_shape, return_rstd, return_mean):
@@ -668,6 +678,10 @@ def rmsnorm(
     fused pre-norm residual) and ``out_dtype`` behave as in ``layernorm``; so do the backends (CuTeDSL: N up
     to 262144, every feature; above that backend="auto" runs Triton).
     """
+    if residual is None and out_dtype is None and return_residual is False and residual_in_fp32 is False:
+        result = _repeat_forward(x, weight, bias, eps, return_rstd, False, backend, rms=True)
+        if result is not None:
+            return result
     if not isinstance(x, torch.Tensor) and hasattr(x, "__dlpack__"):  # CuPy, JAX, NumPy...: zero-copy round trip
         from .interop import call_on_dlpack
 

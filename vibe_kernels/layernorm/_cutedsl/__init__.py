@@ -52,11 +52,12 @@ def layernorm_fwd(x, weight, bias, eps: float, out, mean, rstd, *, residual=None
                                    residual_out=residual_out, residual_in_fp32=residual_in_fp32)
 
 
-def fwd_launcher(x, weight, bias, out, mean, rstd):
-    """After a plain forward ran with these tensors: a repeat launcher (see _backends), the compiled kernel called
-    directly when it has a plan (launch.fwd_launcher), else ``layernorm_fwd`` on (M, N) views."""
-    launch = _launch_module().fwd_launcher(x, weight, bias, out, mean, rstd)
-    return launch if launch is not None else rows_launcher(layernorm_fwd, *x.shape)
+def fwd_launcher(x, weight, bias, out, mean, rstd, rms: bool = False):
+    """After a plain forward (``rms``: RMSNorm) ran with these tensors: a repeat launcher (see _backends), the
+    compiled kernel called directly when it has a plan (launch.fwd_launcher), else ``layernorm_fwd`` on (M, N)
+    views."""
+    launch = _launch_module().fwd_launcher(x, weight, bias, out, mean, rstd, rms=rms)
+    return launch if launch is not None else rows_launcher(layernorm_fwd, *x.shape, rms=rms)
 
 
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, rms: bool = False, dresidual=None,

@@ -390,14 +390,14 @@ def _fwd_plan_key(x, weight, bias, out, store_stats: bool, rms: bool, residual=N
     return key
 
 
-def fwd_launcher(x, weight, bias, out, mean, rstd):
-    """After a plain LayerNorm ``layernorm_fwd(x, weight, bias, eps, out, mean, rstd)`` (no RMSNorm, no residual,
-    default config) ran: a function ``launch(x, weight, bias, out, mean, rstd, eps)`` that launches the same
-    compiled kernel again for tensors of the same plan signature (sizes, row strides, dtypes, alignment class,
-    device; x and out may have any leading dims that flatten to these rows), skipping every lookup; None when the
-    call has no plan (not on TVM FFI). The caller guarantees the signature matches."""
+def fwd_launcher(x, weight, bias, out, mean, rstd, rms: bool = False):
+    """After a plain ``layernorm_fwd(x, weight, bias, eps, out, mean, rstd)`` (LayerNorm, or RMSNorm with ``rms``;
+    no residual, default config) ran: a function ``launch(x, weight, bias, out, mean, rstd, eps)`` that launches
+    the same compiled kernel again for tensors of the same plan signature (sizes, row strides, dtypes, alignment
+    class, device; x and out may have any leading dims that flatten to these rows), skipping every lookup; None
+    when the call has no plan (not on TVM FFI). The caller guarantees the signature matches."""
     store_stats = rstd is not None
-    key = _fwd_plan_key(x, weight, bias, out, store_stats, False)
+    key = _fwd_plan_key(x, weight, bias, out, store_stats, rms)
     compiled = _fwd_plans.get(key) if key is not None else None
     if compiled is None:
         return None
