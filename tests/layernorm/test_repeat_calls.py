@@ -1,7 +1,8 @@
 """The repeat-call path of the plain no-grad forward of layernorm and rmsnorm (api._repeat_forward): a call whose
-signature an earlier call recorded skips the checks and the backend's lookups. These tests run it for real (the torch backend, and Triton
-under the interpreter on the CPU; CUDA backends on a GPU) and check that it gives the full path's results, that
-it is taken, and that every call it must not take goes the full way (its checks and errors included)."""
+signature an earlier call recorded skips the checks and the backend's lookups. These tests run it for real (the
+torch backend, and Triton under the interpreter on the CPU; CUDA backends on a GPU) and check that it gives the full
+path's results, that it is taken, and that every call it must not take goes the full way (its checks and errors
+included)."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ A backend is a module exposing ``layernorm_fwd(x, weight, bias, eps, out, mean, 
 ``layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)``, both writing into preallocated outputs, and
 ``fwd_launcher(x, weight, bias, out, mean, rstd, rms=False)``: called after a plain forward (LayerNorm, or RMSNorm
 with ``rms``) ran with those tensors, it returns ``launch(x, weight, bias, out, mean, rstd, eps)``, which repeats
-that forward for tensors of the same metadata with the least host work (the API's repeat-call path). Heavy imports (triton, cutlass) happen only when a backend is
-first used.
+that forward for tensors of the same metadata with the least host work (the API's repeat-call path). Heavy imports
+(triton, cutlass) happen only when a backend is first used.
 """
 
 from __future__ import annotations

@@ -440,7 +440,8 @@ def _norm(x, weight, bias, eps, return_rstd, return_mean, backend, rms, residual
             )
             mean, rstd = _split_stats(stats, rms)
             if rms and residual2d is None and out_dtype is None and not return_residual:  # plain RMSNorm
-                _record_repeat(x, weight_in, bias_in, return_rstd, False, backend, ran, x2d, out, None, rstd, rms=True)
+                _record_repeat(x, weight_in, bias_in, eps, return_rstd, False, backend, ran, x2d, out, None, rstd,
+                               rms=True)
     result = [out.view(x.shape)]
     if return_residual:
         result.append(h.view(x.shape))
@@ -470,16 +471,16 @@ def _param_signature(param):
 def _repeat_signature(x, weight, bias, return_rstd, return_mean, backend, rms=False):
     """What check_inputs, the backend choice and the backends' launch plans depend on in a plain forward call:
     raises AttributeError/RuntimeError/TypeError for inputs that cannot be signed (the full path reports them)."""
-    return (rms, backend, return_rstd, return_mean, x.device, torch.cuda.current_device() if x.is_cuda else -1, x.dtype,
-            x.shape, x.stride(), x.data_ptr() & 15, _param_signature(weight), _param_signature(bias))
+    current = torch.cuda.current_device() if x.is_cuda else -1
+    return (rms, backend, return_rstd, return_mean, x.device, current, x.dtype, x.shape, x.stride(),
+            x.data_ptr() & 15, _param_signature(weight), _param_signature(bias))
 
 
 def _repeat_forward(x, weight, bias, eps, return_rstd, return_mean, backend, rms=False):
     """``layernorm``'s (``rms``: ``rmsnorm``'s) result for a call whose signature an earlier no-grad call recorded;
     None when there is no record or the call needs the full path."""
-    if (torch.compiler.is_compiling() or x.__class__ is not torch.Tensor or eps.__class__ is not float
-            or not FP32_TINY <= eps < math.inf or return_rstd.__class__ is not bool
-            or return_mean.__class__ is not bool):
+    if (torch.compiler.is_compiling() or x.__class__ is not torch.Tensor or not _repeatable_eps(eps)
+            or return_rstd.__class__ is not bool or return_mean.__class__ is not bool):
         return None
     try:
         if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
@@ -505,27 +506,30 @@ def _repeat_forward(x, weight, bias, eps, return_rstd, return_mean, backend, rms
     return _with_stats(out, mean, rstd, x.shape[:-1], return_rstd, return_mean)
 
 
-def _record_repeat(x, weight, bias, return_rstd, return_mean, backend, ran, x2d, out2d, mean, rstd,
+def _repeatable_eps(eps) -> bool:
+    """An eps the repeat path takes as it is (a float in range); anything else goes the full way, every call."""
+    return eps.__class__ is float and FP32_TINY <= eps < math.inf
+
+
+def _record_repeat(x, weight, bias, eps, return_rstd, return_mean, backend, ran, x2d, out2d, mean, rstd,
                    rms=False) -> None:
     """After a no-grad plain forward (``ran``: the backend that ran it; ``rms``: RMSNorm) into ``out2d``: records a
-    launcher for repeats of the call, if its inputs allow one (x contiguous or 2-D with unit column stride; weight
-    and bias dense, as passed; x on the current device)."""
-    if (x.__class__ is not torch.Tensor or x2d.shape[0] == 0 or not (x.is_contiguous() or x.dim() == 2)
+    launcher for repeats of the call, if they can take the repeat path (eps a float; x contiguous or 2-D with unit
+    column stride; weight and bias dense, as passed; x on the current device)."""
+    if (not _repeatable_eps(eps) or x.__class__ is not torch.Tensor or x2d.shape[0] == 0
+            or not (x.is_contiguous() or x.dim() == 2)
             or x2d.data_ptr() != x.data_ptr() or any(p is not None and p.stride(0) != 1 for p in (weight, bias))
             or (x.is_cuda and x.device.index != torch.cuda.current_device())):
         return
-    launcher = getattr(load_backend(ran), "fwd_launcher", None)
-    if launcher is None:
-        return
+    launcher = load_backend(ran).fwd_launcher
     try:
         signature = _repeat_signature(x, weight, bias, return_rstd, return_mean, backend, rms)
     except (AttributeError, RuntimeError, TypeError):
         return
     if len(repeat_fwd_plans) >= MAX_REPEAT_FWD_PLANS:
         repeat_fwd_plans.clear()
-    launch = launcher(x2d, weight, bias, out2d, mean, rstd, rms=True) if rms else launcher(x2d, weight, bias, out2d,
-                                                                                           mean, rstd)
-    repeat_fwd_plans[signature] = (launch, x2d.shape[0], x.is_contiguous())
+    repeat_fwd_plans[signature] = (launcher(x2d, weight, bias, out2d, mean, rstd, rms=rms), x2d.shape[0],
+                                   x.is_contiguous())
 
 
 def _with_stats(out, mean, rstd, stats_shape, return_rstd, return_mean):
@@ -631,7 +635,7 @@ def layernorm(
     else:  # inference: skip the autograd.Function machinery (a few µs of host time per call)
         out, mean, rstd, ran = _forward(x2d, weight, bias, float(eps), concrete, backend == "auto",
                                         return_mean or return_rstd)
-        _record_repeat(x, weight_in, bias_in, return_rstd, return_mean, backend, ran, x2d, out, mean, rstd)
+        _record_repeat(x, weight_in, bias_in, eps, return_rstd, return_mean, backend, ran, x2d, out, mean, rstd)
     if out.dim() != x.dim():
         out = out.view(x.shape)
     if not (return_rstd or return_mean):
