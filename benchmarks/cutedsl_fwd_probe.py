@@ -6,7 +6,10 @@ CTAs of up to 1024 threads with 32 bytes of x a thread (``t1024``: twice the war
 registers per SM), with weight/bias early or late; and the default, late and early configs with L1 hints
 (``l1_hints``: rows loaded without allocating in L1, weight/bias kept with evict-last): "+l1"; and the late and
 early configs with a launch bound of two CTAs per SM (``min_ctas_per_sm=2``: ptxas fits 64 registers a thread at
-512 threads): "+2cta"; two or four rows a CTA where a row takes 128 threads ("rows2", "rows4", "...late").
+512 threads): "+2cta"; two or four rows a CTA where a row takes 128 threads ("rows2", "rows4", "...late"); the default with mean and
+variance in one exchange ("merged"; "merged-early": weight/bias before the statistics, no launch bound); RMSNorm
+with the default config ("rms", only when named in --only: LayerNorm's bytes with one row sum); 1024-thread CTAs
+with 64 bytes of x a thread, merged statistics and weight/bias late ("t1024m": half the default's cluster).
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -50,11 +53,22 @@ def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
     previous = dataclasses.replace(default, min_ctas_per_sm=0, affine_after_stats=(
         rows >= cfg.AFFINE_AFTER_STATS_MIN_ROWS and default.tiling.rows_per_cta == 1
         and default.tiling.cluster_n == 1 and default.tiling.num_threads <= 256))
+    # Mean and variance in one exchange (rows that fill the tiling exactly).
+    merged = {}
+    if default.tiling.tile_n * default.tiling.cluster_n == hidden:
+        merged = {"merged": dataclasses.replace(default, merged_stats=True),
+                  "merged-early": dataclasses.replace(default, merged_stats=True, affine_after_stats=False,
+                                                      min_ctas_per_sm=0)}
+    # 1024-thread CTAs at 64 bytes of x a thread (half the cluster of the 512-thread default for clustered rows),
+    # mean and variance in one exchange, weight/bias after the statistics.
+    t1024_64 = cfg.fwd_config(hidden, elem, vec, rows=rows, max_cta_threads=1024)
+    if t1024_64.tiling.tile_n * t1024_64.tiling.cluster_n == hidden:
+        merged["t1024m"] = dataclasses.replace(t1024_64, merged_stats=True, affine_after_stats=True)
     found = {"default": default}
     if previous != default:
         found["previous"] = previous
     for name, config in (("early", early), ("late", late), ("late32", late32), ("t1024", t1024),
-                         ("t1024late", t1024_late), *hinted.items(), *two_ctas.items(), *multi_row.items()):
+                         ("t1024late", t1024_late), *hinted.items(), *two_ctas.items(), *multi_row.items(), *merged.items()):
         if config not in found.values():
             found[name] = config
     return found
@@ -78,6 +92,12 @@ def main() -> None:
         b = 0.1 * torch.randn(hidden, device="cuda", generator=gen)
         out = torch.empty_like(x)
         ref = torch.nn.functional.layer_norm(x.float(), (hidden,), w, b, 1e-6)
+        # Stored statistics against fp64 (mean relative to the row's standard deviation, rstd relative).
+        ref_var, ref_mean = torch.var_mean(x.double(), dim=1, correction=0)
+        ref_std = (ref_var + 1e-6).sqrt()
+        ref_rstd = 1 / ref_std
+        mean = torch.empty(rows, device="cuda")
+        rstd = torch.empty(rows, device="cuda")
         copy_ms = gpu_ms_host_hidden(lambda: out.copy_(x), 25, 100)
         line = {"rows": rows, "hidden": hidden, "dtype": str(dtype).split(".")[-1], "copy_ms": copy_ms}
         vec = 16 // x.element_size()
@@ -86,19 +106,32 @@ def main() -> None:
                 continue
             try:
                 out.fill_(float("nan"))
-                launch.layernorm_fwd(x, w, b, 1e-6, out, None, None, config=config)
+                mean.fill_(float("nan"))
+                rstd.fill_(float("nan"))
+                launch.layernorm_fwd(x, w, b, 1e-6, out, mean, rstd, config=config)
                 err = (out.float() - ref).abs().max().item()
+                stat_err = max(((mean - ref_mean) / ref_std).abs().max().item(),
+                               ((rstd - ref_rstd) / ref_rstd).abs().max().item())
                 ms = gpu_ms_host_hidden(lambda: launch.layernorm_fwd(x, w, b, 1e-6, out, None, None, config=config),
                                         25, 100)
-                line[name] = {"ms": ms, "pct": 100 * copy_ms / ms, "max_err": err,
+                line[name] = {"ms": ms, "pct": 100 * copy_ms / ms, "max_err": err, "stat_err": stat_err,
                               "tiling": dataclasses.asdict(config.tiling)}
             except Exception as exc:  # noqa: BLE001
                 line[name] = {"error": repr(exc)[:200]}
+        if "rms" in args.only.split(","):
+            # RMSNorm with the default config: the same bytes and a single row sum, the cost of LayerNorm's second one.
+            rms_ref = torch.nn.functional.rms_norm(x.float(), (hidden,), w, 1e-6) + b
+            out.fill_(float("nan"))
+            launch.layernorm_fwd(x, w, b, 1e-6, out, None, None, rms=True)
+            err = (out.float() - rms_ref).abs().max().item()
+            ms = gpu_ms_host_hidden(lambda: launch.layernorm_fwd(x, w, b, 1e-6, out, None, None, rms=True), 25, 100)
+            line["rms"] = {"ms": ms, "pct": 100 * copy_ms / ms, "max_err": err}
         rows_out.append(line)
-        cells = "  ".join(f"{k} {v['ms']:.4f} ({v['pct']:.0f}%, err {v['max_err']:.1e})" if "ms" in v else f"{k} ERR"
+        cells = "  ".join(f"{k} {v['ms']:.4f} ({v['pct']:.0f}%, err {v['max_err']:.1e}"
+                          + (f", stats {v['stat_err']:.1e})" if "stat_err" in v else ")") if "ms" in v else f"{k} ERR {v['error'][:160]}"
                           for k, v in line.items() if isinstance(v, dict))
         print(f"{rows}x{hidden} {line['dtype']}: copy {copy_ms:.4f}  {cells}", flush=True)
-        del x, out, ref
+        del x, out, ref, ref_var, ref_mean, ref_std, ref_rstd
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows_out}, f, indent=1)

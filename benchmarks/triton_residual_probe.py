@@ -1,13 +1,15 @@
 """Triton forward with the fused residual: the default config against the tuner's candidates, RMSNorm and LayerNorm
 side by side (ms and % of the variant's same-bytes SOL: a copy of x, r -> out, h, i.e. two same-size copies).
 ``--out-dtype float32``: instead, LayerNorm with out in that dtype and no residual (SOL: one fp16 copy moving x's and
-out's bytes, as the bench).
+out's bytes, as the bench); the resident candidates run with weight/bias loaded before and after the statistics.
+With --out-dtype equal to --dtype this is the plain forward.
 
 Every candidate's out and h are checked against the torch composition first. GPU time (the bench's timer).
 
     python benchmarks/triton_residual_probe.py [--shapes 4096x16384,4096x8192] [--top 6] [--out-dtype float32]
 """
 import argparse
+import dataclasses
 
 import torch
 
@@ -97,8 +99,11 @@ def out_dtype_probe(args) -> None:
             if not err < 0.05:
                 raise AssertionError(f"wrong output: max err {err}")
 
+        candidates = fwd_candidates(hidden, dtype)
+        # Each resident candidate also with weight/bias loaded before the statistics.
+        candidates += [dataclasses.replace(c, affine_first=True) for c in candidates if not c.chunked]
         rank_candidates(f"{spec} {args.dtype} -> {args.out_dtype} layernorm", _triton.fwd_config(hidden, dtype),
-                        fwd_candidates(hidden, dtype),
+                        candidates,
                         lambda config: _triton.layernorm_fwd(x, w, b, 1e-6, out, None, None, config=config), out,
                         check, sol, args.top)
 

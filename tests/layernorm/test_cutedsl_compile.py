@@ -12,6 +12,7 @@ per N, rotating dtypes so each dtype meets small, ragged and clustered rows.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from functools import partial
 import subprocess
@@ -446,6 +447,34 @@ def test_rmsnorm_reduces_once(hidden):
     ):
         shuffles = {rms: _count(compile_kernel(rms).__ptx__, r"shfl\.sync\.bfly") for rms in (False, True)}
         assert 0 < shuffles[True] and 2 * shuffles[True] == shuffles[False], shuffles
+
+
+@pytest.mark.parametrize("hidden", [32768, 262144])
+def test_clustered_forward_exchanges_statistics_once(hidden):
+    """Rows split over a cluster merge mean and variance in one exchange between the CTAs (merged_stats): one
+    mbarrier wait in the PTX, as RMSNorm's single row sum, against two for the two-pass variance."""
+    config = cfg.fwd_config(hidden, 2, 8, rows=8192)
+    assert config.tiling.cluster_n > 1 and config.merged_stats
+
+    def waits(config, rms=False):
+        ptx = launch.compile_fwd(cutlass.BFloat16, hidden, cutlass.Float32, cutlass.Float32, True, 8, config, ARCH,
+                                 keep_ptx=True, rms=rms).__ptx__
+        return _count(ptx, r"mbarrier\.(try_wait|test_wait)")
+
+    assert waits(config) == waits(config, rms=True) == 1
+    assert waits(dataclasses.replace(config, merged_stats=False)) == 2
+
+
+@pytest.mark.parametrize("hidden", [100003, 65537, 4096])
+def test_merged_statistics_only_where_rows_fill_the_tiling(hidden):
+    """Every thread must hold the same count of in-row values for the merge: ragged rows keep the two-pass
+    variance, and forcing the merge on them is refused; unclustered rows keep it too (no gain measured)."""
+    config = cfg.fwd_config(hidden, 2, 1 if hidden % 8 else 8, rows=8192)
+    assert not config.merged_stats
+    if hidden % 8:
+        with pytest.raises(ValueError, match="merged_stats"):
+            launch.compile_fwd(cutlass.BFloat16, hidden, None, None, False, 1,
+                               dataclasses.replace(config, merged_stats=True), ARCH, keep_ptx=True)
 
 
 # The fused residual: (N, x dtype, residual dtype, h dtype or None (h not stored), rms). h in fp32 means

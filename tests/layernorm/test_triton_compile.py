@@ -82,9 +82,12 @@ def fwd_scenarios(dtype: str, part: str) -> list[dict]:
     if part == "features":
         return fwd_feature_scenarios(dtype)
     if part == "flags":
-        configs = [(1024, None), (65536, None)] + [(65536, c) for c in opt_in_configs("FwdConfig", dtype, 65536)]
-        return [scenario(hidden, "float32" if has_w else None, "x" if has_b else None, mean, rstd, config=config)
-                for hidden, config in configs
+        # N = 1024 at both M: one wave of programs (SMALL_M) loads weight/bias before the statistics.
+        configs = ([(1024, None, LARGE_M), (1024, None, SMALL_M), (65536, None, LARGE_M)]
+                   + [(65536, c, LARGE_M) for c in opt_in_configs("FwdConfig", dtype, 65536)])
+        return [scenario(hidden, "float32" if has_w else None, "x" if has_b else None, mean, rstd, rows=rows,
+                         config=config)
+                for hidden, config, rows in configs
                 for has_w, has_b, mean, rstd in itertools.product([True, False], repeat=4)]
     from vibe_kernels.layernorm._triton import fwd_config
 
@@ -401,6 +404,12 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
         for kernel in flagged:
             seen = {tuple(r["constexprs"][f] for f in FLAGS[launcher]) for r in results if r["kernel"] == kernel}
             assert len(seen) == expected, f"{kernel}: flag sets compiled {sorted(seen)}"
+        if launcher == "fwd":
+            # The resident forward with weight/bias loaded before and after the statistics, every flag set each.
+            for first in (True, False):
+                seen = {tuple(r["constexprs"][f] for f in FLAGS[launcher]) for r in results
+                        if r["kernel"] == RESIDENT[0] and r["constexprs"].get("AFFINE_FIRST", False) == first}
+                assert len(seen) == expected, f"AFFINE_FIRST={first}: flag sets compiled {sorted(seen)}"
 
     if part == "features":
         # Every feature combination reached the compiler in every kernel that takes the feature flags, and the

@@ -15,6 +15,7 @@ time. So every kernel is organised around reading each input once from HBM:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -57,6 +58,7 @@ class FwdConfig:
     chunked: bool
     tail_n: int = 0
     programs_per_sm: int = 0  # chunked only: 0 = one program per row; k = a persistent grid of k x SMs
+    affine_first: bool = False  # resident only: weight/bias loaded with the rows, before the statistics
 
 
 @dataclass(frozen=True)
@@ -171,22 +173,39 @@ def load_tuned_configs(path: str) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False) -> FwdConfig:
-    """Forward config for rows of ``hidden`` elements of ``dtype``, from the measured ladder.
+def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave: bool = False) -> FwdConfig:
+    """Forward config for rows of ``hidden`` elements of ``dtype``, from the measured ladder (or the tuned configs).
+
+    one_wave: the rows are few enough for one program each, all at once (M at most the SM count). Latency then
+    sets the time, not bandwidth: weight and bias load with the rows (``affine_first``) instead of after the
+    statistics, and 16-bit rows of (4096, 8192] stay resident instead of streaming in two passes. Measured (H100,
+    2026-11-25, fifth session, triton_residual_probe.py --out-dtype bfloat16, % of a copy): 1x1024 78 -> 86%,
+    1x4096 72 -> 80%, 128x4096 78 -> 84%, 1x8192 56 -> 71%, 128x8192 74 -> 85%; at 4096x4096 and 32768x1024,
+    weight/bias first moved 93 -> 94% and 97 -> 98% (not adopted there).
 
     >>> fwd_config(256, torch.bfloat16)
-    FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0)
+    FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False)
     >>> fwd_config(5000, torch.float16)
-    FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0)
+    FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False)
     >>> fwd_config(8192, torch.bfloat16)
-    FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0)
+    FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False)
     >>> fwd_config(16384, torch.float16, residual=True)
-    FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0)
+    FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False)
+    >>> fwd_config(8192, torch.bfloat16, one_wave=True)
+    FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True)
     """
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
         return tuned
-    if dtype != torch.float32 and not residual and FWD_STREAMED_16BIT[0] < hidden <= FWD_STREAMED_16BIT[1]:
+    config = _ladder_fwd_config(hidden, dtype, residual, streamed=not one_wave)
+    if one_wave and not config.chunked:
+        config = dataclasses.replace(config, affine_first=True)
+    return config
+
+
+def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed: bool) -> FwdConfig:
+    if (streamed and dtype != torch.float32 and not residual
+            and FWD_STREAMED_16BIT[0] < hidden <= FWD_STREAMED_16BIT[1]):
         # One row per program in two passes over 4096-element chunks (the second from L1/L2); 1024-element chunks
         # when 4096-element ones would leave most of the last chunk idle (N = 5000). Not with a residual: both
         # passes would read x and r (measured resident there, 94-95% at 4096x8192).
@@ -293,16 +312,25 @@ def _load_row_input(x_ptrs, r_ptrs, h_ptrs, mask,
 
 
 @triton.jit
+def _load_affine(P, cols, N: tl.constexpr):
+    """A weight or bias at ``cols`` in fp32 (0 past N)."""
+    return tl.load(P + cols, mask=cols < N, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _layernorm_fwd_resident_kernel(
     X, Y, W, B, Mean, Rstd, R, H,
     stride_x_row, stride_y_row, stride_r_row, stride_h_row, rows, eps,
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
-    ROW_ALIGN: tl.constexpr,
+    ROW_ALIGN: tl.constexpr, AFFINE_FIRST: tl.constexpr = False,
 ):
     """BLOCK_M whole rows per program. Rows far from a power of two (N = 5000) are held as a BLOCK_N head plus a
     TAIL_N tail instead of one padded 8192-wide tile, so fewer lanes sit idle.
+
+    AFFINE_FIRST: load the weight and bias with the rows, before the statistics (their latency then overlaps the
+    row's; they stay in registers meanwhile) instead of after them.
 
     IS_RMS: RMSNorm (no centering, no mean). HAS_RESIDUAL: normalize h = x + R (see _load_row_input), written to H
     when STORE_RESIDUAL. The output's dtype is Y's."""
@@ -323,6 +351,11 @@ def _layernorm_fwd_resident_kernel(
         H + row_off * stride_h_row + cols[None, :] if STORE_RESIDUAL else None,
         mask, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32,
     )
+    if AFFINE_FIRST:
+        if HAS_W:
+            w = _load_affine(W, cols, N)
+        if HAS_B:
+            b = _load_affine(B, cols, N)
     if not IS_RMS:
         row_sum = tl.sum(x, axis=1)
     if TAIL_N > 0:
@@ -368,16 +401,20 @@ def _layernorm_fwd_resident_kernel(
             centered_tail = centered_tail - correction[:, None]
     y = centered * rstd[:, None]
     if HAS_W:
-        y = y * tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        if not AFFINE_FIRST:
+            w = _load_affine(W, cols, N)
+        y = y * w[None, :]
     if HAS_B:
-        y = y + tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        if not AFFINE_FIRST:
+            b = _load_affine(B, cols, N)
+        y = y + b[None, :]
     tl.store(Y + row_off * stride_y_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     if TAIL_N > 0:
         y_tail = centered_tail * rstd[:, None]
         if HAS_W:
-            y_tail = y_tail * tl.load(W + tail_cols, mask=tail_cols < N, other=0.0).to(tl.float32)[None, :]
+            y_tail = y_tail * _load_affine(W, tail_cols, N)[None, :]
         if HAS_B:
-            y_tail = y_tail + tl.load(B + tail_cols, mask=tail_cols < N, other=0.0).to(tl.float32)[None, :]
+            y_tail = y_tail + _load_affine(B, tail_cols, N)[None, :]
         tl.store(Y + row_off * stride_y_row + tail_cols[None, :], y_tail.to(Y.dtype.element_ty), mask=tail_mask)
     if STORE_MEAN:
         tl.store(Mean + row_idx, mean, mask=row_ok)
@@ -864,7 +901,7 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         if plan is not None and not _profiler_hooks_installed():
             _run_compiled(plan[1], plan[0], plan_key[0], args)
             return
-    cfg = config or fwd_config(hidden, x.dtype, has_residual)
+    cfg = config or fwd_config(hidden, x.dtype, has_residual, rows <= _program_slots(x.device))
     flags = dict(
         HAS_W=weight is not None, HAS_B=bias is not None, STORE_MEAN=mean is not None, STORE_RSTD=rstd is not None,
         IS_RMS=bool(rms), HAS_RESIDUAL=has_residual, STORE_RESIDUAL=residual_out is not None,
@@ -881,7 +918,8 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         block_m = _rows_per_program(cfg.block_m, rows, _program_slots(x.device)) if config is None else cfg.block_m
         grid = (_cdiv(rows, block_m),)
         entry = _launch(_layernorm_fwd_resident_kernel, grid, cfg.num_warps, *args,
-                        N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, **flags)
+                        N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n,
+                        AFFINE_FIRST=cfg.affine_first, **flags)
     if plan_key is not None and entry is not None:
         if len(_fwd_plans) >= MAX_FWD_PLANS:
             _fwd_plans.clear()

@@ -70,12 +70,17 @@ class FwdConfig:
     l1_hints: the rows (x, the residual) are loaded without allocating in L1 and weight/bias with evict-last, so
     the weight and bias that every row reads again stay in L1 instead of being evicted by rows read once.
 
-    min_ctas_per_sm: a launch bound (0: none) telling ptxas to fit this many CTAs per SM in the register file."""
+    min_ctas_per_sm: a launch bound (0: none) telling ptxas to fit this many CTAs per SM in the register file.
+
+    merged_stats: LayerNorm's mean and variance in one exchange between the row's warps (and cluster CTAs): each
+    thread's own mean and sum of squared deviations, merged by Chan's formula, instead of the row sum and then the
+    sum of squares about the mean (two exchanges). Only where N fills the tiling exactly."""
 
     tiling: RowTiling
     affine_after_stats: bool = False
     l1_hints: bool = False
     min_ctas_per_sm: int = 0
+    merged_stats: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,15 +169,23 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     ``widest_elem_bytes``) and without a fused residual (ptxas spills there: 108 bytes at N = 100003 with scalar
     accesses; 8-24 with a residual).
 
+    Rows split over a cluster get LayerNorm's mean and variance in one exchange (``merged_stats``) where N fills the
+    tiling: each exchange between a cluster's CTAs is a round of distributed shared memory stores and an mbarrier
+    wait. Measured (cutedsl_fwd_probe.py, H100, 2026-11-25, fifth session; % of a copy): 32768x32768 91 -> 92%,
+    32768x65536 82 -> 86%, 16384x131072 73 -> 78%, 8192x262144 64 -> 70% (RMSNorm, one row sum, with the same
+    config: 94 / 84 / 80 / 72%); without a cluster within one point either way, so left as it was.
+
     >>> fwd_config(4096, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=128, vecs_per_thread=4, rows_per_cta=1, cluster_n=1)
     >>> fwd_config(262144, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16)
+    >>> fwd_config(262144, 2, 8).merged_stats
+    True
     >>> fwd_config(256, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=16, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
     >>> fwd_config(16384, 2, 8, rows=4096)
     FwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=1), \
-affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2)
+affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2, merged_stats=False)
     """
     if bytes_per_thread is None:
         bytes_per_thread = 32 if hidden * elem_bytes <= NARROW_ROW_BYTES else 64
@@ -183,7 +196,9 @@ affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2)
     full_vectors = vec * max(elem_bytes, widest_elem_bytes or 0) == 16
     bounded = tiling.num_threads == 512 and full_vectors and not residual
     late = many_rows and (fits_alone or bounded)
-    return FwdConfig(tiling, affine_after_stats=late, min_ctas_per_sm=2 if late and bounded else 0)
+    fills_tiling = tiling.tile_n * tiling.cluster_n == hidden
+    return FwdConfig(tiling, affine_after_stats=late, min_ctas_per_sm=2 if late and bounded else 0,
+                     merged_stats=tiling.cluster_n > 1 and fills_tiling)
 
 
 def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int = 32,

@@ -15,7 +15,7 @@ import cutlass.memory
 from cutlass import Float32, Int32, Int64, const_expr
 
 from .config import BwdConfig, FwdConfig, RowTiling
-from .reduce import row_sum
+from .reduce import row_mean_m2, row_sum
 
 
 def _tiled_copy(dtype, tiling: RowTiling, num_bits: int | None = None):
@@ -168,6 +168,9 @@ class LayerNormFwd(_RowKernel):
         self.rms = rms
         self.affine_after_stats = config.affine_after_stats
         self.min_ctas_per_sm = config.min_ctas_per_sm
+        self.merged_stats = config.merged_stats and not rms  # RMSNorm has a single row sum anyway
+        if self.merged_stats and not self.even_n:
+            raise ValueError(f"merged_stats needs rows that fill the tiling exactly (N = {hidden}, {config.tiling})")
         priority = cute.nvgpu.CacheEvictionPriority
         self.row_l1 = priority.NO_ALLOCATE if config.l1_hints else None
         self.affine_l1 = priority.EVICT_LAST if config.l1_hints else None
@@ -310,7 +313,18 @@ class LayerNormFwd(_RowKernel):
                     copy_h(tXrH, tXgH)
         mean = Float32(0.0)
         centered = x  # RMSNorm: out-of-row lanes hold 0 and add nothing to the sum of squares
-        if const_expr(not self.rms):
+        sq_total = Float32(0.0)
+        if const_expr(self.merged_stats):
+            # One exchange for mean and variance: each thread's own mean and M2 (two passes over its registers),
+            # merged over the row (row_mean_m2). Only for rows without ragged columns: every thread holds `count`.
+            count = const_expr(t.vec * t.vecs_per_thread)
+            own_mean = x.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0) * Float32(1.0 / count)
+            own_dev = x - own_mean
+            own_m2 = (own_dev * own_dev).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0)
+            mean, sq_total = row_mean_m2(own_mean, own_m2, count, t.threads_per_row, t.warps_per_row, t.cluster_n,
+                                         (buf_mean, buf_var), mbar_ptr, 0)
+            centered = x - mean
+        elif const_expr(not self.rms):
             (row_total,) = row_sum(
                 (x.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
                 t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_mean,), mbar_ptr, 0,
@@ -323,11 +337,12 @@ class LayerNormFwd(_RowKernel):
                 tXrC.store(centered)
                 _zero_outside(tXrC, pred)
                 centered = tXrC.load()
-        (sq_total,) = row_sum(
-            ((centered * centered).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
-            t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_var,),
-            mbar_ptr + 1 if const_expr(t.cluster_n > 1) else None, 0,
-        )
+        if const_expr(not self.merged_stats):
+            (sq_total,) = row_sum(
+                ((centered * centered).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
+                t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_var,),
+                mbar_ptr + 1 if const_expr(t.cluster_n > 1) else None, 0,
+            )
         rstd = cute.math.rsqrt(sq_total / n + eps, fastmath=False)
 
         if const_expr(self.store_stats):

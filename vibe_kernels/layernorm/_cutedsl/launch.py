@@ -83,6 +83,10 @@ def _ptr_align(dtype, vec: int) -> int:
 # Calls through Apache TVM FFI cost a few microseconds (raw addresses and the stream handle pass as integers); the
 # DSL's own ctypes path costs about 100 us per call. TVM FFI is used when importable, unless VIBE_CUTEDSL_TVM_FFI=0.
 _TVM_FFI = importlib.util.find_spec("tvm_ffi") is not None and os.environ.get("VIBE_CUTEDSL_TVM_FFI", "1") != "0"
+if _TVM_FFI:
+    # Imported with the DSL, as part of loading this backend, rather than by the first load of a cached kernel
+    # (the DSL's load_module imports it): 50-150 ms on the GPU machine, most of a warm first call otherwise.
+    import tvm_ffi  # noqa: F401
 
 
 def uses_tvm_ffi() -> bool:
