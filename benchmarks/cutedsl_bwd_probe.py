@@ -10,6 +10,7 @@ old: 128..512-thread CTAs, ctas_per_sm = 1024 // threads (up to 8 CTAs, so up to
 new: one 512-thread CTA per SM (several rows per CTA for N < 8192 bf16), so at most one partial row per SM (one
      per cluster for clustered rows); w and dw/db in shared memory where a thread holds more than 32 bytes of x
      (N = 262144 bf16, N >= 131072 fp32).
+r1: one row a CTA (the default's threads per row); 64B: 64 bytes of x a thread, one row a CTA.
 Both run through the current kernel and launcher: the launcher caps a clustered grid at ctas_per_sm waves of the
 clusters the GPU holds at once (cuOccupancyMaxActiveClusters), for the old config as well.
 
@@ -38,6 +39,7 @@ SHAPES = [(32768, 256, "bf16"), (32768, 1024, "bf16"), (32768, 4096, "bf16"), (3
           (32768, 16384, "bf16"), (4096, 16384, "fp16"), (32768, 32768, "bf16"), (32768, 65536, "bf16"),
           (16384, 131072, "bf16"), (8192, 262144, "bf16"), (8192, 8192, "fp32")]
 ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+HOST_HIDDEN = False  # --host-hidden
 
 
 def old_bwd_config(hidden: int, elem_bytes: int, vec: int) -> cfg.BwdConfig:
@@ -61,6 +63,15 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     half = cfg.bwd_config(hidden, elem_bytes, vec, bytes_per_thread=16)
     if half not in found.values():
         found["16B"] = half
+    # One row a CTA (CTAs of the row's own thread count): twice the CTAs of the two-row default at small M.
+    t = found["new"].tiling
+    one_row = cfg.bwd_config(hidden, elem_bytes, vec, min_cta_threads=t.threads_per_row)
+    if one_row not in found.values():
+        found["r1"] = one_row
+    # 64 bytes of x a thread, one row a CTA: a quarter of the default's threads per row.
+    wide = cfg.bwd_config(hidden, elem_bytes, vec, bytes_per_thread=64, min_cta_threads=128)
+    if wide not in found.values():
+        found["64B"] = wide
     return found
 
 
@@ -124,6 +135,8 @@ def gpu_probe() -> None:
     import torch
     from triton.testing import do_bench
 
+    from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
+
     from vibe_kernels.layernorm._cutedsl import launch
     from vibe_kernels.layernorm.reference import layernorm_bwd_ref, layernorm_mean_ref, layernorm_rstd_ref
 
@@ -135,6 +148,8 @@ def gpu_probe() -> None:
     table = []
 
     def bench(fn) -> float:
+        if HOST_HIDDEN:
+            return gpu_ms_host_hidden(fn, 10, 60)
         return do_bench(fn, warmup=10, rep=60, return_mode="median")
 
     for rows, hidden, dtype_name in SHAPES:
@@ -195,7 +210,14 @@ def main() -> int:
     parser.add_argument("--ptxas", action="store_true", help="compile only; print ptxas -v usage per config")
     parser.add_argument("--min-hidden", type=int, default=1, help="only shapes with N at least this")
     parser.add_argument("--max-hidden", type=int, default=1 << 30, help="only shapes with N at most this")
+    parser.add_argument("--shapes", default="", help="MxNxdtype,... instead of SHAPES (e.g. 128x4096xbf16)")
+    parser.add_argument("--host-hidden", action="store_true",
+                        help="time with the bench's timer (host dispatch hidden behind a spin kernel): for small M")
     args = parser.parse_args()
+    global HOST_HIDDEN
+    HOST_HIDDEN = args.host_hidden
+    if args.shapes:
+        SHAPES[:] = [(int(m), int(n), d) for m, n, d in (spec.split("x") for spec in args.shapes.split(","))]
     SHAPES[:] = [shape for shape in SHAPES if args.min_hidden <= shape[1] <= args.max_hidden]
     if args.ptxas:
         os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
