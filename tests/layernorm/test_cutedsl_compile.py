@@ -465,6 +465,21 @@ def test_clustered_forward_exchanges_statistics_once(hidden):
     assert waits(dataclasses.replace(config, merged_stats=False)) == 2
 
 
+@pytest.mark.parametrize("hidden", [256, 1024, 4096])
+def test_backward_holds_one_row_a_cta_when_rows_are_fewer(hidden):
+    """M below the CTA's thread rows (M = 1): the backward's CTA is one row, which compiles; from M = rows_per_cta
+    up the config is the M-independent one."""
+    default = cfg.bwd_config(hidden, 2, 8)
+    assert default.tiling.rows_per_cta > 1
+    single = cfg.bwd_config(hidden, 2, 8, rows=1)
+    assert single.tiling.rows_per_cta == 1
+    assert single.tiling.threads_per_row == default.tiling.threads_per_row
+    assert cfg.bwd_config(hidden, 2, 8, rows=default.tiling.rows_per_cta) == default
+    ptx = launch.compile_bwd(cutlass.BFloat16, hidden, cutlass.Float32, True, True, 8, single, ARCH,
+                             keep_ptx=True).__ptx__
+    _check_common(ptx, single.tiling, 2)
+
+
 @pytest.mark.parametrize("hidden", [100003, 65537, 4096])
 def test_merged_statistics_only_where_rows_fill_the_tiling(hidden):
     """Every thread must hold the same count of in-row values for the merge: ragged rows keep the two-pass

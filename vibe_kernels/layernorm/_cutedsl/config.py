@@ -204,7 +204,7 @@ affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2, merged_stats=False)
 def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int = 32,
                max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MAX_CTA_THREADS,
                ctas_per_sm: int | None = None, column_state_in_smem: bool | None = None,
-               residual: bool = False) -> BwdConfig:
+               residual: bool = False, rows: int | None = None) -> BwdConfig:
     """Backward holds x, dy, w and two fp32 accumulators per element: half the forward's bytes per thread.
 
     One 512-thread CTA per SM (several rows per CTA when a row needs fewer threads), so the grid has one dw/db
@@ -213,13 +213,17 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
     Where a thread must hold more than ``bytes_per_thread`` of x (rows wider than 16 CTAs x 512 threads x
     ``bytes_per_thread``, and some ragged N whose cluster had to shrink), w and dw/db move to shared memory, if
     they fit in ``BWD_SMEM_BUDGET``. Clustered rows run two CTAs per SM where registers or shared memory allow
-    (below), still one partial row per SM at most.
+    (below), still one partial row per SM at most. With fewer ``rows`` than a CTA's thread rows, a CTA holds one
+    row (1x4096 bf16: 0.0071 -> 0.0065 ms for the backward and its column sum, cutedsl_bwd_probe.py --host-hidden,
+    H100, 2026-11-25, fifth session; at 128x4096 the two-row CTAs stay faster, 0.0124 against 0.0136 ms).
 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
 ctas_per_sm=1, column_state_in_smem=False)
     >>> bwd_config(1024, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
+    >>> bwd_config(1024, 2, 8, rows=1).tiling
+    RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=1, cluster_n=1)
     >>> bwd_config(262144, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16), \
 ctas_per_sm=1, column_state_in_smem=True)
@@ -228,6 +232,9 @@ ctas_per_sm=1, column_state_in_smem=True)
 ctas_per_sm=2, column_state_in_smem=True)
     """
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
+    if rows is not None and rows < tiling.rows_per_cta:
+        # Fewer rows than a CTA holds (M = 1): a CTA of one row, instead of one whose other thread rows idle.
+        tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, tiling.threads_per_row)
     column_state_in_smem_given = column_state_in_smem
     # Shared-memory column state only with 16-byte vectors: racecheck reported shared-memory write-write hazards in
     # the one narrower-vector config that took this path (N = 65537 bf16, 1-element vectors, cluster of 8;

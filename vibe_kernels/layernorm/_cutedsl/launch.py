@@ -494,7 +494,8 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
     addresses = [(t.data_ptr(), t.element_size()) for t in row_tensors + [weight] if t is not None]
     vec = vector_width(_widest(*row_tensors), hidden, tuple(t.stride(0) for t in row_tensors), tuple(addresses))
     if config is None:
-        config = bwd_config(hidden, x.element_size(), vec, residual=dresidual is not None or dresidual_in is not None)
+        config = bwd_config(hidden, x.element_size(), vec, residual=dresidual is not None or dresidual_in is not None,
+                            rows=rows)
     _check_config(config, vec)
     vec = config.tiling.vec
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
