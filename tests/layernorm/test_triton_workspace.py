@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 
+from vibe_kernels.layernorm import _backends
 from vibe_kernels.layernorm.reference import layernorm_bwd_ref
 
 _triton = pytest.importorskip("vibe_kernels.layernorm._triton")
@@ -58,14 +59,24 @@ def test_shared_partial_rows_give_the_reference_gradients(hidden, device):
 
 
 @pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16], ids=["fp32_grads", "bf16_grads"])
-@pytest.mark.parametrize("rows, hidden", [(1, 256), (1, 5000), (1, 16384), (3, 1024), (200, 256)])
-def test_a_single_partial_row_is_the_gradient(rows, hidden, grad_dtype, device, monkeypatch, check):
-    """With one partial row written by plain stores (small M), fp32 dw/db are written by the backward kernel itself
-    and the column-sum launch is skipped; gradients in another dtype, or several partial rows, still go through it.
-    Both give the reference gradients (fresh random inputs, NaN-poisoned outputs)."""
-    calls = []
-    real_sum = _triton.sum_partials
-    monkeypatch.setattr(_triton, "sum_partials", lambda *args: (calls.append(1), real_sum(*args)))
+@pytest.mark.parametrize("rows, hidden", [(1, 256), (1, 5000), (1, 16384), (3, 1024), (200, 256), (300, 256),
+                                          (3, 16384)])
+def test_small_m_weight_gradients_skip_partial_rows(rows, hidden, grad_dtype, device, monkeypatch, check):
+    """Small M, three ways to dw/db, each chosen where it moves the fewest bytes:
+    - one partial row written by plain stores (M = 1): fp32 dw/db are written by the backward kernel itself, no
+      second launch;
+    - more partial rows but at most WEIGHT_GRADS_FROM_ROWS_MAX_ROWS rows (resident rows): the kernel writes dx only
+      and dw/db are summed from the rows (weight_grads_from_rows), no partial rows;
+    - otherwise (and for gradients in another dtype than fp32 at M = 1) the partial rows' column sum.
+    All give the reference gradients (fresh random inputs, NaN-poisoned outputs)."""
+    calls = {"sum": 0, "rows": 0}
+    real_sum, real_rows = _triton.sum_partials, _triton.weight_grads_from_rows
+
+    def counted(name, real):
+        return lambda *args: (calls.__setitem__(name, calls[name] + 1), real(*args))
+
+    monkeypatch.setattr(_triton, "sum_partials", counted("sum", real_sum))
+    monkeypatch.setattr(_triton, "weight_grads_from_rows", counted("rows", real_rows))
     gen = torch.Generator().manual_seed(rows * hidden)
     x = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.bfloat16)
     dy = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.bfloat16)
@@ -78,8 +89,11 @@ def test_a_single_partial_row_is_the_gradient(rows, hidden, grad_dtype, device, 
     _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias)
     cfg = _triton.bwd_config(hidden, x.dtype)
     plan = _triton.bwd_plan(rows, hidden, cfg, _triton._program_slots(torch.device(device)))
+    from_rows = (not cfg.chunked and plan.partial_rows > 1
+                 and rows <= _backends.WEIGHT_GRADS_FROM_ROWS_MAX_ROWS)
     direct = plan.partial_rows == 1 and not plan.shared_partials and grad_dtype == torch.float32
-    assert len(calls) == (0 if direct else 1), f"{plan}, grads {grad_dtype}"
+    want = {"sum": 0, "rows": 1} if from_rows else {"sum": 0 if direct else 1, "rows": 0}
+    assert calls == want, f"{plan}, grads {grad_dtype}"
     refs = check.grad_references(x, weight, torch.zeros_like(weight), dy, 1e-5,
                                  {"dx": dx.dtype, "dw": grad_dtype, "db": grad_dtype})
     for name, got in (("dx", dx), ("dw", dweight), ("db", dbias)):

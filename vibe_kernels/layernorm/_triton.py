@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from triton import knobs as _triton_knobs
 
-from ._backends import repeat_fwd_plans, rows_launcher
+from ._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS, repeat_fwd_plans, rows_launcher
 
 # Widest row (elements, power of two) kept whole in registers by one program: above this, chunked kernels.
 MAX_RESIDENT_FWD = 32768
@@ -713,6 +713,35 @@ def _layernorm_bwd_tiled_kernel(
 
 
 @triton.jit
+def _weight_grads_from_rows_kernel(
+    DY, X, Mean, Rstd, DW, DB, stride_dy_row, stride_x_row, rows,
+    N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    IS_RMS: tl.constexpr, ROW_ALIGN: tl.constexpr,
+):
+    """Few rows: dw[n] = sum_m dy[m, n] * xhat[m, n] and db[n] = sum_m dy[m, n] straight from the rows, in fp32, in a
+    fixed order (deterministic), written in the gradients' dtypes. Each program owns BLOCK_N columns and walks every
+    row: no partial rows, whose fp32 bytes outweigh the 16-bit rows themselves when there is about one per row."""
+    stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
+    stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for start in range(0, rows, BLOCK_M):
+        row_idx = start + tl.arange(0, BLOCK_M)
+        dy, xhat, _, _ = _load_bwd_tile(DY, X, Mean, Rstd, 0.0, stride_dy_row, stride_x_row, row_idx, row_idx < rows,
+                                        cols, col_ok, False, IS_RMS)
+        if NEED_DW:
+            dw_acc += dy * xhat
+        if NEED_DB:
+            db_acc += dy
+    if NEED_DW:
+        tl.store(DW + cols, tl.sum(dw_acc, axis=0).to(DW.dtype.element_ty), mask=col_ok)
+    if NEED_DB:
+        tl.store(DB + cols, tl.sum(db_acc, axis=0).to(DB.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
 def _sum_partials_kernel(
     DW_partial, DB_partial, DW, DB, num_partials,
     N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
@@ -941,6 +970,21 @@ def sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
     )
 
 
+def weight_grads_from_rows(dy, x, mean, rstd, dweight, dbias) -> None:
+    """dweight = sum over rows of dy * xhat, dbias = sum of dy (either may be None), xhat = (x - mean) * rstd (x *
+    rstd when mean is None: RMSNorm), in fp32 in a fixed order, in one launch, written in the gradients' dtypes.
+    For few rows (_backends.WEIGHT_GRADS_FROM_ROWS_MAX_ROWS)."""
+    rows, hidden = x.shape
+    block_n = min(_next_power_of_2(hidden), 64)
+    block_m = min(_next_power_of_2(max(rows, 1)), 16)
+    _launch(
+        _weight_grads_from_rows_kernel, (_cdiv(hidden, block_n),), 4,
+        dy, x, mean, rstd, dweight, dbias, dy.stride(0), x.stride(0), rows,
+        N=hidden, BLOCK_M=block_m, BLOCK_N=block_n, NEED_DW=dweight is not None, NEED_DB=dbias is not None,
+        IS_RMS=mean is None, ROW_ALIGN=_row_align(dy.stride(0), x.stride(0)),
+    )
+
+
 @dataclass(frozen=True)
 class BwdPlan:
     """How a backward launch covers M rows: its grid, rows per step (block_m), rows per program group (chunked
@@ -1001,6 +1045,12 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     rows, hidden = x.shape
     cfg = config or bwd_config(hidden, x.dtype)
     plan = bwd_plan(rows, hidden, cfg, _program_slots(x.device), shrink_rows=config is None)
+    # Few rows, about one fp32 partial row each: the kernel writes dx only; dw/db are summed from the rows after.
+    from_rows = (config is None and not cfg.chunked and plan.partial_rows > 1
+                 and rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS and (dweight is not None or dbias is not None))
+    weight_grads = (dweight, dbias)
+    if from_rows:
+        dweight = dbias = None
     flags = dict(HAS_W=weight is not None, NEED_DW=dweight is not None, NEED_DB=dbias is not None, IS_RMS=bool(rms),
                  HAS_DRESIDUAL=dresidual is not None, STORE_DRESIDUAL_IN=dresidual_in is not None)
     residual_args = (dresidual, dresidual_in, dy.stride(0), x.stride(0), dx.stride(0),
@@ -1031,6 +1081,9 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
             SHARED_PARTIALS=plan.shared_partials, **flags,
         )
+    if from_rows:
+        weight_grads_from_rows(dy, x, mean, rstd, *weight_grads)
+        return
     dw_partial = None if dw_partial is dweight else dw_partial
     db_partial = None if db_partial is dbias else db_partial
     if dw_partial is not None or db_partial is not None:

@@ -25,6 +25,7 @@ import torch
 from cutlass import Float32
 from cutlass.cute.runtime import load_module, make_fake_stream, make_ptr
 
+from .._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS
 from .config import AFFINE_AFTER_STATS_MIN_ROWS, BwdConfig, FwdConfig, bwd_config, fwd_config
 from .kernels import LayerNormBwd, LayerNormFwd
 
@@ -501,8 +502,16 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
     num_clusters = bwd_grid_clusters(config, rows, index)
     want_dw, want_db = dweight is not None, dbias is not None
-    dw_partial = _partial_rows(dweight, num_clusters, hidden)
-    db_partial = _partial_rows(dbias, num_clusters, hidden)
+    from_rows = None
+    if (want_dw or want_db) and num_clusters > 1 and rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS:
+        # Few rows, about one fp32 partial row each: the kernel writes dx only, and dw/db are summed from the rows.
+        from_rows = _triton_weight_grads_from_rows()
+        if from_rows is not None:
+            want_dw = want_db = False
+    dweight_here = dweight if want_dw else None
+    dbias_here = dbias if want_db else None
+    dw_partial = _partial_rows(dweight_here, num_clusters, hidden)
+    db_partial = _partial_rows(dbias_here, num_clusters, hidden)
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), want_dw, want_db, vec, config, _arch_of(x.device))
     compile_kwargs = {"dy_dtype": _CUTE_DTYPE[dy.dtype], "rms": bool(rms), "dx_dtype": _CUTE_DTYPE[dx.dtype],
                       "dres_dtype": _cute(dresidual), "dres_in_dtype": _cute(dresidual_in)}
@@ -515,6 +524,9 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
                  _ptr(dw_partial, vec), _ptr(db_partial, vec), _ptr(dresidual, vec), _ptr(dresidual_in, vec)) + tail,
         x.device,
     )
+    if from_rows is not None:
+        from_rows(dy, x, mean, rstd, dweight, dbias)
+        return
     # Second pass: a fixed-order fp32 column sum over the partials (deterministic, no atomics).
     _column_sums(None if dw_partial is dweight else dw_partial, None if db_partial is dbias else db_partial,
                  dweight, dbias)
@@ -541,6 +553,17 @@ def _column_sums(dw_partial, db_partial, dweight, dbias) -> None:
 
 
 @functools.lru_cache(maxsize=1)
+def _triton_weight_grads_from_rows():
+    """The Triton backend's ``weight_grads_from_rows``, or None where the Triton backend cannot run."""
+    from .._backends import triton_unavailable_reason
+
+    if triton_unavailable_reason():
+        return None
+    from .._triton import weight_grads_from_rows
+
+    return weight_grads_from_rows
+
+
 def _triton_column_sum():
     """The Triton backend's ``sum_partials``, or None where the Triton backend cannot run (not installed)."""
     from .._backends import triton_unavailable_reason
