@@ -975,8 +975,10 @@ def weight_grads_from_rows(dy, x, mean, rstd, dweight, dbias) -> None:
     rstd when mean is None: RMSNorm), in fp32 in a fixed order, in one launch, written in the gradients' dtypes.
     For few rows (_backends.WEIGHT_GRADS_FROM_ROWS_MAX_ROWS)."""
     rows, hidden = x.shape
-    block_n = min(_next_power_of_2(hidden), 64)
-    block_m = min(_next_power_of_2(max(rows, 1)), 16)
+    # 32-column programs (64 from N = 16384): N / 32 >= 128 programs from N = 4096 up; tiles of up to 2048 elements
+    # (16 a thread of each of x and dy), so 128 rows take two steps.
+    block_n = min(_next_power_of_2(hidden), 32 if hidden < 16384 else 64)
+    block_m = min(_next_power_of_2(max(rows, 1)), 2048 // block_n)
     _launch(
         _weight_grads_from_rows_kernel, (_cdiv(hidden, block_n),), 4,
         dy, x, mean, rstd, dweight, dbias, dy.stride(0), x.stride(0), rows,
