@@ -9,7 +9,8 @@ early configs with a launch bound of two CTAs per SM (``min_ctas_per_sm=2``: ptx
 512 threads): "+2cta"; two or four rows a CTA where a row takes 128 threads ("rows2", "rows4", "...late"); the default with mean and
 variance in one exchange ("merged"; "merged-early": weight/bias before the statistics, no launch bound); RMSNorm
 with the default config ("rms", only when named in --only: LayerNorm's bytes with one row sum); 1024-thread CTAs
-with 64 bytes of x a thread, merged statistics and weight/bias late ("t1024m": half the default's cluster).
+with 64 bytes of x a thread, merged statistics and weight/bias late ("t1024m": half the default's cluster); 32 or 16
+bytes of x a thread ("32B", "16B": more threads on a row, for small M).
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -25,7 +26,8 @@ from vibe_kernels.layernorm._cutedsl import config as cfg
 from vibe_kernels.layernorm._cutedsl import launch
 from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
 
-SHAPES = [(4096, 8192, torch.float16), (4096, 8192, torch.bfloat16), (4096, 16384, torch.float16),
+SHAPES = [(1, 1024, torch.bfloat16), (128, 1024, torch.bfloat16), (1, 4096, torch.bfloat16),
+          (128, 4096, torch.bfloat16), (256, 4096, torch.bfloat16), (4096, 8192, torch.float16), (4096, 8192, torch.bfloat16), (4096, 16384, torch.float16),
           (4096, 4096, torch.float16), (4095, 5000, torch.float16), (8192, 8192, torch.float32),
           (32768, 256, torch.bfloat16), (32768, 1024, torch.bfloat16), (32768, 4096, torch.bfloat16),
           (32768, 8192, torch.bfloat16), (32768, 16384, torch.bfloat16), (32768, 32768, torch.bfloat16),
@@ -64,6 +66,10 @@ def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
     t1024_64 = cfg.fwd_config(hidden, elem, vec, rows=rows, max_cta_threads=1024)
     if t1024_64.tiling.tile_n * t1024_64.tiling.cluster_n == hidden:
         merged["t1024m"] = dataclasses.replace(t1024_64, merged_stats=True, affine_after_stats=True)
+    # 32 and 16 bytes of x a thread (more threads on a row: for small M, where one row's latency sets the time).
+    for per_thread in (32, 16):
+        small = cfg.fwd_config(hidden, elem, vec, rows=rows, bytes_per_thread=per_thread)
+        merged[f"{per_thread}B"] = small
     found = {"default": default}
     if previous != default:
         found["previous"] = previous
