@@ -465,6 +465,24 @@ def test_clustered_forward_exchanges_statistics_once(hidden):
     assert waits(dataclasses.replace(config, merged_stats=False)) == 2
 
 
+@pytest.mark.parametrize("rows, hidden, small", [(1, 1024, True), (128, 1024, True), (256, 512, True), (64, 2048, False),
+                                                 (257, 1024, False), (1, 8192, True), (2, 4096, False),
+                                                 (1, 16384, False), (128, 4096, False)])
+def test_small_m_forward_spreads_a_row_over_more_threads(rows, hidden, small):
+    """At small M (rows of at most 2 KB up to M = 256, rows of at most 16 KB at M = 1) each thread holds one 16-byte
+    vector of x; the config compiles (a cluster of two at 1 x 8192) and the launch plan tells those M apart."""
+    config = cfg.fwd_config(hidden, 2, 8, rows=rows)
+    default = cfg.fwd_config(hidden, 2, 8, rows=4096 if hidden > 2048 else 512)
+    assert (config.tiling.vecs_per_thread == 1) == small
+    if not small:
+        assert config.tiling == default.tiling
+    if small:
+        ptx = launch.compile_fwd(cutlass.BFloat16, hidden, cutlass.Float32, cutlass.Float32, False, 8, config, ARCH,
+                                 keep_ptx=True).__ptx__
+        _check_common(ptx, config.tiling, 2)
+    assert cfg.rows_class(rows) != cfg.rows_class(4096)
+
+
 @pytest.mark.parametrize("hidden", [256, 1024, 4096])
 def test_backward_holds_one_row_a_cta_when_rows_are_fewer(hidden):
     """M below the CTA's thread rows (M = 1): the backward's CTA is one row, which compiles; from M = rows_per_cta

@@ -151,11 +151,26 @@ AFFINE_AFTER_STATS_MIN_ROWS = 1024
 NARROW_ROW_BYTES = 512
 
 
+# Small M (one wave of CTAs: a row's latency sets the time), 16 bytes of x a thread, so more threads share each row:
+# for rows of at most SMALL_M_NARROW_ROW_BYTES at M <= SMALL_M_ROWS, and at M = 1 for rows of at most
+# SINGLE_ROW_MAX_BYTES. Measured (cutedsl_fwd_probe.py --only 16B, H100, 2026-11-25, fifth session, % of a copy):
+# 1x1024 bf16 74 -> 88%, 128x1024 76 -> 92%, 1x4096 85 -> 86%, 1x8192 77 -> 82%; at 128x4096 and 256x4096 it
+# lost (89 -> 87%, 90 -> 88%), at 128x8192 even.
+SMALL_M_ROWS = 256
+SMALL_M_NARROW_ROW_BYTES = 2048
+SINGLE_ROW_MAX_BYTES = 16384
+
+
+def rows_class(rows: int) -> tuple:
+    """What of M the forward config depends on (a launch plan keyed on it may serve any M of the same class)."""
+    return rows == 1, rows <= SMALL_M_ROWS, rows >= AFFINE_AFTER_STATS_MIN_ROWS
+
+
 def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = None, bytes_per_thread: int | None = None,
                max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MIN_CTA_THREADS,
                residual: bool = False, widest_elem_bytes: int | None = None) -> FwdConfig:
     """Forward: 64 bytes of x per thread (32 bf16 / 16 fp32 values; 32 bytes for rows of at most
-    ``NARROW_ROW_BYTES``), up to 512 threads per CTA, then clusters.
+    ``NARROW_ROW_BYTES``; 16 bytes at small M, see ``SMALL_M_ROWS``), up to 512 threads per CTA, then clusters.
 
     Weight and bias load after the row statistics (``affine_after_stats``) when ``rows`` >= 1024 and one row takes
     a whole CTA: holding fp32 weight and bias across the reductions costs ~30 registers a thread (ptxas: 92-128
@@ -183,12 +198,17 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     True
     >>> fwd_config(256, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=16, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
+    >>> fwd_config(1024, 2, 8, rows=128).tiling
+    RowTiling(vec=8, threads_per_row=128, vecs_per_thread=1, rows_per_cta=1, cluster_n=1)
     >>> fwd_config(16384, 2, 8, rows=4096)
     FwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=1), \
 affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2, merged_stats=False)
     """
     if bytes_per_thread is None:
-        bytes_per_thread = 32 if hidden * elem_bytes <= NARROW_ROW_BYTES else 64
+        row_bytes = hidden * elem_bytes
+        small_m = rows is not None and ((rows <= SMALL_M_ROWS and row_bytes <= SMALL_M_NARROW_ROW_BYTES)
+                                        or (rows == 1 and row_bytes <= SINGLE_ROW_MAX_BYTES))
+        bytes_per_thread = 16 if small_m else 32 if row_bytes <= NARROW_ROW_BYTES else 64
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
     many_rows = rows is not None and rows >= AFFINE_AFTER_STATS_MIN_ROWS and tiling.rows_per_cta == 1
     fits_alone = tiling.cluster_n == 1 and tiling.num_threads <= 256

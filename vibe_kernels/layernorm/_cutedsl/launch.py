@@ -26,7 +26,7 @@ from cutlass import Float32
 from cutlass.cute.runtime import load_module, make_fake_stream, make_ptr
 
 from .._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS
-from .config import AFFINE_AFTER_STATS_MIN_ROWS, BwdConfig, FwdConfig, bwd_config, fwd_config
+from .config import BwdConfig, FwdConfig, bwd_config, fwd_config, rows_class
 from .kernels import LayerNormBwd, LayerNormFwd
 
 _CUTE_DTYPE = {torch.float16: cutlass.Float16, torch.bfloat16: cutlass.BFloat16, torch.float32: cutlass.Float32}
@@ -361,9 +361,9 @@ def _check_config(config, vec: int):
 # Forward launch plans: a forward call's signature -> the bare TVM FFI function, so that a repeated call skips the
 # alignment class, the config and the compile-cache key (a hash of frozen config dataclasses), most of the
 # launcher's host time. The signature holds every input of those: the device, N, dtypes, which stats are stored,
-# RMSNorm or not, the row strides, each address modulo 16 (the vector width depends on nothing finer), whether M
-# reaches AFFINE_AFTER_STATS_MIN_ROWS (the config depends on it), and with a residual its dtypes, rounding, strides
-# and addresses modulo 16. M itself is a runtime argument. Bounded like the Triton backend's.
+# RMSNorm or not, the row strides, each address modulo 16 (the vector width depends on nothing finer), M's class
+# (config.rows_class: the config depends on it), and with a residual its dtypes, rounding, strides and addresses
+# modulo 16. M itself is a runtime argument. Bounded like the Triton backend's.
 _fwd_plans: dict = {}
 MAX_FWD_PLANS = 256
 
@@ -387,7 +387,7 @@ def _fwd_plan_key(x, weight, bias, out, store_stats: bool, rms: bool, residual=N
     if index is not None and index != current:
         return None
     key = (current, x.shape[1], x.dtype, out.dtype, _dtype_of(weight), _dtype_of(bias), store_stats, rms,
-           x.shape[0] >= AFFINE_AFTER_STATS_MIN_ROWS, x.stride(0), out.stride(0), x.data_ptr() & 15,
+           rows_class(x.shape[0]), x.stride(0), out.stride(0), x.data_ptr() & 15,
            out.data_ptr() & 15, (_addr(weight) or 0) & 15, (_addr(bias) or 0) & 15)
     if residual is not None:
         key += (residual.dtype, _dtype_of(residual_out), round_residual, residual.stride(0), _stride0(residual_out),
