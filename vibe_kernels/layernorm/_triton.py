@@ -713,6 +713,15 @@ def _layernorm_bwd_tiled_kernel(
 
 
 @triton.jit
+def _store_column_sums(DW, DB, cols, col_ok, dw_acc, db_acc, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr):
+    """dw/db at ``cols``: the column sums of the (rows x columns) fp32 accumulators, in DW's / DB's dtype."""
+    if NEED_DW:
+        tl.store(DW + cols, tl.sum(dw_acc, axis=0).to(DW.dtype.element_ty), mask=col_ok)
+    if NEED_DB:
+        tl.store(DB + cols, tl.sum(db_acc, axis=0).to(DB.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
 def _weight_grads_from_rows_kernel(
     DY, X, Mean, Rstd, DW, DB, stride_dy_row, stride_x_row, rows,
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
@@ -735,10 +744,7 @@ def _weight_grads_from_rows_kernel(
             dw_acc += dy * xhat
         if NEED_DB:
             db_acc += dy
-    if NEED_DW:
-        tl.store(DW + cols, tl.sum(dw_acc, axis=0).to(DW.dtype.element_ty), mask=col_ok)
-    if NEED_DB:
-        tl.store(DB + cols, tl.sum(db_acc, axis=0).to(DB.dtype.element_ty), mask=col_ok)
+    _store_column_sums(DW, DB, cols, col_ok, dw_acc, db_acc, NEED_DW, NEED_DB)
 
 
 @triton.jit
@@ -759,10 +765,7 @@ def _sum_partials_kernel(
             dw_acc += tl.load(DW_partial + offs, mask=mask, other=0.0)
         if NEED_DB:
             db_acc += tl.load(DB_partial + offs, mask=mask, other=0.0)
-    if NEED_DW:
-        tl.store(DW + cols, tl.sum(dw_acc, axis=0).to(DW.dtype.element_ty), mask=col_ok)
-    if NEED_DB:
-        tl.store(DB + cols, tl.sum(db_acc, axis=0).to(DB.dtype.element_ty), mask=col_ok)
+    _store_column_sums(DW, DB, cols, col_ok, dw_acc, db_acc, NEED_DW, NEED_DB)
 
 
 # ----------------------------------------------------------------------------------------------------------------
