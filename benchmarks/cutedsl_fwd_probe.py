@@ -6,11 +6,11 @@ CTAs of up to 1024 threads with 32 bytes of x a thread (``t1024``: twice the war
 registers per SM), with weight/bias early or late; and the default, late and early configs with L1 hints
 (``l1_hints``: rows loaded without allocating in L1, weight/bias kept with evict-last): "+l1"; and the late and
 early configs with a launch bound of two CTAs per SM (``min_ctas_per_sm=2``: ptxas fits 64 registers a thread at
-512 threads): "+2cta"; two or four rows a CTA where a row takes 128 threads ("rows2", "rows4", "...late"); the default with mean and
-variance in one exchange ("merged"; "merged-early": weight/bias before the statistics, no launch bound); RMSNorm
-with the default config ("rms", only when named in --only: LayerNorm's bytes with one row sum); 1024-thread CTAs
-with 64 bytes of x a thread, merged statistics and weight/bias late ("t1024m": half the default's cluster); 32 or 16
-bytes of x a thread ("32B", "16B": more threads on a row, for small M).
+512 threads): "+2cta"; two or four rows a CTA where a row takes 128 threads ("rows2", "rows4", "...late"); the
+default with mean and variance in one exchange ("merged"; "merged-early": weight/bias before the statistics, no
+launch bound); RMSNorm with the default config ("rms", only when named in --only: LayerNorm's bytes with one row
+sum); 1024-thread CTAs with 64 bytes of x a thread, merged statistics and weight/bias late ("t1024m": half the
+default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on a row, for small M).
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -27,7 +27,8 @@ from vibe_kernels.layernorm._cutedsl import launch
 from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
 
 SHAPES = [(1, 1024, torch.bfloat16), (128, 1024, torch.bfloat16), (1, 4096, torch.bfloat16),
-          (128, 4096, torch.bfloat16), (256, 4096, torch.bfloat16), (4096, 8192, torch.float16), (4096, 8192, torch.bfloat16), (4096, 16384, torch.float16),
+          (128, 4096, torch.bfloat16), (256, 4096, torch.bfloat16), (4096, 8192, torch.float16),
+          (4096, 8192, torch.bfloat16), (4096, 16384, torch.float16),
           (4096, 4096, torch.float16), (4095, 5000, torch.float16), (8192, 8192, torch.float32),
           (32768, 256, torch.bfloat16), (32768, 1024, torch.bfloat16), (32768, 4096, torch.bfloat16),
           (32768, 8192, torch.bfloat16), (32768, 16384, torch.bfloat16), (32768, 32768, torch.bfloat16),
@@ -56,25 +57,26 @@ def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
         rows >= cfg.AFFINE_AFTER_STATS_MIN_ROWS and default.tiling.rows_per_cta == 1
         and default.tiling.cluster_n == 1 and default.tiling.num_threads <= 256))
     # Mean and variance in one exchange (rows that fill the tiling exactly).
-    merged = {}
+    extra = {}
     if default.tiling.tile_n * default.tiling.cluster_n == hidden:
-        merged = {"merged": dataclasses.replace(default, merged_stats=True),
-                  "merged-early": dataclasses.replace(default, merged_stats=True, affine_after_stats=False,
-                                                      min_ctas_per_sm=0)}
+        extra = {"merged": dataclasses.replace(default, merged_stats=True),
+                 "merged-early": dataclasses.replace(default, merged_stats=True, affine_after_stats=False,
+                                                     min_ctas_per_sm=0)}
     # 1024-thread CTAs at 64 bytes of x a thread (half the cluster of the 512-thread default for clustered rows),
     # mean and variance in one exchange, weight/bias after the statistics.
     t1024_64 = cfg.fwd_config(hidden, elem, vec, rows=rows, max_cta_threads=1024)
     if t1024_64.tiling.tile_n * t1024_64.tiling.cluster_n == hidden:
-        merged["t1024m"] = dataclasses.replace(t1024_64, merged_stats=True, affine_after_stats=True)
+        extra["t1024m"] = dataclasses.replace(t1024_64, merged_stats=True, affine_after_stats=True)
     # 32 and 16 bytes of x a thread (more threads on a row: for small M, where one row's latency sets the time).
     for per_thread in (32, 16):
         small = cfg.fwd_config(hidden, elem, vec, rows=rows, bytes_per_thread=per_thread)
-        merged[f"{per_thread}B"] = small
+        extra[f"{per_thread}B"] = small
     found = {"default": default}
     if previous != default:
         found["previous"] = previous
     for name, config in (("early", early), ("late", late), ("late32", late32), ("t1024", t1024),
-                         ("t1024late", t1024_late), *hinted.items(), *two_ctas.items(), *multi_row.items(), *merged.items()):
+                         ("t1024late", t1024_late), *hinted.items(), *two_ctas.items(), *multi_row.items(),
+                         *extra.items()):
         if config not in found.values():
             found[name] = config
     return found
@@ -133,9 +135,13 @@ def main() -> None:
             ms = gpu_ms_host_hidden(lambda: launch.layernorm_fwd(x, w, b, 1e-6, out, None, None, rms=True), 25, 100)
             line["rms"] = {"ms": ms, "pct": 100 * copy_ms / ms, "max_err": err}
         rows_out.append(line)
-        cells = "  ".join(f"{k} {v['ms']:.4f} ({v['pct']:.0f}%, err {v['max_err']:.1e}"
-                          + (f", stats {v['stat_err']:.1e})" if "stat_err" in v else ")") if "ms" in v else f"{k} ERR {v['error'][:160]}"
-                          for k, v in line.items() if isinstance(v, dict))
+        def cell(k, v):
+            if "ms" not in v:
+                return f"{k} ERR {v['error'][:160]}"
+            stats = f", stats {v['stat_err']:.1e}" if "stat_err" in v else ""
+            return f"{k} {v['ms']:.4f} ({v['pct']:.0f}%, err {v['max_err']:.1e}{stats})"
+
+        cells = "  ".join(cell(k, v) for k, v in line.items() if isinstance(v, dict))
         print(f"{rows}x{hidden} {line['dtype']}: copy {copy_ms:.4f}  {cells}", flush=True)
         del x, out, ref, ref_var, ref_mean, ref_std, ref_rstd
     if args.json:

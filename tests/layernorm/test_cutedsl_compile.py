@@ -465,9 +465,9 @@ def test_clustered_forward_exchanges_statistics_once(hidden):
     assert waits(dataclasses.replace(config, merged_stats=False)) == 2
 
 
-@pytest.mark.parametrize("rows, hidden, small", [(1, 1024, True), (128, 1024, True), (256, 512, True), (64, 2048, False),
-                                                 (257, 1024, False), (1, 8192, True), (2, 4096, False),
-                                                 (1, 16384, False), (128, 4096, False)])
+@pytest.mark.parametrize("rows, hidden, small", [(1, 1024, True), (128, 1024, True), (256, 512, True),
+                                                 (64, 2048, False), (257, 1024, False), (1, 8192, True),
+                                                 (2, 4096, False), (1, 16384, False), (128, 4096, False)])
 def test_small_m_forward_spreads_a_row_over_more_threads(rows, hidden, small):
     """At small M (rows of at most 2 KB up to M = 256, rows of at most 16 KB at M = 1) each thread holds one 16-byte
     vector of x; the config compiles (a cluster of two at 1 x 8192) and the launch plan tells those M apart."""

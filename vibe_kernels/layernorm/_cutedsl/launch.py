@@ -564,6 +564,7 @@ def _triton_weight_grads_from_rows():
     return weight_grads_from_rows
 
 
+@functools.lru_cache(maxsize=1)
 def _triton_column_sum():
     """The Triton backend's ``sum_partials``, or None where the Triton backend cannot run (not installed)."""
     from .._backends import triton_unavailable_reason
