@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from spawned_workers import leave_cleanly
 from vibe_kernels.layernorm import LayerNorm
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or sys.platform != "linux", reason="needs torch.distributed")
@@ -37,11 +38,9 @@ def _worker(rank: int, world: int, port: int, out_path: str) -> None:
         torch.nn.functional.mse_loss(model(inputs[shard]), target[shard]).backward()
         if rank == 0:
             torch.save({name: p.grad for name, p in model.module.named_parameters()}, out_path)
-        # Both ranks leave their last collective before either tears the group down: gloo aborts a process
-        # (std::terminate, seen once in CI) when its peer's connection closes while it still uses the pair.
-        dist.barrier()
+        leave_cleanly()  # exits here: no gloo teardown after a success
     finally:
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # only after a failure
 
 
 def test_ddp_gradients_match_single_process(tmp_path):

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from spawned_workers import leave_cleanly
 from vibe_kernels.layernorm import LayerNorm
 
 try:
@@ -81,11 +82,9 @@ def _worker(rank: int, world: int, rendezvous: str, out_path: str) -> None:
         params = {name: _full(p) for name, p in model.named_parameters()}
         if rank == 0:
             torch.save({"losses": losses / world, "grads": grads, "params": params}, out_path)
-        # Both ranks leave their last collective before either tears the group down: gloo aborts a process
-        # (std::terminate, seen once in CI) when its peer's connection closes while it still uses the pair.
-        dist.barrier()
+        leave_cleanly()  # exits here: no gloo teardown after a success
     finally:
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # only after a failure
 
 
 def test_fsdp2_matches_single_process(tmp_path):
