@@ -11,6 +11,7 @@ new: one 512-thread CTA per SM (several rows per CTA for N < 8192 bf16), so at m
      per cluster for clustered rows); w and dw/db in shared memory where a thread holds more than 32 bytes of x
      (N = 262144 bf16, N >= 131072 fp32).
 r1: one row a CTA (the default's threads per row); 64B: 64 bytes of x a thread, one row a CTA.
+l2: the current default with L2 eviction policies (x, dy evict_first; w evict_last).
 Both run through the current kernel and launcher: the launcher caps a clustered grid at ctas_per_sm waves of the
 clusters the GPU holds at once (cuOccupancyMaxActiveClusters), for the old config as well.
 
@@ -23,6 +24,7 @@ the bound SMs x N x 8 bytes. The last lines are a compact table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import subprocess
@@ -72,6 +74,8 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     wide = cfg.bwd_config(hidden, elem_bytes, vec, bytes_per_thread=64, min_cta_threads=128)
     if wide not in found.values():
         found["64B"] = wide
+    # The current default with L2 eviction policies (x, dy evict_first; w evict_last).
+    found["l2"] = dataclasses.replace(found["new"], l2_hints=True)
     return found
 
 

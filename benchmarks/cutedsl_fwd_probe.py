@@ -10,7 +10,8 @@ early configs with a launch bound of two CTAs per SM (``min_ctas_per_sm=2``: ptx
 default with mean and variance in one exchange ("merged"; "merged-early": weight/bias before the statistics, no
 launch bound); RMSNorm with the default config ("rms", only when named in --only: LayerNorm's bytes with one row
 sum); 1024-thread CTAs with 64 bytes of x a thread, merged statistics and weight/bias late ("t1024m": half the
-default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on a row, for small M).
+default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on a row, for small M); the default
+with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2".
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -71,6 +72,8 @@ def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
     for per_thread in (32, 16):
         small = cfg.fwd_config(hidden, elem, vec, rows=rows, bytes_per_thread=per_thread)
         extra[f"{per_thread}B"] = small
+    # L2 eviction policies: rows evict_first, weight/bias evict_last ("l2").
+    extra["l2"] = dataclasses.replace(default, l2_hints=True)
     found = {"default": default}
     if previous != default:
         found["previous"] = previous

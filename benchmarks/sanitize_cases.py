@@ -162,8 +162,8 @@ def build_cases() -> list[Case]:
     for i, n in enumerate(two_byte):
         fwd_row = _ladder_row(_FWD_LADDER, n, torch.bfloat16)
         bwd_row = _ladder_row(_BWD_LADDER, n, torch.bfloat16)
-        configs = (fwd_config(n, torch.bfloat16), bwd_config(n, torch.bfloat16))
-        # racecheck: once per distinct (forward, backward) config
+        configs = (fwd_config(n, torch.bfloat16), bwd_config(n, torch.bfloat16), fwd_row, bwd_row)
+        # racecheck: once per distinct (forward, backward) config and ladder rows (two rows may give one config)
         race = configs not in configs_seen
         core.append(Case("triton", n, ("bf16", "fp16")[i % 2], rows=_small_rows(n), race=race))
         configs_seen.add(configs)

@@ -2,7 +2,9 @@
 side by side (ms and % of the variant's same-bytes SOL: a copy of x, r -> out, h, i.e. two same-size copies).
 ``--out-dtype float32``: instead, LayerNorm with out in that dtype and no residual (SOL: one fp16 copy moving x's and
 out's bytes, as the bench); the resident candidates run with weight/bias loaded before and after the statistics.
-With --out-dtype equal to --dtype this is the plain forward.
+With --out-dtype equal to --dtype this is the plain forward. ``--l2-hints``: instead of the tuner's candidates, the
+default config with and without L2 eviction hints and the chunked candidates with them (one program a row or the
+default's grid; every grid at N >= 65536; a shape MxNxdtype in --shapes takes its own dtype).
 
 Every candidate's out and h are checked against the torch composition first. GPU time (the bench's timer).
 
@@ -24,6 +26,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--top", type=int, default=6)
     parser.add_argument("--out-dtype", default=None)
+    parser.add_argument("--l2-hints", action="store_true")
     args = parser.parse_args()
     if args.out_dtype:
         return out_dtype_probe(args)
@@ -78,10 +81,12 @@ def rank_candidates(label, default, candidates, launch, out, check, sol, top) ->
 
 
 def out_dtype_probe(args) -> None:
-    dtype, out_dtype = getattr(torch, args.dtype), getattr(torch, args.out_dtype)
     print(f"device: {torch.cuda.get_device_name()}")
     for spec in args.shapes.split(","):
-        rows, hidden = map(int, spec.split("x"))
+        rows, hidden, *named = spec.split("x")
+        rows, hidden = int(rows), int(hidden)
+        dtype = getattr(torch, named[0] if named else args.dtype)
+        out_dtype = getattr(torch, args.out_dtype) if args.out_dtype != args.dtype else dtype
         gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
         x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)
         w = 1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)
@@ -99,10 +104,17 @@ def out_dtype_probe(args) -> None:
             if not err < 0.05:
                 raise AssertionError(f"wrong output: max err {err}")
 
+        default = _triton.fwd_config(hidden, dtype)
         candidates = fwd_candidates(hidden, dtype)
-        # Each resident candidate also with weight/bias loaded before the statistics.
-        candidates += [dataclasses.replace(c, affine_first=True) for c in candidates if not c.chunked]
-        rank_candidates(f"{spec} {args.dtype} -> {args.out_dtype} layernorm", _triton.fwd_config(hidden, dtype),
+        if args.l2_hints:
+            candidates = [dataclasses.replace(c, l2_hints=True) for c in dict.fromkeys([default] + candidates)
+                          if c == default or (c.chunked and (hidden >= 65536
+                                                             or c.programs_per_sm in (0, default.programs_per_sm)))]
+            candidates = list(dict.fromkeys(candidates))
+        else:
+            # Each resident candidate also with weight/bias loaded before the statistics.
+            candidates += [dataclasses.replace(c, affine_first=True) for c in candidates if not c.chunked]
+        rank_candidates(f"{rows}x{hidden} {dtype} -> {out_dtype} layernorm", default,
                         candidates,
                         lambda config: _triton.layernorm_fwd(x, w, b, 1e-6, out, None, None, config=config), out,
                         check, sol, args.top)

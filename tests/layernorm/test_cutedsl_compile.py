@@ -72,6 +72,11 @@ def _count(ptx: str, pattern: str) -> int:
     return len(re.findall(pattern, ptx))
 
 
+# A 128-bit global load, with or without cache qualifiers (L1 priority, an L2 cache policy).
+LOAD_QUALIFIERS = r"(\.nc)?(\.L1::\w+)?(\.L2::cache_hint)?"
+GLOBAL_V4_LOAD = r"ld\.global" + LOAD_QUALIFIERS + r"\.v4\.(b32|f32|u32)"
+
+
 def _id(case) -> str:
     return "-".join(str(p) for p in case)
 
@@ -79,9 +84,9 @@ def _id(case) -> str:
 def _check_common(ptx: str, tiling: cfg.RowTiling, elem_bytes: int) -> None:
     if tiling.vec * elem_bytes == 16:
         # Every x vector is one 128-bit access; no narrower global access of x/out may sneak in.
-        assert _count(ptx, r"ld\.global(\.nc)?\.v4\.(b32|f32|u32)") >= tiling.vecs_per_thread
+        assert _count(ptx, GLOBAL_V4_LOAD) >= tiling.vecs_per_thread
         assert _count(ptx, r"st\.global\.v4\.(b32|f32|u32)") >= tiling.vecs_per_thread
-        assert _count(ptx, r"ld\.global(\.nc)?\.(b16|u16)\b") == 0
+        assert _count(ptx, r"ld\.global" + LOAD_QUALIFIERS + r"\.(b16|u16)\b") == 0
     if tiling.cluster_n > 1:
         assert "mapa.shared::cluster" in ptx
         assert "st.async.shared::cluster.mbarrier::complete_tx::bytes" in ptx
@@ -149,7 +154,7 @@ def test_strided_and_misaligned_rows_pick_narrower_vectors():
     config = cfg.fwd_config(4096, 2, 4)
     ptx = launch.compile_fwd(cutlass.BFloat16, 4096, None, None, False, 4, config, ARCH, keep_ptx=True).__ptx__
     # 4 bf16 = 64-bit accesses (spelled v4.b16 or v2.b32), never 128-bit ones.
-    assert re.search(r"ld\.global(\.nc)?\.(v4\.b16|v2\.b32)", ptx)
+    assert re.search(r"ld\.global" + LOAD_QUALIFIERS + r"\.(v4\.b16|v2\.b32)", ptx)
     assert re.search(r"st\.global\.(v4\.b16|v2\.b32)", ptx)
     assert not re.search(r"(ld|st)\.global(\.nc)?\.v4\.b32", ptx)
 
@@ -430,7 +435,7 @@ def test_feature_backward_compiles(case):
                              dy_dtype=DTYPES[dy_name], rms=rms).__ptx__
     assert ".target sm_90a" in ptx
     if config.tiling.vec * ELEM_BYTES[dy_name] == 16:  # dy comes in as 16-byte vectors
-        assert _count(ptx, r"ld\.global(\.nc)?\.v4\.(b32|f32|u32)") >= config.tiling.vecs_per_thread
+        assert _count(ptx, GLOBAL_V4_LOAD) >= config.tiling.vecs_per_thread
     assert not re.search(r"\b(ld|st)\.local", ptx)
 
 
@@ -486,13 +491,14 @@ def test_small_m_forward_spreads_a_row_over_more_threads(rows, hidden, small):
 @pytest.mark.parametrize("hidden", [256, 1024, 4096])
 def test_backward_holds_one_row_a_cta_when_rows_are_fewer(hidden):
     """M below the CTA's thread rows (M = 1): the backward's CTA is one row, which compiles; from M = rows_per_cta
-    up the config is the M-independent one."""
+    up the tiling is the M-independent one (only the L2 hints wait for M above SMALL_M_ROWS)."""
     default = cfg.bwd_config(hidden, 2, 8)
     assert default.tiling.rows_per_cta > 1
     single = cfg.bwd_config(hidden, 2, 8, rows=1)
     assert single.tiling.rows_per_cta == 1
     assert single.tiling.threads_per_row == default.tiling.threads_per_row
-    assert cfg.bwd_config(hidden, 2, 8, rows=default.tiling.rows_per_cta) == default
+    few = cfg.bwd_config(hidden, 2, 8, rows=default.tiling.rows_per_cta)
+    assert dataclasses.replace(few, l2_hints=default.l2_hints) == default
     ptx = launch.compile_bwd(cutlass.BFloat16, hidden, cutlass.Float32, True, True, 8, single, ARCH,
                              keep_ptx=True).__ptx__
     _check_common(ptx, single.tiling, 2)
@@ -583,3 +589,33 @@ def test_residual_backward_compiles(case):
     assert not re.search(r"\b(red|atom)\.[\w.]*f32", fused)
     _check_fused(plain, fused, config.tiling.vecs_per_thread, vec * ELEM_BYTES[h_name],
                  vec * ELEM_BYTES[r_name] if dres_in is not None else None)
+
+
+@pytest.mark.parametrize("hidden, dtype_name, hinted", [(256, "bf16", True), (4096, "fp16", True),
+                                                        (8192, "bf16", True), (5000, "fp16", True),
+                                                        (16384, "bf16", False), (65536, "bf16", False),
+                                                        (4096, "fp32", False)])
+def test_l2_eviction_hints_on_narrow_16bit_rows(hidden, dtype_name, hinted):
+    """16-bit rows held by one CTA load with L2 policies (rows evict_first, weight/bias evict_last), forward and
+    backward: every 128-bit row and weight load carries the policy. Wider rows, fp32, small M and the fused
+    residual load without one."""
+    elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
+    vec = _aligned_vec(hidden, dtype_name)
+    fwd = cfg.fwd_config(hidden, elem, vec, rows=4096)
+    bwd = cfg.bwd_config(hidden, elem, vec, rows=4096)
+    assert fwd.l2_hints == bwd.l2_hints == hinted
+    assert not cfg.fwd_config(hidden, elem, vec, rows=4096, residual=True).l2_hints
+    assert not cfg.bwd_config(hidden, elem, vec, rows=4096, residual=True).l2_hints
+    assert not cfg.fwd_config(hidden, elem, vec, rows=cfg.SMALL_M_ROWS).l2_hints  # small M: none
+    assert not cfg.bwd_config(hidden, elem, vec, rows=cfg.SMALL_M_ROWS).l2_hints
+    ptxs = (launch.compile_fwd(dtype, hidden, cutlass.Float32, cutlass.Float32, True, vec, fwd, ARCH,
+                               keep_ptx=True).__ptx__,
+            launch.compile_bwd(dtype, hidden, cutlass.Float32, True, True, vec, bwd, ARCH, keep_ptx=True).__ptx__)
+    for ptx in ptxs:
+        policies = set(re.findall(r"createpolicy\.fractional\.L2::(evict_\w+)", ptx))
+        assert policies == ({"evict_first", "evict_last"} if hinted else set())
+        hinted_loads = _count(ptx, r"ld\.global[.\w:]*\.L2::cache_hint\.v4")
+        if hinted and vec * elem == 16:
+            assert hinted_loads == _count(ptx, GLOBAL_V4_LOAD) > 0
+        if not hinted:
+            assert hinted_loads == 0

@@ -84,7 +84,7 @@ def fwd_scenarios(dtype: str, part: str) -> list[dict]:
     if part == "flags":
         # N = 1024 at both M: one wave of programs (SMALL_M) loads weight/bias before the statistics.
         configs = ([(1024, None, LARGE_M), (1024, None, SMALL_M), (65536, None, LARGE_M)]
-                   + [(65536, c, LARGE_M) for c in opt_in_configs("FwdConfig", dtype, 65536)])
+                   + [(hidden, c, LARGE_M) for hidden in (1024, 65536) for c in opt_in_configs("FwdConfig", dtype, hidden)])
         return [scenario(hidden, "float32" if has_w else None, "x" if has_b else None, mean, rstd, rows=rows,
                          config=config)
                 for hidden, config, rows in configs
@@ -167,7 +167,8 @@ def bwd_scenarios(dtype: str, part: str) -> list[dict]:
     if part == "features":
         return bwd_feature_scenarios(dtype)
     if part == "flags":
-        configs = [(1024, None), (16384, None)] + [(16384, c) for c in opt_in_configs("BwdConfig", dtype, 16384)]
+        configs = [(1024, None), (16384, None)] + [(hidden, c) for hidden in (1024, 16384)
+                                                   for c in opt_in_configs("BwdConfig", dtype, hidden)]
         return [scenario(hidden, *flags, config=config) for hidden, config in configs for flags in BWD_FLAG_SETS]
     from vibe_kernels.layernorm._triton import bwd_config
 
@@ -306,7 +307,8 @@ def compile_scenarios(scenarios):
             source = ASTSource(fn=kernels[variant["kernel"]], signature=variant["signature"],
                                constexprs=variant["constexprs"], attrs=variant["attrs"])
             compiled = triton.compile(source, target=GPUTarget(*TARGET), options={"num_warps": variant["num_warps"]})
-            loads = [line.strip() for line in compiled.asm["ptx"].splitlines() if "ld.global" in line]
+            ptx_lines = compiled.asm["ptx"].splitlines()
+            loads = [line.strip() for line in ptx_lines if "ld.global" in line]
             result.update(
                 error=None,
                 cubin_bytes=len(compiled.asm["cubin"]),
@@ -314,6 +316,9 @@ def compile_scenarios(scenarios):
                 loads=len(loads),
                 v4_loads=sum(".v4." in line for line in loads),
                 scalar_loads=sorted({line for line in loads if ".v2." not in line and ".v4." not in line}),
+                # L2 eviction policies the loads can use (createpolicy.fractional.L2::<policy>)
+                l2_policies=sorted({policy for line in ptx_lines if "createpolicy" in line
+                                    for policy in ("evict_first", "evict_last") if f"L2::{policy}" in line}),
             )
         except Exception as exc:  # reported per variant, asserted by the test
             result.update(error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -410,6 +415,19 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
                 seen = {tuple(r["constexprs"][f] for f in FLAGS[launcher]) for r in results
                         if r["kernel"] == RESIDENT[0] and r["constexprs"].get("AFFINE_FIRST", False) == first}
                 assert len(seen) == expected, f"AFFINE_FIRST={first}: flag sets compiled {sorted(seen)}"
+
+        # L2 eviction hints (the l2_hints opt-in): rows at their last read evict_first; rows read again (the
+        # chunked forward's statistics pass) and the weight and bias evict_last; without the opt-in, no policy.
+        for r in results:
+            c = r["constexprs"]
+            if not c.get("L2_HINTS", False):
+                assert r["l2_policies"] == [], r
+                continue
+            kept = r["kernel"] == "_layernorm_fwd_chunked_kernel" or c["HAS_W"] or c.get("HAS_B", False)
+            assert r["l2_policies"] == (["evict_first", "evict_last"] if kept else ["evict_first"]), r
+        hinted = {r["kernel"] for r in results if r["constexprs"].get("L2_HINTS", False)}
+        assert hinted == ({"_layernorm_fwd_resident_kernel", "_layernorm_fwd_chunked_kernel"} if launcher == "fwd"
+                          else {"_layernorm_bwd_resident_kernel", "_layernorm_bwd_tiled_kernel"}), hinted
 
     if part == "features":
         # Every feature combination reached the compiler in every kernel that takes the feature flags, and the

@@ -396,3 +396,49 @@ def test_tolerance_rejects_a_few_ulps(gen, check, dtype):
     bad[2, 0] = float("nan")
     with pytest.raises(AssertionError, match=r"1 non-finite values"):
         check.out(bad, x, weight, bias, EPS)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# L2 eviction hints
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_l2_hint_rules():
+    """Hints where they measured faster (see _triton._fwd_l2_hints / _bwd_l2_hints): forward 16-bit rows and every
+    chunked row; backward 16-bit resident rows; never at small M, fp32 resident rows or the chunked backward."""
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert _triton.fwd_config(4096, bf16).l2_hints and not _triton.fwd_config(4096, bf16).chunked
+    assert _triton.fwd_config(16384, bf16).l2_hints and _triton.fwd_config(16384, bf16).chunked
+    assert _triton.fwd_config(65536, fp32).l2_hints and _triton.fwd_config(65536, fp32).chunked
+    assert not _triton.fwd_config(4096, fp32).l2_hints
+    assert not _triton.fwd_config(4096, bf16, one_wave=True).l2_hints
+    assert _triton.bwd_config(4096, bf16).l2_hints
+    assert not _triton.bwd_config(4096, bf16, few_rows=True).l2_hints
+    assert not _triton.bwd_config(16384, bf16).l2_hints and _triton.bwd_config(16384, bf16).chunked
+    assert not _triton.bwd_config(4096, fp32).l2_hints
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_l2_hints_change_no_bits(gen, device, chunked):
+    """A cache policy changes where lines live, never a result: forward (out, mean, rstd) and backward (dx, dw, db)
+    with and without hints are bit-identical, resident and chunked."""
+    hidden = 1128
+    x, weight, bias = make_inputs(gen, (6, hidden), torch.bfloat16, device, "w_b_fp32")
+    dy = random_like(gen, x)
+    fwd = (_triton.FwdConfig(1, 256, 4, True) if chunked else _triton.fwd_config(hidden, torch.bfloat16))
+    bwd = (_triton.BwdConfig(2, 256, 4, True) if chunked else _triton.bwd_config(hidden, torch.bfloat16))
+    results = []
+    for hints in (False, True):
+        out = torch.full_like(x, float("nan"))
+        mean = torch.full((6,), float("nan"), device=device)
+        rstd = torch.full((6,), float("nan"), device=device)
+        _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd,
+                              config=dataclasses.replace(fwd, l2_hints=hints))
+        dx = torch.full_like(x, float("nan"))
+        dw = torch.full_like(weight, float("nan"))
+        db = torch.full_like(bias, float("nan"))
+        _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=dataclasses.replace(bwd, l2_hints=hints))
+        results.append((out, mean, rstd, dx, dw, db))
+    for plain, hinted in zip(*results):
+        assert not plain.isnan().any()
+        assert torch.equal(plain, hinted)

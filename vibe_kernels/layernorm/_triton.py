@@ -59,6 +59,7 @@ class FwdConfig:
     tail_n: int = 0
     programs_per_sm: int = 0  # chunked only: 0 = one program per row; k = a persistent grid of k x SMs
     affine_first: bool = False  # resident only: weight/bias loaded with the rows, before the statistics
+    l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class BwdConfig:
     num_warps: int
     chunked: bool
     programs_per_sm: int = 2
+    l2_hints: bool = False  # L2 eviction hints: x, dy (their last read) evict_first, the weight evict_last
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -99,9 +101,10 @@ _FWD_LADDER = (
     (8192, 4, None, 16, False, 0),
     (16384, 1, 8192, 8, True, 0),  # 8 warps: 86% / 93% of copy at 4096 / 32768 rows (16 warps: 84% / 89%), tuner
     (32768, 1, 4096, 16, True, 0),
-    (65536, 1, 16384, 32, True, 0),
-    (131072, 1, 16384, 32, True, 1),
-    (None, 1, 8192, 32, True, 4),
+    # With L2 hints (below), H100, 2026-11-25, sixth session, % of a copy: 65536 84 -> 85% (16384-wide chunks);
+    # 131072 68 -> 70% and 262144 65 -> 66% against one 32-warp program per SM / four (the previous rows).
+    (65536, 1, 8192, 32, True, 0),
+    (None, 1, 8192, 8, True, 0),
 )
 _BWD_LADDER = (
     # max_n, block_m, block_n (None: whole padded row), num_warps, chunked, programs_per_sm
@@ -133,6 +136,24 @@ FWD_STREAMED_16BIT = (4096, 8192)
 # 2026-11-25, fourth session, benchmarks/results/h100-2026-11-25-d/probes/triton-residual-probe.txt, 4096x16384
 # fp16, % of the variant's SOL: RMSNorm + residual 77 -> 100%, LayerNorm + residual 95 -> 99%).
 FWD_RESIDUAL_RESIDENT_16BIT = 16384
+
+# L2 eviction hints (FwdConfig.l2_hints / BwdConfig.l2_hints) where they measured faster (H100, 2026-11-25, sixth
+# session, benchmarks/results/h100-2026-11-25-f/probes, % of a copy / an add). Forward, chunked rows (statistics pass
+# evict_last, normalizing pass evict_first): 4096x8192 fp16 91 -> 93%, 4096x16384 fp16 86 -> 89%, 32768x16384 92 ->
+# 94%, 32768x32768 88 -> 90%, 4095x5000 86 -> 88%, bf16 -> fp32 out 4096x16384 88 -> 90%; forward, 16-bit resident
+# rows (read once: evict_first): 32768x256 94 -> 98%, 32768x1024 96 -> 98%, 4096x4096 90 -> 94%, 32768x4096 98 ->
+# 97%; fp32 resident 8192x8192 99 -> 97-98% (so not there). Backward, 16-bit resident rows (three runs each):
+# 32768x1024 76 -> 78%, 4096x4096 67 -> 69%, 4096x8192 fp16 76 -> 79%, 4095x5000 59 -> 64%, 32768x4096 / 8192 85
+# -> 85 / 84%; not for fp32 (95 -> 93%) nor the chunked backward (32768x16384 59 -> 57%, 32768x32768 58 -> 51%).
+# Not at small M (one wave of forward programs; a backward of at most WEIGHT_GRADS_FROM_ROWS_MAX_ROWS rows): the
+# bench with hints there measured 128x4096 forward 88 -> 85% and fwd+bwd 74 -> 71% against the previous session.
+def _fwd_l2_hints(config: FwdConfig, dtype: torch.dtype, one_wave: bool) -> bool:
+    return (config.chunked or dtype != torch.float32) and not one_wave
+
+
+def _bwd_l2_hints(config: BwdConfig, dtype: torch.dtype, few_rows: bool) -> bool:
+    return not config.chunked and dtype != torch.float32 and not few_rows
+
 
 # Opt-in tuned configs (python -m vibe_kernels.layernorm.tune): {("fwd"|"bwd", hidden, dtype name): config}. They
 # override the ladders for exactly those (N, dtype); loaded by load_tuned_configs() or, at import, from the JSON file
@@ -184,15 +205,15 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave
     weight/bias first moved 93 -> 94% and 97 -> 98% (not adopted there).
 
     >>> fwd_config(256, torch.bfloat16)
-    FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False)
+    FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, l2_hints=True)
     >>> fwd_config(5000, torch.float16)
-    FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False)
+    FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, l2_hints=True)
     >>> fwd_config(8192, torch.bfloat16)
-    FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False)
+    FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, l2_hints=True)
     >>> fwd_config(16384, torch.float16, residual=True)
-    FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False)
+    FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, l2_hints=True)
     >>> fwd_config(8192, torch.bfloat16, one_wave=True)
-    FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True)
+    FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True, l2_hints=False)
     """
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
@@ -200,7 +221,7 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave
     config = _ladder_fwd_config(hidden, dtype, residual, streamed=not one_wave)
     if one_wave and not config.chunked:
         config = dataclasses.replace(config, affine_first=True)
-    return config
+    return dataclasses.replace(config, l2_hints=_fwd_l2_hints(config, dtype, one_wave))
 
 
 def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed: bool) -> FwdConfig:
@@ -229,11 +250,12 @@ def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed
 
 
 @functools.lru_cache(maxsize=1024)
-def bwd_config(hidden: int, dtype: torch.dtype) -> BwdConfig:
-    """Backward config, from the measured ladder.
+def bwd_config(hidden: int, dtype: torch.dtype, few_rows: bool = False) -> BwdConfig:
+    """Backward config, from the measured ladder. few_rows: at most WEIGHT_GRADS_FROM_ROWS_MAX_ROWS rows (no L2
+    eviction hints).
 
     >>> bwd_config(1024, torch.bfloat16)
-    BwdConfig(block_m=4, block_n=1024, num_warps=4, chunked=False, programs_per_sm=2)
+    BwdConfig(block_m=4, block_n=1024, num_warps=4, chunked=False, programs_per_sm=2, l2_hints=True)
     """
     tuned = _TUNED.get(("bwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
@@ -241,10 +263,12 @@ def bwd_config(hidden: int, dtype: torch.dtype) -> BwdConfig:
     _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_BWD_LADDER, hidden, dtype)
     padded = _next_power_of_2(hidden)
     if not chunked:
-        return BwdConfig(block_m, padded, num_warps, False, programs_per_sm)
-    if padded <= MAX_RESIDENT_BWD:  # fp32 rows of up to 8192 stay resident with the widest resident entry
-        return BwdConfig(1, padded, 16, False, 1)
-    return BwdConfig(block_m, block_n, num_warps, True, programs_per_sm)
+        config = BwdConfig(block_m, padded, num_warps, False, programs_per_sm)
+    elif padded <= MAX_RESIDENT_BWD:  # fp32 rows of up to 8192 stay resident with the widest resident entry
+        config = BwdConfig(1, padded, 16, False, 1)
+    else:
+        config = BwdConfig(block_m, block_n, num_warps, True, programs_per_sm)
+    return dataclasses.replace(config, l2_hints=_bwd_l2_hints(config, dtype, few_rows))
 
 
 if os.environ.get(TUNED_CONFIGS_ENV):
@@ -297,13 +321,15 @@ def _aligned_stride(stride, ROW_ALIGN: tl.constexpr):
 
 @triton.jit
 def _load_row_input(x_ptrs, r_ptrs, h_ptrs, mask,
-                    HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr):
+                    HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
+                    EVICTION: tl.constexpr):
     """The rows to normalize, in fp32: x, or with a residual h = x + r, rounded to x's dtype unless
     RESIDUAL_IN_FP32 (so h is exactly what an unfused ``x + r`` in x's dtype would give), and stored through
-    ``h_ptrs`` when STORE_RESIDUAL. Lanes outside ``mask`` are 0. ``r_ptrs``/``h_ptrs`` are None when unused."""
-    x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+    ``h_ptrs`` when STORE_RESIDUAL. Lanes outside ``mask`` are 0. ``r_ptrs``/``h_ptrs`` are None when unused.
+    EVICTION: the loads' L2 eviction policy ("", "evict_first", "evict_last")."""
+    x = tl.load(x_ptrs, mask=mask, other=0.0, eviction_policy=EVICTION).to(tl.float32)
     if HAS_RESIDUAL:
-        x += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+        x += tl.load(r_ptrs, mask=mask, other=0.0, eviction_policy=EVICTION).to(tl.float32)
         if not RESIDUAL_IN_FP32:
             x = x.to(x_ptrs.dtype.element_ty).to(tl.float32)
         if STORE_RESIDUAL:
@@ -312,9 +338,9 @@ def _load_row_input(x_ptrs, r_ptrs, h_ptrs, mask,
 
 
 @triton.jit
-def _load_affine(P, cols, N: tl.constexpr):
-    """A weight or bias at ``cols`` in fp32 (0 past N)."""
-    return tl.load(P + cols, mask=cols < N, other=0.0).to(tl.float32)
+def _load_affine(P, cols, N: tl.constexpr, EVICTION: tl.constexpr):
+    """A weight or bias at ``cols`` in fp32 (0 past N), loaded with the L2 eviction policy EVICTION."""
+    return tl.load(P + cols, mask=cols < N, other=0.0, eviction_policy=EVICTION).to(tl.float32)
 
 
 @triton.jit
@@ -324,13 +350,15 @@ def _layernorm_fwd_resident_kernel(
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
-    ROW_ALIGN: tl.constexpr, AFFINE_FIRST: tl.constexpr = False,
+    ROW_ALIGN: tl.constexpr, AFFINE_FIRST: tl.constexpr = False, L2_HINTS: tl.constexpr = False,
 ):
     """BLOCK_M whole rows per program. Rows far from a power of two (N = 5000) are held as a BLOCK_N head plus a
     TAIL_N tail instead of one padded 8192-wide tile, so fewer lanes sit idle.
 
     AFFINE_FIRST: load the weight and bias with the rows, before the statistics (their latency then overlaps the
     row's; they stay in registers meanwhile) instead of after them.
+
+    L2_HINTS: the rows (read once) load evict_first, the weight and bias (read by every program) evict_last.
 
     IS_RMS: RMSNorm (no centering, no mean). HAS_RESIDUAL: normalize h = x + R (see _load_row_input), written to H
     when STORE_RESIDUAL. The output's dtype is Y's."""
@@ -340,6 +368,8 @@ def _layernorm_fwd_resident_kernel(
         stride_r_row = _aligned_stride(stride_r_row, ROW_ALIGN)
     if STORE_RESIDUAL:
         stride_h_row = _aligned_stride(stride_h_row, ROW_ALIGN)
+    ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
+    AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     row_idx = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = row_idx < rows
     row_off = row_idx.to(tl.int64)[:, None]
@@ -349,13 +379,13 @@ def _layernorm_fwd_resident_kernel(
         X + row_off * stride_x_row + cols[None, :],
         R + row_off * stride_r_row + cols[None, :] if HAS_RESIDUAL else None,
         H + row_off * stride_h_row + cols[None, :] if STORE_RESIDUAL else None,
-        mask, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32,
+        mask, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32, ROW_EVICTION,
     )
     if AFFINE_FIRST:
         if HAS_W:
-            w = _load_affine(W, cols, N)
+            w = _load_affine(W, cols, N, AFFINE_EVICTION)
         if HAS_B:
-            b = _load_affine(B, cols, N)
+            b = _load_affine(B, cols, N, AFFINE_EVICTION)
     if not IS_RMS:
         row_sum = tl.sum(x, axis=1)
     if TAIL_N > 0:
@@ -365,7 +395,7 @@ def _layernorm_fwd_resident_kernel(
             X + row_off * stride_x_row + tail_cols[None, :],
             R + row_off * stride_r_row + tail_cols[None, :] if HAS_RESIDUAL else None,
             H + row_off * stride_h_row + tail_cols[None, :] if STORE_RESIDUAL else None,
-            tail_mask, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32,
+            tail_mask, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32, ROW_EVICTION,
         )
         if not IS_RMS:
             row_sum += tl.sum(x_tail, axis=1)
@@ -402,19 +432,19 @@ def _layernorm_fwd_resident_kernel(
     y = centered * rstd[:, None]
     if HAS_W:
         if not AFFINE_FIRST:
-            w = _load_affine(W, cols, N)
+            w = _load_affine(W, cols, N, AFFINE_EVICTION)
         y = y * w[None, :]
     if HAS_B:
         if not AFFINE_FIRST:
-            b = _load_affine(B, cols, N)
+            b = _load_affine(B, cols, N, AFFINE_EVICTION)
         y = y + b[None, :]
     tl.store(Y + row_off * stride_y_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     if TAIL_N > 0:
         y_tail = centered_tail * rstd[:, None]
         if HAS_W:
-            y_tail = y_tail * _load_affine(W, tail_cols, N)[None, :]
+            y_tail = y_tail * _load_affine(W, tail_cols, N, AFFINE_EVICTION)[None, :]
         if HAS_B:
-            y_tail = y_tail + _load_affine(B, tail_cols, N)[None, :]
+            y_tail = y_tail + _load_affine(B, tail_cols, N, AFFINE_EVICTION)[None, :]
         tl.store(Y + row_off * stride_y_row + tail_cols[None, :], y_tail.to(Y.dtype.element_ty), mask=tail_mask)
     if STORE_MEAN:
         tl.store(Mean + row_idx, mean, mask=row_ok)
@@ -424,13 +454,14 @@ def _layernorm_fwd_resident_kernel(
 
 @triton.jit
 def _row_mean_var(x_row, r_row, N: tl.constexpr, BLOCK_N: tl.constexpr, IS_RMS: tl.constexpr,
-                  HAS_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr):
+                  HAS_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr, EVICTION: tl.constexpr):
     """Mean and biased variance of one row of N elements (of h = x + r with a residual), streamed in BLOCK_N chunks;
     for RMSNorm (IS_RMS), 0 and the mean of squares.
 
     Sums of (x - p) and (x - p)^2 with the pivot p = the mean of the first chunk: p is within a few standard
     deviations of the row mean, so var = E[(x-p)^2] - E[x-p]^2 cancels little, and a large common offset
-    (1000 + noise) never enters the sums. The first chunk is read twice; the second read hits L1/L2."""
+    (1000 + noise) never enters the sums. The first chunk is read twice; the second read hits L1/L2. EVICTION: the
+    loads' L2 eviction policy."""
     cols = tl.arange(0, BLOCK_N)
     if IS_RMS:
         lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -438,14 +469,14 @@ def _row_mean_var(x_row, r_row, N: tl.constexpr, BLOCK_N: tl.constexpr, IS_RMS: 
             offs = start + cols
             in_row = offs < N
             x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None, None, in_row,
-                                HAS_RESIDUAL, False, RESIDUAL_IN_FP32)
+                                HAS_RESIDUAL, False, RESIDUAL_IN_FP32, EVICTION)
             lane_sq += x * x
         mean = 0.0
         var = tl.sum(lane_sq, axis=0) / N
     else:
         FIRST_COUNT: tl.constexpr = BLOCK_N if BLOCK_N < N else N
         first = _load_row_input(x_row + cols, r_row + cols if HAS_RESIDUAL else None, None, cols < N,
-                                HAS_RESIDUAL, False, RESIDUAL_IN_FP32)
+                                HAS_RESIDUAL, False, RESIDUAL_IN_FP32, EVICTION)
         pivot = tl.sum(first, axis=0) / FIRST_COUNT
         lane_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
         lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -453,7 +484,7 @@ def _row_mean_var(x_row, r_row, N: tl.constexpr, BLOCK_N: tl.constexpr, IS_RMS: 
             offs = start + cols
             in_row = offs < N
             x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None, None, in_row,
-                                HAS_RESIDUAL, False, RESIDUAL_IN_FP32)
+                                HAS_RESIDUAL, False, RESIDUAL_IN_FP32, EVICTION)
             shifted = tl.where(in_row, x - pivot, 0.0)
             lane_sum += shifted
             lane_sq += shifted * shifted
@@ -470,11 +501,16 @@ def _layernorm_fwd_chunked_kernel(
     N: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
-    ROW_ALIGN: tl.constexpr,
+    ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False,
 ):
     """Rows pid, pid + P, ...: a statistics pass (_row_mean_var), then a normalizing pass. The grid size P bounds
     the rows in flight, so that the second pass finds its row in L2 instead of HBM. With a residual, both passes
-    read x and r (the second from L2) and the second writes h."""
+    read x and r (the second from L2) and the second writes h.
+
+    L2_HINTS: the statistics pass loads evict_last (its lines are read again), the normalizing pass evict_first
+    (their last read), the weight and bias evict_last."""
+    FIRST_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
+    LAST_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
     stride_y_row = _aligned_stride(stride_y_row, ROW_ALIGN)
     if HAS_RESIDUAL:
@@ -489,7 +525,7 @@ def _layernorm_fwd_chunked_kernel(
         y_row = Y + row64 * stride_y_row
         r_row = R + row64 * stride_r_row if HAS_RESIDUAL else None
         h_row = H + row64 * stride_h_row if STORE_RESIDUAL else None
-        mean, var = _row_mean_var(x_row, r_row, N, BLOCK_N, IS_RMS, HAS_RESIDUAL, RESIDUAL_IN_FP32)
+        mean, var = _row_mean_var(x_row, r_row, N, BLOCK_N, IS_RMS, HAS_RESIDUAL, RESIDUAL_IN_FP32, FIRST_EVICTION)
         rstd = tl.math.rsqrt(var + eps)
         # Reverse order: the chunks read last by the statistics pass are the likeliest to still be in L2.
         for back in range(NUM_CHUNKS):
@@ -497,15 +533,15 @@ def _layernorm_fwd_chunked_kernel(
             in_row = offs < N
             x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None,
                                 h_row + offs if STORE_RESIDUAL else None, in_row, HAS_RESIDUAL, STORE_RESIDUAL,
-                                RESIDUAL_IN_FP32)
+                                RESIDUAL_IN_FP32, LAST_EVICTION)
             if IS_RMS:
                 y = x * rstd
             else:
                 y = (x - mean) * rstd
             if HAS_W:
-                y = y * tl.load(W + offs, mask=in_row, other=0.0).to(tl.float32)
+                y = y * _load_affine(W, offs, N, FIRST_EVICTION)
             if HAS_B:
-                y = y + tl.load(B + offs, mask=in_row, other=0.0).to(tl.float32)
+                y = y + _load_affine(B, offs, N, FIRST_EVICTION)
             tl.store(y_row + offs, y.to(Y.dtype.element_ty), mask=in_row)
         if STORE_MEAN:
             tl.store(Mean + row, mean)
@@ -520,14 +556,16 @@ def _layernorm_fwd_chunked_kernel(
 
 @triton.jit
 def _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols, col_ok,
-                   HAS_W: tl.constexpr, IS_RMS: tl.constexpr):
+                   HAS_W: tl.constexpr, IS_RMS: tl.constexpr, EVICTION: tl.constexpr):
     """A BLOCK_M x BLOCK_N tile of dy, xhat = (x - mean) * rstd (x * rstd for RMSNorm) and g = dy * w in fp32
     (zero outside the rows and columns), and the tile's rstd. ``w`` is the tile's columns of the weight, loaded
-    once by the caller."""
+    once by the caller. EVICTION: the L2 eviction policy of the x and dy loads."""
     mask = row_ok[:, None] & col_ok[None, :]
     row_off = row_idx.to(tl.int64)[:, None]
-    x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(DY + row_off * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0,
+                eviction_policy=EVICTION).to(tl.float32)
+    dy = tl.load(DY + row_off * stride_dy_row + cols[None, :], mask=mask, other=0.0,
+                 eviction_policy=EVICTION).to(tl.float32)
     if not IS_RMS:
         mean = tl.load(Mean + row_idx, mask=row_ok, other=0.0)
     rstd = tl.load(Rstd + row_idx, mask=row_ok, other=0.0)
@@ -543,12 +581,14 @@ def _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, r
 
 
 @triton.jit
-def _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL: tl.constexpr):
+def _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL: tl.constexpr,
+                    EVICTION: tl.constexpr):
     """The tile of the gradient that flows into the residual output h (fp32), or None without one."""
     if HAS_DRESIDUAL:
         mask = row_ok[:, None] & col_ok[None, :]
         row_off = row_idx.to(tl.int64)[:, None]
-        dres = tl.load(DRES + row_off * stride_dres_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dres = tl.load(DRES + row_off * stride_dres_row + cols[None, :], mask=mask, other=0.0,
+                       eviction_policy=EVICTION).to(tl.float32)
     else:
         dres = None
     return dres
@@ -604,13 +644,16 @@ def _layernorm_bwd_resident_kernel(
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
-    ROW_ALIGN: tl.constexpr, SHARED_PARTIALS: tl.constexpr,
+    ROW_ALIGN: tl.constexpr, SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr = False,
 ):
     """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end,
     then go to partial row p. SHARED_PARTIALS (P = 2 x partial_rows at most): programs p and p + partial_rows add
     into the same zeroed row p instead, so the workspace stays one row per SM. Exactly two fp32 atomic adds onto
     0.0 give the same bits in either order (0 + a is exact and a + b = b + a), so the result stays
-    deterministic."""
+    deterministic. L2_HINTS: x, dy and the residual's gradient (read once) load evict_first, the weight
+    evict_last."""
+    ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
+    AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
     stride_dx_row = _aligned_stride(stride_dx_row, ROW_ALIGN)
@@ -621,15 +664,15 @@ def _layernorm_bwd_resident_kernel(
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) if HAS_W else 0.0
+    w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
     dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tile in range(pid, tl.cdiv(rows, BLOCK_M), tl.num_programs(0)):
         row_idx = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = row_idx < rows
         dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok,
-                                           cols, col_ok, HAS_W, IS_RMS)
-        dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL)
+                                           cols, col_ok, HAS_W, IS_RMS, ROW_EVICTION)
+        dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
         mean_gx = tl.sum(g * xhat, axis=1) / N
         mean_g = None if IS_RMS else tl.sum(g, axis=1) / N
         dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols,
@@ -681,8 +724,12 @@ def _layernorm_bwd_tiled_kernel(
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr, ROW_ALIGN: tl.constexpr,
+    L2_HINTS: tl.constexpr = False,
 ):
-    """Wide rows, step 2: program (group, chunk) writes dx for its rows x columns and one dw/db partial row."""
+    """Wide rows, step 2: program (group, chunk) writes dx for its rows x columns and one dw/db partial row.
+    L2_HINTS: as for the resident kernel."""
+    ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
+    AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
     stride_dx_row = _aligned_stride(stride_dx_row, ROW_ALIGN)
@@ -693,7 +740,7 @@ def _layernorm_bwd_tiled_kernel(
     group = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32) if HAS_W else 0.0
+    w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
     dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     first_row = group * rows_per_group
@@ -702,8 +749,8 @@ def _layernorm_bwd_tiled_kernel(
         row_idx = start + tl.arange(0, BLOCK_M)
         row_ok = row_idx < last_row
         dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok,
-                                           cols, col_ok, HAS_W, IS_RMS)
-        dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL)
+                                           cols, col_ok, HAS_W, IS_RMS, ROW_EVICTION)
+        dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
         mean_gx = tl.load(MeanGX + row_idx, mask=row_ok, other=0.0)
         mean_g = None if IS_RMS else tl.load(MeanG + row_idx, mask=row_ok, other=0.0)
         dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols,
@@ -739,7 +786,7 @@ def _weight_grads_from_rows_kernel(
     for start in range(0, rows, BLOCK_M):
         row_idx = start + tl.arange(0, BLOCK_M)
         dy, xhat, _, _ = _load_bwd_tile(DY, X, Mean, Rstd, 0.0, stride_dy_row, stride_x_row, row_idx, row_idx < rows,
-                                        cols, col_ok, False, IS_RMS)
+                                        cols, col_ok, False, IS_RMS, "")
         if NEED_DW:
             dw_acc += dy * xhat
         if NEED_DB:
@@ -945,13 +992,13 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         programs = rows if cfg.programs_per_sm == 0 else min(rows, cfg.programs_per_sm * _program_slots(x.device))
         grid = (programs,)
         entry = _launch(_layernorm_fwd_chunked_kernel, grid, cfg.num_warps, *args,
-                        N=hidden, BLOCK_N=cfg.block_n, **flags)
+                        N=hidden, BLOCK_N=cfg.block_n, L2_HINTS=cfg.l2_hints, **flags)
     else:
         block_m = _rows_per_program(cfg.block_m, rows, _program_slots(x.device)) if config is None else cfg.block_m
         grid = (_cdiv(rows, block_m),)
         entry = _launch(_layernorm_fwd_resident_kernel, grid, cfg.num_warps, *args,
                         N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n,
-                        AFFINE_FIRST=cfg.affine_first, **flags)
+                        AFFINE_FIRST=cfg.affine_first, L2_HINTS=cfg.l2_hints, **flags)
     if plan_key is not None and entry is not None:
         if len(_fwd_plans) >= MAX_FWD_PLANS:
             _fwd_plans.clear()
@@ -1048,7 +1095,7 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     rms: RMSNorm (mean is None). dresidual (M, N) or None: the gradient flowing into the residual output h, added
     to dx. dresidual_in (M, N) or None: a second copy of dx in another dtype (the residual input's gradient)."""
     rows, hidden = x.shape
-    cfg = config or bwd_config(hidden, x.dtype)
+    cfg = config or bwd_config(hidden, x.dtype, rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS)
     plan = bwd_plan(rows, hidden, cfg, _program_slots(x.device), shrink_rows=config is None)
     # Few rows, about one fp32 partial row each: the kernel writes dx only; dw/db are summed from the rows after.
     from_rows = (config is None and not cfg.chunked and plan.partial_rows > 1
@@ -1077,14 +1124,15 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
         _launch(
             _layernorm_bwd_tiled_kernel, plan.grid, cfg.num_warps,
             dy, x, weight, mean, rstd, mean_gx, mean_g, dx, dw_partial, db_partial, *residual_args,
-            plan.rows_per_group, N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align, **flags,
+            plan.rows_per_group, N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
+            L2_HINTS=cfg.l2_hints, **flags,
         )
     else:
         _launch(
             _layernorm_bwd_resident_kernel, plan.grid, cfg.num_warps,
             dy, x, weight, mean, rstd, dx, dw_partial, db_partial, *residual_args, plan.partial_rows,
             N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
-            SHARED_PARTIALS=plan.shared_partials, **flags,
+            SHARED_PARTIALS=plan.shared_partials, L2_HINTS=cfg.l2_hints, **flags,
         )
     if from_rows:
         weight_grads_from_rows(dy, x, mean, rstd, *weight_grads)

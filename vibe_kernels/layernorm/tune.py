@@ -14,6 +14,7 @@ performance figures, but every candidate is still checked.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 import time
@@ -33,7 +34,8 @@ DEFAULT_SHAPES = "32768x256,32768x1024,32768x4096,32768x8192,32768x16384,32768x3
 
 def fwd_candidates(hidden: int, dtype: torch.dtype) -> list[FwdConfig]:
     """The heuristic's config first, then resident tiles (whole rows, several per program), head+tail rows for
-    widths far from a power of two, and chunked rows (one per program, or a persistent grid)."""
+    widths far from a power of two, and chunked rows (one per program, or a persistent grid); each with and without
+    L2 eviction hints."""
     padded = triton.next_power_of_2(hidden)
     candidates = [_triton.fwd_config(hidden, dtype)]
     if padded > hidden >= 1024 and padded <= _triton.MAX_RESIDENT_FWD:
@@ -45,12 +47,13 @@ def fwd_candidates(hidden: int, dtype: torch.dtype) -> list[FwdConfig]:
             per_thread = rows * padded // (32 * warps)
             if 1024 <= rows * padded <= 32768 and 8 <= per_thread <= 64:
                 candidates.append(FwdConfig(rows, padded, warps, False))
-    for chunk, warps, per_sm in itertools.product((1024, 2048, 4096, 8192, 16384), (4, 8, 16, 32), (0, 1, 2, 4)):
+    for chunk, warps, per_sm in itertools.product((1024, 2048, 4096, 8192, 16384, 32768), (4, 8, 16, 32),
+                                                  (0, 1, 2, 4)):
         wide = hidden >= 16384
         if chunk < hidden and chunk <= padded and 8 <= chunk // (32 * warps) <= 32 and (per_sm == 0 or wide) \
                 and (warps < 32 or wide):
             candidates.append(FwdConfig(1, chunk, warps, True, 0, per_sm))
-    return list(dict.fromkeys(candidates))
+    return _with_and_without_l2_hints(candidates)
 
 
 def bwd_candidates(hidden: int, dtype: torch.dtype, max_programs_per_sm: int | None = None) -> list[BwdConfig]:
@@ -69,7 +72,15 @@ def bwd_candidates(hidden: int, dtype: torch.dtype, max_programs_per_sm: int | N
         for rows, chunk, warps, per_sm in itertools.product((2, 4), (512, 1024, 2048), (4, 8), (2, 4)):
             if chunk <= padded and 4 <= rows * chunk // (32 * warps) <= 32:
                 candidates.append(BwdConfig(rows, chunk, warps, True, per_sm))
-    return list(dict.fromkeys(candidates))
+    candidates = _with_and_without_l2_hints(candidates)
+    return candidates[:1] + [c for c in candidates[1:] if c.chunked or max_programs_per_sm is None
+                             or c.programs_per_sm <= max_programs_per_sm]
+
+
+def _with_and_without_l2_hints(candidates: list) -> list:
+    """The candidates (the heuristic's first), each also with its L2 eviction hints switched, without duplicates."""
+    flipped = [dataclasses.replace(c, l2_hints=not c.l2_hints) for c in candidates]
+    return list(dict.fromkeys(candidates + flipped))
 
 
 def _timer(on_gpu: bool) -> Callable[[Callable[[], object]], float]:

@@ -74,13 +74,17 @@ class FwdConfig:
 
     merged_stats: LayerNorm's mean and variance in one exchange between the row's warps (and cluster CTAs): each
     thread's own mean and sum of squared deviations, merged by Chan's formula, instead of the row sum and then the
-    sum of squares about the mean (two exchanges). Only where N fills the tiling exactly."""
+    sum of squares about the mean (two exchanges). Only where N fills the tiling exactly.
+
+    l2_hints: L2 eviction policies on the loads: the rows (read once) evict_first, weight and bias (read by every
+    CTA) evict_last."""
 
     tiling: RowTiling
     affine_after_stats: bool = False
     l1_hints: bool = False
     min_ctas_per_sm: int = 0
     merged_stats: bool = False
+    l2_hints: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class BwdConfig:
     tiling: RowTiling
     ctas_per_sm: int
     column_state_in_smem: bool = False
+    l2_hints: bool = False  # L2 eviction policies: x, dy (and the residual's gradient) evict_first, w evict_last
 
     def max_partial_rows(self, num_sms: int) -> int:
         """Partial rows (each N fp32 for dw and N for db) the launcher allocates at most, whatever M is."""
@@ -159,6 +164,25 @@ NARROW_ROW_BYTES = 512
 SMALL_M_ROWS = 256
 SMALL_M_NARROW_ROW_BYTES = 2048
 SINGLE_ROW_MAX_BYTES = 16384
+# L2 eviction policies (FwdConfig.l2_hints / BwdConfig.l2_hints: rows evict_first, weight/bias evict_last) for 16-bit
+# rows of at most this many bytes held by one CTA (no cluster), at M above SMALL_M_ROWS, without the fused residual
+# (not measured with it).
+# Probes on the H100 (2026-11-25, sixth session, cutedsl_fwd_probe.py --only l2 and cutedsl_bwd_probe.py
+# --host-hidden; benchmarks/results/h100-2026-11-25-f/probes), % of a copy (forward) / an add (backward), default
+# -> hints: forward 4096x4096 fp16 91 -> 96, 32768x256 92 -> 96, 4096x8192 fp16 / bf16 94 / 95 -> 96 / 96,
+# 32768x1024 95 -> 96, 4095x5000 92 -> 93, small M (1 and 128 rows) within a point, 32768x4096 / 8192 98 / 101 ->
+# 97 / 100; backward 4096x4096 75 -> 78, 32768x256 76 -> 80, 4096x8192 fp16 76 -> 79, 4095x5000 59 -> 64,
+# 32768x1024 87 -> 88, 32768x4096 / 8192 86 / 85 -> 86 / 84. Not at small M: backward 128x4096 52 -> 50, and in
+# the bench fwd+bwd at 128x4096 75 -> 71% (1x4096 99 -> 89%, cells that move by 10 points between runs). Not for
+# wider rows: forward
+# 4096x16384 94 -> 93, clustered rows 92 / 87 / 79 / 70 -> 90 / 81 / 77 / 68 (N = 32768 .. 262144); backward
+# 32768x16384 94 -> 93; nor fp32 (8192x8192 forward 99 -> 98, backward 94 -> 93).
+L2_HINTS_MAX_ROW_BYTES = 16384
+
+
+def _l2_hints(tiling: RowTiling, hidden: int, elem_bytes: int, residual: bool, rows: int | None) -> bool:
+    return (elem_bytes == 2 and tiling.cluster_n == 1 and hidden * elem_bytes <= L2_HINTS_MAX_ROW_BYTES
+            and not residual and (rows is None or rows > SMALL_M_ROWS))
 
 
 def rows_class(rows: int) -> tuple:
@@ -202,7 +226,7 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     RowTiling(vec=8, threads_per_row=128, vecs_per_thread=1, rows_per_cta=1, cluster_n=1)
     >>> fwd_config(16384, 2, 8, rows=4096)
     FwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=1), \
-affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2, merged_stats=False)
+affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2, merged_stats=False, l2_hints=False)
     """
     if bytes_per_thread is None:
         row_bytes = hidden * elem_bytes
@@ -218,7 +242,8 @@ affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2, merged_stats=False)
     late = many_rows and (fits_alone or bounded)
     fills_tiling = tiling.tile_n * tiling.cluster_n == hidden
     return FwdConfig(tiling, affine_after_stats=late, min_ctas_per_sm=2 if late and bounded else 0,
-                     merged_stats=tiling.cluster_n > 1 and fills_tiling)
+                     merged_stats=tiling.cluster_n > 1 and fills_tiling,
+                     l2_hints=_l2_hints(tiling, hidden, elem_bytes, residual, rows))
 
 
 def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int = 32,
@@ -239,17 +264,17 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
-ctas_per_sm=1, column_state_in_smem=False)
+ctas_per_sm=1, column_state_in_smem=False, l2_hints=True)
     >>> bwd_config(1024, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
     >>> bwd_config(1024, 2, 8, rows=1).tiling
     RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=1, cluster_n=1)
     >>> bwd_config(262144, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16), \
-ctas_per_sm=1, column_state_in_smem=True)
+ctas_per_sm=1, column_state_in_smem=True, l2_hints=False)
     >>> bwd_config(16384, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=2), \
-ctas_per_sm=2, column_state_in_smem=True)
+ctas_per_sm=2, column_state_in_smem=True, l2_hints=False)
     """
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
     if rows is not None and rows < tiling.rows_per_cta:
@@ -281,4 +306,4 @@ ctas_per_sm=2, column_state_in_smem=True)
         if two_in_smem:
             column_state_in_smem = True
         ctas_per_sm = min(tiling.cluster_n, 2) if fits_two or two_in_smem else 1
-    return BwdConfig(tiling, ctas_per_sm, column_state_in_smem)
+    return BwdConfig(tiling, ctas_per_sm, column_state_in_smem, _l2_hints(tiling, hidden, elem_bytes, residual, rows))

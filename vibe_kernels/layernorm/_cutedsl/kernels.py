@@ -13,6 +13,8 @@ import cutlass
 import cutlass.cute as cute
 import cutlass.memory
 from cutlass import Float32, Int32, Int64, const_expr
+from cutlass._mlir.dialects import llvm
+from cutlass.cutlass_dsl import T, dsl_user_op
 
 from .config import BwdConfig, FwdConfig, RowTiling
 from .reduce import row_mean_m2, row_sum
@@ -32,14 +34,32 @@ def _copy_atom(dtype, vec: int):
     return cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=min(128, vec * dtype.width))
 
 
-def _load_atom(dtype, vec: int, l1_priority=None):
+def _load_atom(dtype, vec: int, l1_priority=None, l2_policy: bool = False):
     """A global load of ``vec`` elements; ``l1_priority`` (a cute.nvgpu.CacheEvictionPriority, or None: no hint) says
     how the L1 keeps the line: NO_ALLOCATE for data read once (the rows), EVICT_LAST for data every row reads again
-    (weight, bias)."""
-    if l1_priority is None:
+    (weight, bias). ``l2_policy``: the load takes an L2 cache policy (``cute.copy(..., cache_policy=_l2_policy(...))``)."""
+    if l1_priority is None and not l2_policy:
         return _copy_atom(dtype, vec)
-    return cute.make_copy_atom(cute.nvgpu.CopyG2ROp(), dtype, num_bits_per_copy=min(128, vec * dtype.width),
-                               l1c_evict_priority=l1_priority)
+    hint = {} if l1_priority is None else {"l1c_evict_priority": l1_priority}
+    return cute.make_copy_atom(cute.nvgpu.CopyG2ROp(), dtype, num_bits_per_copy=min(128, vec * dtype.width), **hint)
+
+
+@dsl_user_op
+def _l2_policy(kind: str, *, loc=None, ip=None) -> Int64:
+    """An L2 cache eviction policy (``createpolicy.fractional.L2::<kind>``, kind "evict_first" or "evict_last", for
+    every line) for loads through a ``_load_atom(..., l2_policy=True)`` atom. The DSL's loads take a policy but
+    have no op that creates one: inline PTX."""
+    if kind not in ("evict_first", "evict_last"):
+        raise ValueError(f"unknown L2 eviction policy {kind!r}")
+    policy = llvm.inline_asm(T.i64(), [], f"createpolicy.fractional.L2::{kind}.b64 $0, 1.0;", "=l",
+                             has_side_effects=False, is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT,
+                             loc=loc, ip=ip)
+    return Int64(policy)
+
+
+def _l2_hint(policy) -> dict:
+    """cute.copy's keyword for an L2 policy (none without one)."""
+    return {} if policy is None else {"cache_policy": policy}
 
 
 @cute.jit
@@ -174,6 +194,7 @@ class LayerNormFwd(_RowKernel):
         priority = cute.nvgpu.CacheEvictionPriority
         self.row_l1 = priority.NO_ALLOCATE if config.l1_hints else None
         self.affine_l1 = priority.EVICT_LAST if config.l1_hints else None
+        self.l2_hints = config.l2_hints
         if residual_dtype is None and (residual_out_dtype is not None or round_residual):
             raise ValueError("residual_out_dtype and round_residual need a residual_dtype")
         self.residual_dtype = residual_dtype
@@ -273,7 +294,11 @@ class LayerNormFwd(_RowKernel):
             pred = _column_predicate(tXcX, n)
             tXrX.fill(0.0)
         # Bind the predicate outside the dynamic branches below (the DSL rewrites names captured by them).
-        copy_x = partial(cute.copy, _load_atom(self.dtype, t.vec, self.row_l1), pred=pred)
+        row_policy = None
+        if const_expr(self.l2_hints):
+            row_policy = _l2_policy("evict_first")
+        copy_x = partial(cute.copy, _load_atom(self.dtype, t.vec, self.row_l1, self.l2_hints), pred=pred,
+                         **_l2_hint(row_policy))
         copy_out = partial(cute.copy, _copy_atom(self.out_dtype, t.vec), pred=pred)
         tXrR = None
         copy_r = None
@@ -283,7 +308,8 @@ class LayerNormFwd(_RowKernel):
             tXrR = cute.make_rmem_tensor_like(tXgR)
             if const_expr(not self.even_n):
                 tXrR.fill(0.0)
-            copy_r = partial(cute.copy, _load_atom(self.residual_dtype, t.vec, self.row_l1), pred=pred)
+            copy_r = partial(cute.copy, _load_atom(self.residual_dtype, t.vec, self.row_l1, self.l2_hints), pred=pred,
+                             **_l2_hint(row_policy))
             if const_expr(mH is not None):
                 copy_h = partial(cute.copy, _copy_atom(self.residual_out_dtype, t.vec), pred=pred)
         if row < mX.shape[0]:
@@ -369,16 +395,21 @@ class LayerNormFwd(_RowKernel):
     def _load_affine(self, mW, mB, thr_copy, tiler: cutlass.Constexpr, rank, pred):
         """This thread's weight and bias vectors (register fragments; None where not given)."""
         t = self.tiling
+        policy = None
+        if const_expr(self.l2_hints and (mW is not None or mB is not None)):
+            policy = _l2_policy("evict_last")
         tXrW = None
         if const_expr(mW is not None):
             tXgW = thr_copy.partition_S(cute.local_tile(mW, tiler, (0, rank)))
             tXrW = cute.make_rmem_tensor_like(tXgW)
-            cute.copy(_load_atom(mW.element_type, t.vec, self.affine_l1), tXgW, tXrW, pred=pred)
+            cute.copy(_load_atom(mW.element_type, t.vec, self.affine_l1, self.l2_hints), tXgW, tXrW, pred=pred,
+                      **_l2_hint(policy))
         tXrB = None
         if const_expr(mB is not None):
             tXgB = thr_copy.partition_S(cute.local_tile(mB, tiler, (0, rank)))
             tXrB = cute.make_rmem_tensor_like(tXgB)
-            cute.copy(_load_atom(mB.element_type, t.vec, self.affine_l1), tXgB, tXrB, pred=pred)
+            cute.copy(_load_atom(mB.element_type, t.vec, self.affine_l1, self.l2_hints), tXgB, tXrB, pred=pred,
+                      **_l2_hint(policy))
         return tXrW, tXrB
 
 
@@ -407,6 +438,7 @@ class LayerNormBwd(_RowKernel):
         super().__init__(dtype, hidden, config.tiling, num_stages=2)
         self.column_state_in_smem = config.column_state_in_smem
         self.ctas_per_sm = config.ctas_per_sm
+        self.l2_hints = config.l2_hints
         self.weight_dtype = weight_dtype
         self.want_dw = want_dw
         self.want_db = want_db
@@ -514,12 +546,21 @@ class LayerNormBwd(_RowKernel):
         pred = None
         if const_expr(not self.even_n):
             pred = _column_predicate(tXcX0, n)
-        copy_row = partial(cute.copy, _copy_atom(self.dtype, t.vec), pred=pred)
-        copy_dy = partial(cute.copy, _copy_atom(self.dy_dtype, t.vec), pred=pred)
+        row_policy = None
+        affine_policy = None
+        if const_expr(self.l2_hints):
+            row_policy = _l2_policy("evict_first")
+            if const_expr(mW is not None):
+                affine_policy = _l2_policy("evict_last")
+        hinted = const_expr(self.l2_hints)
+        copy_row = partial(cute.copy, _load_atom(self.dtype, t.vec, None, hinted), pred=pred, **_l2_hint(row_policy))
+        copy_dy = partial(cute.copy, _load_atom(self.dy_dtype, t.vec, None, hinted), pred=pred,
+                          **_l2_hint(row_policy))
         copy_dx = partial(cute.copy, _copy_atom(self.dx_dtype, t.vec), pred=pred)
         copy_dres = None
         if const_expr(mDR is not None):
-            copy_dres = partial(cute.copy, _copy_atom(self.dres_dtype, t.vec), pred=pred)
+            copy_dres = partial(cute.copy, _load_atom(self.dres_dtype, t.vec, None, hinted), pred=pred,
+                                **_l2_hint(row_policy))
         copy_dres_in = None
         if const_expr(mDRin is not None):
             copy_dres_in = partial(cute.copy, _copy_atom(self.dres_in_dtype, t.vec), pred=pred)
@@ -534,7 +575,8 @@ class LayerNormBwd(_RowKernel):
             if const_expr(not self.even_n):
                 # Out-of-row lanes of w must be finite: g = dy * w feeds the row sums (dy is 0 there).
                 tXrW.fill(0.0)
-            cute.copy(_copy_atom(mW.element_type, t.vec), tXgW, tXrW, pred=pred)
+            cute.copy(_load_atom(mW.element_type, t.vec, None, hinted), tXgW, tXrW, pred=pred,
+                      **_l2_hint(affine_policy))
             if const_expr(in_smem):
                 sW = _slots_of(_thread_slots(smem, mW.element_type, t), tidx, t)
                 _store_slots(sW, tXrW.load())
