@@ -405,13 +405,16 @@ def test_tolerance_rejects_a_few_ulps(gen, check, dtype):
 
 def test_l2_hint_rules():
     """Hints where they measured faster (see _triton._fwd_l2_hints / _bwd_l2_hints): forward 16-bit rows and every
-    chunked row; backward 16-bit resident rows; never at small M, fp32 resident rows or the chunked backward."""
+    chunked row; backward 16-bit resident rows; never at small M, in the forward with a residual, on fp32 resident
+    rows or in the chunked backward."""
     bf16, fp32 = torch.bfloat16, torch.float32
     assert _triton.fwd_config(4096, bf16).l2_hints and not _triton.fwd_config(4096, bf16).chunked
     assert _triton.fwd_config(16384, bf16).l2_hints and _triton.fwd_config(16384, bf16).chunked
     assert _triton.fwd_config(65536, fp32).l2_hints and _triton.fwd_config(65536, fp32).chunked
     assert not _triton.fwd_config(4096, fp32).l2_hints
     assert not _triton.fwd_config(4096, bf16, one_wave=True).l2_hints
+    assert not _triton.fwd_config(4096, bf16, residual=True).l2_hints
+    assert not _triton.fwd_config(65536, bf16, residual=True).l2_hints
     assert _triton.bwd_config(4096, bf16).l2_hints
     assert not _triton.bwd_config(4096, bf16, few_rows=True).l2_hints
     assert not _triton.bwd_config(16384, bf16).l2_hints and _triton.bwd_config(16384, bf16).chunked

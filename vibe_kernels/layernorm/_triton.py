@@ -10,7 +10,9 @@ time. So every kernel is organised around reading each input once from HBM:
   mean), then a second pass that re-reads the row in reverse chunk order, so the most recently loaded chunks are
   still in L2;
 * the backward's dw/db are accumulated in fp32 registers by a persistent grid and written as per-program partials
-  [programs, N], summed by a small column-parallel kernel: deterministic, no atomics.
+  [programs, N], summed by a small column-parallel kernel: deterministic, no atomics;
+* where measured faster, loads carry L2 eviction policies: a row's last read evict_first, a chunked row's first
+  read (read again by the second pass) and the weight and bias evict_last.
 """
 
 from __future__ import annotations
@@ -147,8 +149,11 @@ FWD_RESIDUAL_RESIDENT_16BIT = 16384
 # -> 85 / 84%; not for fp32 (95 -> 93%) nor the chunked backward (32768x16384 59 -> 57%, 32768x32768 58 -> 51%).
 # Not at small M (one wave of forward programs; a backward of at most WEIGHT_GRADS_FROM_ROWS_MAX_ROWS rows): the
 # bench with hints there measured 128x4096 forward 88 -> 85% and fwd+bwd 74 -> 71% against the previous session.
-def _fwd_l2_hints(config: FwdConfig, dtype: torch.dtype, one_wave: bool) -> bool:
-    return (config.chunked or dtype != torch.float32) and not one_wave
+# Not in the forward with a fused residual: the feature bench with hints (h100-2026-11-25-f/features) measured the
+# Triton residual forward 2-6 points below the fourth session's (LayerNorm + residual 4096x16384 98 -> 92%,
+# RMSNorm + residual 99-100 -> 96-98%).
+def _fwd_l2_hints(config: FwdConfig, dtype: torch.dtype, one_wave: bool, residual: bool) -> bool:
+    return (config.chunked or dtype != torch.float32) and not one_wave and not residual
 
 
 def _bwd_l2_hints(config: BwdConfig, dtype: torch.dtype, few_rows: bool) -> bool:
@@ -202,18 +207,24 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave
     statistics, and 16-bit rows of (4096, 8192] stay resident instead of streaming in two passes. Measured (H100,
     2026-11-25, fifth session, triton_residual_probe.py --out-dtype bfloat16, % of a copy): 1x1024 78 -> 86%,
     1x4096 72 -> 80%, 128x4096 78 -> 84%, 1x8192 56 -> 71%, 128x8192 74 -> 85%; at 4096x4096 and 32768x1024,
-    weight/bias first moved 93 -> 94% and 97 -> 98% (not adopted there).
+    weight/bias first moved 93 -> 94% and 97 -> 98% (not adopted there). L2 eviction hints where they measured
+    faster (``_fwd_l2_hints``); residual: the config for a forward with a fused residual.
 
     >>> fwd_config(256, torch.bfloat16)
-    FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, l2_hints=True)
+    FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
+l2_hints=True)
     >>> fwd_config(5000, torch.float16)
-    FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, l2_hints=True)
+    FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
+l2_hints=True)
     >>> fwd_config(8192, torch.bfloat16)
-    FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, l2_hints=True)
+    FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
+l2_hints=True)
     >>> fwd_config(16384, torch.float16, residual=True)
-    FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, l2_hints=True)
+    FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
+l2_hints=False)
     >>> fwd_config(8192, torch.bfloat16, one_wave=True)
-    FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True, l2_hints=False)
+    FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True, \
+l2_hints=False)
     """
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
@@ -221,7 +232,7 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave
     config = _ladder_fwd_config(hidden, dtype, residual, streamed=not one_wave)
     if one_wave and not config.chunked:
         config = dataclasses.replace(config, affine_first=True)
-    return dataclasses.replace(config, l2_hints=_fwd_l2_hints(config, dtype, one_wave))
+    return dataclasses.replace(config, l2_hints=_fwd_l2_hints(config, dtype, one_wave, residual))
 
 
 def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed: bool) -> FwdConfig:

@@ -174,9 +174,8 @@ SINGLE_ROW_MAX_BYTES = 16384
 # 97 / 100; backward 4096x4096 75 -> 78, 32768x256 76 -> 80, 4096x8192 fp16 76 -> 79, 4095x5000 59 -> 64,
 # 32768x1024 87 -> 88, 32768x4096 / 8192 86 / 85 -> 86 / 84. Not at small M: backward 128x4096 52 -> 50, and in
 # the bench fwd+bwd at 128x4096 75 -> 71% (1x4096 99 -> 89%, cells that move by 10 points between runs). Not for
-# wider rows: forward
-# 4096x16384 94 -> 93, clustered rows 92 / 87 / 79 / 70 -> 90 / 81 / 77 / 68 (N = 32768 .. 262144); backward
-# 32768x16384 94 -> 93; nor fp32 (8192x8192 forward 99 -> 98, backward 94 -> 93).
+# wider rows: forward 4096x16384 94 -> 93, clustered rows 92 / 87 / 79 / 70 -> 90 / 81 / 77 / 68 (N = 32768 ..
+# 262144); backward 32768x16384 94 -> 93. Nor fp32: 8192x8192 forward 99 -> 98, backward 94 -> 93.
 L2_HINTS_MAX_ROW_BYTES = 16384
 
 

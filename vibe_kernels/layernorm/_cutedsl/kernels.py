@@ -37,7 +37,8 @@ def _copy_atom(dtype, vec: int):
 def _load_atom(dtype, vec: int, l1_priority=None, l2_policy: bool = False):
     """A global load of ``vec`` elements; ``l1_priority`` (a cute.nvgpu.CacheEvictionPriority, or None: no hint) says
     how the L1 keeps the line: NO_ALLOCATE for data read once (the rows), EVICT_LAST for data every row reads again
-    (weight, bias). ``l2_policy``: the load takes an L2 cache policy (``cute.copy(..., cache_policy=_l2_policy(...))``)."""
+    (weight, bias). ``l2_policy``: the load takes an L2 cache policy
+    (``cute.copy(..., cache_policy=_l2_policy(...))``)."""
     if l1_priority is None and not l2_policy:
         return _copy_atom(dtype, vec)
     hint = {} if l1_priority is None else {"l1c_evict_priority": l1_priority}
