@@ -6,6 +6,7 @@
 #                                           # then sanitize_features.py)
 #   bash benchmarks/gpu_visit.sh bench      # the LayerNorm benchmark over every shape of anchors.md, JSON + plot
 #   bash benchmarks/gpu_visit.sh features   # RMSNorm / fused residual / out_dtype benchmarks (seed shapes)
+# (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
@@ -20,7 +21,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 } > "$out/device-$part.txt" 2>&1
 case "$part" in
   tests)
-    timeout 560 python -m pytest tests -q -n 8 -p no:cacheprovider -rfEs > "$out/gpu-tests.log" 2>&1
+    timeout 585 python -m pytest tests -q -n 8 -p no:cacheprovider -rfEs > "$out/gpu-tests.log" 2>&1
     echo "tests: rc=$? $(tail -1 "$out/gpu-tests.log")"
     grep -E "^(FAILED|ERROR)" "$out/gpu-tests.log" | cut -c1-200 | head -30
     ;;
