@@ -110,7 +110,8 @@ def out_dtype_probe(args) -> None:
             # fwd_candidates starts with the default; hinted and plain candidates map to one hinted config.
             candidates = list(dict.fromkeys(
                 dataclasses.replace(c, l2_hints=True) for c in candidates
-                if c == default or (c.chunked and (hidden >= 65536 or c.programs_per_sm in (0, default.programs_per_sm)))))
+                if c == default or (c.chunked and (hidden >= 65536
+                                                   or c.programs_per_sm in (0, default.programs_per_sm)))))
         else:
             # Each resident candidate also with weight/bias loaded before the statistics.
             candidates += [dataclasses.replace(c, affine_first=True) for c in candidates if not c.chunked]
