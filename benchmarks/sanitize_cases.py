@@ -5,8 +5,8 @@ through autograd) on CUDA tensors, and its results are checked against ``layerno
 cases cover every kernel variant of both backends:
 
 * Triton: every row of ``_FWD_LADDER`` and ``_BWD_LADDER`` (N at the top of each bucket for 2-byte dtypes, half of
-  it for fp32, which takes the 2N entry), the derived variants (resident head + tail rows, the fp32 resident
-  fallback of the backward's chunked row), odd N (1, 7, 769, 5000, 20000) and the largest N (262144);
+  it for fp32, which takes the 2N entry), the derived variants (resident head + tail rows, the fp32 rows of the
+  backward's re-read entry held in registers instead), odd N (1, 7, 769, 5000, 20000) and the largest N (262144);
 * CuTeDSL: every config bucket of ``_cutedsl/config.py`` -- (threads per row, cluster size) for the forward and
   the backward, for 2- and 4-byte dtypes -- and every vector width (1, 2, 4, 8 elements);
 * fp16 / bf16 / fp32, with and without weight/bias (fp32 or x's dtype), which gradients are wanted, statistics
@@ -174,7 +174,7 @@ def build_cases() -> list[Case]:
         fwd_rows_seen.add(fwd_row)
         bwd_rows_seen.add(bwd_row)
     for n in fp32:
-        # 5000 and 8192: the backward's fp32 fallback (a chunked-ladder row kept resident); 5000: head + tail too
+        # 5000 and 8192: the backward's fp32 fallback (the re-read ladder row held in registers); 5000: head + tail
         core.append(Case("triton", n, "fp32", rows=_small_rows(n), race=n in (5000, 8192)))
         if n == 8192:
             loops.append(replace(core[-1], rows=("loop",), tier=1, race=False))

@@ -6,9 +6,16 @@ The time is the whole backward step: the kernel(s) and the dw/db column sum. GPU
 timer).
 
     python benchmarks/triton_bwd_probe.py --shapes 32768x1024,4096x4096xfloat16
+    python benchmarks/triton_bwd_probe.py --shapes 4096x16384xfloat16 --configs 1x16384w16p1,1x16384w32p1
+
+``--configs``: more configs to time beside the default, each with and without hints, as ``MxNw<warps>p<per SM>``
+(resident: block_m rows of block_n = N elements), ``MxNw<warps>p<per SM>r`` (resident, x and dy read twice:
+``BwdConfig.reread``) or ``MxNw<warps>p<per SM>c`` (chunked: block_m x block_n tiles), each optionally followed by
+``s<stages>`` (``BwdConfig.stages``, e.g. ``1x8192w16p1s3``).
 """
 import argparse
 import dataclasses
+import re
 
 import torch
 
@@ -20,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", default="32768x256,32768x1024,4096x4096xfloat16")
     parser.add_argument("--dtype", default="bfloat16", help="for shapes without their own (MxNxdtype)")
+    parser.add_argument("--configs", default="", help="more configs, comma-separated (see the module doc)")
     parser.add_argument("--repeats", type=int, default=1, help="time the configs this many times, alternating")
     args = parser.parse_args()
     print(f"device: {torch.cuda.get_device_name()}")
@@ -41,7 +49,10 @@ def main() -> None:
         added = torch.empty_like(x)
         sol = gpu_ms_host_hidden(lambda: torch.add(x, dy, out=added), 25, 100)
         default = _triton.bwd_config(hidden, dtype)
-        configs = (default, dataclasses.replace(default, l2_hints=True))
+        configs = [default, dataclasses.replace(default, l2_hints=not default.l2_hints)]
+        for text in filter(None, args.configs.split(",")):
+            extra = _parse_config(text)
+            configs += [extra, dataclasses.replace(extra, l2_hints=True)]
         launches = []
         for config in configs:
             def launch(config=config):
@@ -59,9 +70,23 @@ def main() -> None:
         for _ in range(args.repeats):
             for launch, samples in zip(launches, times):
                 samples.append(gpu_ms_host_hidden(launch, 10, 40))
-        cells = [f"hints={config.l2_hints} " + " ".join(f"{ms:.4f} ({100 * sol / ms:.0f}%)" for ms in samples)
-                 for config, samples in zip(configs, times)]
-        print(f"{rows}x{hidden} {dtype}: add {sol:.4f} ms; {'  '.join(cells)}  {default}")
+        print(f"{rows}x{hidden} {dtype}: add {sol:.4f} ms")
+        for config, samples in zip(configs, times):
+            cells = " ".join(f"{ms:.4f} ({100 * sol / ms:.0f}%)" for ms in samples)
+            print(f"    {cells}  {config}{'  (default)' if config is default else ''}")
+    print("compiled kernels (name, warps, registers, spilled bytes, shared memory bytes, constexprs):")
+    for compiled, constexprs in _triton._compiled_kernels.values():
+        print(f"    {compiled.name} {compiled.metadata.num_warps} {compiled.n_regs} {compiled.n_spills} "
+              f"{compiled.metadata.shared} {constexprs}")
+
+
+def _parse_config(text: str) -> _triton.BwdConfig:
+    match = re.fullmatch(r"(\d+)x(\d+)w(\d+)p(\d+)([cr]?)(?:s(\d+))?", text)
+    if match is None:
+        raise SystemExit(f"--configs: {text!r} is not MxNw<warps>p<per SM>[c|r][s<stages>]")
+    block_m, block_n, warps, per_sm = (int(g) for g in match.groups()[:4])
+    return _triton.BwdConfig(block_m, block_n, warps, match.group(5) == "c", per_sm, reread=match.group(5) == "r",
+                             stages=int(match.group(6) or 1))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ and auto backends forward + backward against the fp32/fp64 reference, with poiso
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -26,6 +28,8 @@ SHAPES = [  # (M, N, dtype)
     (4095, 5000, torch.float16),
     (1, 4096, torch.bfloat16),  # one CTA (CuTeDSL: the fp32 dw/db written directly, no column sum)
     (7, 1024, torch.float32),  # several rows in one CTA, one partial row
+    (600, 16384, torch.bfloat16),  # Triton backward: x and dy re-read, pipelined row loop
+    (300, 12000, torch.float16),  # the same, padded to 16384 lanes
 ]
 
 
@@ -105,6 +109,29 @@ def test_against_fp32_reference_and_plain_pytorch(cuda_gen, dtype):
     plain = torch.nn.functional.layer_norm(x, (8192,), weight, bias, 1e-5)
     err, plain_err = (ours.float() - ref).abs().max(), (plain.float() - ref).abs().max()
     assert err <= 2 * plain_err + 1e-6, f"max error {err:.3e} vs PyTorch's {plain_err:.3e}"
+
+
+def test_backward_pipelining_lowered_to_fit_shared_memory(cuda_gen):
+    """A backward config with more pipeline stages than shared memory holds (fp32 dy and residual gradient on
+    16384-wide rows) runs with fewer (Triton's OutOfResources at the first launch, then a retry) and gives the bits
+    of the unpipelined kernel, on this call and the next (the fast-launch cache keeps the kernel that fit)."""
+    rows, hidden = 300, 16384
+    x, weight, _ = _inputs(cuda_gen, rows, hidden, torch.bfloat16)
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda")
+    dres = torch.randn(x.shape, generator=cuda_gen, device="cuda")
+    mean, rstd = torch.empty(rows, device="cuda"), torch.empty(rows, device="cuda")
+    _triton.layernorm_fwd(x, weight, None, 1e-5, torch.empty_like(x), mean, rstd)
+    plain = _triton.BwdConfig(1, hidden, 16, False, 1, reread=True)
+    results = []
+    for config in (plain, dataclasses.replace(plain, stages=8), dataclasses.replace(plain, stages=8)):
+        dx = torch.full_like(x, float("nan"))
+        dw = torch.full_like(weight, float("nan"))
+        _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, None, config=config, dresidual=dres)
+        results.append((dx, dw))
+    for variant in results[1:]:
+        for reference, got in zip(results[0], variant):
+            assert not reference.isnan().any()
+            assert torch.equal(reference, got)
 
 
 def test_stats_match_reference_at_scale(cuda_gen):

@@ -80,9 +80,9 @@ def test_triton_derived_variants(driver, cases):
     ladder_pps = {row[5] for row in _triton._FWD_LADDER if row[4]}
     assert {cfg.programs_per_sm for cfg in fwd.values() if cfg.chunked} == ladder_pps, "a chunked forward grid kind"
     assert any(cfg.chunked for cfg in bwd.values()) and any(not cfg.chunked for cfg in bwd.values())
-    # the fp32 fallback: a row of the chunked backward ladder entry kept resident
+    # the fp32 fallback: a row of the re-read backward ladder entry held in registers instead
     fallback = [key for key, cfg in bwd.items()
-                if _triton._ladder_row(_triton._BWD_LADDER, key[0], DTYPES[key[1]])[4] and not cfg.chunked]
+                if _triton._ladder_row(_triton._BWD_LADDER, key[0], DTYPES[key[1]])[7] and not cfg.reread]
     assert fallback, "no backward case on the fp32 resident fallback"
     # odd and extreme Ns
     assert {1, 7, 769, 5000, driver.LARGEST_N} <= {c.hidden for c in core}

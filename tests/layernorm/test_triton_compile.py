@@ -21,8 +21,8 @@ dtype, fp32 bias, all outputs). Weight/bias dtypes (fp32 vs x's) vary across tho
 deduplicated before compiling. One subprocess per (launcher, flags|sizes|features, dtype) so pytest-xdist spreads
 them. The "features" part covers RMSNorm, the fused residual (residual in x's dtype or fp32, h stored or not,
 rounded or kept in fp32), the output dtype, and in the backward the residual output's gradient (DRES) and the
-residual input's own-dtype gradient (DRES_IN), at one resident, one head+tail and one chunked N (and, forward, at
-N = 16384, resident only with a residual).
+residual input's own-dtype gradient (DRES_IN), at one resident, one head+tail and one chunked N (and at N = 16384:
+forward, resident only with a residual; backward, the re-read resident rows, chunked for fp32).
 """
 
 from __future__ import annotations
@@ -61,14 +61,17 @@ def representative_sizes(config_fn, dtype) -> list[int]:
 def opt_in_configs(cls_name: str, dtype: str, hidden: int) -> list[dict]:
     """Configs the heuristics never return but a caller can pass (config=): the heuristic config for ``hidden``
     with one opt-in switch turned on (a bool field defaulting to False, other than ``chunked``, e.g. a single-kernel
-    or split-row path), as JSON. Found from the dataclass, so a new switch is covered without editing this test."""
+    or split-row path), and with three pipeline stages, as JSON. Found from the dataclass, so a new switch is
+    covered without editing this test."""
     from vibe_kernels.layernorm import _triton
 
     cls = getattr(_triton, cls_name)
     heuristic = (_triton.fwd_config if cls is _triton.FwdConfig else _triton.bwd_config)(hidden, getattr(_torch(), dtype))
     switches = [f.name for f in dataclasses.fields(cls) if f.default is False and f.name != "chunked"]
-    return [{"cls": cls_name, "fields": dataclasses.asdict(dataclasses.replace(heuristic, **{name: True}))}
-            for name in switches]
+    configs = [dataclasses.replace(heuristic, **{name: True}) for name in switches]
+    if "stages" in {f.name for f in dataclasses.fields(cls)}:
+        configs.append(dataclasses.replace(heuristic, stages=3))  # a software-pipelined loop
+    return [{"cls": cls_name, "fields": dataclasses.asdict(config)} for config in configs]
 
 
 def fwd_scenarios(dtype: str, part: str) -> list[dict]:
@@ -147,7 +150,7 @@ def bwd_feature_scenarios(dtype: str) -> list[dict]:
     return [dict(launcher="bwd", dtype=dtype, rows=LARGE_M, hidden=hidden, weight="x", dweight=True,
                  dbias=None if rms else "float32", config=None, rms=rms, x=spec(h), dy=spec(dy),
                  dresidual=dres, dresidual_in=dres_in)
-            for hidden in (1024, 16384) for rms, h, dy, dres, dres_in in BWD_FEATURE_SETS]
+            for hidden in (1024, 16384, 32768) for rms, h, dy, dres, dres_in in BWD_FEATURE_SETS]
 
 
 BWD_FLAG_SETS = [  # (weight, dweight wanted, dbias dtype or None): every set the API can ask for
@@ -157,9 +160,9 @@ BWD_FLAG_SETS = [  # (weight, dweight wanted, dbias dtype or None): every set th
 
 
 def bwd_scenarios(dtype: str, part: str) -> list[dict]:
-    """Backward launches. "flags": every BWD_FLAG_SETS entry at one resident and one chunked N (and every opt-in
-    config); "sizes": the training set (weight in x's dtype with its gradient, fp32 bias gradient) at every
-    bucket's N."""
+    """Backward launches. "flags": every BWD_FLAG_SETS entry at two resident Ns (held in registers; re-read) and
+    one chunked N (and every opt-in config); "sizes": the training set (weight in x's dtype with its gradient, fp32
+    bias gradient) at every bucket's N."""
     def scenario(hidden, weight, dweight, dbias, config=None, rows=LARGE_M):
         return dict(launcher="bwd", dtype=dtype, rows=rows, hidden=hidden, weight=weight, dweight=dweight, dbias=dbias,
                     config=config)
@@ -167,8 +170,9 @@ def bwd_scenarios(dtype: str, part: str) -> list[dict]:
     if part == "features":
         return bwd_feature_scenarios(dtype)
     if part == "flags":
-        configs = [(1024, None), (16384, None)] + [(hidden, c) for hidden in (1024, 16384)
-                                                   for c in opt_in_configs("BwdConfig", dtype, hidden)]
+        sizes = (1024, 16384, 32768)  # 16384: the re-read resident rows (16-bit)
+        configs = [(hidden, None) for hidden in sizes] + [(hidden, c) for hidden in sizes
+                                                          for c in opt_in_configs("BwdConfig", dtype, hidden)]
         return [scenario(hidden, *flags, config=config) for hidden, config in configs for flags in BWD_FLAG_SETS]
     from vibe_kernels.layernorm._triton import bwd_config
 
@@ -314,7 +318,10 @@ def compile_scenarios(scenarios):
                 cubin_bytes=len(compiled.asm["cubin"]),
                 target=compiled.metadata.target.arch,
                 loads=len(loads),
-                v4_loads=sum(".v4." in line for line in loads),
+                # 128-bit loads: ld.global.v4, or 16-byte async copies to shared memory (a pipelined loop's loads)
+                v4_loads=sum(".v4." in line for line in loads) + sum(
+                    "cp.async." in line and (", 0x10," in line or line.rstrip().endswith(", 0x10;"))
+                    for line in ptx_lines),
                 scalar_loads=sorted({line for line in loads if ".v2." not in line and ".v4." not in line}),
                 # L2 eviction policies the loads can use (createpolicy.fractional.L2::<policy>)
                 l2_policies=sorted({policy for line in ptx_lines if "createpolicy" in line
@@ -377,7 +384,8 @@ def test_flag_grid_sizes_hit_both_config_branches():
 
     for dtype in (_torch().float32, _torch().float16, _torch().bfloat16):
         assert not fwd_config(1024, dtype).chunked and fwd_config(65536, dtype).chunked
-        assert not bwd_config(1024, dtype).chunked and bwd_config(16384, dtype).chunked
+        assert not bwd_config(1024, dtype).chunked and bwd_config(32768, dtype).chunked
+        assert bwd_config(16384, dtype).chunked == (dtype == _torch().float32)  # 16-bit: re-read resident rows
 
 
 def test_runs_without_a_gpu_under_the_interpreter():
@@ -418,8 +426,12 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
 
         # L2 eviction hints (the l2_hints opt-in): rows at their last read evict_first; rows read again (the
         # chunked forward's statistics pass) and the weight and bias evict_last; without the opt-in, no policy.
+        # The re-read backward (REREAD) always loads x and dy evict_last first and evict_first the second time.
         for r in results:
             c = r["constexprs"]
+            if c.get("REREAD", False):
+                assert r["l2_policies"] == ["evict_first", "evict_last"], r
+                continue
             if not c.get("L2_HINTS", False):
                 assert r["l2_policies"] == [], r
                 continue

@@ -68,6 +68,32 @@ def test_interpreted_kernels_take_the_plain_path(monkeypatch):
     assert _triton._compiled_kernels == before
 
 
+def test_pipelining_lowered_until_shared_memory_fits():
+    """A launch whose NUM_STAGES needs more shared memory than the device has (Triton raises OutOfResources at the
+    first launch) is retried with one stage fewer until it fits; other kernels' errors, and one stage that does not
+    fit, propagate."""
+    from triton.runtime.errors import OutOfResources
+
+    calls = []
+
+    class NeedsAtMostTwoStages:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append(kwargs.get("NUM_STAGES"))
+                if kwargs.get("NUM_STAGES", 1) > 2 or kwargs.get("TOO_BIG"):
+                    raise OutOfResources(300000, 232448, "shared memory")
+                return "compiled"
+            return launch
+
+    result, constexprs = _triton._jit_call(NeedsAtMostTwoStages(), (1,), 4, ("x",), {"N": 8, "NUM_STAGES": 4})
+    assert (result, constexprs, calls) == ("compiled", {"N": 8, "NUM_STAGES": 2}, [4, 3, 2])
+    with pytest.raises(OutOfResources):
+        _triton._jit_call(NeedsAtMostTwoStages(), (1,), 4, (), {"NUM_STAGES": 2, "TOO_BIG": True})
+    with pytest.raises(OutOfResources):
+        _triton._jit_call(NeedsAtMostTwoStages(), (1,), 4, (), {"TOO_BIG": True})
+    assert calls[3:] == [2, 1, None]
+
+
 def test_alignment_bits_mark_given_aligned_tensors():
     """The forward plan's pointer signature: one bit per tensor, set when given and 16-byte aligned."""
     aligned, off = _at_offset(0), _at_offset(1)

@@ -296,6 +296,10 @@ if "programs_per_sm" in _FWD_FIELDS:  # persistent chunked grid: 4 programs (CPU
     FWD_CONFIGS["chunked_persistent"] = lambda hidden: _triton.FwdConfig(
         block_m=1, block_n=256, num_warps=4, chunked=True, programs_per_sm=1)
 
+if "stages" in _FWD_FIELDS:  # the chunk loops software-pipelined (the interpreter runs them in order)
+    FWD_CONFIGS["chunked_pipelined"] = lambda hidden: _triton.FwdConfig(
+        block_m=1, block_n=256, num_warps=4, chunked=True, stages=3)
+
 # Each opt-in switch on top of the small chunked configs (paths that a switch reserves for CUDA fall back here).
 for _switch in _opt_in_switches(_triton.FwdConfig):
     FWD_CONFIGS[f"chunked_{_switch}"] = (
@@ -335,15 +339,23 @@ BWD_CONFIGS = {
     "resident_persistent": _triton.BwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False),
     "heuristic": None,
 }
+# Resident-only options on the persistent tile: x and dy loaded twice, and a pipelined row loop (the interpreter
+# runs it unpipelined; the compile tests and the GPU run it pipelined).
+if "reread" in {f.name for f in dataclasses.fields(_triton.BwdConfig)}:
+    BWD_CONFIGS["resident_reread"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"], reread=True)
+    BWD_CONFIGS["resident_pipelined"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"], stages=3)
+    BWD_CONFIGS["resident_reread_pipelined"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"], reread=True,
+                                                                   stages=2)
 for _switch in _opt_in_switches(_triton.BwdConfig):
-    BWD_CONFIGS[f"chunked_{_switch}"] = dataclasses.replace(BWD_CONFIGS["chunked"], **{_switch: True})
+    if _switch != "reread":
+        BWD_CONFIGS[f"chunked_{_switch}"] = dataclasses.replace(BWD_CONFIGS["chunked"], **{_switch: True})
 
 
 @pytest.mark.parametrize("grads", ["dw_db", "dw", "db", "dx_only", "no_weight"])
 @pytest.mark.parametrize("config", list(BWD_CONFIGS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
 def test_bwd_launcher_forced_config(gen, device, check, dtype, config, grads):
-    rows, hidden = (21 if config == "resident_persistent" else 5), 1128
+    rows, hidden = (21 if config.startswith("resident") else 5), 1128
     affine = "b_xdtype" if grads == "no_weight" else "w_b_fp32"
     x, weight, bias = make_inputs(gen, (rows, hidden), dtype, device, affine)
     dy = random_like(gen, x)
@@ -417,7 +429,7 @@ def test_l2_hint_rules():
     assert not _triton.fwd_config(65536, bf16, residual=True).l2_hints
     assert _triton.bwd_config(4096, bf16).l2_hints
     assert not _triton.bwd_config(4096, bf16, few_rows=True).l2_hints
-    assert not _triton.bwd_config(16384, bf16).l2_hints and _triton.bwd_config(16384, bf16).chunked
+    assert not _triton.bwd_config(32768, bf16).l2_hints and _triton.bwd_config(32768, bf16).chunked
     assert not _triton.bwd_config(4096, fp32).l2_hints
 
 
@@ -445,3 +457,54 @@ def test_l2_hints_change_no_bits(gen, device, chunked):
     for plain, hinted in zip(*results):
         assert not plain.isnan().any()
         assert torch.equal(plain, hinted)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward: re-reading x and dy, and pipelining the row loop, change no bits
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_bwd_config_rules_reread_and_stages():
+    """16-bit rows of (8192, 16384] elements: one re-read row of 16 warps a program, two stages; narrower resident
+    rows: three stages (one at N <= 256); fp32 rows of (4096, 8192]: held in registers, unpipelined; wider rows:
+    chunked."""
+    bf16, fp32 = torch.bfloat16, torch.float32
+    wide = _triton.bwd_config(16384, bf16)
+    assert (wide.chunked, wide.reread, wide.stages, wide.block_m, wide.block_n, wide.num_warps) == (
+        False, True, 2, 1, 16384, 16)
+    assert _triton.bwd_config(12000, torch.float16).reread
+    assert all(_triton.bwd_config(n, bf16).stages == 3 and not _triton.bwd_config(n, bf16).reread
+               for n in (512, 1024, 5000, 8192))
+    assert _triton.bwd_config(256, bf16).stages == 1
+    assert _triton.bwd_config(8192, fp32) == _triton.BwdConfig(1, 8192, 16, False, 1)
+    assert _triton.bwd_config(16384, fp32).chunked and _triton.bwd_config(16385, bf16).chunked
+
+
+@pytest.mark.parametrize("feature", ["layernorm", "rmsnorm", "no_weight", "dx_only", "residual_grads"])
+def test_bwd_reread_and_stages_change_no_bits(gen, device, feature):
+    """The resident backward with x and dy loaded twice, or with its row loop pipelined, gives the bits of the plain
+    resident backward: dx, dw, db and the residual's gradients."""
+    rows, hidden = 13, 1128
+    x, weight, bias = make_inputs(gen, (rows, hidden), torch.bfloat16, device,
+                                  "b_xdtype" if feature == "no_weight" else "w_b_fp32")
+    dy, dres = random_like(gen, x), random_like(gen, x)
+    rms = feature == "rmsnorm"
+    mean = None if rms else torch.empty(rows, device=device)
+    rstd = torch.empty(rows, device=device)
+    _triton.layernorm_fwd(x, weight, bias, EPS, torch.empty_like(x), mean, rstd, rms=rms)
+    plain = _triton.BwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False)
+    results = []
+    for config in (plain, dataclasses.replace(plain, reread=True), dataclasses.replace(plain, stages=3),
+                   dataclasses.replace(plain, reread=True, stages=2, l2_hints=True)):
+        dx = _poisoned((rows, hidden), x.dtype, device)
+        dw = _poisoned((hidden,), torch.float32, device) if weight is not None and feature != "dx_only" else None
+        db = _poisoned((hidden,), torch.float32, device) if feature != "dx_only" and not rms else None
+        extra = {}
+        if feature == "residual_grads":
+            extra = dict(dresidual=dres, dresidual_in=_poisoned((rows, hidden), torch.float32, device))
+        _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=config, rms=rms, **extra)
+        results.append([t for t in (dx, dw, db, extra.get("dresidual_in")) if t is not None])
+    for variant in results[1:]:
+        for reference, got in zip(results[0], variant):
+            assert not reference.isnan().any()
+            assert torch.equal(reference, got)

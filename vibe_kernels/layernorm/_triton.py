@@ -29,12 +29,13 @@ import torch
 import triton
 import triton.language as tl
 from triton import knobs as _triton_knobs
+from triton.runtime.errors import OutOfResources
 
 from ._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS, repeat_fwd_plans, rows_launcher
 
 # Widest row (elements, power of two) kept whole in registers by one program: above this, chunked kernels.
 MAX_RESIDENT_FWD = 32768
-MAX_RESIDENT_BWD = 8192
+MAX_RESIDENT_BWD = 16384  # fp16/bf16; fp32 rows: 8192 (the ladder's rows are for 2-byte elements)
 
 # Forward launch plans (layernorm_fwd): a forward call's signature -> (grid, compiled kernel entry). A repeated
 # call skips the config lookup, the grid arithmetic and ``_launch_key`` (about half the launcher's host time). The
@@ -62,6 +63,7 @@ class FwdConfig:
     programs_per_sm: int = 0  # chunked only: 0 = one program per row; k = a persistent grid of k x SMs
     affine_first: bool = False  # resident only: weight/bias loaded with the rows, before the statistics
     l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
+    stages: int = 1  # chunked only: software pipelining of the chunk loops (Triton's num_stages; 1: none)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,12 @@ class BwdConfig:
     chunked: bool
     programs_per_sm: int = 2
     l2_hints: bool = False  # L2 eviction hints: x, dy (their last read) evict_first, the weight evict_last
+    # Resident only: x and dy loaded twice per row tile, for the row sums and again for dx, instead of held in
+    # registers across the row reduction (wide rows: without it a 16384-wide row spills).
+    reread: bool = False
+    # Software pipelining of the persistent row loop (Triton's num_stages): the loads of the next stages - 1 row tiles
+    # go to shared memory while this one computes. 1: none. The launcher lowers it to fit shared memory.
+    stages: int = 1
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -108,15 +116,21 @@ _FWD_LADDER = (
     (65536, 1, 8192, 32, True, 0),
     (None, 1, 8192, 8, True, 0),
 )
+# Backward stages / reread (H100, 2026-11-25, seventh session, benchmarks/results/h100-2026-11-25-g/probes, % of the
+# add, stages 1 -> 3): 32768 x 512 70-72 -> 75%, x 1024 76-79 -> 85%, x 2048 81-82 -> 90%, x 4096 85 -> 91%, x 8192
+# 83 -> 94%; 4096x4096 fp16 66-68 -> 72%, 4096x8192 fp16 76-79 -> 88%, 4095x5000 fp16 60-63 -> 73%; 4 stages within a
+# point of 3 or below it; 32768 x 256 61-62% either way (1 kept). N = 16384 (x and dy re-read, 16 warps): 60 / 64%
+# (4096 / 32768 rows) unpipelined, 77 / 78% with 2 stages, against 56 / 59% for the chunked path.
 _BWD_LADDER = (
-    # max_n, block_m, block_n (None: whole padded row), num_warps, chunked, programs_per_sm
-    (256, 32, None, 16, False, 1),  # tuner: 62% of the add, as 8 rows x 4 warps x 4 per SM, in 1/4 the workspace
-    (512, 8, None, 4, False, 2),
-    (1024, 4, None, 4, False, 2),
-    (2048, 2, None, 4, False, 2),
-    (4096, 1, None, 8, False, 2),
-    (8192, 1, None, 16, False, 1),
-    (None, 2, 1024, 4, True, 4),
+    # max_n, block_m, block_n (None: whole padded row), num_warps, chunked, programs_per_sm, stages, reread
+    (256, 32, None, 16, False, 1, 1, False),  # tuner: 62% of the add, as 8 rows x 4 warps x 4 per SM, 1/4 the workspace
+    (512, 8, None, 4, False, 2, 3, False),
+    (1024, 4, None, 4, False, 2, 3, False),
+    (2048, 2, None, 4, False, 2, 3, False),
+    (4096, 1, None, 8, False, 2, 3, False),
+    (8192, 1, None, 16, False, 1, 3, False),
+    (16384, 1, None, 16, False, 1, 2, True),
+    (None, 2, 1024, 4, True, 4, 1, False),
 )
 
 
@@ -265,18 +279,21 @@ def bwd_config(hidden: int, dtype: torch.dtype, few_rows: bool = False) -> BwdCo
     """Backward config, from the measured ladder. few_rows: at most WEIGHT_GRADS_FROM_ROWS_MAX_ROWS rows (no L2
     eviction hints).
 
-    >>> bwd_config(1024, torch.bfloat16)
-    BwdConfig(block_m=4, block_n=1024, num_warps=4, chunked=False, programs_per_sm=2, l2_hints=True)
+    >>> config = bwd_config(1024, torch.bfloat16)
+    >>> config.block_m, config.num_warps, config.programs_per_sm, config.stages, config.reread, config.l2_hints
+    (4, 4, 2, 3, False, True)
     """
     tuned = _TUNED.get(("bwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
         return tuned
-    _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_BWD_LADDER, hidden, dtype)
+    _, block_m, block_n, num_warps, chunked, programs_per_sm, stages, reread = _ladder_row(_BWD_LADDER, hidden, dtype)
     padded = _next_power_of_2(hidden)
-    if not chunked:
-        config = BwdConfig(block_m, padded, num_warps, False, programs_per_sm)
-    elif padded <= MAX_RESIDENT_BWD:  # fp32 rows of up to 8192 stay resident with the widest resident entry
+    if reread and dtype == torch.float32:
+        # fp32 rows of (4096, 8192] elements: one row of 16 warps a program, held in registers (H100, 2026-11-25,
+        # seventh session, 8192x8192: 95% of the add; 75-81% re-read; 94% with 3 stages).
         config = BwdConfig(1, padded, 16, False, 1)
+    elif not chunked:
+        config = BwdConfig(block_m, padded, num_warps, False, programs_per_sm, reread=reread, stages=stages)
     else:
         config = BwdConfig(block_m, block_n, num_warps, True, programs_per_sm)
     return dataclasses.replace(config, l2_hints=_bwd_l2_hints(config, dtype, few_rows))
@@ -465,18 +482,19 @@ def _layernorm_fwd_resident_kernel(
 
 @triton.jit
 def _row_mean_var(x_row, r_row, N: tl.constexpr, BLOCK_N: tl.constexpr, IS_RMS: tl.constexpr,
-                  HAS_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr, EVICTION: tl.constexpr):
+                  HAS_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr, EVICTION: tl.constexpr,
+                  NUM_STAGES: tl.constexpr):
     """Mean and biased variance of one row of N elements (of h = x + r with a residual), streamed in BLOCK_N chunks;
     for RMSNorm (IS_RMS), 0 and the mean of squares.
 
     Sums of (x - p) and (x - p)^2 with the pivot p = the mean of the first chunk: p is within a few standard
     deviations of the row mean, so var = E[(x-p)^2] - E[x-p]^2 cancels little, and a large common offset
     (1000 + noise) never enters the sums. The first chunk is read twice; the second read hits L1/L2. EVICTION: the
-    loads' L2 eviction policy."""
+    loads' L2 eviction policy. NUM_STAGES: the chunk loop's software pipelining."""
     cols = tl.arange(0, BLOCK_N)
     if IS_RMS:
         lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for start in range(0, N, BLOCK_N):
+        for start in tl.range(0, N, BLOCK_N, num_stages=NUM_STAGES):
             offs = start + cols
             in_row = offs < N
             x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None, None, in_row,
@@ -491,7 +509,7 @@ def _row_mean_var(x_row, r_row, N: tl.constexpr, BLOCK_N: tl.constexpr, IS_RMS: 
         pivot = tl.sum(first, axis=0) / FIRST_COUNT
         lane_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
         lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for start in range(0, N, BLOCK_N):
+        for start in tl.range(0, N, BLOCK_N, num_stages=NUM_STAGES):
             offs = start + cols
             in_row = offs < N
             x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None, None, in_row,
@@ -512,14 +530,14 @@ def _layernorm_fwd_chunked_kernel(
     N: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
-    ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False,
+    ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False, NUM_STAGES: tl.constexpr = 1,
 ):
     """Rows pid, pid + P, ...: a statistics pass (_row_mean_var), then a normalizing pass. The grid size P bounds
     the rows in flight, so that the second pass finds its row in L2 instead of HBM. With a residual, both passes
     read x and r (the second from L2) and the second writes h.
 
     L2_HINTS: the statistics pass loads evict_last (its lines are read again), the normalizing pass evict_first
-    (their last read), the weight and bias evict_last."""
+    (their last read), the weight and bias evict_last. NUM_STAGES: the chunk loops' software pipelining."""
     FIRST_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     LAST_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
@@ -536,10 +554,11 @@ def _layernorm_fwd_chunked_kernel(
         y_row = Y + row64 * stride_y_row
         r_row = R + row64 * stride_r_row if HAS_RESIDUAL else None
         h_row = H + row64 * stride_h_row if STORE_RESIDUAL else None
-        mean, var = _row_mean_var(x_row, r_row, N, BLOCK_N, IS_RMS, HAS_RESIDUAL, RESIDUAL_IN_FP32, FIRST_EVICTION)
+        mean, var = _row_mean_var(x_row, r_row, N, BLOCK_N, IS_RMS, HAS_RESIDUAL, RESIDUAL_IN_FP32, FIRST_EVICTION,
+                                  NUM_STAGES)
         rstd = tl.math.rsqrt(var + eps)
         # Reverse order: the chunks read last by the statistics pass are the likeliest to still be in L2.
-        for back in range(NUM_CHUNKS):
+        for back in tl.range(NUM_CHUNKS, num_stages=NUM_STAGES):
             offs = (NUM_CHUNKS - 1 - back) * BLOCK_N + cols
             in_row = offs < N
             x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None,
@@ -656,15 +675,23 @@ def _layernorm_bwd_resident_kernel(
     HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
     ROW_ALIGN: tl.constexpr, SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr = False,
+    REREAD: tl.constexpr = False, NUM_STAGES: tl.constexpr = 1,
 ):
     """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end,
     then go to partial row p. SHARED_PARTIALS (P = 2 x partial_rows at most): programs p and p + partial_rows add
     into the same zeroed row p instead, so the workspace stays one row per SM. Exactly two fp32 atomic adds onto
     0.0 give the same bits in either order (0 + a is exact and a + b = b + a), so the result stays
     deterministic. L2_HINTS: x, dy and the residual's gradient (read once) load evict_first, the weight
-    evict_last."""
+    evict_last.
+
+    REREAD: x, dy and the weight are loaded twice per tile: first (evict_last) for dw/db and the row sums, then
+    (evict_first, from L1/L2) for dx, so that a wide row need not stay in registers across the row reduction. Same
+    arithmetic, same bits. NUM_STAGES: Triton's software pipelining of the row-tile loop (1: none)."""
     ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
+    # Two distinct policies also keep the compiler from merging the two loads of a REREAD tile into one.
+    FIRST_EVICTION: tl.constexpr = "evict_last" if REREAD else ROW_EVICTION
+    LAST_EVICTION: tl.constexpr = "evict_first" if REREAD else ROW_EVICTION
     stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
     stride_dx_row = _aligned_stride(stride_dx_row, ROW_ALIGN)
@@ -675,20 +702,33 @@ def _layernorm_bwd_resident_kernel(
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+    if not REREAD:
+        w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
     dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tile in range(pid, tl.cdiv(rows, BLOCK_M), tl.num_programs(0)):
+    for tile in tl.range(pid, tl.cdiv(rows, BLOCK_M), tl.num_programs(0), num_stages=NUM_STAGES):
         row_idx = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = row_idx < rows
+        if REREAD:
+            w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
         dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok,
-                                           cols, col_ok, HAS_W, IS_RMS, ROW_EVICTION)
-        dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
+                                           cols, col_ok, HAS_W, IS_RMS, FIRST_EVICTION)
+        if REREAD:
+            if NEED_DW:
+                dw_acc += dy * xhat
+            if NEED_DB:
+                db_acc += dy
         mean_gx = tl.sum(g * xhat, axis=1) / N
         mean_g = None if IS_RMS else tl.sum(g, axis=1) / N
+        if REREAD:
+            w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+            dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok,
+                                               cols, col_ok, HAS_W, IS_RMS, LAST_EVICTION)
+        dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
         dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols,
                                               col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc,
-                                              NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
+                                              NEED_DW and not REREAD, NEED_DB and not REREAD, IS_RMS,
+                                              HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
     _store_partials(DW_partial, DB_partial, pid % partial_rows, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB,
                     SHARED_PARTIALS)
 
@@ -877,7 +917,7 @@ def _launch(kernel, grid: tuple, num_warps: int, *args, **constexprs):
     kernel's order, before its constexprs) and every constexpr by name. Returns the compiled kernel's entry
     (for ``_run_compiled``) when the fast path has one, else None."""
     if not _fast_launch_on or not isinstance(kernel, triton.runtime.jit.JITFunction):  # interpreter: plain call
-        kernel[grid](*args, num_warps=num_warps, **constexprs)
+        _jit_call(kernel, grid, num_warps, args, constexprs)
         return None
     device_index = torch.cuda.current_device()
     key = _launch_key(id(kernel), device_index, num_warps, args, constexprs)
@@ -888,17 +928,33 @@ def _launch(kernel, grid: tuple, num_warps: int, *args, **constexprs):
         with _compile_lock:
             entry = _compiled_kernels.get(key)
             if entry is None:
-                compiled = kernel[grid](*args, num_warps=num_warps, **constexprs)
+                compiled, constexprs = _jit_call(kernel, grid, num_warps, args, constexprs)
                 if getattr(compiled, "function", None) is not None and callable(getattr(compiled, "run", None)):
-                    # The key fixes every constexpr value: store them once, in the kernel's parameter order.
+                    # The key fixes every constexpr value: store them once, in the kernel's parameter order. (With
+                    # NUM_STAGES lowered to fit, the key stays the requested one: later calls skip the retry.)
                     names = [p.name for p in kernel.params if p.is_constexpr]
                     _compiled_kernels[key] = (compiled, tuple(constexprs[name] for name in names))
                 return _compiled_kernels.get(key)
     if _profiler_hooks_installed():
-        kernel[grid](*args, num_warps=num_warps, **constexprs)  # profiler hooks installed: the JIT path
+        # Profiler hooks installed: the JIT path, with the constexprs the cached kernel was compiled with.
+        names = [p.name for p in kernel.params if p.is_constexpr]
+        kernel[grid](*args, num_warps=num_warps, **dict(zip(names, entry[1])))
         return entry
     _run_compiled(entry, grid, device_index, args)
     return entry
+
+
+def _jit_call(kernel, grid: tuple, num_warps: int, args: tuple, constexprs: dict):
+    """``kernel[grid](...)``. A kernel whose software pipelining needs more shared memory than the device has
+    (Triton raises OutOfResources at its first launch; the buffers per stage depend on the Triton version) is retried
+    with NUM_STAGES one lower, down to 1. Returns (what the call returned, the constexprs it ran with)."""
+    while True:
+        try:
+            return kernel[grid](*args, num_warps=num_warps, **constexprs), constexprs
+        except OutOfResources:
+            if constexprs.get("NUM_STAGES", 1) <= 1:
+                raise
+            constexprs = dict(constexprs, NUM_STAGES=constexprs["NUM_STAGES"] - 1)
 
 
 def _run_compiled(entry, grid: tuple, device_index: int, args: tuple) -> None:
@@ -1003,7 +1059,7 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         programs = rows if cfg.programs_per_sm == 0 else min(rows, cfg.programs_per_sm * _program_slots(x.device))
         grid = (programs,)
         entry = _launch(_layernorm_fwd_chunked_kernel, grid, cfg.num_warps, *args,
-                        N=hidden, BLOCK_N=cfg.block_n, L2_HINTS=cfg.l2_hints, **flags)
+                        N=hidden, BLOCK_N=cfg.block_n, L2_HINTS=cfg.l2_hints, NUM_STAGES=cfg.stages, **flags)
     else:
         block_m = _rows_per_program(cfg.block_m, rows, _program_slots(x.device)) if config is None else cfg.block_m
         grid = (_cdiv(rows, block_m),)
@@ -1143,7 +1199,8 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             _layernorm_bwd_resident_kernel, plan.grid, cfg.num_warps,
             dy, x, weight, mean, rstd, dx, dw_partial, db_partial, *residual_args, plan.partial_rows,
             N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
-            SHARED_PARTIALS=plan.shared_partials, L2_HINTS=cfg.l2_hints, **flags,
+            SHARED_PARTIALS=plan.shared_partials, L2_HINTS=cfg.l2_hints, REREAD=cfg.reread,
+            NUM_STAGES=cfg.stages, **flags,
         )
     if from_rows:
         weight_grads_from_rows(dy, x, mean, rstd, *weight_grads)

@@ -53,21 +53,29 @@ def fwd_candidates(hidden: int, dtype: torch.dtype) -> list[FwdConfig]:
         if chunk < hidden and chunk <= padded and 8 <= chunk // (32 * warps) <= 32 and (per_sm == 0 or wide) \
                 and (warps < 32 or wide):
             candidates.append(FwdConfig(1, chunk, warps, True, 0, per_sm))
+            if hidden >= 4 * chunk:  # a pipelined chunk loop, where there are several chunks
+                candidates.append(FwdConfig(1, chunk, warps, True, 0, per_sm, stages=3))
     return _with_and_without_l2_hints(candidates)
 
 
 def bwd_candidates(hidden: int, dtype: torch.dtype, max_programs_per_sm: int | None = None) -> list[BwdConfig]:
-    """The heuristic's config first, then persistent resident tiles and, for wide rows, the chunked path's tiles.
+    """The heuristic's config first, then persistent resident tiles (rows of up to 8192 elements: held in
+    registers, with and without a pipelined row loop; 16-bit rows up to MAX_RESIDENT_BWD: loaded twice) and, for
+    wide rows, the chunked path's tiles.
     ``max_programs_per_sm`` drops the resident tiles with more programs per SM (the heuristic stays first, as the
     reference): one per SM keeps the dw/db workspace within SMs x N x 8 bytes."""
     padded = triton.next_power_of_2(hidden)
     candidates = [_triton.bwd_config(hidden, dtype)]
-    if padded <= _triton.MAX_RESIDENT_BWD:
-        for rows, warps, per_sm in itertools.product((1, 2, 4, 8, 16, 32), (4, 8, 16, 32), (1, 2, 4, 8)):
+    if padded <= 8192:  # rows held in registers, with and without a pipelined row loop
+        for rows, warps, per_sm, stages in itertools.product((1, 2, 4, 8, 16, 32), (4, 8, 16, 32), (1, 2, 4, 8),
+                                                             (1, 3)):
             per_thread = rows * padded // (32 * warps)
             if 1024 <= rows * padded <= 16384 and 4 <= per_thread <= 16 and per_sm * warps <= 64:
                 if max_programs_per_sm is None or per_sm <= max_programs_per_sm:
-                    candidates.append(BwdConfig(rows, padded, warps, False, per_sm))
+                    candidates.append(BwdConfig(rows, padded, warps, False, per_sm, stages=stages))
+    elif padded <= _triton.MAX_RESIDENT_BWD and dtype != torch.float32:  # one row a program, loaded twice
+        for warps, stages in itertools.product((16, 32), (1, 2)):
+            candidates.append(BwdConfig(1, padded, warps, False, 1, reread=True, stages=stages))
     if padded >= 8192:
         for rows, chunk, warps, per_sm in itertools.product((2, 4), (512, 1024, 2048), (4, 8), (2, 4)):
             if chunk <= padded and 4 <= rows * chunk // (32 * warps) <= 32:
