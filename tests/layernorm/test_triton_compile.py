@@ -426,17 +426,25 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
 
         # L2 eviction hints (the l2_hints opt-in): rows at their last read evict_first; rows read again (the
         # chunked forward's statistics pass) and the weight and bias evict_last; without the opt-in, no policy.
-        # The re-read backward (REREAD) always loads x and dy evict_last first and evict_first the second time.
+        # The re-read backward (REREAD) loads x and dy evict_last first and evict_first the second time. A pipelined
+        # loop (NUM_STAGES > 1) may turn a load into an async copy to shared memory, which carries no policy (Triton
+        # 3.6 does, for x and dy): there the policies are a subset of those.
         for r in results:
             c = r["constexprs"]
+            hinted, kept = c.get("L2_HINTS", False), c.get("HAS_W", False) or c.get("HAS_B", False)
             if c.get("REREAD", False):
-                assert r["l2_policies"] == ["evict_first", "evict_last"], r
-                continue
-            if not c.get("L2_HINTS", False):
-                assert r["l2_policies"] == [], r
-                continue
-            kept = r["kernel"] == "_layernorm_fwd_chunked_kernel" or c["HAS_W"] or c.get("HAS_B", False)
-            assert r["l2_policies"] == (["evict_first", "evict_last"] if kept else ["evict_first"]), r
+                expected = ["evict_first", "evict_last"]
+            elif not hinted:
+                expected = []
+            elif r["kernel"] == "_layernorm_fwd_chunked_kernel" or kept:
+                expected = ["evict_first", "evict_last"]
+            else:
+                expected = ["evict_first"]
+            if c.get("NUM_STAGES", 1) > 1:
+                assert set(r["l2_policies"]) <= set(expected), r
+                assert hinted or c.get("REREAD", False) or not r["l2_policies"], r
+            else:
+                assert r["l2_policies"] == expected, r
         hinted = {r["kernel"] for r in results if r["constexprs"].get("L2_HINTS", False)}
         assert hinted == ({"_layernorm_fwd_resident_kernel", "_layernorm_fwd_chunked_kernel"} if launcher == "fwd"
                           else {"_layernorm_bwd_resident_kernel", "_layernorm_bwd_tiled_kernel"}), hinted

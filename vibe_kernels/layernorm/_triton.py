@@ -10,7 +10,10 @@ time. So every kernel is organised around reading each input once from HBM:
   mean), then a second pass that re-reads the row in reverse chunk order, so the most recently loaded chunks are
   still in L2;
 * the backward's dw/db are accumulated in fp32 registers by a persistent grid and written as per-program partials
-  [programs, N], summed by a small column-parallel kernel: deterministic, no atomics;
+  [programs, N], summed by a small column-parallel kernel: deterministic, no atomics; its row loop is
+  software-pipelined (the next row tiles' loads land in shared memory while this one computes), and 16-bit rows
+  too wide to hold x, dy and the accumulators in registers (up to 16384) load x and dy twice per row, the second
+  time from L1/L2;
 * where measured faster, loads carry L2 eviction policies: a row's last read evict_first, a chunked row's first
   read (read again by the second pass) and the weight and bias evict_last.
 """
@@ -63,7 +66,6 @@ class FwdConfig:
     programs_per_sm: int = 0  # chunked only: 0 = one program per row; k = a persistent grid of k x SMs
     affine_first: bool = False  # resident only: weight/bias loaded with the rows, before the statistics
     l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
-    stages: int = 1  # chunked only: software pipelining of the chunk loops (Triton's num_stages; 1: none)
 
 
 @dataclass(frozen=True)
@@ -482,19 +484,18 @@ def _layernorm_fwd_resident_kernel(
 
 @triton.jit
 def _row_mean_var(x_row, r_row, N: tl.constexpr, BLOCK_N: tl.constexpr, IS_RMS: tl.constexpr,
-                  HAS_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr, EVICTION: tl.constexpr,
-                  NUM_STAGES: tl.constexpr):
+                  HAS_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr, EVICTION: tl.constexpr):
     """Mean and biased variance of one row of N elements (of h = x + r with a residual), streamed in BLOCK_N chunks;
     for RMSNorm (IS_RMS), 0 and the mean of squares.
 
     Sums of (x - p) and (x - p)^2 with the pivot p = the mean of the first chunk: p is within a few standard
     deviations of the row mean, so var = E[(x-p)^2] - E[x-p]^2 cancels little, and a large common offset
     (1000 + noise) never enters the sums. The first chunk is read twice; the second read hits L1/L2. EVICTION: the
-    loads' L2 eviction policy. NUM_STAGES: the chunk loop's software pipelining."""
+    loads' L2 eviction policy."""
     cols = tl.arange(0, BLOCK_N)
     if IS_RMS:
         lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for start in tl.range(0, N, BLOCK_N, num_stages=NUM_STAGES):
+        for start in range(0, N, BLOCK_N):
             offs = start + cols
             in_row = offs < N
             x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None, None, in_row,
@@ -509,7 +510,7 @@ def _row_mean_var(x_row, r_row, N: tl.constexpr, BLOCK_N: tl.constexpr, IS_RMS: 
         pivot = tl.sum(first, axis=0) / FIRST_COUNT
         lane_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
         lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for start in tl.range(0, N, BLOCK_N, num_stages=NUM_STAGES):
+        for start in range(0, N, BLOCK_N):
             offs = start + cols
             in_row = offs < N
             x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None, None, in_row,
@@ -530,14 +531,14 @@ def _layernorm_fwd_chunked_kernel(
     N: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
-    ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False, NUM_STAGES: tl.constexpr = 1,
+    ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False,
 ):
     """Rows pid, pid + P, ...: a statistics pass (_row_mean_var), then a normalizing pass. The grid size P bounds
     the rows in flight, so that the second pass finds its row in L2 instead of HBM. With a residual, both passes
     read x and r (the second from L2) and the second writes h.
 
     L2_HINTS: the statistics pass loads evict_last (its lines are read again), the normalizing pass evict_first
-    (their last read), the weight and bias evict_last. NUM_STAGES: the chunk loops' software pipelining."""
+    (their last read), the weight and bias evict_last."""
     FIRST_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     LAST_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
@@ -554,11 +555,10 @@ def _layernorm_fwd_chunked_kernel(
         y_row = Y + row64 * stride_y_row
         r_row = R + row64 * stride_r_row if HAS_RESIDUAL else None
         h_row = H + row64 * stride_h_row if STORE_RESIDUAL else None
-        mean, var = _row_mean_var(x_row, r_row, N, BLOCK_N, IS_RMS, HAS_RESIDUAL, RESIDUAL_IN_FP32, FIRST_EVICTION,
-                                  NUM_STAGES)
+        mean, var = _row_mean_var(x_row, r_row, N, BLOCK_N, IS_RMS, HAS_RESIDUAL, RESIDUAL_IN_FP32, FIRST_EVICTION)
         rstd = tl.math.rsqrt(var + eps)
         # Reverse order: the chunks read last by the statistics pass are the likeliest to still be in L2.
-        for back in tl.range(NUM_CHUNKS, num_stages=NUM_STAGES):
+        for back in range(NUM_CHUNKS):
             offs = (NUM_CHUNKS - 1 - back) * BLOCK_N + cols
             in_row = offs < N
             x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None,
@@ -1059,7 +1059,7 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         programs = rows if cfg.programs_per_sm == 0 else min(rows, cfg.programs_per_sm * _program_slots(x.device))
         grid = (programs,)
         entry = _launch(_layernorm_fwd_chunked_kernel, grid, cfg.num_warps, *args,
-                        N=hidden, BLOCK_N=cfg.block_n, L2_HINTS=cfg.l2_hints, NUM_STAGES=cfg.stages, **flags)
+                        N=hidden, BLOCK_N=cfg.block_n, L2_HINTS=cfg.l2_hints, **flags)
     else:
         block_m = _rows_per_program(cfg.block_m, rows, _program_slots(x.device)) if config is None else cfg.block_m
         grid = (_cdiv(rows, block_m),)

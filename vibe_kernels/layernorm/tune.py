@@ -53,8 +53,6 @@ def fwd_candidates(hidden: int, dtype: torch.dtype) -> list[FwdConfig]:
         if chunk < hidden and chunk <= padded and 8 <= chunk // (32 * warps) <= 32 and (per_sm == 0 or wide) \
                 and (warps < 32 or wide):
             candidates.append(FwdConfig(1, chunk, warps, True, 0, per_sm))
-            if hidden >= 4 * chunk:  # a pipelined chunk loop, where there are several chunks
-                candidates.append(FwdConfig(1, chunk, warps, True, 0, per_sm, stages=3))
     return _with_and_without_l2_hints(candidates)
 
 
