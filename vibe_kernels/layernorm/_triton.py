@@ -36,7 +36,8 @@ from triton.runtime.errors import OutOfResources
 
 from ._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS, repeat_fwd_plans, rows_launcher
 
-# Widest row (elements, power of two) kept whole in registers by one program: above this, chunked kernels.
+# Widest row (elements, power of two) that one program handles whole (the backward's widest rows load x and dy
+# twice instead of holding them in registers): above this, chunked kernels.
 MAX_RESIDENT_FWD = 32768
 MAX_RESIDENT_BWD = 16384  # fp16/bf16; fp32 rows: 8192 (the ladder's rows are for 2-byte elements)
 
