@@ -12,6 +12,7 @@ new: one 512-thread CTA per SM (several rows per CTA for N < 8192 bf16), so at m
      (N = 262144 bf16, N >= 131072 fp32).
 r1: one row a CTA (the default's threads per row); 64B: 64 bytes of x a thread, one row a CTA.
 l2: the current default with L2 eviction policies (x, dy evict_first; w evict_last).
+pf: the current default with the next row tile's loads issued while this one computes (``BwdConfig.prefetch``).
 Both run through the current kernel and launcher: the launcher caps a clustered grid at ctas_per_sm waves of the
 clusters the GPU holds at once (cuOccupancyMaxActiveClusters), for the old config as well.
 
@@ -76,6 +77,8 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
         found["64B"] = wide
     # The current default with L2 eviction policies (x, dy evict_first; w evict_last).
     found["l2"] = dataclasses.replace(found["new"], l2_hints=True)
+    # The current default with the next row tile's loads issued while this one computes (BwdConfig.prefetch).
+    found["pf"] = dataclasses.replace(found["new"], prefetch=True)
     return found
 
 

@@ -136,6 +136,30 @@ def test_backward_compiles(case):
     assert re.search(r"bra(\.uni)?\s", ptx)
 
 
+@pytest.mark.parametrize("hidden, dtype_name, feature", [(1024, "bf16", "plain"), (8192, "fp16", "plain"),
+                                                         (4096, "bf16", "residual"), (4096, "bf16", "rms"),
+                                                         (1000, "fp16", "plain"), (65536, "bf16", "plain"),
+                                                         (262144, "bf16", "plain"), (4096, "fp32", "no_weight")])
+def test_backward_prefetch_compiles(hidden, dtype_name, feature):
+    """The opt-in prefetch (BwdConfig.prefetch): the next row tile's loads are issued inside the loop, after a first
+    tile's loads before it, so the kernel has more 128-bit row loads than the plain one; otherwise the same checks
+    (one CTA or a cluster, w and dw/db in registers or shared memory, the residual's gradient, RMSNorm)."""
+    elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
+    vec = _aligned_vec(hidden, dtype_name)
+    plain = cfg.bwd_config(hidden, elem, vec)
+    weight = None if feature == "no_weight" else cutlass.Float32
+    extra = {"dres_dtype": dtype} if feature == "residual" else {"rms": True} if feature == "rms" else {}
+    ptxs = [launch.compile_bwd(dtype, hidden, weight, weight is not None, weight is not None, vec,
+                               dataclasses.replace(plain, prefetch=prefetch), ARCH, keep_ptx=True, **extra).__ptx__
+            for prefetch in (False, True)]
+    _check_common(ptxs[1], plain.tiling, elem)
+    assert not re.search(r"\b(red|atom)\.[\w.]*f32", ptxs[1])
+    if vec * elem == 16:
+        assert _count(ptxs[1], GLOBAL_V4_LOAD) > _count(ptxs[0], GLOBAL_V4_LOAD)
+    else:
+        assert _count(ptxs[1], r"ld\.global") > _count(ptxs[0], r"ld\.global")
+
+
 def test_dx_only_backward_compiles():
     """No weight, no dw/db wanted: only dx is written."""
     config = cfg.bwd_config(2048, 2, 8)

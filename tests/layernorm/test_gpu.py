@@ -134,6 +134,36 @@ def test_backward_pipelining_lowered_to_fit_shared_memory(cuda_gen):
             assert torch.equal(reference, got)
 
 
+@pytest.mark.parametrize("rows, hidden, dtype, residual", [
+    (4096, 8192, torch.bfloat16, False), (1000, 4096, torch.float16, True), (600, 65536, torch.bfloat16, False),
+    (300, 5000, torch.float16, False), (129, 262144, torch.bfloat16, False), (700, 2048, torch.float32, False),
+], ids=str)
+def test_cutedsl_backward_prefetch_gives_the_same_bits(cuda_gen, rows, hidden, dtype, residual):
+    """The CuTeDSL backward's opt-in prefetch (the next row tile's loads issued while this one computes) runs the
+    same arithmetic: dx, dw and db (and dx + the residual's gradient) bit-identical to the default config's."""
+    if not is_cutedsl_layernorm_available():
+        pytest.skip("CuTeDSL backend not available")
+    from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
+    from vibe_kernels.layernorm._cutedsl import launch as cutedsl_launch
+
+    x, weight, _ = _inputs(cuda_gen, rows, hidden, dtype)
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
+    dres = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype) if residual else None
+    mean, rstd = layernorm_mean_ref(x).float(), layernorm_rstd_ref(x, 1e-5).float()
+    vec = cutedsl_launch.vector_width(x.element_size(), hidden, (x.stride(0),),
+                                      ((x.data_ptr(), x.element_size()), (weight.data_ptr(), weight.element_size())))
+    default = cutedsl_config.bwd_config(hidden, x.element_size(), vec, residual=residual, rows=rows)
+    results = []
+    for config in (default, dataclasses.replace(default, prefetch=True)):
+        dx = torch.full_like(x, float("nan"))
+        dw, db = torch.full_like(weight, float("nan")), torch.full_like(weight, float("nan"))
+        cutedsl_launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=config, dresidual=dres)
+        results.append((dx, dw, db))
+    for reference, got in zip(*results):
+        assert not reference.isnan().any()
+        assert torch.equal(reference, got)
+
+
 def test_stats_match_reference_at_scale(cuda_gen):
     x, _, _ = _inputs(cuda_gen, 2048, 8192, torch.bfloat16)
     _, rstd, mean = layernorm(x, None, eps=1e-5, return_rstd=True, return_mean=True, backend="triton")

@@ -101,6 +101,9 @@ class BwdConfig:
     ctas_per_sm: int
     column_state_in_smem: bool = False
     l2_hints: bool = False  # L2 eviction policies: x, dy (and the residual's gradient) evict_first, w evict_last
+    # The next row tile's loads issued while this one computes (opt-in, not yet measured on a GPU: see
+    # benchmarks/cutedsl_bwd_probe.py's "pf" config).
+    prefetch: bool = False
 
     def max_partial_rows(self, num_sms: int) -> int:
         """Partial rows (each N fp32 for dw and N for db) the launcher allocates at most, whatever M is."""

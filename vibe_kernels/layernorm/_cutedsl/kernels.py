@@ -432,6 +432,10 @@ class LayerNormBwd(_RowKernel):
     Fused residual: x is then the forward's h; ``dres_dtype`` (not None) adds the gradient flowing into h to dx,
     and ``dres_in_dtype`` (not None) writes dx a second time in that dtype (the residual input's gradient, when its
     dtype differs from dx's). dx's own element type is ``dx_dtype`` (default x's).
+
+    ``config.prefetch``: the loads of a CTA's next row tile (x, dy, the residual's gradient, mean, rstd) are issued
+    into the tile's register fragments as soon as this tile's values are read out of them, so they are in flight
+    during this tile's reduction and stores.
     """
 
     def __init__(self, dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, config: BwdConfig,
@@ -440,6 +444,7 @@ class LayerNormBwd(_RowKernel):
         self.column_state_in_smem = config.column_state_in_smem
         self.ctas_per_sm = config.ctas_per_sm
         self.l2_hints = config.l2_hints
+        self.prefetch = config.prefetch
         self.weight_dtype = weight_dtype
         self.want_dw = want_dw
         self.want_db = want_db
@@ -616,30 +621,34 @@ class LayerNormBwd(_RowKernel):
             cute.arch.cluster_wait()
 
         num_tiles = cute.ceil_div(num_rows, t.rows_per_cta)
+        # With prefetch, (mean, rstd) of the tile whose x and dy are in flight in the fragments.
+        next_mean = Float32(0.0)
+        next_rstd = Float32(0.0)
+        if const_expr(self.prefetch):
+            next_mean, next_rstd = self._load_tile(bidx, rank, tiler, num_rows, thr_copy, idX, mX, mDY, mDR, mMean,
+                                                   mRstd, tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres)
         for tile in cutlass.range(bidx, num_tiles, num_clusters, unroll=1):
             it = (tile - bidx) // num_clusters
             slot = it % 2
             phase = (it // 2) % 2
             tXcX = thr_copy.partition_S(cute.local_tile(idX, tiler, (tile, rank)))
             row = tXcX[0][0]
-            tXgX = thr_copy.partition_S(cute.local_tile(mX, tiler, (tile, rank)))
-            tXgDY = thr_copy.partition_S(cute.local_tile(mDY, tiler, (tile, rank)))
             tXgDX = thr_copy.partition_D(cute.local_tile(mDX, tiler, (tile, rank)))
-            # Zero first: columns past N and rows past M then contribute nothing (dy = 0 makes g, dy*xhat vanish).
-            tXrX.fill(0.0)
-            tXrDY.fill(0.0)
-            mean = Float32(0.0)
-            rstd = Float32(0.0)
-            if row < num_rows:
-                copy_row(tXgX, tXrX)
-                copy_dy(tXgDY, tXrDY)
-                if const_expr(mDR is not None):
-                    copy_dres(thr_copy.partition_S(cute.local_tile(mDR, tiler, (tile, rank))), tXrDR)
-                if const_expr(mMean is not None):
-                    mean = mMean[row]
-                rstd = mRstd[row]
+            mean = next_mean
+            rstd = next_rstd
+            if const_expr(not self.prefetch):
+                mean, rstd = self._load_tile(tile, rank, tiler, num_rows, thr_copy, idX, mX, mDY, mDR, mMean, mRstd,
+                                             tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres)
             x = tXrX.load().to(Float32)
             dy = tXrDY.load().to(Float32)
+            dres = None
+            if const_expr(mDR is not None and self.prefetch):
+                dres = tXrDR.load()  # out of the fragment before the next tile's loads land there
+            if const_expr(self.prefetch):
+                # This tile's values are out of the fragments: the next tile's loads go in flight now.
+                next_mean, next_rstd = self._load_tile(tile + num_clusters, rank, tiler, num_rows, thr_copy, idX, mX,
+                                                       mDY, mDR, mMean, mRstd, tXrX, tXrDY, tXrDR, copy_row, copy_dy,
+                                                       copy_dres)
             xhat = (x - mean) * rstd
             g = dy
             if const_expr(mW is not None):
@@ -671,7 +680,9 @@ class LayerNormBwd(_RowKernel):
             else:
                 dx = (g - totals[1] / n - xhat * mean_gx) * rstd
             if const_expr(mDR is not None):
-                dx = dx + tXrDR.load().to(Float32)  # rows past M / columns past N: never stored
+                if const_expr(not self.prefetch):
+                    dres = tXrDR.load()
+                dx = dx + dres.to(Float32)  # rows past M / columns past N: never stored
             tXrDX.store(dx.to(self.dx_dtype))
             if const_expr(mDRin is not None):
                 tXrDRin.store(dx.to(self.dres_in_dtype))
@@ -684,6 +695,27 @@ class LayerNormBwd(_RowKernel):
             self._store_partial(tXrDW, slots_dw, tXgX0, mDWp, thr_copy, tiler, bidx, rank, pred, smem)
         if const_expr(self.want_db):
             self._store_partial(tXrDB, slots_db, tXgX0, mDBp, thr_copy, tiler, bidx, rank, pred, smem)
+
+    @cute.jit
+    def _load_tile(self, tile, rank, tiler: cutlass.Constexpr, num_rows, thr_copy, idX, mX, mDY, mDR, mMean, mRstd,
+                   tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres):
+        """Row tile ``tile``'s x, dy (and the residual's gradient) into the fragments, zeros where the tile has no
+        row (columns past N and rows past M then contribute nothing: dy = 0 makes g and dy * xhat vanish).
+        Returns the thread's row's (mean, rstd), zeros past M."""
+        row = thr_copy.partition_S(cute.local_tile(idX, tiler, (tile, rank)))[0][0]
+        tXrX.fill(0.0)
+        tXrDY.fill(0.0)
+        mean = Float32(0.0)
+        rstd = Float32(0.0)
+        if row < num_rows:
+            copy_row(thr_copy.partition_S(cute.local_tile(mX, tiler, (tile, rank))), tXrX)
+            copy_dy(thr_copy.partition_S(cute.local_tile(mDY, tiler, (tile, rank))), tXrDY)
+            if const_expr(mDR is not None):
+                copy_dres(thr_copy.partition_S(cute.local_tile(mDR, tiler, (tile, rank))), tXrDR)
+            if const_expr(mMean is not None):
+                mean = mMean[row]
+            rstd = mRstd[row]
+        return mean, rstd
 
     @cute.jit
     def _store_partial(self, acc, slots, like, mPartial, thr_copy, tiler, bidx, rank, pred, smem):
