@@ -67,9 +67,6 @@ class FwdConfig:
     programs_per_sm: int = 0  # chunked only: 0 = one program per row; k = a persistent grid of k x SMs
     affine_first: bool = False  # resident only: weight/bias loaded with the rows, before the statistics
     l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
-    # Split rows (wide N): each row spread over cdiv(N, block_n) programs that hold a block_n slice each in registers
-    # and exchange partial statistics (_layernorm_fwd_split_kernel); programs_per_sm of them resident per SM.
-    split: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,9 +86,6 @@ class BwdConfig:
     # Software pipelining of the persistent row loop (Triton's num_stages): the loads of the next stages - 1 row tiles
     # go to shared memory while this one computes. 1: none. The launcher lowers it to fit shared memory.
     stages: int = 1
-    # Split rows (wide N): each row spread over cdiv(N, block_n) programs holding a block_n slice of x, dy, w and the
-    # dw/db accumulators in registers, exchanging the row sums (_layernorm_bwd_split_kernel); x and dy read once.
-    split: bool = False
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -586,120 +580,6 @@ def _layernorm_fwd_chunked_kernel(
             tl.store(Rstd + row, rstd)
 
 
-@triton.jit
-def _arrive_and_wait(Counters, group, target):
-    """One step of a split row's exchange: this program's partials are stored (by the thread that issues the
-    atomics: Triton runs scalar stores and atomics on one thread, after a CTA barrier), it counts itself in with a
-    release, then spins until the group's counter reaches ``target`` (acquire). Counters start at 0 and only grow:
-    step i of a group of SPLIT programs waits for (i + 1) * SPLIT."""
-    tl.atomic_add(Counters + group, 1, sem="release", scope="gpu")
-    while tl.atomic_add(Counters + group, 0, sem="acquire", scope="gpu") < target:
-        pass
-
-
-@triton.jit
-def _split_slot(group, step, row, PHASE: tl.constexpr):
-    """Where a split row's partials go: two slots per group, alternating (a program reaches step i + 2, and
-    overwrites step i's slot, only after every program of its group arrived at step i + 1, i.e. read step i's);
-    the interpreter's two-launch phases keep one slot per row."""
-    if PHASE == 2:
-        return group * 2 + step % 2
-    else:
-        return row
-
-
-@triton.jit
-def _layernorm_fwd_split_kernel(
-    X, Y, W, B, Mean, Rstd, R, H, Partials, Counters,
-    stride_x_row, stride_y_row, stride_r_row, stride_h_row, rows, eps, groups,
-    N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
-    IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
-    ROW_ALIGN: tl.constexpr, PHASE: tl.constexpr = 2,
-):
-    """Wide rows, read once: a row is split over the SPLIT programs of a group (program pid: group pid // SPLIT,
-    slice pid % SPLIT of BLOCK_N columns), each holding its slice in registers. Group g handles rows g, g + groups,
-    .... Per row each program stores its slice's mean and sum of squared deviations, the group exchanges them
-    (Chan's combination, pivoted on slice 0's mean: a large common offset never enters a sum), and each program
-    normalizes its slice from registers. The combination runs in the same fixed order in every program: the same
-    bits everywhere, run to run.
-
-    PHASE 2: one launch, the exchange synchronized through Counters (one zeroed int32 per group): every program of
-    the grid must be resident at once, which the launcher's grid (programs_per_sm x SMs) is sized for. PHASE 0 / 1:
-    two launches for the interpreter, which runs programs one after another (a program there can never wait for
-    another): 0 stores every row's partials, 1 reads them back and normalizes."""
-    stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
-    stride_y_row = _aligned_stride(stride_y_row, ROW_ALIGN)
-    if HAS_RESIDUAL:
-        stride_r_row = _aligned_stride(stride_r_row, ROW_ALIGN)
-    if STORE_RESIDUAL:
-        stride_h_row = _aligned_stride(stride_h_row, ROW_ALIGN)
-    pid = tl.program_id(0)
-    group = pid // SPLIT
-    part = pid % SPLIT
-    cols = part * BLOCK_N + tl.arange(0, BLOCK_N)
-    in_row = cols < N
-    count = tl.minimum(N - part * BLOCK_N, BLOCK_N).to(tl.float32)
-    parts = tl.arange(0, BLOCK_K)
-    part_ok = parts < SPLIT
-    part_counts = tl.where(part_ok, tl.minimum(N - parts * BLOCK_N, BLOCK_N), 0).to(tl.float32)
-    row64 = tl.cast(group, tl.int64)
-    x = _load_row_input(X + row64 * stride_x_row + cols,
-                        R + row64 * stride_r_row + cols if HAS_RESIDUAL else None,
-                        H + row64 * stride_h_row + cols if STORE_RESIDUAL else None,
-                        in_row, HAS_RESIDUAL, STORE_RESIDUAL and PHASE != 0, RESIDUAL_IN_FP32, "")
-    for step in range(0, tl.cdiv(rows - group, groups)):
-        row = group + step * groups
-        row64 = tl.cast(row, tl.int64)
-        slot = _split_slot(group, step, row, PHASE)
-        partial = Partials + (slot * SPLIT) * 2
-        if PHASE != 1:
-            if IS_RMS:
-                tl.store(partial + part * 2, tl.sum(x * x, axis=0))
-            else:
-                slice_mean = tl.sum(x, axis=0) / count
-                centered = tl.where(in_row, x - slice_mean, 0.0)
-                centered_sum = tl.sum(centered, axis=0)
-                # The slice mean's rounding, measured and removed (as in the resident kernel).
-                tl.store(partial + part * 2, slice_mean + centered_sum / count)
-                tl.store(partial + part * 2 + 1, tl.sum(centered * centered, axis=0) - centered_sum * centered_sum / count)
-        # The next row's slice is loaded before the wait, so its latency overlaps the exchange.
-        next64 = row64 + groups
-        next_ok = in_row & (tl.zeros_like(cols) + next64 < rows)
-        x_next = _load_row_input(X + next64 * stride_x_row + cols,
-                                 R + next64 * stride_r_row + cols if HAS_RESIDUAL else None,
-                                 H + next64 * stride_h_row + cols if STORE_RESIDUAL else None,
-                                 next_ok, HAS_RESIDUAL, STORE_RESIDUAL and PHASE != 0, RESIDUAL_IN_FP32, "")
-        if PHASE == 2:
-            _arrive_and_wait(Counters, group, (step + 1) * SPLIT)
-        if PHASE != 0:
-            if IS_RMS:
-                sq_sums = tl.load(partial + parts * 2, mask=part_ok, other=0.0, cache_modifier=".cg")
-                rstd = tl.math.rsqrt(tl.sum(sq_sums, axis=0) / N + eps)
-                y = x * rstd
-            else:
-                means = tl.load(partial + parts * 2, mask=part_ok, other=0.0, cache_modifier=".cg")
-                m2s = tl.load(partial + parts * 2 + 1, mask=part_ok, other=0.0, cache_modifier=".cg")
-                pivot = tl.sum(tl.where(parts == 0, means, 0.0), axis=0)
-                mean = pivot + tl.sum(part_counts * (means - pivot), axis=0) / N
-                spread = tl.where(part_ok, means - mean, 0.0)
-                var = (tl.sum(m2s, axis=0) + tl.sum(part_counts * spread * spread, axis=0)) / N
-                rstd = tl.math.rsqrt(var + eps)
-                y = (x - mean) * rstd
-            # The weight and bias slices (the same every row: L1/L2 hits) are loaded per row, not held.
-            if HAS_W:
-                y = y * _load_affine(W, cols, N, "evict_last")
-            if HAS_B:
-                y = y + _load_affine(B, cols, N, "evict_last")
-            tl.store(Y + row64 * stride_y_row + cols, y.to(Y.dtype.element_ty), mask=in_row)
-            if part == 0:
-                if STORE_MEAN:
-                    tl.store(Mean + row, mean)
-                if STORE_RSTD:
-                    tl.store(Rstd + row, rstd)
-        x = x_next
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Backward kernels
 # ----------------------------------------------------------------------------------------------------------------
@@ -929,86 +809,6 @@ def _layernorm_bwd_tiled_kernel(
                                               col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc,
                                               NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
     _store_partials(DW_partial, DB_partial, group, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB, False)
-
-
-@triton.jit
-def _layernorm_bwd_split_kernel(
-    DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, Partials, Counters,
-    stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, groups,
-    N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-    IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr, ROW_ALIGN: tl.constexpr,
-    PHASE: tl.constexpr = 2,
-):
-    """Wide rows, x and dy read once: a row split over the SPLIT programs of a group as in the split forward (same
-    grid, exchange and PHASEs). Per row each program stores its slice's sums of g * xhat and g, the group exchanges
-    them (summed in one fixed order everywhere), and each program writes dx for its slice from registers. Its dw/db
-    accumulators cover its slice across the group's rows and go to partial row ``group`` at the end."""
-    stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
-    stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
-    stride_dx_row = _aligned_stride(stride_dx_row, ROW_ALIGN)
-    if HAS_DRESIDUAL:
-        stride_dres_row = _aligned_stride(stride_dres_row, ROW_ALIGN)
-    if STORE_DRESIDUAL_IN:
-        stride_dres_in_row = _aligned_stride(stride_dres_in_row, ROW_ALIGN)
-    pid = tl.program_id(0)
-    group = pid // SPLIT
-    part = pid % SPLIT
-    cols = part * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    parts = tl.arange(0, BLOCK_K)
-    part_ok = parts < SPLIT
-    w = _load_affine(W, cols, N, "") if HAS_W else 0.0
-    dw_acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
-    db_acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
-    # x and dy of the next row are loaded before the exchange's wait, and kept in their own dtype until used.
-    row64 = tl.cast(group, tl.int64)
-    x_raw = tl.load(X + row64 * stride_x_row + cols, mask=col_ok, other=0.0)
-    dy_raw = tl.load(DY + row64 * stride_dy_row + cols, mask=col_ok, other=0.0)
-    for step in range(0, tl.cdiv(rows - group, groups)):
-        row = group + step * groups
-        row64 = tl.cast(row, tl.int64)
-        row_idx = row + tl.arange(0, 1)  # a one-row tile, for the resident kernel's helpers
-        row_ok = row_idx < rows
-        dy = dy_raw.to(tl.float32)[None, :]
-        rstd = tl.load(Rstd + row_idx)
-        if IS_RMS:
-            xhat = tl.where(col_ok[None, :], x_raw.to(tl.float32)[None, :] * rstd[:, None], 0.0)
-        else:
-            mean = tl.load(Mean + row_idx)
-            xhat = tl.where(col_ok[None, :], (x_raw.to(tl.float32)[None, :] - mean[:, None]) * rstd[:, None], 0.0)
-        if HAS_W:
-            g = dy * w[None, :]
-        else:
-            g = dy
-        slot = _split_slot(group, step, row, PHASE)
-        partial = Partials + (slot * SPLIT) * 2
-        if PHASE != 1:
-            tl.store(partial + part * 2, tl.sum(tl.sum(g * xhat, axis=1), axis=0))
-            if not IS_RMS:
-                tl.store(partial + part * 2 + 1, tl.sum(tl.sum(g, axis=1), axis=0))
-        next64 = row64 + groups
-        next_ok = col_ok & (tl.zeros_like(cols) + next64 < rows)
-        x_raw = tl.load(X + next64 * stride_x_row + cols, mask=next_ok, other=0.0)
-        dy_raw = tl.load(DY + next64 * stride_dy_row + cols, mask=next_ok, other=0.0)
-        if PHASE == 2:
-            _arrive_and_wait(Counters, group, (step + 1) * SPLIT)
-        if PHASE != 0:
-            zero = tl.zeros((1,), dtype=tl.float32)
-            sums_gx = tl.load(partial + parts * 2, mask=part_ok, other=0.0, cache_modifier=".cg")
-            mean_gx = zero + tl.sum(sums_gx, axis=0) / N
-            if IS_RMS:
-                mean_g = None
-            else:
-                sums_g = tl.load(partial + parts * 2 + 1, mask=part_ok, other=0.0, cache_modifier=".cg")
-                mean_g = zero + tl.sum(sums_g, axis=0) / N
-            dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, "")
-            dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok,
-                                                  cols, col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc,
-                                                  db_acc, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL,
-                                                  STORE_DRESIDUAL_IN)
-    if PHASE != 0:
-        _store_partials(DW_partial, DB_partial, group, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB, False)
 
 
 @triton.jit
@@ -1256,12 +1056,6 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         RESIDUAL_IN_FP32=has_residual and (bool(residual_in_fp32) or x.dtype == torch.float32),
     )
     flags["ROW_ALIGN"] = _row_align(*args[8:12])
-    if cfg.split and not _split_fits(cfg, hidden, x.device, explicit=config is not None):
-        cfg = FWD_SPLIT_FALLBACK
-    if cfg.split:
-        # A fresh zeroed counter per call: no launch plan (the plan would replay the same workspace).
-        _launch_split(_layernorm_fwd_split_kernel, x.device, rows, hidden, cfg, args[:8], args[8:], flags)
-        return
     if cfg.chunked:
         programs = rows if cfg.programs_per_sm == 0 else min(rows, cfg.programs_per_sm * _program_slots(x.device))
         grid = (programs,)
@@ -1277,52 +1071,6 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         if len(_fwd_plans) >= MAX_FWD_PLANS:
             _fwd_plans.clear()
         _fwd_plans[plan_key] = (grid, entry)
-
-
-# Split rows (FwdConfig.split / BwdConfig.split): a row's cdiv(N, block_n) programs must all be resident at once
-# (each waits for the others' partials), so the grid is at most programs_per_sm x SMs programs. A split config
-# whose row needs more programs than that (a GPU with few SMs) runs the chunked kernels instead.
-FWD_SPLIT_FALLBACK = FwdConfig(block_m=1, block_n=8192, num_warps=8, chunked=True)
-BWD_SPLIT_FALLBACK = BwdConfig(block_m=2, block_n=1024, num_warps=4, chunked=True, programs_per_sm=4)
-
-
-def _split_fits(cfg, hidden: int, device: torch.device, explicit: bool) -> bool:
-    """Whether a split config's row fits the resident grid; an explicit config that does not is an error."""
-    split, capacity = _cdiv(hidden, cfg.block_n), max(cfg.programs_per_sm, 1) * _program_slots(device)
-    if split <= capacity or device.type != "cuda":  # the interpreter runs the exchange in two launches
-        return True
-    if explicit:
-        raise ValueError(f"a split-row config with block_n={cfg.block_n} spreads a row of {hidden} over {split} "
-                         f"programs, more than the {capacity} this GPU holds at once (programs_per_sm="
-                         f"{cfg.programs_per_sm}); use a wider block_n")
-    return False
-
-
-def split_groups(rows: int, hidden: int, cfg, slots: int) -> tuple[int, int]:
-    """(split, groups) of a split-row launch: programs per row and row groups; the grid is split x groups programs,
-    at most programs_per_sm (0 counts as 1) x slots, and no more groups than rows.
-
-    >>> split_groups(16384, 262144, FwdConfig(1, 16384, 16, False, programs_per_sm=2, split=True), 132)
-    (16, 16)
-    """
-    split = _cdiv(hidden, cfg.block_n)
-    return split, _clamp(max(cfg.programs_per_sm, 1) * slots // split, 1, max(rows, 1))
-
-
-def _launch_split(kernel, device: torch.device, rows: int, hidden: int, cfg, pointers: tuple, scalars: tuple,
-                  flags: dict) -> int:
-    """Launches a split-row kernel (arguments: ``pointers``, its Partials and Counters, ``scalars``, groups) over
-    split x groups programs; returns groups. On a GPU one launch exchanges the partials through per-group counters
-    (PHASE 2); under the interpreter, whose programs run one after another, two launches do (PHASE 0 stores every
-    row's partials, PHASE 1 reads them back)."""
-    split, groups = split_groups(rows, hidden, cfg, _program_slots(device))
-    interpreted = device.type != "cuda"
-    partials = torch.empty((rows if interpreted else 2 * groups, split, 2), dtype=torch.float32, device=device)
-    counters = torch.zeros((groups,), dtype=torch.int32, device=device)
-    for phase in (0, 1) if interpreted else (2,):
-        _launch(kernel, (groups * split,), cfg.num_warps, *pointers, partials, counters, *scalars, groups,
-                N=hidden, SPLIT=split, BLOCK_N=cfg.block_n, BLOCK_K=_next_power_of_2(split), PHASE=phase, **flags)
-    return groups
 
 
 def sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
@@ -1381,9 +1129,6 @@ def bwd_plan(rows: int, hidden: int, cfg: BwdConfig, sms: int, shrink_rows: bool
     BwdPlan(grid=(264,), block_m=1, rows_per_group=0, partial_rows=132, shared_partials=True)
     """
     slots = sms * cfg.programs_per_sm
-    if cfg.split:  # one partial row per group of programs (each program its slice's columns)
-        split, groups = split_groups(rows, hidden, cfg, sms)
-        return BwdPlan((split * groups,), 1, 0, groups, False)
     if cfg.chunked:
         col_chunks = _cdiv(hidden, cfg.block_n)
         groups = _clamp(slots // col_chunks, 1, _cdiv(rows, cfg.block_m))
@@ -1419,11 +1164,9 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     to dx. dresidual_in (M, N) or None: a second copy of dx in another dtype (the residual input's gradient)."""
     rows, hidden = x.shape
     cfg = config or bwd_config(hidden, x.dtype, rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS)
-    if cfg.split and not _split_fits(cfg, hidden, x.device, explicit=config is not None):
-        cfg = BWD_SPLIT_FALLBACK
     plan = bwd_plan(rows, hidden, cfg, _program_slots(x.device), shrink_rows=config is None)
     # Few rows, about one fp32 partial row each: the kernel writes dx only; dw/db are summed from the rows after.
-    from_rows = (config is None and not cfg.chunked and not cfg.split and plan.partial_rows > 1
+    from_rows = (config is None and not cfg.chunked and plan.partial_rows > 1
                  and rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS and (dweight is not None or dbias is not None))
     weight_grads = (dweight, dbias)
     if from_rows:
@@ -1445,11 +1188,7 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
         )
     dw_partial = _partial_rows(dweight, plan, hidden)
     db_partial = _partial_rows(dbias, plan, hidden)
-    if cfg.split:
-        _launch_split(_layernorm_bwd_split_kernel, x.device, rows, hidden, cfg,
-                      (dy, x, weight, mean, rstd, dx, dw_partial, db_partial, dresidual, dresidual_in),
-                      residual_args[2:], dict(flags, ROW_ALIGN=row_align))
-    elif cfg.chunked:
+    if cfg.chunked:
         _launch(
             _layernorm_bwd_tiled_kernel, plan.grid, cfg.num_warps,
             dy, x, weight, mean, rstd, mean_gx, mean_g, dx, dw_partial, db_partial, *residual_args,
