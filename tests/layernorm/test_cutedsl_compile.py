@@ -141,7 +141,7 @@ def test_backward_compiles(case):
                                                          (1000, "fp16", "plain"), (65536, "bf16", "plain"),
                                                          (262144, "bf16", "plain"), (4096, "fp32", "no_weight")])
 def test_backward_prefetch_compiles(hidden, dtype_name, feature):
-    """The opt-in prefetch (BwdConfig.prefetch): the next row tile's loads are issued inside the loop, after a first
+    """The prefetch (BwdConfig.prefetch): the next row tile's loads are issued inside the loop, after a first
     tile's loads before it, so the kernel has more 128-bit row loads than the plain one; otherwise the same checks
     (one CTA or a cluster, w and dw/db in registers or shared memory, the residual's gradient, RMSNorm)."""
     elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
@@ -279,11 +279,18 @@ def test_wide_backward_does_not_spill(case):
 
 @pytest.mark.parametrize("hidden", [256, 1024, 4096, 8192, 16384, 32768])
 def test_backward_registers_fit_the_config(hidden):
-    """The default backward configs run ctas_per_sm CTAs of num_threads per SM: their registers must allow it."""
+    """The default backward configs run ctas_per_sm CTAs of num_threads per SM: their registers must allow it.
+    Without spills, but for the prefetching one-row 8192 CTA (a 40-byte stack with this ptxas; measured faster than
+    the unspilled kernel on the H100: config.bwd_config's notes)."""
     config = cfg.bwd_config(hidden, 2, 8)
     ptx = launch.compile_bwd(cutlass.BFloat16, hidden, cutlass.Float32, True, True, 8, config, ARCH,
                              keep_ptx=True).__ptx__
     usage = _ptxas_usage(ptx)
+    if hidden == 8192:
+        assert config.prefetch and usage["stack"] <= 64, usage
+        usage = _ptxas_usage(launch.compile_bwd(cutlass.BFloat16, hidden, cutlass.Float32, True, True, 8,
+                                                dataclasses.replace(config, prefetch=False), ARCH,
+                                                keep_ptx=True).__ptx__)
     assert usage["spill_stores"] == 0 and usage["stack"] == 0, usage
     assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
 
@@ -372,6 +379,21 @@ def test_forward_with_affine_after_stats_compiles(case):
 def test_affine_after_stats_rule(rows, hidden, elem, vec, residual, late, min_ctas):
     config = cfg.fwd_config(hidden, elem, vec, rows=rows, residual=residual)
     assert (config.affine_after_stats, config.min_ctas_per_sm) == (late, min_ctas)
+
+
+@pytest.mark.parametrize("rows, hidden, elem, vec, residual, prefetch", [
+    (4096, 8192, 2, 8, False, True), (4096, 4096, 2, 8, False, True), (32768, 1024, 2, 8, False, True),  # 1 CTA/SM
+    (8192, 262144, 2, 8, False, True), (None, 2048, 4, 4, False, True),  # a 16-CTA cluster; M not given
+    (8192, 262144, 4, 4, False, False),  # fp32 with the column state in shared memory: ptxas spills
+    (32768, 256, 2, 8, False, False),  # 32 rows a CTA
+    (32768, 16384, 2, 8, False, False), (8192, 8192, 4, 4, False, False),  # two CTAs per SM
+    (4096, 8192, 2, 8, True, False), (128, 4096, 2, 8, False, False),  # the fused residual; small M
+])
+def test_backward_prefetch_rule(rows, hidden, elem, vec, residual, prefetch):
+    config = cfg.bwd_config(hidden, elem, vec, residual=residual, rows=rows)
+    assert config.prefetch == prefetch
+    if prefetch:
+        assert config.ctas_per_sm == 1
 
 
 def test_launch_bound_counts_the_widest_row_tensor():
@@ -515,14 +537,14 @@ def test_small_m_forward_spreads_a_row_over_more_threads(rows, hidden, small):
 @pytest.mark.parametrize("hidden", [256, 1024, 4096])
 def test_backward_holds_one_row_a_cta_when_rows_are_fewer(hidden):
     """M below the CTA's thread rows (M = 1): the backward's CTA is one row, which compiles; from M = rows_per_cta
-    up the tiling is the M-independent one (only the L2 hints wait for M above SMALL_M_ROWS)."""
+    up the tiling is the M-independent one (only the L2 hints and the prefetch wait for M above SMALL_M_ROWS)."""
     default = cfg.bwd_config(hidden, 2, 8)
     assert default.tiling.rows_per_cta > 1
     single = cfg.bwd_config(hidden, 2, 8, rows=1)
     assert single.tiling.rows_per_cta == 1
     assert single.tiling.threads_per_row == default.tiling.threads_per_row
     few = cfg.bwd_config(hidden, 2, 8, rows=default.tiling.rows_per_cta)
-    assert dataclasses.replace(few, l2_hints=default.l2_hints) == default
+    assert dataclasses.replace(few, l2_hints=default.l2_hints, prefetch=default.prefetch) == default
     ptx = launch.compile_bwd(cutlass.BFloat16, hidden, cutlass.Float32, True, True, 8, single, ARCH,
                              keep_ptx=True).__ptx__
     _check_common(ptx, single.tiling, 2)

@@ -139,8 +139,8 @@ def test_backward_pipelining_lowered_to_fit_shared_memory(cuda_gen):
     (300, 5000, torch.float16, False), (129, 262144, torch.bfloat16, False), (700, 2048, torch.float32, False),
 ], ids=str)
 def test_cutedsl_backward_prefetch_gives_the_same_bits(cuda_gen, rows, hidden, dtype, residual):
-    """The CuTeDSL backward's opt-in prefetch (the next row tile's loads issued while this one computes) runs the
-    same arithmetic: dx, dw and db (and dx + the residual's gradient) bit-identical to the default config's."""
+    """The CuTeDSL backward's prefetch (the next row tile's loads issued while this one computes; on by default for
+    one CTA per SM) runs the same arithmetic: dx, dw and db (and dx + the residual's gradient) bit-identical to the default config's."""
     if not is_cutedsl_layernorm_available():
         pytest.skip("CuTeDSL backend not available")
     from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
@@ -154,7 +154,7 @@ def test_cutedsl_backward_prefetch_gives_the_same_bits(cuda_gen, rows, hidden, d
                                       ((x.data_ptr(), x.element_size()), (weight.data_ptr(), weight.element_size())))
     default = cutedsl_config.bwd_config(hidden, x.element_size(), vec, residual=residual, rows=rows)
     results = []
-    for config in (default, dataclasses.replace(default, prefetch=True)):
+    for config in (dataclasses.replace(default, prefetch=False), dataclasses.replace(default, prefetch=True)):
         dx = torch.full_like(x, float("nan"))
         dw, db = torch.full_like(weight, float("nan")), torch.full_like(weight, float("nan"))
         cutedsl_launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=config, dresidual=dres)

@@ -124,13 +124,17 @@ _FWD_LADDER = (
 # 83 -> 94%; 4096x4096 fp16 66-68 -> 72%, 4096x8192 fp16 76-79 -> 88%, 4095x5000 fp16 60-63 -> 73%; 4 stages within a
 # point of 3 or below it; 32768 x 256 61-62% either way (1 kept). N = 16384 (x and dy re-read, 16 warps): 60 / 64%
 # (4096 / 32768 rows) unpipelined, 77 / 78% with 2 stages, against 56 / 59% for the chunked path.
+# One program per SM of twice the rows and warps, pipelined (H100, 2026-11-25, eighth session,
+# benchmarks/results/h100-2026-11-25-h/probes/triton-bwd-{4096,buckets}.txt, % of the add, two runs): 4096 x 4096
+# fp16 70 -> 83-85%, 8192 x 4096 81 -> 88-90%, 32768 x 4096 91 -> 94%; 32768 x 2048 89 -> 93%, 4096 x 2048 fp16 70 ->
+# 80-83%; 32768 x 1024 85 -> 87%, 4096 x 1024 fp16 60 -> 68%. (The tuner found the 4096 tile first: 71 -> 83%.)
 _BWD_LADDER = (
     # max_n, block_m, block_n (None: whole padded row), num_warps, chunked, programs_per_sm, stages, reread
     (256, 32, None, 16, False, 1, 1, False),  # tuner: 62% of the add, as 8 rows x 4 warps x 4 per SM, 1/4 the workspace
     (512, 8, None, 4, False, 2, 3, False),
-    (1024, 4, None, 4, False, 2, 3, False),
-    (2048, 2, None, 4, False, 2, 3, False),
-    (4096, 1, None, 8, False, 2, 3, False),
+    (1024, 8, None, 8, False, 1, 3, False),
+    (2048, 4, None, 8, False, 1, 3, False),
+    (4096, 2, None, 8, False, 1, 3, False),
     (8192, 1, None, 16, False, 1, 3, False),
     (16384, 1, None, 16, False, 1, 2, True),
     (None, 2, 1024, 4, True, 4, 1, False),
@@ -284,7 +288,7 @@ def bwd_config(hidden: int, dtype: torch.dtype, few_rows: bool = False) -> BwdCo
 
     >>> config = bwd_config(1024, torch.bfloat16)
     >>> config.block_m, config.num_warps, config.programs_per_sm, config.stages, config.reread, config.l2_hints
-    (4, 4, 2, 3, False, True)
+    (8, 8, 1, 3, False, True)
     """
     tuned = _TUNED.get(("bwd", hidden, _dtype_name(dtype)))
     if tuned is not None:

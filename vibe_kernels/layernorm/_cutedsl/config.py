@@ -101,8 +101,8 @@ class BwdConfig:
     ctas_per_sm: int
     column_state_in_smem: bool = False
     l2_hints: bool = False  # L2 eviction policies: x, dy (and the residual's gradient) evict_first, w evict_last
-    # The next row tile's loads issued while this one computes (opt-in, not yet measured on a GPU: see
-    # benchmarks/cutedsl_bwd_probe.py's "pf" config).
+    # The next row tile's x, dy (residual gradient), mean and rstd loaded into registers as soon as this tile's are
+    # read out, so the loads overlap this tile's reductions (see bwd_config for where it is on).
     prefetch: bool = False
 
     def max_partial_rows(self, num_sms: int) -> int:
@@ -266,17 +266,17 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
-ctas_per_sm=1, column_state_in_smem=False, l2_hints=True)
+ctas_per_sm=1, column_state_in_smem=False, l2_hints=True, prefetch=True)
     >>> bwd_config(1024, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
     >>> bwd_config(1024, 2, 8, rows=1).tiling
     RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=1, cluster_n=1)
     >>> bwd_config(262144, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16), \
-ctas_per_sm=1, column_state_in_smem=True, l2_hints=False)
+ctas_per_sm=1, column_state_in_smem=True, l2_hints=False, prefetch=True)
     >>> bwd_config(16384, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=2), \
-ctas_per_sm=2, column_state_in_smem=True, l2_hints=False)
+ctas_per_sm=2, column_state_in_smem=True, l2_hints=False, prefetch=False)
     """
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
     if rows is not None and rows < tiling.rows_per_cta:
@@ -308,4 +308,14 @@ ctas_per_sm=2, column_state_in_smem=True, l2_hints=False)
         if two_in_smem:
             column_state_in_smem = True
         ctas_per_sm = min(tiling.cluster_n, 2) if fits_two or two_in_smem else 1
-    return BwdConfig(tiling, ctas_per_sm, column_state_in_smem, _l2_hints(tiling, hidden, elem_bytes, residual, rows))
+    # Prefetch the next row tile where one CTA per SM has nothing else to overlap its loads with (H100, 2026-11-25,
+    # eighth session, cutedsl_bwd_probe.py --host-hidden, % of the add, default -> prefetch): 4096x8192 fp16 77 -> 84,
+    # 4096² 77 -> 82, 8192x262144 bf16 60 -> 79, 32768 x 1024 / 4096 88 / 85 -> 89 / 86, x 8192 83 -> 83; not at
+    # 32 rows a CTA (32768x256 79 -> 78) nor with two CTAs per SM (clustered 16-bit rows and 8192² fp32: -1 to 0).
+    # Not measured with the fused residual (more live registers) or at small M: off there. Nor for fp32 rows with the
+    # column state in shared memory (N >= 131072): ptxas spills there (56-byte stack), unlike 16-bit rows. At 8192
+    # 16-bit (one 512-thread row) ptxas spills 40 bytes too, yet it measured faster (above): kept.
+    prefetch = (ctas_per_sm == 1 and tiling.rows_per_cta <= 8 and not residual
+                and (rows is None or rows > SMALL_M_ROWS) and not (column_state_in_smem and elem_bytes == 4))
+    return BwdConfig(tiling, ctas_per_sm, column_state_in_smem,
+                     _l2_hints(tiling, hidden, elem_bytes, residual, rows), prefetch)
