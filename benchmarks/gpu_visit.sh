@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A GPU-machine visit, in parts that each fit one 10-minute device call:
-#   bash benchmarks/gpu_visit.sh tests      # the whole test suite on CUDA tensors
+#   bash benchmarks/gpu_visit.sh tests      # the whole test suite on CUDA tensors (may pass 585 s: then the halves)
+#   bash benchmarks/gpu_visit.sh tests-a    # its first half (test files up to test_gpu_ecosystem.py; 134 s, H100)
+#   bash benchmarks/gpu_visit.sh tests-b    # the second half (294 s on the H100, eighth session)
 #   bash benchmarks/gpu_visit.sh checks     # CuTeDSL check, validation vs Quack, first-call times, host profile
 #   bash benchmarks/gpu_visit.sh sanitize   # compute-sanitizer memcheck / initcheck / racecheck (sanitize.sh,
 #                                           # then sanitize_features.py)
@@ -10,7 +12,7 @@
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|checks|sanitize|bench|features}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|bench|features}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -24,6 +26,17 @@ case "$part" in
     timeout 585 python -m pytest tests -q -n 8 -p no:cacheprovider -rfEs > "$out/gpu-tests.log" 2>&1
     echo "tests: rc=$? $(tail -1 "$out/gpu-tests.log")"
     grep -E "^(FAILED|ERROR)" "$out/gpu-tests.log" | cut -c1-200 | head -30
+    ;;
+  tests-a|tests-b)
+    if [ "$part" = tests-a ]; then
+      files=$(ls tests/layernorm/test_*.py | sort | awk '$0 <= "tests/layernorm/test_gpu_ecosystem.py"')
+    else
+      files=$(ls tests/layernorm/test_*.py | sort | awk '$0 > "tests/layernorm/test_gpu_ecosystem.py"')
+    fi
+    # shellcheck disable=SC2086
+    timeout 585 python -m pytest $files -q -n 8 -p no:cacheprovider -rfEs > "$out/gpu-$part.log" 2>&1
+    echo "$part: rc=$? $(tail -1 "$out/gpu-$part.log")"
+    grep -E "^(FAILED|ERROR)" "$out/gpu-$part.log" | cut -c1-200 | head -30
     ;;
   checks)
     timeout 170 python tests/layernorm/gpu_check_cutedsl.py --no-bench --budget 120 > "$out/cutedsl-check.log" 2>&1
