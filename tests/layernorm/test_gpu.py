@@ -140,7 +140,8 @@ def test_backward_pipelining_lowered_to_fit_shared_memory(cuda_gen):
 ], ids=str)
 def test_cutedsl_backward_prefetch_gives_the_same_bits(cuda_gen, rows, hidden, dtype, residual):
     """The CuTeDSL backward's prefetch (the next row tile's loads issued while this one computes; on by default for
-    one CTA per SM) runs the same arithmetic: dx, dw and db (and dx + the residual's gradient) bit-identical to the default config's."""
+    one CTA per SM) runs the same arithmetic: dx, dw and db (and dx + the residual's gradient) bit-identical to the
+    kernel without it."""
     if not is_cutedsl_layernorm_available():
         pytest.skip("CuTeDSL backend not available")
     from vibe_kernels.layernorm._cutedsl import config as cutedsl_config

@@ -1,0 +1,76 @@
+"""Triton LayerNorm forward: the default config against other configs, per shape, as ms and % of a same-size copy
+(GPU time, L2 flushed: the bench's timer). Each config's out, mean and rstd are checked against fp32 torch first.
+
+    python benchmarks/triton_fwd_probe.py --shapes 4096x16384xfloat16 --configs c2048w8s3,c4096w8s2
+
+Configs: ``c<block_n>w<warps>[p<programs per SM>][h]`` (chunked; h: L2 hints) or ``r<block_m>x<block_n>w<warps>[h]``
+(resident rows). (The eighth session's run, ``benchmarks/results/h100-2026-11-25-h/probes/triton-fwd-stages.txt``,
+also had an ``s<stages>`` suffix for a pipelined chunk loop: 35-63% of a copy against 88-94%, so it was removed.)
+"""
+import argparse
+import re
+
+import torch
+
+from vibe_kernels.layernorm import _triton
+from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
+
+
+def _parse(text: str) -> _triton.FwdConfig:
+    chunked = re.fullmatch(r"c(\d+)w(\d+)(?:p(\d+))?(h?)", text)
+    if chunked:
+        block_n, warps, per_sm, hints = chunked.groups()
+        return _triton.FwdConfig(1, int(block_n), int(warps), True, programs_per_sm=int(per_sm or 0),
+                                 l2_hints=bool(hints))
+    resident = re.fullmatch(r"r(\d+)x(\d+)w(\d+)(h?)", text)
+    if resident:
+        block_m, block_n, warps, hints = resident.groups()
+        return _triton.FwdConfig(int(block_m), int(block_n), int(warps), False, l2_hints=bool(hints))
+    raise SystemExit(f"bad config {text!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", default="4096x8192xfloat16,4096x16384xfloat16,32768x16384")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--configs", default="")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    print(f"device: {torch.cuda.get_device_name()}")
+    for spec in args.shapes.split(","):
+        rows, hidden, *named = spec.split("x")
+        rows, hidden = int(rows), int(hidden)
+        dtype = getattr(torch, named[0] if named else args.dtype)
+        gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
+        x = (torch.randn(rows, hidden, device="cuda", generator=gen) + 1).to(dtype)
+        w = torch.randn(hidden, device="cuda", generator=gen)
+        b = torch.randn(hidden, device="cuda", generator=gen)
+        ref = torch.nn.functional.layer_norm(x.float(), (hidden,), w, b, 1e-5)
+        out, copied = torch.empty_like(x), torch.empty_like(x)
+        mean, rstd = torch.empty(rows, device="cuda"), torch.empty(rows, device="cuda")
+        copy_ms = gpu_ms_host_hidden(lambda: copied.copy_(x), 25, 100)
+        default = _triton.fwd_config(hidden, dtype)
+        configs = [default] + [_parse(t) for t in filter(None, args.configs.split(","))]
+        launches = []
+        for config in configs:
+            def launch(config=config):
+                _triton.layernorm_fwd(x, w, b, 1e-5, out, mean, rstd, config=config)
+
+            out.fill_(float("nan"))
+            launch()
+            err = (out.float() - ref).abs().max().item()
+            if not err < 0.1:
+                raise AssertionError(f"{spec} {config}: out err {err}")
+            launches.append(launch)
+        times = [[] for _ in configs]
+        for _ in range(args.repeats):
+            for launch, samples in zip(launches, times):
+                samples.append(gpu_ms_host_hidden(launch, 10, 40))
+        print(f"{spec} {dtype}: copy {copy_ms:.4f} ms")
+        for config, samples in zip(configs, times):
+            cells = " ".join(f"{ms:.4f} ({100 * copy_ms / ms:.0f}%)" for ms in samples)
+            print(f"    {cells}  {config}{'  (default)' if config is default else ''}")
+
+
+if __name__ == "__main__":
+    main()
