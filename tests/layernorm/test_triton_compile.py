@@ -177,7 +177,11 @@ def bwd_scenarios(dtype: str, part: str) -> list[dict]:
     from vibe_kernels.layernorm._triton import bwd_config
 
     sizes = representative_sizes(bwd_config, getattr(_torch(), dtype))
-    return [scenario(hidden, "x", True, "float32", rows=rows) for hidden in sizes for rows in (LARGE_M, SMALL_M)]
+    # weight_grads_from_rows alone: the CuTeDSL backward's dw/db at few rows (the Triton backward fuses it).
+    from_rows = [dict(scenario(hidden, "x", True, "float32", rows=SMALL_M), from_rows=True)
+                 for hidden in (1024, 16384)]
+    return [scenario(hidden, "x", True, "float32", rows=rows) for hidden in sizes
+            for rows in (LARGE_M, SMALL_M)] + from_rows
 
 
 def _torch():
@@ -249,6 +253,10 @@ def record_launches(module, scenarios):
                     if "rms" in sc:
                         features = dict(rms=sc["rms"], dresidual=tensor(sc["dresidual"], shape),
                                         dresidual_in=tensor(sc["dresidual_in"], shape))
+                    if sc.get("from_rows"):
+                        module.weight_grads_from_rows(tensor("x", shape), tensor("x", shape), stat(True), stat(True),
+                                                      dweight, tensor(sc["dbias"], sc["hidden"]))
+                        continue
                     module.layernorm_bwd(tensor(sc.get("dy", "x"), shape), tensor(sc.get("x", "x"), shape), weight,
                                          stat(not sc.get("rms")), stat(True), tensor("x", shape), dweight,
                                          tensor(sc["dbias"], sc["hidden"]), config=cfg, **features)

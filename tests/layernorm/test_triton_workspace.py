@@ -1,6 +1,7 @@
 """The Triton backward's dw/db workspace (issue 8): at most one fp32 partial row of N per SM for every default
 config, whatever M, and correct results when two programs share a partial row."""
 
+import dataclasses
 import itertools
 
 import pytest
@@ -65,8 +66,9 @@ def test_small_m_weight_gradients_skip_partial_rows(rows, hidden, grad_dtype, de
     """Small M, three ways to dw/db, each chosen where it moves the fewest bytes:
     - one partial row written by plain stores (M = 1): fp32 dw/db are written by the backward kernel itself, no
       second launch;
-    - more partial rows but at most WEIGHT_GRADS_FROM_ROWS_MAX_ROWS rows (resident rows): the kernel writes dx only
-      and dw/db are summed from the rows (weight_grads_from_rows), no partial rows;
+    - more partial rows but at most WEIGHT_GRADS_FROM_ROWS_MAX_ROWS rows (resident rows): no partial rows; the
+      backward launch's last programs sum dw/db straight from the rows while the others write dx (one launch: no
+      sum_partials, no weight_grads_from_rows), or a second launch does (weight_grads_from_rows) for re-read rows;
     - otherwise (and for gradients in another dtype than fp32 at M = 1) the partial rows' column sum.
     All give the reference gradients (fresh random inputs, NaN-poisoned outputs)."""
     calls = {"sum": 0, "rows": 0}
@@ -92,9 +94,35 @@ def test_small_m_weight_gradients_skip_partial_rows(rows, hidden, grad_dtype, de
     from_rows = (not cfg.chunked and plan.partial_rows > 1
                  and rows <= _backends.WEIGHT_GRADS_FROM_ROWS_MAX_ROWS)
     direct = plan.partial_rows == 1 and not plan.shared_partials and grad_dtype == torch.float32
-    want = {"sum": 0, "rows": 1} if from_rows else {"sum": 0 if direct else 1, "rows": 0}
+    want = {"sum": 0, "rows": int(cfg.reread)} if from_rows else {"sum": 0 if direct else 1, "rows": 0}
     assert calls == want, f"{plan}, grads {grad_dtype}"
     refs = check.grad_references(x, weight, torch.zeros_like(weight), dy, 1e-5,
                                  {"dx": dx.dtype, "dw": grad_dtype, "db": grad_dtype})
     for name, got in (("dx", dx), ("dw", dweight), ("db", dbias)):
         check.within(got, *refs[name], name)
+
+
+@pytest.mark.parametrize("rows, hidden, rms", [(100, 1024, False), (37, 5000, False), (256, 256, True)])
+def test_small_m_fused_weight_gradients_give_the_separate_launches_bits(rows, hidden, rms, device):
+    """The fused few-rows backward (dx programs and dw/db column programs in one launch) gives the bits of its two
+    halves launched separately: the resident kernel writing dx only, then weight_grads_from_rows."""
+    gen = torch.Generator().manual_seed(rows + hidden)
+    x = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.bfloat16)
+    dy = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.bfloat16)
+    weight = torch.randn(hidden, generator=gen).to(device=device)
+    mean = None if rms else x.float().mean(1)
+    rstd = torch.rsqrt((x.float().pow(2).mean(1) if rms else x.float().var(1, unbiased=False)) + 1e-5)
+    cfg = _triton.bwd_config(hidden, x.dtype, few_rows=True)
+    plan = _triton.bwd_plan(rows, hidden, cfg, _triton._program_slots(torch.device(device)))
+    assert plan.partial_rows > 1 and not cfg.reread  # the fused path
+    fused = [torch.full_like(x, float("nan")), torch.full_like(weight, float("nan")),
+             None if rms else torch.full_like(weight, float("nan"))]
+    _triton.layernorm_bwd(dy, x, weight, mean, rstd, *fused, rms=rms)
+    separate = [torch.full_like(t, float("nan")) if t is not None else None for t in fused]
+    _triton.layernorm_bwd(dy, x, weight, mean, rstd, separate[0], None, None, rms=rms,
+                          config=dataclasses.replace(cfg, block_m=plan.block_m))
+    _triton.weight_grads_from_rows(dy, x, mean, rstd, separate[1], separate[2])
+    for got, want in zip(fused, separate):
+        if want is not None:
+            assert not want.isnan().any()
+            assert torch.equal(got, want)

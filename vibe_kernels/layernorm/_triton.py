@@ -674,13 +674,15 @@ def _store_partials(DW_partial, DB_partial, slot, cols, col_ok, dw_acc, db_acc, 
 
 @triton.jit
 def _layernorm_bwd_resident_kernel(
-    DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN,
+    DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, DW, DB,
     stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
     ROW_ALIGN: tl.constexpr, SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr = False,
     REREAD: tl.constexpr = False, NUM_STAGES: tl.constexpr = 1,
+    COLUMN_BLOCK_M: tl.constexpr = 0, COLUMN_BLOCK_N: tl.constexpr = 0, COLUMN_DW: tl.constexpr = False,
+    COLUMN_DB: tl.constexpr = False,
 ):
     """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end,
     then go to partial row p. SHARED_PARTIALS (P = 2 x partial_rows at most): programs p and p + partial_rows add
@@ -691,12 +693,12 @@ def _layernorm_bwd_resident_kernel(
 
     REREAD: x, dy and the weight are loaded twice per tile: first (evict_last) for dw/db and the row sums, then
     (evict_first, from L1/L2) for dx, so that a wide row need not stay in registers across the row reduction. Same
-    arithmetic, same bits. NUM_STAGES: Triton's software pipelining of the row-tile loop (1: none)."""
-    ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
-    AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
-    # Two distinct policies also keep the compiler from merging the two loads of a REREAD tile into one.
-    FIRST_EVICTION: tl.constexpr = "evict_last" if REREAD else ROW_EVICTION
-    LAST_EVICTION: tl.constexpr = "evict_first" if REREAD else ROW_EVICTION
+    arithmetic, same bits. NUM_STAGES: Triton's software pipelining of the row-tile loop (1: none).
+
+    COLUMN_BLOCK_N > 0 (few rows, no partial rows): the last cdiv(N, COLUMN_BLOCK_N) programs of the grid compute
+    dw / db (COLUMN_DW / COLUMN_DB) straight from the rows into DW / DB (``_weight_grads_columns``) while the others
+    write dx: one launch instead of a dx kernel followed by a column-sum kernel."""
+    # Aligned before the branch: a variable may not change type inside one.
     stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
     stride_dx_row = _aligned_stride(stride_dx_row, ROW_ALIGN)
@@ -705,13 +707,45 @@ def _layernorm_bwd_resident_kernel(
     if STORE_DRESIDUAL_IN:
         stride_dres_in_row = _aligned_stride(stride_dres_in_row, ROW_ALIGN)
     pid = tl.program_id(0)
+    if COLUMN_BLOCK_N > 0:
+        row_programs = tl.num_programs(0) - (N + COLUMN_BLOCK_N - 1) // COLUMN_BLOCK_N
+        if pid >= row_programs:
+            _weight_grads_columns(DY, X, Mean, Rstd, DW, DB, stride_dy_row, stride_x_row, rows, pid - row_programs, N,
+                                  COLUMN_BLOCK_M, COLUMN_BLOCK_N, COLUMN_DW, COLUMN_DB, IS_RMS, ROW_ALIGN)
+        else:
+            _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, stride_dy_row,
+                               stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
+                               pid, row_programs, N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS,
+                               HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES)
+    else:
+        _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, stride_dy_row,
+                           stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows, pid,
+                           tl.num_programs(0), N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL,
+                           STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES)
+
+
+@triton.jit
+def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, stride_dy_row, stride_x_row,
+                       stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows, pid, row_programs,
+                       N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+                       IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
+                       SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr, REREAD: tl.constexpr,
+                       NUM_STAGES: tl.constexpr):
+    """The resident backward's row tiles pid, pid + row_programs, ... (strides already aligned): see
+    _layernorm_bwd_resident_kernel."""
+    ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
+    AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
+    # Two distinct policies also keep the compiler from merging the two loads of a REREAD tile into one.
+    FIRST_EVICTION: tl.constexpr = "evict_last" if REREAD else ROW_EVICTION
+    LAST_EVICTION: tl.constexpr = "evict_first" if REREAD else ROW_EVICTION
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < N
     if not REREAD:
         w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
     dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for tile in tl.range(pid, tl.cdiv(rows, BLOCK_M), tl.num_programs(0), num_stages=NUM_STAGES):
+    for tile in tl.range(pid, tl.cdiv(rows, BLOCK_M), row_programs, num_stages=NUM_STAGES):
         row_idx = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = row_idx < rows
         if REREAD:
@@ -825,17 +859,15 @@ def _store_column_sums(DW, DB, cols, col_ok, dw_acc, db_acc, NEED_DW: tl.constex
 
 
 @triton.jit
-def _weight_grads_from_rows_kernel(
-    DY, X, Mean, Rstd, DW, DB, stride_dy_row, stride_x_row, rows,
-    N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-    IS_RMS: tl.constexpr, ROW_ALIGN: tl.constexpr,
-):
-    """Few rows: dw[n] = sum_m dy[m, n] * xhat[m, n] and db[n] = sum_m dy[m, n] straight from the rows, in fp32, in a
-    fixed order (deterministic), written in the gradients' dtypes. Each program owns BLOCK_N columns and walks every
-    row: no partial rows, whose fp32 bytes outweigh the 16-bit rows themselves when there is about one per row."""
+def _weight_grads_columns(DY, X, Mean, Rstd, DW, DB, stride_dy_row, stride_x_row, rows, col_block,
+                          N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NEED_DW: tl.constexpr,
+                          NEED_DB: tl.constexpr, IS_RMS: tl.constexpr, ROW_ALIGN: tl.constexpr):
+    """Few rows: dw[n] = sum_m dy[m, n] * xhat[m, n] and db[n] = sum_m dy[m, n] for the BLOCK_N columns of
+    ``col_block``, straight from the rows, in fp32, in a fixed order (deterministic), written in the gradients'
+    dtypes. No partial rows, whose fp32 bytes outweigh the 16-bit rows themselves when there is about one per row."""
     stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -848,6 +880,18 @@ def _weight_grads_from_rows_kernel(
         if NEED_DB:
             db_acc += dy
     _store_column_sums(DW, DB, cols, col_ok, dw_acc, db_acc, NEED_DW, NEED_DB)
+
+
+@triton.jit
+def _weight_grads_from_rows_kernel(
+    DY, X, Mean, Rstd, DW, DB, stride_dy_row, stride_x_row, rows,
+    N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    IS_RMS: tl.constexpr, ROW_ALIGN: tl.constexpr,
+):
+    """dw / db from the rows (``_weight_grads_columns``), one program per BLOCK_N columns: after a backward kernel
+    that wrote dx only (the CuTeDSL backward at few rows)."""
+    _weight_grads_columns(DY, X, Mean, Rstd, DW, DB, stride_dy_row, stride_x_row, rows, tl.program_id(0), N, BLOCK_M,
+                          BLOCK_N, NEED_DW, NEED_DB, IS_RMS, ROW_ALIGN)
 
 
 @triton.jit
@@ -1092,15 +1136,20 @@ def sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
     )
 
 
+def _weight_grads_tile(rows: int, hidden: int) -> tuple[int, int]:
+    """(rows, columns) of the tiles of dw / db summed straight from the rows. 32-column programs (64 from N = 16384):
+    N / 32 >= 128 programs from N = 4096 up; tiles of up to 2048 elements (16 a thread of each of x and dy at 4
+    warps), so 128 rows take two steps."""
+    block_n = min(_next_power_of_2(hidden), 32 if hidden < 16384 else 64)
+    return min(_next_power_of_2(max(rows, 1)), 2048 // block_n), block_n
+
+
 def weight_grads_from_rows(dy, x, mean, rstd, dweight, dbias) -> None:
     """dweight = sum over rows of dy * xhat, dbias = sum of dy (either may be None), xhat = (x - mean) * rstd (x *
     rstd when mean is None: RMSNorm), in fp32 in a fixed order, in one launch, written in the gradients' dtypes.
     For few rows (_backends.WEIGHT_GRADS_FROM_ROWS_MAX_ROWS)."""
     rows, hidden = x.shape
-    # 32-column programs (64 from N = 16384): N / 32 >= 128 programs from N = 4096 up; tiles of up to 2048 elements
-    # (16 a thread of each of x and dy), so 128 rows take two steps.
-    block_n = min(_next_power_of_2(hidden), 32 if hidden < 16384 else 64)
-    block_m = min(_next_power_of_2(max(rows, 1)), 2048 // block_n)
+    block_m, block_n = _weight_grads_tile(rows, hidden)
     _launch(
         _weight_grads_from_rows_kernel, (_cdiv(hidden, block_n),), 4,
         dy, x, mean, rstd, dweight, dbias, dy.stride(0), x.stride(0), rows,
@@ -1169,10 +1218,21 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     rows, hidden = x.shape
     cfg = config or bwd_config(hidden, x.dtype, rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS)
     plan = bwd_plan(rows, hidden, cfg, _program_slots(x.device), shrink_rows=config is None)
-    # Few rows, about one fp32 partial row each: the kernel writes dx only; dw/db are summed from the rows after.
+    # Few rows, about one fp32 partial row each: no partial rows; dw/db are summed straight from the rows, by the
+    # same launch's last programs while the others write dx (H100, 2026-11-25, eighth session, fwd+bwd ms, separate
+    # -> fused: 128x4096 0.0159 -> 0.0126, 256x1024 0.0165 -> 0.0112, 200x2048 0.0170 -> 0.0133, 8x1024 0.0118 ->
+    # 0.0092, 128x8192 0.0201 -> 0.0192), or by a second launch for the re-read 16-warp rows (64x16384 0.0244 ->
+    # 0.0262 fused).
     from_rows = (config is None and not cfg.chunked and plan.partial_rows > 1
                  and rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS and (dweight is not None or dbias is not None))
+    fused_from_rows = from_rows and not cfg.reread
     weight_grads = (dweight, dbias)
+    column_flags = dict(COLUMN_BLOCK_M=0, COLUMN_BLOCK_N=0, COLUMN_DW=False, COLUMN_DB=False)
+    if fused_from_rows:
+        column_block_m, column_block_n = _weight_grads_tile(rows, hidden)
+        column_flags = dict(COLUMN_BLOCK_M=column_block_m, COLUMN_BLOCK_N=column_block_n,
+                            COLUMN_DW=dweight is not None, COLUMN_DB=dbias is not None)
+        plan = dataclasses.replace(plan, grid=(plan.grid[0] + _cdiv(hidden, column_block_n),))
     if from_rows:
         dweight = dbias = None
     flags = dict(HAS_W=weight is not None, NEED_DW=dweight is not None, NEED_DB=dbias is not None, IS_RMS=bool(rms),
@@ -1202,13 +1262,15 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     else:
         _launch(
             _layernorm_bwd_resident_kernel, plan.grid, cfg.num_warps,
-            dy, x, weight, mean, rstd, dx, dw_partial, db_partial, *residual_args, plan.partial_rows,
+            dy, x, weight, mean, rstd, dx, dw_partial, db_partial, residual_args[0], residual_args[1],
+            *(weight_grads if fused_from_rows else (None, None)), *residual_args[2:], plan.partial_rows,
             N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
             SHARED_PARTIALS=plan.shared_partials, L2_HINTS=cfg.l2_hints, REREAD=cfg.reread,
-            NUM_STAGES=cfg.stages, **flags,
+            NUM_STAGES=cfg.stages, **flags, **column_flags,
         )
     if from_rows:
-        weight_grads_from_rows(dy, x, mean, rstd, *weight_grads)
+        if not fused_from_rows:
+            weight_grads_from_rows(dy, x, mean, rstd, *weight_grads)
         return
     dw_partial = None if dw_partial is dweight else dw_partial
     db_partial = None if db_partial is dbias else db_partial
