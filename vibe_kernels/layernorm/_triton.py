@@ -13,7 +13,8 @@ time. So every kernel is organised around reading each input once from HBM:
   [programs, N], summed by a small column-parallel kernel: deterministic, no atomics; its row loop is
   software-pipelined (the next row tiles' loads land in shared memory while this one computes), and 16-bit rows
   too wide to hold x, dy and the accumulators in registers (up to 16384) load x and dy twice per row, the second
-  time from L1/L2;
+  time from L1/L2; at few rows (about one partial row each) dw/db are summed straight from the rows instead, by
+  column programs in the same launch;
 * where measured faster, loads carry L2 eviction policies: a row's last read evict_first, a chunked row's first
   read (read again by the second pass) and the weight and bias evict_last.
 """
