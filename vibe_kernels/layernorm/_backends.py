@@ -22,8 +22,9 @@ BACKENDS = ("auto", "cutedsl", "triton", "torch")
 
 # Backward, both GPU backends: up to this many rows (and more than one dw/db partial row), dw and db are summed
 # straight from the rows (the Triton backend's column programs: in the dx launch itself, or
-# ``weight_grads_from_rows`` after a kernel that writes dx only), instead of from fp32 partial rows. With about one partial row per row, the partials' fp32 bytes (written, then
-# read) are four times the 16-bit rows that the direct sum reads again.
+# ``weight_grads_from_rows`` after a kernel that writes dx only), instead of from fp32 partial rows. With about one
+# partial row per row, the partials' fp32 bytes (written, then read) are four times the 16-bit rows that the direct
+# sum reads again.
 WEIGHT_GRADS_FROM_ROWS_MAX_ROWS = 256
 
 
