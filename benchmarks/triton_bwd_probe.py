@@ -20,6 +20,7 @@ import re
 import torch
 
 from vibe_kernels.layernorm import _triton
+from probe_common import parse_shape, print_config_times, time_alternating
 from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
 
 
@@ -32,9 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"device: {torch.cuda.get_device_name()}")
     for spec in args.shapes.split(","):
-        rows, hidden, *named = spec.split("x")
-        rows, hidden = int(rows), int(hidden)
-        dtype = getattr(torch, named[0] if named else args.dtype)
+        rows, hidden, dtype = parse_shape(spec, args.dtype)
         gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
         x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)
         dy = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)
@@ -66,14 +65,9 @@ def main() -> None:
             if not (dx_err < 0.1 and dw_err < 1e-3 and db_err < 1e-3):
                 raise AssertionError(f"{spec} {config}: dx err {dx_err}, dw rel {dw_err}, db rel {db_err}")
             launches.append(launch)
-        times = [[] for _ in configs]
-        for _ in range(args.repeats):
-            for launch, samples in zip(launches, times):
-                samples.append(gpu_ms_host_hidden(launch, 10, 40))
+        times = time_alternating(launches, args.repeats)
         print(f"{rows}x{hidden} {dtype}: add {sol:.4f} ms")
-        for config, samples in zip(configs, times):
-            cells = " ".join(f"{ms:.4f} ({100 * sol / ms:.0f}%)" for ms in samples)
-            print(f"    {cells}  {config}{'  (default)' if config is default else ''}")
+        print_config_times(configs, times, sol, default)
     print("compiled kernels (name, warps, registers, spilled bytes, shared memory bytes, constexprs):")
     for compiled, constexprs in _triton._compiled_kernels.values():
         print(f"    {compiled.name} {compiled.metadata.num_warps} {compiled.n_regs} {compiled.n_spills} "

@@ -13,6 +13,7 @@ import re
 import torch
 
 from vibe_kernels.layernorm import _triton
+from probe_common import parse_shape, print_config_times, time_alternating
 from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
 
 
@@ -38,9 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"device: {torch.cuda.get_device_name()}")
     for spec in args.shapes.split(","):
-        rows, hidden, *named = spec.split("x")
-        rows, hidden = int(rows), int(hidden)
-        dtype = getattr(torch, named[0] if named else args.dtype)
+        rows, hidden, dtype = parse_shape(spec, args.dtype)
         gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
         x = (torch.randn(rows, hidden, device="cuda", generator=gen) + 1).to(dtype)
         w = torch.randn(hidden, device="cuda", generator=gen)
@@ -62,14 +61,9 @@ def main() -> None:
             if not err < 0.1:
                 raise AssertionError(f"{spec} {config}: out err {err}")
             launches.append(launch)
-        times = [[] for _ in configs]
-        for _ in range(args.repeats):
-            for launch, samples in zip(launches, times):
-                samples.append(gpu_ms_host_hidden(launch, 10, 40))
+        times = time_alternating(launches, args.repeats)
         print(f"{spec} {dtype}: copy {copy_ms:.4f} ms")
-        for config, samples in zip(configs, times):
-            cells = " ".join(f"{ms:.4f} ({100 * copy_ms / ms:.0f}%)" for ms in samples)
-            print(f"    {cells}  {config}{'  (default)' if config is default else ''}")
+        print_config_times(configs, times, copy_ms, default)
 
 
 if __name__ == "__main__":
