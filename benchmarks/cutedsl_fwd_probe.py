@@ -11,7 +11,8 @@ default with mean and variance in one exchange ("merged"; "merged-early": weight
 launch bound); RMSNorm with the default config ("rms", only when named in --only: LayerNorm's bytes with one row
 sum); 1024-thread CTAs with 64 bytes of x a thread, merged statistics and weight/bias late ("t1024m": half the
 default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on a row, for small M); the default
-with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2".
+with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2"; the persistent kernel
+(``persistent``: weight/bias read once into shared memory, the next row's x prefetched): "persist".
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -74,6 +75,12 @@ def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
         extra[f"{per_thread}B"] = small
     # L2 eviction policies: rows evict_first, weight/bias evict_last ("l2").
     extra["l2"] = dataclasses.replace(default, l2_hints=True)
+    # The persistent kernel (weight/bias read once into shared memory, the next row's x loaded during this row's
+    # exchange), for one-row CTAs over rows that fill the tiling ("persist"; merged statistics).
+    t = default.tiling
+    if t.rows_per_cta == 1 and t.tile_n * t.cluster_n == hidden:
+        extra["persist"] = dataclasses.replace(default, persistent=True, merged_stats=True, affine_after_stats=False,
+                                               min_ctas_per_sm=0, l2_hints=False)
     found = {"default": default}
     if previous != default:
         found["previous"] = previous
@@ -91,6 +98,8 @@ def main() -> None:
     parser.add_argument("--min-hidden", type=int, default=1, help="only shapes with N at least this")
     parser.add_argument("--only", default="", help="comma-separated variant names to run besides the default")
     parser.add_argument("--shapes", default="", help="comma-separated MxN to run (default: all of SHAPES)")
+    parser.add_argument("--affine", default="float32", choices=("float32", "bfloat16", "none"),
+                        help="weight and bias dtype, or none (the bench's are float32)")
     args = parser.parse_args()
     rows_out = []
     print(f"device: {torch.cuda.get_device_name()}")
@@ -101,8 +110,13 @@ def main() -> None:
         x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)
         w = 1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)
         b = 0.1 * torch.randn(hidden, device="cuda", generator=gen)
+        if args.affine == "bfloat16":
+            w, b = w.bfloat16(), b.bfloat16()
+        elif args.affine == "none":
+            w = b = None
         out = torch.empty_like(x)
-        ref = torch.nn.functional.layer_norm(x.float(), (hidden,), w, b, 1e-6)
+        ref = torch.nn.functional.layer_norm(x.float(), (hidden,), None if w is None else w.float(),
+                                             None if b is None else b.float(), 1e-6)
         # Stored statistics against fp64 (mean relative to the row's standard deviation, rstd relative).
         ref_var, ref_mean = torch.var_mean(x.double(), dim=1, correction=0)
         ref_std = (ref_var + 1e-6).sqrt()
@@ -131,7 +145,8 @@ def main() -> None:
                 line[name] = {"error": repr(exc)[:200]}
         if "rms" in args.only.split(","):
             # RMSNorm with the default config: the same bytes and a single row sum, the cost of LayerNorm's second one.
-            rms_ref = torch.nn.functional.rms_norm(x.float(), (hidden,), w, 1e-6) + b
+            rms_ref = torch.nn.functional.rms_norm(x.float(), (hidden,), None if w is None else w.float(), 1e-6)
+            rms_ref = rms_ref if b is None else rms_ref + b.float()
             out.fill_(float("nan"))
             launch.layernorm_fwd(x, w, b, 1e-6, out, None, None, rms=True)
             err = (out.float() - rms_ref).abs().max().item()
@@ -145,7 +160,7 @@ def main() -> None:
             return f"{k} {v['ms']:.4f} ({v['pct']:.0f}%, err {v['max_err']:.1e}{stats})"
 
         cells = "  ".join(cell(k, v) for k, v in line.items() if isinstance(v, dict))
-        print(f"{rows}x{hidden} {line['dtype']}: copy {copy_ms:.4f}  {cells}", flush=True)
+        print(f"{rows}x{hidden} {line['dtype']} affine {args.affine}: copy {copy_ms:.4f}  {cells}", flush=True)
         del x, out, ref, ref_var, ref_mean, ref_std, ref_rstd
     if args.json:
         with open(args.json, "w") as f:

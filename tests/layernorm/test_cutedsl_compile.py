@@ -665,3 +665,128 @@ def test_l2_eviction_hints_on_narrow_16bit_rows(hidden, dtype_name, hinted):
             assert hinted_loads == _count(ptx, GLOBAL_V4_LOAD) > 0
         if not hinted:
             assert hinted_loads == 0
+
+
+# Few rows: dw/db summed down the columns by CTAs of the backward's own launch (BwdConfig.column_tile).
+@pytest.mark.parametrize("rows, hidden, elem, vec, residual, columns", [
+    (128, 4096, 2, 8, False, True), (256, 1024, 2, 8, False, True), (3, 2048, 4, 4, False, True),
+    (100, 769, 2, 1, False, True), (96, 4096, 2, 8, True, True), (130, 8192, 2, 8, False, True),
+    (257, 4096, 2, 8, False, False),  # more rows than WEIGHT_GRADS_FROM_ROWS_MAX_ROWS: partial rows
+    (2, 4096, 2, 8, False, False), (1, 4096, 2, 8, False, False),  # one CTA: its partial row is the gradient
+    (128, 16384, 2, 8, False, False), (64, 262144, 2, 8, False, False),  # clustered rows
+    (None, 4096, 2, 8, False, False),  # M not given
+])
+def test_backward_column_ctas_rule(rows, hidden, elem, vec, residual, columns):
+    config = cfg.bwd_config(hidden, elem, vec, rows=rows, residual=residual)
+    assert bool(config.column_tile) == columns
+    if not columns:
+        assert config.column_tiling is None and config.column_ctas(hidden) == 0
+        return
+    ct = config.column_tiling
+    # A column CTA has the row CTAs' threads, one vector of columns each, in at most COLUMN_MAX_THREAD_ROWS rows.
+    assert ct.num_threads == config.tiling.num_threads and ct.vecs_per_thread == 1 and ct.cluster_n == 1
+    assert ct.tile_n == config.column_tile and config.column_tile % vec == 0
+    assert ct.rows_per_cta <= cfg.COLUMN_MAX_THREAD_ROWS
+    assert config.column_ctas(hidden) == -(-hidden // config.column_tile) <= 2 * cfg.COLUMN_CTAS
+
+
+def test_launcher_leaves_the_column_ctas_their_sms(monkeypatch):
+    """Row CTAs and column CTAs together are at most one wave of the GPU's SMs."""
+    monkeypatch.setattr(launch, "_sm_count", lambda index: H100_SMS)
+    for rows, hidden in ((128, 4096), (256, 8192), (200, 1024), (17, 2048)):
+        config = cfg.bwd_config(hidden, 2, 8, rows=rows)
+        columns = config.column_ctas(hidden)
+        assert columns > 0
+        clusters = launch.bwd_grid_clusters(config, rows, 0, columns)
+        assert 1 <= clusters <= -(-rows // config.tiling.rows_per_cta)
+        assert clusters + columns <= H100_SMS
+
+
+COLUMN_GRID = [  # (rows, N, x, weight, dw, db, rms, residual)
+    (128, 4096, "bf16", "fp32", "fp32", "fp32", False, False),
+    (200, 1000, "fp16", "bf16", "bf16", "fp16", False, False),  # ragged last column CTA, 16-bit gradients
+    (100, 769, "bf16", "bf16", "bf16", None, False, False),  # scalar accesses; dw only
+    (64, 4096, "bf16", "fp32", "fp32", None, True, False),  # RMSNorm
+    (96, 4096, "bf16", "fp32", "fp32", "fp32", False, True),  # the fused residual's gradient
+    (3, 2048, "fp32", "fp32", "fp32", "fp32", False, False),
+]
+
+
+@pytest.mark.parametrize("case", COLUMN_GRID, ids=_id)
+def test_backward_column_ctas_compile(case):
+    """The column CTAs read x and dy with the rows' vectors, keep fp32 sums, and write each gradient one element at
+    a time in its own dtype: scalar stores of the gradients' widths appear, and no fp32 partial row is written
+    (every vector store is dx's), no atomics."""
+    rows, hidden, x_name, w_name, dw_name, db_name, rms, residual = case
+    vec = _aligned_vec(hidden, x_name)
+    config = cfg.bwd_config(hidden, ELEM_BYTES[x_name], vec, rows=rows, residual=residual)
+    assert config.column_tile
+    kwargs = dict(keep_ptx=True, rms=rms, dres_dtype=DTYPES[x_name] if residual else None,
+                  dw_dtype=DTYPES[dw_name], db_dtype=DTYPES[db_name] if db_name else None)
+    ptx = launch.compile_bwd(DTYPES[x_name], hidden, DTYPES[w_name], True, db_name is not None, vec, config, ARCH,
+                             **kwargs).__ptx__
+    partial_rows = launch.compile_bwd(DTYPES[x_name], hidden, DTYPES[w_name], True, db_name is not None, vec,
+                                      dataclasses.replace(config, column_tile=0), ARCH, **kwargs).__ptx__
+    widths = {ELEM_BYTES[name] * 8 for name in (dw_name, db_name) if name}
+    for bits in widths:
+        assert _count(ptx, rf"st\.global\.(b|f|u){bits}\b") >= 1
+    assert not re.search(r"\b(red|atom)\.", ptx)
+    assert not re.search(r"\b(ld|st)\.local", ptx)
+    vector_stores = r"st\.global\.v\d\."
+    # The same dx stores as the kernel with partial rows, less its partial-row stores.
+    assert 0 < _count(ptx, vector_stores) < _count(partial_rows, vector_stores) or vec == 1
+    _check_common(ptx, config.tiling, ELEM_BYTES[x_name])
+
+
+PERSISTENT_GRID = [  # (N, x, weight/bias, rms)
+    (65536, "bf16", "wb_fp32", False), (262144, "bf16", "wb_fp32", False), (131072, "fp16", "wb_same", False),
+    (262144, "fp32", "wb_fp32", False), (65536, "bf16", "w", True), (32768, "bf16", "none", False),
+    (16384, "bf16", "wb_fp32", False),  # one CTA a row (no cluster)
+]
+
+
+@pytest.mark.parametrize("case", PERSISTENT_GRID, ids=_id)
+def test_persistent_forward_compiles(case):
+    """The persistent forward: weight and bias go to shared memory once (16-byte slots, before the row loop), the
+    row loop loads x with 128-bit accesses, exchanges the statistics through the cluster on alternating mbarriers,
+    and fits one 512-thread CTA per SM without local memory."""
+    hidden, dtype_name, affine, rms = case
+    weight, bias = _affine_dtypes(dtype_name, affine)
+    elem = ELEM_BYTES[dtype_name]
+    vec = _aligned_vec(hidden, dtype_name)
+    default = cfg.fwd_config(hidden, elem, vec, rows=8192)
+    config = dataclasses.replace(default, persistent=True, merged_stats=True, affine_after_stats=False,
+                                 min_ctas_per_sm=0, l2_hints=False)
+    ptx = launch.compile_fwd(DTYPES[dtype_name], hidden, weight, bias, True, vec, config, ARCH, keep_ptx=True,
+                             rms=rms).__ptx__
+    _check_common(ptx, config.tiling, elem)
+    slots = (weight is not None) + (bias is not None)
+    if slots:
+        assert _count(ptx, r"st\.shared\.v4") >= slots * config.tiling.vecs_per_thread
+    if config.tiling.cluster_n > 1:
+        # One exchange a row: one expect_tx and one parity wait in the loop (on the row's slot's mbarrier).
+        assert _count(ptx, r"mbarrier\.arrive\.expect_tx") == 1
+        assert _count(ptx, r"mbarrier\.try_wait\.parity") == 1
+    usage = _ptxas_usage(ptx)
+    assert usage["spill_stores"] == 0 and usage["registers"] <= 128, usage
+
+
+def test_persistent_forward_refuses_what_it_cannot_run():
+    config = dataclasses.replace(cfg.fwd_config(100003, 2, 1, rows=8192), persistent=True)
+    with pytest.raises(ValueError, match="persistent"):
+        launch.compile_fwd(cutlass.BFloat16, 100003, None, None, False, 1, config, ARCH, keep_ptx=True)
+    config = dataclasses.replace(cfg.fwd_config(65536, 2, 8, rows=8192), persistent=True)
+    with pytest.raises(ValueError, match="persistent"):
+        launch.compile_fwd(cutlass.BFloat16, 65536, None, None, False, 8, config, ARCH, keep_ptx=True,
+                           residual_dtype=cutlass.BFloat16)
+
+
+def test_persistent_forward_grid(monkeypatch):
+    """One cluster a row up to the clusters resident at once (the occupancy query, else SMs / cluster size); the
+    other forward kernels ignore the argument (1)."""
+    monkeypatch.setattr(launch, "_sm_count", lambda index: H100_SMS)
+    config = dataclasses.replace(cfg.fwd_config(262144, 2, 8, rows=8192), persistent=True)
+    for resident, rows, want in ((7, 8192, 7), (7, 3, 3), (None, 8192, H100_SMS // 16), (None, 0, 1)):
+        monkeypatch.setattr(launch, "_resident_clusters", lambda index, cluster_n, r=resident: r)
+        assert launch._fwd_grid_clusters(config, rows, 0) == want
+    assert launch._fwd_grid_clusters(dataclasses.replace(config, persistent=False), 8192, 0) == 1

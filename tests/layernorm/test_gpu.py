@@ -165,6 +165,99 @@ def test_cutedsl_backward_prefetch_gives_the_same_bits(cuda_gen, rows, hidden, d
         assert torch.equal(reference, got)
 
 
+@pytest.mark.parametrize("rows, hidden, dtype, variant", [
+    (128, 4096, torch.bfloat16, "plain"), (128, 8192, torch.bfloat16, "plain"), (256, 1024, torch.float16, "plain"),
+    (200, 1000, torch.float16, "bf16 weight"), (100, 769, torch.bfloat16, "plain"), (3, 2048, torch.float32, "plain"),
+    (64, 4096, torch.bfloat16, "rms"), (96, 4096, torch.bfloat16, "residual"), (130, 2048, torch.bfloat16, "dw only"),
+], ids=str)
+def test_cutedsl_backward_column_ctas_at_few_rows(cuda_gen, rows, hidden, dtype, variant):
+    """Few rows (BwdConfig.column_tile, the default there): CTAs of the backward's own launch sum dw and db down the
+    columns and write them in the gradients' dtypes. dx (and the residual gradient) bit-identical to the path
+    without them (partial rows and a column sum, or the Triton backend's weight_grads_from_rows); dw and db within
+    fp32 summation-order noise of an fp64 reference."""
+    if not is_cutedsl_layernorm_available():
+        pytest.skip("CuTeDSL backend not available")
+    from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
+    from vibe_kernels.layernorm._cutedsl import launch as cutedsl_launch
+
+    x, weight, bias = _inputs(cuda_gen, rows, hidden, dtype)
+    if variant == "bf16 weight":
+        weight = weight.bfloat16()
+    rms = variant == "rms"
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
+    dres = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype) if variant == "residual" else None
+    mean = None if rms else layernorm_mean_ref(x).float()
+    rstd = (torch.rsqrt(x.double().square().mean(-1) + 1e-5) if rms else layernorm_rstd_ref(x, 1e-5)).float()
+    vec = cutedsl_launch.vector_width(x.element_size(), hidden, (x.stride(0),),
+                                      ((x.data_ptr(), x.element_size()), (weight.data_ptr(), weight.element_size())))
+    default = cutedsl_config.bwd_config(hidden, x.element_size(), vec, residual=dres is not None, rows=rows)
+    assert default.column_tile > 0
+    results = []
+    for config in (default, dataclasses.replace(default, column_tile=0)):
+        dx = torch.full_like(x, float("nan"))
+        dw = torch.full_like(weight, float("nan"))
+        db = None if variant == "dw only" else torch.full_like(bias, float("nan"))
+        cutedsl_launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=config, rms=rms, dresidual=dres)
+        results.append((dx, dw, db))
+    (dx, dw, db), (dx_ref, dw_other, db_other) = results
+    assert not dx.isnan().any() and torch.equal(dx, dx_ref)
+    xhat = (x.double() - (0 if rms else mean.double()[:, None])) * rstd.double()[:, None]
+    for got, other, want in ((dw, dw_other, (dy.double() * xhat).sum(0)), (db, db_other, dy.double().sum(0))):
+        if got is None:
+            continue
+        assert got.dtype == other.dtype and not got.isnan().any()
+        # Both paths sum in fp32 (in different orders) and round once to the gradient's dtype.
+        ulp = torch.finfo(got.dtype).eps
+        tol = max(ulp, 1e-5) * want.abs().max().item()
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=tol)
+        torch.testing.assert_close(got.double(), other.double(), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("rows, hidden, dtype, variant", [
+    (600, 65536, torch.bfloat16, "plain"), (129, 262144, torch.bfloat16, "plain"), (300, 32768, torch.float16, "w16"),
+    (70, 131072, torch.float32, "plain"), (200, 65536, torch.bfloat16, "rms"), (1, 65536, torch.bfloat16, "plain"),
+    (5, 262144, torch.float16, "none"), (400, 65536, torch.bfloat16, "out fp32"), (33, 16384, torch.bfloat16, "plain"),
+], ids=str)
+def test_cutedsl_persistent_forward_gives_the_same_bits(cuda_gen, rows, hidden, dtype, variant):
+    """The persistent forward (FwdConfig.persistent: weight/bias once into shared memory, the next row prefetched,
+    the exchange's buffers alternating by row parity) runs the arithmetic of the one-cluster-a-row kernel with
+    merged statistics: out, mean and rstd bit-identical, and out right against the reference; M from 1 to many
+    rows per cluster."""
+    if not is_cutedsl_layernorm_available():
+        pytest.skip("CuTeDSL backend not available")
+    from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
+    from vibe_kernels.layernorm._cutedsl import launch as cutedsl_launch
+
+    x, weight, bias = _inputs(cuda_gen, rows, hidden, dtype)
+    if variant == "w16":
+        weight, bias = weight.to(dtype), None
+    if variant == "none":
+        weight = bias = None
+    rms = variant == "rms"
+    out_dtype = torch.float32 if variant == "out fp32" else dtype
+    widest = max(x.element_size(), torch.finfo(out_dtype).bits // 8)
+    vec = 16 // widest
+    default = cutedsl_config.fwd_config(hidden, x.element_size(), vec, rows=max(rows, 1), widest_elem_bytes=widest)
+    persistent = dataclasses.replace(default, persistent=True, merged_stats=True, affine_after_stats=False,
+                                     min_ctas_per_sm=0, l2_hints=False)
+    results = []
+    for config in (dataclasses.replace(default, merged_stats=True), persistent):
+        out = torch.full(x.shape, float("nan"), device="cuda", dtype=out_dtype)
+        mean = None if rms else torch.full((rows,), float("nan"), device="cuda")
+        rstd = torch.full((rows,), float("nan"), device="cuda")
+        cutedsl_launch.layernorm_fwd(x, weight, bias, 1e-5, out, mean, rstd, config=config, rms=rms)
+        results.append((out, mean, rstd))
+    for reference, got in zip(*results):
+        if reference is None:
+            continue
+        assert not reference.isnan().any()
+        assert torch.equal(reference, got)
+    if rows and not rms:
+        want = layernorm_ref(x, weight, bias, 1e-5)
+        torch.testing.assert_close(results[1][0].float(), want.float(), atol=2e-2 if dtype != torch.float32 else 1e-4,
+                                   rtol=1e-2 if dtype != torch.float32 else 1e-4)
+
+
 def test_stats_match_reference_at_scale(cuda_gen):
     x, _, _ = _inputs(cuda_gen, 2048, 8192, torch.bfloat16)
     _, rstd, mean = layernorm(x, None, eps=1e-5, return_rstd=True, return_mean=True, backend="triton")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS
+
 MAX_N = 262144
 MAX_CLUSTER = 16  # Hopper's non-portable cluster limit (needs the non-portable attribute above 8)
 MAX_CTA_THREADS = 512
@@ -77,7 +79,12 @@ class FwdConfig:
     sum of squares about the mean (two exchanges). Only where N fills the tiling exactly.
 
     l2_hints: L2 eviction policies on the loads: the rows (read once) evict_first, weight and bias (read by every
-    CTA) evict_last."""
+    CTA) evict_last.
+
+    persistent: a grid of at most the clusters the GPU holds at once (one CTA per SM), each striding over the rows,
+    with weight and bias read once into shared memory and the next row's x loaded while this row is reduced and
+    written (LayerNormFwd.kernel_persistent). Needs one-row CTAs over rows that fill the tiling exactly, merged
+    statistics (or RMSNorm) and no residual; affine_after_stats, min_ctas_per_sm and the hints do not apply."""
 
     tiling: RowTiling
     affine_after_stats: bool = False
@@ -85,6 +92,7 @@ class FwdConfig:
     min_ctas_per_sm: int = 0
     merged_stats: bool = False
     l2_hints: bool = False
+    persistent: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,24 @@ class BwdConfig:
     # The next row tile's x, dy (residual gradient), mean and rstd loaded into registers as soon as this tile's are
     # read out, so the loads overlap this tile's reductions (see bwd_config for where it is on).
     prefetch: bool = False
+    # Few rows (see bwd_config): dw / db are summed straight from the rows by extra CTAs of the same launch, each
+    # over column_tile columns and every row, and written in the gradients' dtypes; no partial rows, no second
+    # launch. 0: partial rows. Only without a cluster.
+    column_tile: int = 0
+
+    @property
+    def column_tiling(self) -> RowTiling | None:
+        """How a column CTA covers its columns (None without column CTAs): threads laid out as thread rows x
+        ``column_tile / vec`` vectors, one vector a thread, the thread rows striding over the rows."""
+        if not self.column_tile:
+            return None
+        t = self.tiling
+        per_row = self.column_tile // t.vec
+        return RowTiling(t.vec, per_row, 1, t.num_threads // per_row, 1)
+
+    def column_ctas(self, hidden: int) -> int:
+        """The column CTAs after the row CTAs in the grid (0 without ``column_tile``)."""
+        return _ceil_div(hidden, self.column_tile) if self.column_tile else 0
 
     def max_partial_rows(self, num_sms: int) -> int:
         """Partial rows (each N fp32 for dw and N for db) the launcher allocates at most, whatever M is."""
@@ -228,7 +254,8 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     RowTiling(vec=8, threads_per_row=128, vecs_per_thread=1, rows_per_cta=1, cluster_n=1)
     >>> fwd_config(16384, 2, 8, rows=4096)
     FwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=1), \
-affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2, merged_stats=False, l2_hints=False)
+affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2, merged_stats=False, l2_hints=False, \
+persistent=False)
     """
     if bytes_per_thread is None:
         row_bytes = hidden * elem_bytes
@@ -266,17 +293,19 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
-ctas_per_sm=1, column_state_in_smem=False, l2_hints=True, prefetch=True)
+ctas_per_sm=1, column_state_in_smem=False, l2_hints=True, prefetch=True, column_tile=0)
     >>> bwd_config(1024, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
     >>> bwd_config(1024, 2, 8, rows=1).tiling
     RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=1, cluster_n=1)
     >>> bwd_config(262144, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16), \
-ctas_per_sm=1, column_state_in_smem=True, l2_hints=False, prefetch=True)
+ctas_per_sm=1, column_state_in_smem=True, l2_hints=False, prefetch=True, column_tile=0)
     >>> bwd_config(16384, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=2), \
-ctas_per_sm=2, column_state_in_smem=True, l2_hints=False, prefetch=False)
+ctas_per_sm=2, column_state_in_smem=True, l2_hints=False, prefetch=False, column_tile=0)
+    >>> bwd_config(4096, 2, 8, rows=128).column_tile
+    64
     """
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
     if rows is not None and rows < tiling.rows_per_cta:
@@ -317,5 +346,32 @@ ctas_per_sm=2, column_state_in_smem=True, l2_hints=False, prefetch=False)
     # 16-bit (one 512-thread row) ptxas spills 40 bytes too, yet it measured faster (above): kept.
     prefetch = (ctas_per_sm == 1 and tiling.rows_per_cta <= 8 and not residual
                 and (rows is None or rows > SMALL_M_ROWS) and not (column_state_in_smem and elem_bytes == 4))
+    # Few rows over more than one CTA: about one partial row per row tile, whose fp32 bytes (written, then read by a
+    # second launch) outweigh the rows themselves; column CTAs in the same launch read the rows again instead.
+    few_rows = rows is not None and tiling.rows_per_cta < rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS
+    column_tile = _column_tile(hidden, tiling) if few_rows and tiling.cluster_n == 1 else 0
     return BwdConfig(tiling, ctas_per_sm, column_state_in_smem,
-                     _l2_hints(tiling, hidden, elem_bytes, residual, rows), prefetch)
+                     _l2_hints(tiling, hidden, elem_bytes, residual, rows), prefetch, column_tile)
+
+
+# Column CTAs (BwdConfig.column_tile): about this many of them, beside the row CTAs of a few-rows backward, and at
+# most this many thread rows each (each output column is a serial sum over the thread rows, from shared memory).
+COLUMN_CTAS = 64
+COLUMN_MAX_THREAD_ROWS = 64
+
+
+def _column_tile(hidden: int, tiling: RowTiling) -> int:
+    """Columns per column CTA: a power of two number of vectors, for about ``COLUMN_CTAS`` CTAs over the row, with
+    at most ``COLUMN_MAX_THREAD_ROWS`` thread rows and at least one.
+
+    >>> _column_tile(4096, RowTiling(8, 256, 2, 2, 1))
+    64
+    >>> _column_tile(8192, RowTiling(8, 512, 2, 1, 1))
+    128
+    >>> _column_tile(256, RowTiling(8, 16, 2, 32, 1))
+    64
+    """
+    nvec = _ceil_div(hidden, tiling.vec)
+    threads = tiling.num_threads
+    per_row = max(_next_pow2(_ceil_div(nvec, COLUMN_CTAS)), _ceil_div(threads, COLUMN_MAX_THREAD_ROWS))
+    return min(per_row, threads) * tiling.vec

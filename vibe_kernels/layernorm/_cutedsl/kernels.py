@@ -201,6 +201,13 @@ class LayerNormFwd(_RowKernel):
         self.residual_dtype = residual_dtype
         self.residual_out_dtype = residual_out_dtype
         self.round_residual = round_residual
+        self.persistent = config.persistent
+        if self.persistent:
+            t = config.tiling
+            if not (self.even_n and t.rows_per_cta == 1 and residual_dtype is None and (self.merged_stats or rms)):
+                raise ValueError(f"the persistent forward needs one-row CTAs over rows that fill the tiling exactly, "
+                                 f"one exchange of statistics (merged_stats, or RMSNorm) and no residual "
+                                 f"(N = {hidden}, {config})")
 
     @cute.jit
     def __call__(
@@ -219,8 +226,11 @@ class LayerNormFwd(_RowKernel):
         r_row_stride: Int64,
         h_row_stride: Int64,
         eps: Float32,
+        num_clusters: Int32,
         stream: cuda.CUstream,
     ):
+        """``num_clusters``: the persistent kernel's grid (clusters, each striding over the rows); unused (one
+        cluster a row tile) otherwise."""
         t = self.tiling
         n = self.hidden
         mX = _rows_tensor(x_ptr, rows, n, x_row_stride, t.vec)
@@ -245,13 +255,21 @@ class LayerNormFwd(_RowKernel):
                 mMean = cute.make_tensor(mean_ptr, cute.make_layout(rows))
             mRstd = cute.make_tensor(rstd_ptr, cute.make_layout(rows))
         tiled_copy = _tiled_copy(self.dtype, t)
-        self.kernel(mX, mW, mB, mO, mMean, mRstd, mR, mH, eps, tiled_copy).launch(
-            grid=[cute.ceil_div(rows, t.rows_per_cta), t.cluster_n, 1],
-            block=[t.num_threads, 1, 1],
-            cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
-            stream=stream,
-            **_launch_bounds(self.min_ctas_per_sm),
-        )
+        if const_expr(self.persistent):
+            self.kernel_persistent(mX, mW, mB, mO, mMean, mRstd, eps, tiled_copy).launch(
+                grid=[num_clusters, t.cluster_n, 1],
+                block=[t.num_threads, 1, 1],
+                cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
+                stream=stream,
+            )
+        else:
+            self.kernel(mX, mW, mB, mO, mMean, mRstd, mR, mH, eps, tiled_copy).launch(
+                grid=[cute.ceil_div(rows, t.rows_per_cta), t.cluster_n, 1],
+                block=[t.num_threads, 1, 1],
+                cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
+                stream=stream,
+                **_launch_bounds(self.min_ctas_per_sm),
+            )
 
     @cute.kernel
     def kernel(
@@ -338,39 +356,8 @@ class LayerNormFwd(_RowKernel):
                 tXrH.store(x.to(self.residual_out_dtype))
                 if row < mX.shape[0]:
                     copy_h(tXrH, tXgH)
-        mean = Float32(0.0)
-        centered = x  # RMSNorm: out-of-row lanes hold 0 and add nothing to the sum of squares
-        sq_total = Float32(0.0)
-        if const_expr(self.merged_stats):
-            # One exchange for mean and variance: each thread's own mean and M2 (two passes over its registers),
-            # merged over the row (row_mean_m2). Only for rows without ragged columns: every thread holds `count`.
-            count = const_expr(t.vec * t.vecs_per_thread)
-            own_mean = x.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0) * Float32(1.0 / count)
-            own_dev = x - own_mean
-            own_m2 = (own_dev * own_dev).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0)
-            mean, sq_total = row_mean_m2(own_mean, own_m2, count, t.threads_per_row, t.warps_per_row, t.cluster_n,
-                                         (buf_mean, buf_var), mbar_ptr, 0)
-            centered = x - mean
-        elif const_expr(not self.rms):
-            (row_total,) = row_sum(
-                (x.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
-                t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_mean,), mbar_ptr, 0,
-            )
-            mean = row_total / n
-            centered = x - mean
-            if const_expr(not self.even_n):
-                # Out-of-row lanes hold 0 - mean: they must not reach the variance.
-                tXrC = cute.make_rmem_tensor_like(tXrX, Float32)
-                tXrC.store(centered)
-                _zero_outside(tXrC, pred)
-                centered = tXrC.load()
-        if const_expr(not self.merged_stats):
-            (sq_total,) = row_sum(
-                ((centered * centered).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
-                t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_var,),
-                mbar_ptr + 1 if const_expr(t.cluster_n > 1) else None, 0,
-            )
-        rstd = cute.math.rsqrt(sq_total / n + eps, fastmath=False)
+        mean, centered, rstd = self._row_stats(
+            x, tXrX, pred, buf_mean, buf_var, mbar_ptr, mbar_ptr + 1 if const_expr(t.cluster_n > 1) else None, 0, eps)
 
         if const_expr(self.store_stats):
             if tXcX[0][1] == 0 and row < mX.shape[0]:
@@ -391,6 +378,136 @@ class LayerNormFwd(_RowKernel):
         if row < mX.shape[0]:
             copy_out(tXrO, tXgO)
 
+
+    @cute.kernel
+    def kernel_persistent(
+        self,
+        mX: cute.Tensor,
+        mW,
+        mB,
+        mO: cute.Tensor,
+        mMean,
+        mRstd,
+        eps: Float32,
+        tiled_copy: cute.TiledCopy,
+    ):
+        """``config.persistent``: a grid of at most the clusters the GPU holds at once, each striding over the rows
+        (one row a cluster at a time). Weight and bias are read once, into this thread's shared-memory slots, instead
+        of once a row: a wide row's weight and bias slice (fp32: 4x a 16-bit row's bytes) does not stay in L1 between
+        rows, so every row read them again from L2. The next row's x is loaded into the fragment as soon as this
+        row's values are out of it, so the loads are in flight during the exchange of statistics and the stores.
+        The exchange's buffers and cluster mbarriers alternate between two slots by row parity, as in the backward."""
+        t = self.tiling
+        tidx, _, _ = cute.arch.thread_idx()
+        bidx, _, _ = cute.arch.block_idx()
+        num_clusters, _, _ = cute.arch.grid_dim()
+        rank = Int32(0)
+        if const_expr(t.cluster_n > 1):
+            rank = cute.arch.block_idx_in_cluster()
+        tiler = (1, t.tile_n)
+        num_rows = mX.shape[0]
+
+        smem = cutlass.memory.SmemAllocator()
+        buf_layout = cute.make_ordered_layout((1, t.warps_per_row * t.cluster_n, 2), order=(1, 0, 2))
+        buf_mean = smem.allocate_tensor(Float32, buf_layout, byte_alignment=16)
+        buf_var = smem.allocate_tensor(Float32, buf_layout, byte_alignment=16)
+        mbar_ptr = None
+        if const_expr(t.cluster_n > 1):
+            mbar_ptr = smem.allocate_array(cutlass.Int64, num_elems=self.num_stages)
+            self._init_cluster_barriers(mbar_ptr)
+
+        thr_copy = tiled_copy.get_slice(tidx)
+        idX = cute.make_identity_tensor(mX.shape)
+        copy_x = partial(cute.copy, _copy_atom(self.dtype, t.vec))
+        copy_out = partial(cute.copy, _copy_atom(self.out_dtype, t.vec))
+        tXgX = thr_copy.partition_S(cute.local_tile(mX, tiler, (bidx, rank)))
+        tXrX = cute.make_rmem_tensor_like(tXgX)
+        tXrO = cute.make_rmem_tensor_like(thr_copy.partition_D(cute.local_tile(mO, tiler, (bidx, rank))))
+        if bidx < num_rows:  # the grid has at most one cluster a row (and one for M = 0)
+            copy_x(tXgX, tXrX)
+
+        tXrW, tXrB = self._load_affine(mW, mB, thr_copy, tiler, rank, None)
+        sW = None
+        sB = None
+        if const_expr(mW is not None):
+            sW = _slots_of(_thread_slots(smem, mW.element_type, t), tidx, t)
+            _store_slots(sW, tXrW.load())
+        if const_expr(mB is not None):
+            sB = _slots_of(_thread_slots(smem, mB.element_type, t), tidx, t)
+            _store_slots(sB, tXrB.load())
+
+        if const_expr(t.cluster_n > 1):
+            cute.arch.cluster_wait()
+
+        for row in cutlass.range(bidx, num_rows, num_clusters, unroll=1):
+            it = (row - bidx) // num_clusters
+            slot = it % 2
+            phase = (it // 2) % 2
+            x = tXrX.load().to(Float32)
+            next_row = row + num_clusters
+            if next_row < num_rows:
+                copy_x(thr_copy.partition_S(cute.local_tile(mX, tiler, (next_row, rank))), tXrX)
+            mbar = None
+            if const_expr(t.cluster_n > 1):
+                mbar = mbar_ptr + slot
+            mean, centered, rstd = self._row_stats(x, tXrX, None, buf_mean[None, None, slot],
+                                                   buf_var[None, None, slot], mbar, mbar, phase, eps)
+            if const_expr(self.store_stats):
+                if thr_copy.partition_S(cute.local_tile(idX, tiler, (row, rank)))[0][1] == 0:
+                    if const_expr(mMean is not None):
+                        mMean[row] = mean
+                    mRstd[row] = rstd
+            y = centered * rstd
+            if const_expr(mW is not None):
+                y = y * _load_slots(sW, tXrX).to(Float32)
+            if const_expr(mB is not None):
+                y = y + _load_slots(sB, tXrX).to(Float32)
+            tXrO.store(y.to(self.out_dtype))
+            copy_out(tXrO, thr_copy.partition_D(cute.local_tile(mO, tiler, (row, rank))))
+
+    @cute.jit
+    def _row_stats(self, x, like, pred, buf_mean, buf_var, mbar_mean, mbar_var, phase, eps: Float32):
+        """(mean, x - mean, rstd) of the thread's row (RMSNorm: (0, x, rstd)), every thread of the row getting them.
+
+        ``like``: a fragment of x's shape (for ragged rows' predicate ``pred``); ``buf_mean``/``buf_var``: the
+        reduction buffers, ``mbar_mean``/``mbar_var`` the cluster mbarriers (None without a cluster) and ``phase``
+        their parity, of the mean's exchange and the variance's (merged statistics and RMSNorm exchange once, on
+        ``buf_var`` / ``mbar_var`` for RMSNorm's sum of squares, on both buffers and ``mbar_mean`` when merged)."""
+        t = self.tiling
+        n = self.hidden
+        mean = Float32(0.0)
+        centered = x  # RMSNorm: out-of-row lanes hold 0 and add nothing to the sum of squares
+        sq_total = Float32(0.0)
+        if const_expr(self.merged_stats):
+            # One exchange for mean and variance: each thread's own mean and M2 (two passes over its registers),
+            # merged over the row (row_mean_m2). Only for rows without ragged columns: every thread holds `count`.
+            count = const_expr(t.vec * t.vecs_per_thread)
+            own_mean = x.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0) * Float32(1.0 / count)
+            own_dev = x - own_mean
+            own_m2 = (own_dev * own_dev).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0)
+            mean, sq_total = row_mean_m2(own_mean, own_m2, count, t.threads_per_row, t.warps_per_row, t.cluster_n,
+                                         (buf_mean, buf_var), mbar_mean, phase)
+            centered = x - mean
+        elif const_expr(not self.rms):
+            (row_total,) = row_sum(
+                (x.reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
+                t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_mean,), mbar_mean, phase,
+            )
+            mean = row_total / n
+            centered = x - mean
+            if const_expr(not self.even_n):
+                # Out-of-row lanes hold 0 - mean: they must not reach the variance.
+                tXrC = cute.make_rmem_tensor_like(like, Float32)
+                tXrC.store(centered)
+                _zero_outside(tXrC, pred)
+                centered = tXrC.load()
+        if const_expr(not self.merged_stats):
+            (sq_total,) = row_sum(
+                ((centered * centered).reduce(cute.ReductionOp.ADD, init_val=Float32(0.0), reduction_profile=0),),
+                t.threads_per_row, t.warps_per_row, t.cluster_n, (buf_var,), mbar_var, phase,
+            )
+        rstd = cute.math.rsqrt(sq_total / n + eps, fastmath=False)
+        return mean, centered, rstd
 
     @cute.jit
     def _load_affine(self, mW, mB, thr_copy, tiler: cutlass.Constexpr, rank, pred):
@@ -436,6 +553,10 @@ class LayerNormBwd(_RowKernel):
     ``config.prefetch``: the loads of a CTA's next row tile (x, dy, the residual's gradient, mean, rstd) are issued
     into the tile's register fragments as soon as this tile's values are read out of them, so they are in flight
     during this tile's reduction and stores.
+
+    ``config.column_tile`` (few rows): the grid's last ``config.column_ctas(N)`` CTAs take no row tile; each sums
+    dw and db over every row for its column_tile columns (``_weight_grads_columns``) and writes them in the
+    gradients' dtypes, while the row CTAs write dx only. The dw/db pointers are then the gradients themselves.
     """
 
     def __init__(self, dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, config: BwdConfig,
@@ -448,6 +569,11 @@ class LayerNormBwd(_RowKernel):
         self.weight_dtype = weight_dtype
         self.want_dw = want_dw
         self.want_db = want_db
+        self.column_tiling = config.column_tiling
+        self.column_ctas = config.column_ctas(hidden) if want_dw or want_db else 0
+        # What the row CTAs accumulate: nothing of dw/db where the column CTAs sum them.
+        self.rows_dw = want_dw and self.column_ctas == 0
+        self.rows_db = want_db and self.column_ctas == 0
         self.dy_dtype = dy_dtype if dy_dtype is not None else dtype  # the forward's out dtype
         self.rms = rms  # RMSNorm: xhat = x * rstd, dx = (g - xhat * mean(g * xhat)) * rstd; no mean
         self.dx_dtype = dx_dtype if dx_dtype is not None else dtype
@@ -496,15 +622,27 @@ class LayerNormBwd(_RowKernel):
             mMean = cute.make_tensor(mean_ptr, cute.make_layout(rows))
         mRstd = cute.make_tensor(rstd_ptr, cute.make_layout(rows))
         # Partials: one fp32 row per cluster; seen by the CTA's rows_per_cta thread rows through a zero row stride.
+        # With column CTAs: the (N,) gradients.
         mDWp = None
-        if const_expr(self.want_dw):
-            mDWp = cute.make_tensor(dw_partial_ptr, cute.make_layout((num_clusters, t.rows_per_cta, n), stride=(n, 0, 1)))
         mDBp = None
-        if const_expr(self.want_db):
-            mDBp = cute.make_tensor(db_partial_ptr, cute.make_layout((num_clusters, t.rows_per_cta, n), stride=(n, 0, 1)))
+        if const_expr(self.column_ctas > 0):
+            if const_expr(self.want_dw):
+                mDWp = cute.make_tensor(dw_partial_ptr, cute.make_layout(n))
+            if const_expr(self.want_db):
+                mDBp = cute.make_tensor(db_partial_ptr, cute.make_layout(n))
+        else:
+            if const_expr(self.want_dw):
+                mDWp = cute.make_tensor(dw_partial_ptr,
+                                        cute.make_layout((num_clusters, t.rows_per_cta, n), stride=(n, 0, 1)))
+            if const_expr(self.want_db):
+                mDBp = cute.make_tensor(db_partial_ptr,
+                                        cute.make_layout((num_clusters, t.rows_per_cta, n), stride=(n, 0, 1)))
         tiled_copy = _tiled_copy(self.dtype, t)
-        self.kernel(mDY, mX, mW, mMean, mRstd, mDX, mDWp, mDBp, mDR, mDRin, tiled_copy).launch(
-            grid=[num_clusters, t.cluster_n, 1],
+        column_copy = None
+        if const_expr(self.column_ctas > 0):
+            column_copy = _tiled_copy(self.dtype, self.column_tiling)
+        self.kernel(mDY, mX, mW, mMean, mRstd, mDX, mDWp, mDBp, mDR, mDRin, tiled_copy, column_copy).launch(
+            grid=[num_clusters + self.column_ctas, t.cluster_n, 1],
             block=[t.num_threads, 1, 1],
             cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
             stream=stream,
@@ -525,12 +663,14 @@ class LayerNormBwd(_RowKernel):
         mDR,
         mDRin,
         tiled_copy: cute.TiledCopy,
+        column_copy,
     ):
         t = self.tiling
         n = self.hidden
         tidx, _, _ = cute.arch.thread_idx()
         bidx, _, _ = cute.arch.block_idx()
-        num_clusters, _, _ = cute.arch.grid_dim()
+        num_ctas, _, _ = cute.arch.grid_dim()
+        num_clusters = num_ctas - self.column_ctas  # row CTAs (clusters); column CTAs follow them
         rank = Int32(0)
         if const_expr(t.cluster_n > 1):
             rank = cute.arch.block_idx_in_cluster()
@@ -545,6 +685,13 @@ class LayerNormBwd(_RowKernel):
         if const_expr(t.cluster_n > 1):
             mbar_ptr = smem.allocate_array(cutlass.Int64, num_elems=self.num_stages)
             self._init_cluster_barriers(mbar_ptr)
+        column_sums = None
+        if const_expr(self.column_ctas > 0):
+            ct = self.column_tiling
+            grads = int(self.want_dw) + int(self.want_db)
+            column_sums = smem.allocate_tensor(
+                Float32, cute.make_ordered_layout((ct.rows_per_cta, grads * ct.tile_n), order=(1, 0)),
+                byte_alignment=16)
 
         thr_copy = tiled_copy.get_slice(tidx)
         idX = cute.make_identity_tensor(mX.shape)
@@ -592,14 +739,14 @@ class LayerNormBwd(_RowKernel):
         tXrDB = None
         slots_dw = None
         slots_db = None
-        if const_expr(self.want_dw):
+        if const_expr(self.rows_dw):
             if const_expr(in_smem):
                 slots_dw = _thread_slots(smem, Float32, t)
                 _store_slots(_slots_of(slots_dw, tidx, t), cute.full(tXgX0.shape, 0.0, Float32))
             else:
                 tXrDW = cute.make_rmem_tensor_like(tXgX0, Float32)
                 tXrDW.fill(0.0)
-        if const_expr(self.want_db):
+        if const_expr(self.rows_db):
             if const_expr(in_smem):
                 slots_db = _thread_slots(smem, Float32, t)
                 _store_slots(_slots_of(slots_db, tidx, t), cute.full(tXgX0.shape, 0.0, Float32))
@@ -621,14 +768,18 @@ class LayerNormBwd(_RowKernel):
             cute.arch.cluster_wait()
 
         num_tiles = cute.ceil_div(num_rows, t.rows_per_cta)
+        first_tile = bidx
+        if const_expr(self.column_ctas > 0):
+            if bidx >= num_clusters:
+                first_tile = num_tiles  # a column CTA: no row tile
         # With prefetch, (mean, rstd) of the tile whose x and dy are in flight in the fragments.
         next_mean = Float32(0.0)
         next_rstd = Float32(0.0)
         if const_expr(self.prefetch):
-            next_mean, next_rstd = self._load_tile(bidx, rank, tiler, num_rows, thr_copy, idX, mX, mDY, mDR, mMean,
-                                                   mRstd, tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres)
-        for tile in cutlass.range(bidx, num_tiles, num_clusters, unroll=1):
-            it = (tile - bidx) // num_clusters
+            next_mean, next_rstd = self._load_tile(first_tile, rank, tiler, num_rows, thr_copy, idX, mX, mDY, mDR,
+                                                   mMean, mRstd, tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres)
+        for tile in cutlass.range(first_tile, num_tiles, num_clusters, unroll=1):
+            it = (tile - first_tile) // num_clusters
             slot = it % 2
             phase = (it // 2) % 2
             tXcX = thr_copy.partition_S(cute.local_tile(idX, tiler, (tile, rank)))
@@ -655,13 +806,13 @@ class LayerNormBwd(_RowKernel):
                 w = _load_slots(sW, tXrX) if const_expr(in_smem) else tXrW.load()
                 g = dy * w.to(Float32)
             # dw/db first: dy is then dead before the reduction, which only needs g and xhat.
-            if const_expr(self.want_dw):
+            if const_expr(self.rows_dw):
                 if const_expr(in_smem):
                     acc = _slots_of(slots_dw, tidx, t)
                     _store_slots(acc, _load_slots(acc, tXrX) + dy * xhat)
                 else:
                     tXrDW.store(tXrDW.load() + dy * xhat)
-            if const_expr(self.want_db):
+            if const_expr(self.rows_db):
                 if const_expr(in_smem):
                     acc = _slots_of(slots_db, tidx, t)
                     _store_slots(acc, _load_slots(acc, tXrX) + dy)
@@ -691,10 +842,72 @@ class LayerNormBwd(_RowKernel):
                 if const_expr(mDRin is not None):
                     copy_dres_in(tXrDRin, thr_copy.partition_D(cute.local_tile(mDRin, tiler, (tile, rank))))
 
-        if const_expr(self.want_dw):
+        if const_expr(self.rows_dw):
             self._store_partial(tXrDW, slots_dw, tXgX0, mDWp, thr_copy, tiler, bidx, rank, pred, smem)
-        if const_expr(self.want_db):
+        if const_expr(self.rows_db):
             self._store_partial(tXrDB, slots_db, tXgX0, mDBp, thr_copy, tiler, bidx, rank, pred, smem)
+        if const_expr(self.column_ctas > 0):
+            if bidx >= num_clusters:
+                self._weight_grads_columns(bidx - num_clusters, mDY, mX, mMean, mRstd, mDWp, mDBp, column_sums,
+                                           column_copy)
+
+    @cute.jit
+    def _weight_grads_columns(self, col_block, mDY, mX, mMean, mRstd, mDW, mDB, column_sums, column_copy):
+        """A column CTA: dw[c] = sum over rows of dy * xhat and db[c] = sum of dy for the column_tile columns of
+        ``col_block``, in fp32 and in a fixed order (deterministic), written in the gradients' dtypes.
+
+        Each thread holds one vector of columns and strides over the rows with the other thread rows; the thread
+        rows' sums then meet in shared memory (``column_sums``: thread rows x column_tile per gradient), where one
+        thread per output column adds them up."""
+        ct = self.column_tiling
+        n = self.hidden
+        tidx, _, _ = cute.arch.thread_idx()
+        tiler = (ct.rows_per_cta, ct.tile_n)
+        num_rows = mX.shape[0]
+        thr_copy = column_copy.get_slice(tidx)
+        idX = cute.make_identity_tensor(mX.shape)
+        tXgX0 = thr_copy.partition_S(cute.local_tile(mX, tiler, (0, col_block)))
+        pred = None
+        if const_expr(n % ct.tile_n != 0):
+            pred = _column_predicate(thr_copy.partition_S(cute.local_tile(idX, tiler, (0, col_block))), n)
+        copy_row = partial(cute.copy, _copy_atom(self.dtype, ct.vec), pred=pred)
+        copy_dy = partial(cute.copy, _copy_atom(self.dy_dtype, ct.vec), pred=pred)
+        tXrX = cute.make_rmem_tensor_like(tXgX0)
+        tXrDY = cute.make_rmem_tensor_like(thr_copy.partition_S(cute.local_tile(mDY, tiler, (0, col_block))))
+        acc_dw = cute.make_rmem_tensor_like(tXgX0, Float32)
+        acc_db = cute.make_rmem_tensor_like(tXgX0, Float32)
+        acc_dw.fill(0.0)
+        acc_db.fill(0.0)
+        for tile in cutlass.range(cute.ceil_div(num_rows, ct.rows_per_cta), unroll=1):
+            # Rows past M and columns past N load as zeros (with mean = rstd = 0): they add nothing.
+            mean, rstd = self._load_tile(tile, col_block, tiler, num_rows, thr_copy, idX, mX, mDY, None, mMean, mRstd,
+                                         tXrX, tXrDY, None, copy_row, copy_dy, None)
+            dy = tXrDY.load().to(Float32)
+            if const_expr(self.want_dw):
+                acc_dw.store(acc_dw.load() + dy * ((tXrX.load().to(Float32) - mean) * rstd))
+            if const_expr(self.want_db):
+                acc_db.store(acc_db.load() + dy)
+        grads = []
+        if const_expr(self.want_dw):
+            grads.append((acc_dw, mDW))
+        if const_expr(self.want_db):
+            grads.append((acc_db, mDB))
+        for g in cutlass.range_constexpr(len(grads)):
+            part = cute.local_tile(column_sums, tiler, (0, g))
+            thr_copy.partition_D(part).store(grads[g][0].load())
+        cute.arch.barrier()
+        col0 = col_block * ct.tile_n
+        outputs = const_expr(len(grads) * ct.tile_n)
+        for base in cutlass.range_constexpr(0, outputs, ct.num_threads):
+            o = base + tidx
+            if o < outputs:
+                total = Float32(0.0)
+                for r in cutlass.range(ct.rows_per_cta, unroll=8):
+                    total = total + column_sums[r, o]
+                for g in cutlass.range_constexpr(len(grads)):
+                    col = o - g * ct.tile_n
+                    if o >= g * ct.tile_n and col < ct.tile_n and col0 + col < n:
+                        grads[g][1][col0 + col] = total.to(grads[g][1].element_type)
 
     @cute.jit
     def _load_tile(self, tile, rank, tiler: cutlass.Constexpr, num_rows, thr_copy, idX, mX, mDY, mDR, mMean, mRstd,

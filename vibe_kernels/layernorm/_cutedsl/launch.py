@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import importlib.util
@@ -226,40 +227,57 @@ def _compile_fwd(dtype, hidden, weight_dtype, bias_dtype, store_stats, vec, conf
             kernel, _row_placeholder(dtype, vec), _row_placeholder(weight_dtype, vec),
             _row_placeholder(bias_dtype, vec), _row_placeholder(out_dtype, vec), None if rms else stat, stat,
             _row_placeholder(residual_dtype, vec), _row_placeholder(residual_out_dtype, vec), cutlass.Int32(1),
-            row, row, row, row, Float32(1e-5), make_fake_stream(), options=_options(arch, keep_ptx, tvm_ffi),
+            row, row, row, row, Float32(1e-5), cutlass.Int32(1), make_fake_stream(),
+            options=_options(arch, keep_ptx, tvm_ffi),
         )
 
 
 @_CompileOnce
 def compile_bwd(dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, vec: int, config: BwdConfig,
                 arch: str, keep_ptx: bool = False, tvm_ffi: bool = False, dy_dtype=None, rms: bool = False,
-                dx_dtype=None, dres_dtype=None, dres_in_dtype=None):
+                dx_dtype=None, dres_dtype=None, dres_in_dtype=None, dw_dtype=None, db_dtype=None):
     """Compiled backward for one variant (dw/db partials in fp32); dy_dtype / dx_dtype: dy's / dx's cutlass type
     (None: x's); rms: RMSNorm (no mean); dres_dtype, dres_in_dtype (None: absent): the fused residual's gradient
-    into h (added to dx) and the second copy of dx (LayerNormBwd)."""
+    into h (added to dx) and the second copy of dx (LayerNormBwd). dw_dtype / db_dtype: with column CTAs
+    (``config.column_tile``) the kernel writes the gradients themselves, in these types (None: fp32)."""
     dy_dtype = dy_dtype if dy_dtype is not None else dtype
     dx_dtype = dx_dtype if dx_dtype is not None else dtype
+    if not config.column_tile:
+        dw_dtype = db_dtype = None  # fp32 partial rows: one variant whatever the gradients' types
     build = functools.partial(_compile_bwd, dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch,
-                              keep_ptx, tvm_ffi, dy_dtype, rms, dx_dtype, dres_dtype, dres_in_dtype)
+                              keep_ptx, tvm_ffi, dy_dtype, rms, dx_dtype, dres_dtype, dres_in_dtype, dw_dtype,
+                              db_dtype)
     if not tvm_ffi or keep_ptx:
         return build()
     variant = (str(dtype), hidden, str(weight_dtype), want_dw, want_db, vec, config, arch, str(dy_dtype), rms,
-               str(dx_dtype), str(dres_dtype), str(dres_in_dtype))
+               str(dx_dtype), str(dres_dtype), str(dres_in_dtype), str(dw_dtype), str(db_dtype))
     return _callable(_disk_cached("bwd", variant, build))
 
 
+def _grad_placeholder(want: bool, grad_dtype, column_tile: int, vec: int):
+    """The dw (db) pointer's placeholder: fp32 partial rows read in vectors, or with column CTAs the gradient itself,
+    written one element at a time (no alignment assumed beyond its element)."""
+    if not want:
+        return None
+    if column_tile:
+        dtype = grad_dtype if grad_dtype is not None else Float32
+        return _placeholder(dtype, dtype.width // 8)
+    return _row_placeholder(Float32, vec)
+
+
 def _compile_bwd(dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch, keep_ptx, tvm_ffi, dy_dtype, rms,
-                 dx_dtype, dres_dtype, dres_in_dtype):
+                 dx_dtype, dres_dtype, dres_in_dtype, dw_dtype, db_dtype):
     kernel = LayerNormBwd(dtype, hidden, weight_dtype, want_dw, want_db, config, dy_dtype, rms, dx_dtype, dres_dtype,
                           dres_in_dtype)
-    partial_row = _row_placeholder(Float32, vec)
     stat = _placeholder(Float32, 4)
     row = cutlass.Int64(hidden)
     with _lock:
         return cute.compile(
             kernel, _row_placeholder(dy_dtype, vec), _row_placeholder(dtype, vec), _row_placeholder(weight_dtype, vec),
-            None if rms else stat, stat, _row_placeholder(dx_dtype, vec), partial_row if want_dw else None,
-            partial_row if want_db else None, _row_placeholder(dres_dtype, vec), _row_placeholder(dres_in_dtype, vec),
+            None if rms else stat, stat, _row_placeholder(dx_dtype, vec),
+            _grad_placeholder(want_dw, dw_dtype, config.column_tile, vec),
+            _grad_placeholder(want_db, db_dtype, config.column_tile, vec),
+            _row_placeholder(dres_dtype, vec), _row_placeholder(dres_in_dtype, vec),
             cutlass.Int32(1), row, row, row, row, row, cutlass.Int32(1), make_fake_stream(),
             options=_options(arch, keep_ptx, tvm_ffi),
         )
@@ -342,14 +360,19 @@ def _resident_clusters(device_index: int, cluster_n: int) -> int | None:
         return None
 
 
-def bwd_grid_clusters(config: BwdConfig, rows: int, device_index: int) -> int:
+def bwd_grid_clusters(config: BwdConfig, rows: int, device_index: int, column_ctas: int = 0) -> int:
     """Clusters of the backward's persistent grid (= fp32 dw/db partial rows): the config's count for this M, and
-    never more than ctas_per_sm waves of the clusters the GPU holds at once, so every wave is full."""
-    num_clusters = config.partial_rows(_sm_count(device_index), rows)
+    never more than ctas_per_sm waves of the clusters the GPU holds at once, so every wave is full. With
+    ``column_ctas`` (few rows: they follow the row CTAs in the grid, see BwdConfig.column_tile) the row CTAs leave
+    that many SMs to them, each striding over more row tiles, so that the whole grid is one wave."""
+    sms = _sm_count(device_index)
+    num_clusters = config.partial_rows(sms, rows)
     if config.tiling.cluster_n > 1:
         resident = _resident_clusters(device_index, config.tiling.cluster_n)
         if resident:
             num_clusters = min(num_clusters, resident * config.ctas_per_sm)
+    if column_ctas:
+        num_clusters = min(num_clusters, sms - column_ctas)
     return max(1, num_clusters)
 
 
@@ -365,7 +388,20 @@ def _check_config(config, vec: int):
 # (config.rows_class: the config depends on it), and with a residual its dtypes, rounding, strides and addresses
 # modulo 16. M itself is a runtime argument. Bounded like the Triton backend's.
 _fwd_plans: dict = {}
+_fwd_plan_configs: dict = {}  # the same keys -> the config the plan was compiled for (its grid depends on M)
 MAX_FWD_PLANS = 256
+
+
+def _fwd_grid_clusters(config: FwdConfig, rows: int, device_index: int) -> int:
+    """The persistent forward's grid: one cluster a row up to the clusters of one CTA per SM the GPU holds at once
+    (1 for the other forward kernels, whose grid follows M)."""
+    if not config.persistent:
+        return 1
+    cluster_n = config.tiling.cluster_n
+    resident = _resident_clusters(device_index, cluster_n) if cluster_n > 1 else None
+    if not resident:
+        resident = _sm_count(device_index) // cluster_n
+    return max(1, min(rows, resident))
 
 
 def _stride0(t: torch.Tensor | None) -> int:
@@ -407,12 +443,13 @@ def fwd_launcher(x, weight, bias, out, mean, rstd, rms: bool = False):
     if compiled is None:
         return None
     index, rows, x_stride, out_stride = key[0], x.shape[0], x.stride(0), out.stride(0)
+    grid = _fwd_grid_clusters(_fwd_plan_configs[key], rows, index)
     raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or _raw_stream
 
     def launch(x, weight, bias, out, mean, rstd, eps):
         compiled(x.data_ptr(), None if weight is None else weight.data_ptr(),
                  None if bias is None else bias.data_ptr(), out.data_ptr(), None if mean is None else mean.data_ptr(),
-                 None if rstd is None else rstd.data_ptr(), None, None, rows, x_stride, out_stride, 0, 0, eps,
+                 None if rstd is None else rstd.data_ptr(), None, None, rows, x_stride, out_stride, 0, 0, eps, grid,
                  raw_stream(index))
 
     return launch
@@ -442,7 +479,8 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
         plan_key = _fwd_plan_key(x, weight, bias, out, store_stats, rms, residual, residual_out, round_residual)
         compiled = _fwd_plans.get(plan_key) if plan_key is not None else None
         if compiled is not None:
-            compiled(x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd), r_addr, h_addr, *tail,
+            grid = _fwd_grid_clusters(_fwd_plan_configs[plan_key], rows, plan_key[0])
+            compiled(x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd), r_addr, h_addr, *tail, grid,
                      _raw_stream(plan_key[0]))
             return
     row_tensors = [t for t in (x, out, residual, residual_out) if t is not None]
@@ -455,6 +493,8 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
         config = fwd_config(hidden, elem, vec, rows=rows, residual=residual is not None, widest_elem_bytes=widest)
     _check_config(config, vec)
     vec = config.tiling.vec
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    tail = tail + (_fwd_grid_clusters(config, rows, index),)
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), _cute(bias), store_stats, vec, config, _arch_of(x.device))
     compile_kwargs = {"out_dtype": _CUTE_DTYPE[out.dtype], "rms": bool(rms), "residual_dtype": _cute(residual),
                       "residual_out_dtype": _cute(residual_out), "round_residual": round_residual}
@@ -468,6 +508,8 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
     if plan_key is not None and _TVM_FFI:  # still on TVM FFI: the call did not fall back to the DSL path
         if len(_fwd_plans) >= MAX_FWD_PLANS:
             _fwd_plans.clear()
+            _fwd_plan_configs.clear()
+        _fwd_plan_configs[plan_key] = config
         _fwd_plans[plan_key] = compile_fwd(*compile_args, tvm_ffi=True, **compile_kwargs)
 
 
@@ -500,21 +542,30 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
     _check_config(config, vec)
     vec = config.tiling.vec
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    num_clusters = bwd_grid_clusters(config, rows, index)
     want_dw, want_db = dweight is not None, dbias is not None
+    grads = [g for g in (dweight, dbias) if g is not None]
+    if config.column_tile and not all(g.is_contiguous() for g in grads):
+        config = dataclasses.replace(config, column_tile=0)  # column CTAs write (N,) gradients of unit stride
+    column_ctas = config.column_ctas(hidden) if grads else 0
+    num_clusters = bwd_grid_clusters(config, rows, index, column_ctas)
     from_rows = None
-    if (want_dw or want_db) and num_clusters > 1 and rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS:
+    if not column_ctas and grads and num_clusters > 1 and rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS:
         # Few rows, about one fp32 partial row each: the kernel writes dx only, and dw/db are summed from the rows.
         from_rows = _triton_weight_grads_from_rows()
         if from_rows is not None:
             want_dw = want_db = False
     dweight_here = dweight if want_dw else None
     dbias_here = dbias if want_db else None
-    dw_partial = _partial_rows(dweight_here, num_clusters, hidden)
-    db_partial = _partial_rows(dbias_here, num_clusters, hidden)
+    if column_ctas:
+        # The column CTAs write dw / db themselves, in their dtypes: no partial rows, no column-sum pass.
+        dw_partial, db_partial = dweight_here, dbias_here
+    else:
+        dw_partial = _partial_rows(dweight_here, num_clusters, hidden)
+        db_partial = _partial_rows(dbias_here, num_clusters, hidden)
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), want_dw, want_db, vec, config, _arch_of(x.device))
     compile_kwargs = {"dy_dtype": _CUTE_DTYPE[dy.dtype], "rms": bool(rms), "dx_dtype": _CUTE_DTYPE[dx.dtype],
-                      "dres_dtype": _cute(dresidual), "dres_in_dtype": _cute(dresidual_in)}
+                      "dres_dtype": _cute(dresidual), "dres_in_dtype": _cute(dresidual_in),
+                      "dw_dtype": _cute(dweight_here), "db_dtype": _cute(dbias_here)}
     tail = (rows, dy.stride(0), x.stride(0), dx.stride(0), _stride0(dresidual), _stride0(dresidual_in), num_clusters)
     _run(
         compile_bwd, compile_args, compile_kwargs,
@@ -526,6 +577,8 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
     )
     if from_rows is not None:
         from_rows(dy, x, mean, rstd, dweight, dbias)
+        return
+    if column_ctas:
         return
     # Second pass: a fixed-order fp32 column sum over the partials (deterministic, no atomics).
     _column_sums(None if dw_partial is dweight else dw_partial, None if db_partial is dbias else db_partial,
