@@ -38,8 +38,8 @@ SHAPES = [(1, 1024, torch.bfloat16), (128, 1024, torch.bfloat16), (1, 4096, torc
           (128, 8192, torch.bfloat16), (1, 8192, torch.bfloat16)]
 
 
-def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
-    default = cfg.fwd_config(hidden, elem, vec, rows=rows)
+def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8) -> dict:
+    default = cfg.fwd_config(hidden, elem, vec, rows=rows, affine_bytes=affine_bytes)
     late = dataclasses.replace(default, affine_after_stats=True)
     late32 = dataclasses.replace(cfg.fwd_config(hidden, elem, vec, bytes_per_thread=32), affine_after_stats=True)
     early = dataclasses.replace(default, affine_after_stats=False)
@@ -81,6 +81,8 @@ def variants(hidden: int, elem: int, vec: int, rows: int) -> dict:
     if t.rows_per_cta == 1 and t.tile_n * t.cluster_n == hidden:
         extra["persist"] = dataclasses.replace(default, persistent=True, merged_stats=True, affine_after_stats=False,
                                                min_ctas_per_sm=0, l2_hints=False)
+        # The one-cluster-a-row kernel where the default is persistent ("per-row").
+        extra["per-row"] = cfg.fwd_config(hidden, elem, vec, rows=rows, affine_bytes=affine_bytes, persistent=False)
     found = {"default": default}
     if previous != default:
         found["previous"] = previous
@@ -126,7 +128,8 @@ def main() -> None:
         copy_ms = gpu_ms_host_hidden(lambda: out.copy_(x), 25, 100)
         line = {"rows": rows, "hidden": hidden, "dtype": str(dtype).split(".")[-1], "copy_ms": copy_ms}
         vec = 16 // x.element_size()
-        for name, config in variants(hidden, x.element_size(), vec, rows).items():
+        affine_bytes = sum(t.element_size() for t in (w, b) if t is not None)
+        for name, config in variants(hidden, x.element_size(), vec, rows, affine_bytes).items():
             if args.only and name not in ("default", "previous") and name not in args.only.split(","):
                 continue
             try:

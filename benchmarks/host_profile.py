@@ -80,11 +80,12 @@ if "cutedsl" in backends:
 
     cute_launch._fwd_plans.clear()
     cute_launch.layernorm_fwd(x, w, b, 1e-6, out, stats[0], stats[1])
-    (bare,) = cute_launch._fwd_plans.values()
+    ((bare, _config),) = cute_launch._fwd_plans.values()
     ptrs = (x.data_ptr(), w.data_ptr(), b.data_ptr(), out.data_ptr(), stats[0].data_ptr(), stats[1].data_ptr())
     stream = cute_launch._raw_stream(0)
-    # x, w, b, out, mean, rstd, residual, residual_out, rows, row strides (x, out, residual, residual_out), eps, stream
-    pieces["cutedsl bare TVM FFI call (ints)"] = lambda: bare(*ptrs, None, None, 8, 1024, 1024, 0, 0, 1e-6, stream)
+    # x, w, b, out, mean, rstd, residual, residual_out, rows, row strides (x, out, residual, residual_out), eps,
+    # the persistent kernel's grid (unused here), stream
+    pieces["cutedsl bare TVM FFI call (ints)"] = lambda: bare(*ptrs, None, None, 8, 1024, 1024, 0, 0, 1e-6, 1, stream)
     pieces["cutedsl _raw_stream"] = lambda: cute_launch._raw_stream(0)
 print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
 for name, fn in pieces.items():

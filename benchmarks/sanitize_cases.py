@@ -8,7 +8,8 @@ cases cover every kernel variant of both backends:
   it for fp32, which takes the 2N entry), the derived variants (resident head + tail rows, the fp32 rows of the
   backward's re-read entry held in registers instead), odd N (1, 7, 769, 5000, 20000) and the largest N (262144);
 * CuTeDSL: every config bucket of ``_cutedsl/config.py`` -- (threads per row, cluster size) for the forward and
-  the backward, for 2- and 4-byte dtypes -- and every vector width (1, 2, 4, 8 elements);
+  the backward, for 2- and 4-byte dtypes -- and every vector width (1, 2, 4, 8 elements); the persistent forward
+  and the few-rows backward's column CTAs;
 * fp16 / bf16 / fp32, with and without weight/bias (fp32 or x's dtype), which gradients are wanted, statistics
   stored or not, contiguous / strided / misaligned rows, M = 1, a small odd M, and an M that makes every program of
   a persistent grid loop.
@@ -200,6 +201,15 @@ def build_cases() -> list[Case]:
         rows = (AFFINE_AFTER_STATS_MIN_ROWS + 7,)
         race = n <= 16384 and dtype != "fp32" or n == 4096  # racecheck is slow per CTA: not the clustered rows
         core.append(Case("cutedsl", n, dtype, grads="none", rows=rows, race=race, race_rows=rows))
+    # The persistent forward (config.PERSISTENT_MIN_AFFINE_ROW_BYTES of fp32 weight and bias a row, M above
+    # SMALL_M_ROWS): every cluster strides over several rows, so its shared memory (the weight/bias slots, the
+    # exchange's buffers alternating by row parity) is reused; racecheck on the bf16 one. (The backward's column CTAs
+    # at few rows run in every case above with 2 <= M <= 256 over several CTAs: M = 37, racecheck's M = 3.)
+    from vibe_kernels.layernorm._cutedsl.config import SMALL_M_ROWS
+
+    for n, dtype in ((65536, "bf16"), (32768, "fp32")):
+        rows = (SMALL_M_ROWS + 44,)
+        core.append(Case("cutedsl", n, dtype, grads="none", rows=rows, race=dtype == "bf16", race_rows=rows))
 
     variants = []
     for k, base in enumerate(core):

@@ -368,8 +368,8 @@ def test_forward_with_affine_after_stats_compiles(case):
 @pytest.mark.parametrize("rows, hidden, elem, vec, residual, late, min_ctas", [
     (1024, 4096, 2, 8, False, True, 0), (32768, 8192, 2, 8, False, True, 0),  # one-row CTAs of 128-256 threads
     (4096, 4096, 4, 4, False, True, 0), (4096, 8192, 2, 8, True, True, 0),
-    (32768, 16384, 2, 8, False, True, 2), (32768, 65536, 2, 8, False, True, 2),  # 512 threads; a cluster
-    (4096, 8192, 4, 4, False, True, 2), (4096, 262144, 4, 4, False, True, 2),
+    (32768, 16384, 2, 8, False, True, 2), (32768, 32768, 2, 8, False, True, 2),  # 512 threads; a cluster
+    (4096, 8192, 4, 4, False, True, 2), (4096, 16384, 4, 4, False, True, 2),
     (1023, 8192, 2, 8, False, False, 0), (128, 4096, 2, 8, False, False, 0),  # too few rows
     (None, 8192, 2, 8, False, False, 0), (128, 16384, 2, 8, False, False, 0),  # (or M not given)
     (32768, 1024, 2, 8, False, False, 0),  # several rows per CTA
@@ -413,7 +413,7 @@ def test_two_ctas_per_sm_fit_the_registers(hidden, dtype_name):
     """The launch bound of the 512-thread late-affine forward: .minnctapersm 2 in the PTX, and ptxas fits a thread in
     64 registers (two 512-thread CTAs per SM) with at most a few bytes spilled (fp32 weight and bias)."""
     vec = _aligned_vec(hidden, dtype_name)
-    config = cfg.fwd_config(hidden, ELEM_BYTES[dtype_name], vec, rows=4096)
+    config = cfg.fwd_config(hidden, ELEM_BYTES[dtype_name], vec, rows=4096, persistent=False)
     assert config.min_ctas_per_sm == 2 and config.tiling.num_threads == 512
     ptx = launch.compile_fwd(DTYPES[dtype_name], hidden, cutlass.Float32, cutlass.Float32, True, vec, config, ARCH,
                              keep_ptx=True).__ptx__
@@ -504,7 +504,7 @@ def test_rmsnorm_reduces_once(hidden):
 def test_clustered_forward_exchanges_statistics_once(hidden):
     """Rows split over a cluster merge mean and variance in one exchange between the CTAs (merged_stats): one
     mbarrier wait in the PTX, as RMSNorm's single row sum, against two for the two-pass variance."""
-    config = cfg.fwd_config(hidden, 2, 8, rows=8192)
+    config = cfg.fwd_config(hidden, 2, 8, rows=8192, persistent=False)
     assert config.tiling.cluster_n > 1 and config.merged_stats
 
     def waits(config, rms=False):
@@ -785,8 +785,33 @@ def test_persistent_forward_grid(monkeypatch):
     """One cluster a row up to the clusters resident at once (the occupancy query, else SMs / cluster size); the
     other forward kernels ignore the argument (1)."""
     monkeypatch.setattr(launch, "_sm_count", lambda index: H100_SMS)
-    config = dataclasses.replace(cfg.fwd_config(262144, 2, 8, rows=8192), persistent=True)
+    config = cfg.fwd_config(262144, 2, 8, rows=8192, persistent=True)
     for resident, rows, want in ((7, 8192, 7), (7, 3, 3), (None, 8192, H100_SMS // 16), (None, 0, 1)):
         monkeypatch.setattr(launch, "_resident_clusters", lambda index, cluster_n, r=resident: r)
         assert launch._fwd_grid_clusters(config, rows, 0) == want
     assert launch._fwd_grid_clusters(dataclasses.replace(config, persistent=False), 8192, 0) == 1
+
+
+@pytest.mark.parametrize("rows, hidden, elem, vec, affine, residual, persistent", [
+    (32768, 65536, 2, 8, 8, False, True), (16384, 131072, 2, 8, 8, False, True), (8192, 262144, 2, 8, 8, False, True),
+    (32768, 32768, 2, 8, 8, False, True), (4096, 65536, 4, 4, 8, False, True), (None, 262144, 2, 8, 8, False, True),
+    (32768, 65536, 2, 8, 4, False, True), (8192, 262144, 2, 8, 2, False, True),  # 16-bit weight (and bias)
+    (32768, 32768, 2, 8, 4, False, False),  # 128 KB of weight and bias a row: one cluster a row
+    (32768, 65536, 2, 8, 0, False, False), (8192, 262144, 2, 8, 0, False, False),  # no weight or bias
+    (32768, 16384, 2, 8, 8, False, False),  # one CTA a row
+    (8192, 262144, 2, 8, 8, True, False),  # the fused residual
+    (4096, 100003, 2, 1, 8, False, False),  # a ragged row (two-pass statistics)
+    (256, 65536, 2, 8, 8, False, False), (1, 262144, 2, 8, 8, False, False),  # small M
+])
+def test_persistent_forward_rule(rows, hidden, elem, vec, affine, residual, persistent):
+    """The persistent forward where a row's weight and bias (re-read from L2 for every row by the one-cluster-a-row
+    kernel) take at least PERSISTENT_MIN_AFFINE_ROW_BYTES (the probe's measurements in config.py)."""
+    config = cfg.fwd_config(hidden, elem, vec, rows=rows, residual=residual, affine_bytes=affine)
+    assert config.persistent == persistent
+    if persistent:
+        assert config.merged_stats and config.tiling.cluster_n > 1 and config.tiling.rows_per_cta == 1
+        assert not config.affine_after_stats and config.min_ctas_per_sm == 0 and not config.l2_hints
+        assert not cfg.fwd_config(hidden, elem, vec, rows=rows, affine_bytes=affine, persistent=False).persistent
+    elif residual or hidden % 8 or hidden == 16384:
+        with pytest.raises(ValueError, match="persistent"):
+            cfg.fwd_config(hidden, elem, vec, rows=rows, residual=residual, persistent=True)

@@ -237,11 +237,12 @@ def test_cutedsl_persistent_forward_gives_the_same_bits(cuda_gen, rows, hidden, 
     out_dtype = torch.float32 if variant == "out fp32" else dtype
     widest = max(x.element_size(), torch.finfo(out_dtype).bits // 8)
     vec = 16 // widest
-    default = cutedsl_config.fwd_config(hidden, x.element_size(), vec, rows=max(rows, 1), widest_elem_bytes=widest)
-    persistent = dataclasses.replace(default, persistent=True, merged_stats=True, affine_after_stats=False,
+    per_row = cutedsl_config.fwd_config(hidden, x.element_size(), vec, rows=rows, widest_elem_bytes=widest,
+                                        persistent=False)
+    persistent = dataclasses.replace(per_row, persistent=True, merged_stats=True, affine_after_stats=False,
                                      min_ctas_per_sm=0, l2_hints=False)
     results = []
-    for config in (dataclasses.replace(default, merged_stats=True), persistent):
+    for config in (dataclasses.replace(per_row, merged_stats=True), persistent):
         out = torch.full(x.shape, float("nan"), device="cuda", dtype=out_dtype)
         mean = None if rms else torch.full((rows,), float("nan"), device="cuda")
         rstd = torch.full((rows,), float("nan"), device="cuda")

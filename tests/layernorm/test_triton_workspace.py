@@ -105,7 +105,8 @@ def test_small_m_weight_gradients_skip_partial_rows(rows, hidden, grad_dtype, de
 @pytest.mark.parametrize("rows, hidden, rms", [(100, 1024, False), (37, 5000, False), (256, 256, True)])
 def test_small_m_fused_weight_gradients_give_the_separate_launches_bits(rows, hidden, rms, device):
     """The fused few-rows backward (dx programs and dw/db column programs in one launch) gives the bits of its two
-    halves launched separately: the resident kernel writing dx only, then weight_grads_from_rows."""
+    halves launched separately: the resident kernel writing dx only, then weight_grads_from_rows (dw/db bit for bit
+    in the interpreter, within fp32 contraction noise on a GPU)."""
     gen = torch.Generator().manual_seed(rows + hidden)
     x = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.bfloat16)
     dy = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.bfloat16)
@@ -122,7 +123,17 @@ def test_small_m_fused_weight_gradients_give_the_separate_launches_bits(rows, hi
     _triton.layernorm_bwd(dy, x, weight, mean, rstd, separate[0], None, None, rms=rms,
                           config=dataclasses.replace(cfg, block_m=plan.block_m))
     _triton.weight_grads_from_rows(dy, x, mean, rstd, separate[1], separate[2])
-    for got, want in zip(fused, separate):
-        if want is not None:
-            assert not want.isnan().any()
+    for name, got, want in zip(("dx", "dw", "db"), fused, separate):
+        if want is None:
+            continue
+        assert not want.isnan().any()
+        if name == "dx" or device == "cpu":
             assert torch.equal(got, want)
+        else:
+            # The same fp32 sums in the same order, compiled into two different kernels: on the GPU the compiler may
+            # contract dy * xhat + acc into an FMA in one and not the other (the H100 run of 2026-12-06 differed
+            # in the last bits of dw). Within a few fp32 ulps of each column's sum of magnitudes.
+            xhat = (x.float() - (0 if rms else mean[:, None])) * rstd[:, None]
+            terms = dy.float() * xhat if name == "dw" else dy.float()
+            bound = 8 * torch.finfo(torch.float32).eps * terms.abs().sum(0)
+            assert ((got - want).abs() <= bound).all()

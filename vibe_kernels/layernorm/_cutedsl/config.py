@@ -218,9 +218,21 @@ def rows_class(rows: int) -> tuple:
     return rows == 1, rows <= SMALL_M_ROWS, rows >= AFFINE_AFTER_STATS_MIN_ROWS
 
 
+# The persistent forward (FwdConfig.persistent): for clustered rows whose weight and bias take at least this many
+# bytes (above small M). Why: a wide row's weight/bias slice misses L1 between rows (each SM runs CTAs of every
+# cluster rank), so the one-cluster-a-row kernel reads it again from L2 for every row: with fp32 weight and bias
+# 4x a 16-bit row's own bytes. Measured (cutedsl_fwd_probe.py, H100, 2026-12-06, ninth session, probes/
+# fwd-persist.txt; % of a copy, one-cluster-a-row -> persistent), bf16 x at N = 32768 / 65536 / 131072 / 262144:
+# fp32 weight and bias (8 bytes a column) 92 / 85 / 78 / 70 -> 95 / 95 / 96 / 91; bf16 ones (4 bytes) 97 / 93 / 89
+# / 81 -> 95 / 95 / 96 / 89; none 100 / 100 / 99 / 94 -> 96 / 95 / 96 / 94. So the L2 bytes a row re-reads decide:
+# persistent from 256 KB of weight and bias a row (fp32 from N = 32768, 16-bit from 65536), never without them.
+PERSISTENT_MIN_AFFINE_ROW_BYTES = 256 * 1024
+
+
 def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = None, bytes_per_thread: int | None = None,
                max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MIN_CTA_THREADS,
-               residual: bool = False, widest_elem_bytes: int | None = None) -> FwdConfig:
+               residual: bool = False, widest_elem_bytes: int | None = None, affine_bytes: int = 0,
+               persistent: bool | None = None) -> FwdConfig:
     """Forward: 64 bytes of x per thread (32 bf16 / 16 fp32 values; 32 bytes for rows of at most
     ``NARROW_ROW_BYTES``; 16 bytes at small M, see ``SMALL_M_ROWS``), up to 512 threads per CTA, then clusters.
 
@@ -236,6 +248,10 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     ``widest_elem_bytes``) and without a fused residual (ptxas spills there: 108 bytes at N = 100003 with scalar
     accesses; 8-24 with a residual).
 
+    ``affine_bytes``: the bytes of weight and bias a column (8 for fp32 weight and bias, 0 without): clustered rows
+    whose weight and bias take ``PERSISTENT_MIN_AFFINE_ROW_BYTES`` or more run the persistent kernel (``persistent``
+    None: by that rule; True / False: forced).
+
     Rows split over a cluster get LayerNorm's mean and variance in one exchange (``merged_stats``) where N fills the
     tiling: each exchange between a cluster's CTAs is a round of distributed shared memory stores and an mbarrier
     wait. Measured (cutedsl_fwd_probe.py, H100, 2026-11-25, fifth session; % of a copy): 32768x32768 91 -> 92%,
@@ -248,6 +264,10 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16)
     >>> fwd_config(262144, 2, 8).merged_stats
     True
+    >>> [fwd_config(n, 2, 8, rows=8192, affine_bytes=8).persistent for n in (16384, 32768, 262144)]
+    [False, True, True]
+    >>> fwd_config(32768, 2, 8, rows=8192, affine_bytes=4).persistent, fwd_config(262144, 2, 8, rows=8192).persistent
+    (False, False)
     >>> fwd_config(256, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=16, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
     >>> fwd_config(1024, 2, 8, rows=128).tiling
@@ -270,6 +290,15 @@ persistent=False)
     bounded = tiling.num_threads == 512 and full_vectors and not residual
     late = many_rows and (fits_alone or bounded)
     fills_tiling = tiling.tile_n * tiling.cluster_n == hidden
+    can_persist = tiling.cluster_n > 1 and fills_tiling and tiling.rows_per_cta == 1 and not residual
+    if persistent is None:
+        persistent = (can_persist and hidden * affine_bytes >= PERSISTENT_MIN_AFFINE_ROW_BYTES
+                      and (rows is None or rows > SMALL_M_ROWS))
+    if persistent:
+        if not can_persist:
+            raise ValueError(f"no persistent forward for N = {hidden} ({tiling}, residual={residual})")
+        # Weight and bias live in shared memory: nothing to load late, one CTA per SM (no launch bound), no hints.
+        return FwdConfig(tiling, merged_stats=True, persistent=True)
     return FwdConfig(tiling, affine_after_stats=late, min_ctas_per_sm=2 if late and bounded else 0,
                      merged_stats=tiling.cluster_n > 1 and fills_tiling,
                      l2_hints=_l2_hints(tiling, hidden, elem_bytes, residual, rows))

@@ -378,7 +378,6 @@ class LayerNormFwd(_RowKernel):
         if row < mX.shape[0]:
             copy_out(tXrO, tXgO)
 
-
     @cute.kernel
     def kernel_persistent(
         self,

@@ -387,8 +387,7 @@ def _check_config(config, vec: int):
 # RMSNorm or not, the row strides, each address modulo 16 (the vector width depends on nothing finer), M's class
 # (config.rows_class: the config depends on it), and with a residual its dtypes, rounding, strides and addresses
 # modulo 16. M itself is a runtime argument. Bounded like the Triton backend's.
-_fwd_plans: dict = {}
-_fwd_plan_configs: dict = {}  # the same keys -> the config the plan was compiled for (its grid depends on M)
+_fwd_plans: dict = {}  # signature -> (bare TVM FFI function, its config: the persistent kernel's grid depends on M)
 MAX_FWD_PLANS = 256
 
 
@@ -439,11 +438,12 @@ def fwd_launcher(x, weight, bias, out, mean, rstd, rms: bool = False):
     when the call has no plan (not on TVM FFI). The caller guarantees the signature matches."""
     store_stats = rstd is not None
     key = _fwd_plan_key(x, weight, bias, out, store_stats, rms)
-    compiled = _fwd_plans.get(key) if key is not None else None
-    if compiled is None:
+    plan = _fwd_plans.get(key) if key is not None else None
+    if plan is None:
         return None
+    compiled, config = plan
     index, rows, x_stride, out_stride = key[0], x.shape[0], x.stride(0), out.stride(0)
-    grid = _fwd_grid_clusters(_fwd_plan_configs[key], rows, index)
+    grid = _fwd_grid_clusters(config, rows, index)
     raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or _raw_stream
 
     def launch(x, weight, bias, out, mean, rstd, eps):
@@ -477,9 +477,10 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
     plan_key = None
     if config is None:
         plan_key = _fwd_plan_key(x, weight, bias, out, store_stats, rms, residual, residual_out, round_residual)
-        compiled = _fwd_plans.get(plan_key) if plan_key is not None else None
-        if compiled is not None:
-            grid = _fwd_grid_clusters(_fwd_plan_configs[plan_key], rows, plan_key[0])
+        plan = _fwd_plans.get(plan_key) if plan_key is not None else None
+        if plan is not None:
+            compiled, planned = plan
+            grid = _fwd_grid_clusters(planned, rows, plan_key[0])
             compiled(x_addr, w_addr, b_addr, out_addr, _addr(mean), _addr(rstd), r_addr, h_addr, *tail, grid,
                      _raw_stream(plan_key[0]))
             return
@@ -490,7 +491,9 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
     vec = vector_width(widest, hidden, tuple(t.stride(0) for t in row_tensors), tuple(addresses))
     elem = x.element_size()
     if config is None:
-        config = fwd_config(hidden, elem, vec, rows=rows, residual=residual is not None, widest_elem_bytes=widest)
+        affine_bytes = sum(t.element_size() for t in (weight, bias) if t is not None)
+        config = fwd_config(hidden, elem, vec, rows=rows, residual=residual is not None, widest_elem_bytes=widest,
+                            affine_bytes=affine_bytes)
     _check_config(config, vec)
     vec = config.tiling.vec
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
@@ -508,9 +511,7 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, *, config: FwdConfig | 
     if plan_key is not None and _TVM_FFI:  # still on TVM FFI: the call did not fall back to the DSL path
         if len(_fwd_plans) >= MAX_FWD_PLANS:
             _fwd_plans.clear()
-            _fwd_plan_configs.clear()
-        _fwd_plan_configs[plan_key] = config
-        _fwd_plans[plan_key] = compile_fwd(*compile_args, tvm_ffi=True, **compile_kwargs)
+        _fwd_plans[plan_key] = (compile_fwd(*compile_args, tvm_ffi=True, **compile_kwargs), config)
 
 
 def _partial_rows(grad: torch.Tensor | None, num_clusters: int, hidden: int) -> torch.Tensor | None:
