@@ -239,11 +239,10 @@ def compile_bwd(dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, 
     """Compiled backward for one variant (dw/db partials in fp32); dy_dtype / dx_dtype: dy's / dx's cutlass type
     (None: x's); rms: RMSNorm (no mean); dres_dtype, dres_in_dtype (None: absent): the fused residual's gradient
     into h (added to dx) and the second copy of dx (LayerNormBwd). dw_dtype / db_dtype: with column CTAs
-    (``config.column_tile``) the kernel writes the gradients themselves, in these types (None: fp32)."""
+    (``config.column_tile``) the kernel writes the gradients themselves, in these types (None: fp32); without
+    column CTAs they do not matter (fp32 partial rows), and the launcher passes None."""
     dy_dtype = dy_dtype if dy_dtype is not None else dtype
     dx_dtype = dx_dtype if dx_dtype is not None else dtype
-    if not config.column_tile:
-        dw_dtype = db_dtype = None  # fp32 partial rows: one variant whatever the gradients' types
     build = functools.partial(_compile_bwd, dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch,
                               keep_ptx, tvm_ffi, dy_dtype, rms, dx_dtype, dres_dtype, dres_in_dtype, dw_dtype,
                               db_dtype)
@@ -566,7 +565,9 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), want_dw, want_db, vec, config, _arch_of(x.device))
     compile_kwargs = {"dy_dtype": _CUTE_DTYPE[dy.dtype], "rms": bool(rms), "dx_dtype": _CUTE_DTYPE[dx.dtype],
                       "dres_dtype": _cute(dresidual), "dres_in_dtype": _cute(dresidual_in),
-                      "dw_dtype": _cute(dweight_here), "db_dtype": _cute(dbias_here)}
+                      # Only the column CTAs write the gradients' own dtypes: one compiled variant otherwise.
+                      "dw_dtype": _cute(dweight_here) if column_ctas else None,
+                      "db_dtype": _cute(dbias_here) if column_ctas else None}
     tail = (rows, dy.stride(0), x.stride(0), dx.stride(0), _stride0(dresidual), _stride0(dresidual_in), num_clusters)
     _run(
         compile_bwd, compile_args, compile_kwargs,
