@@ -13,6 +13,7 @@ new: one 512-thread CTA per SM (several rows per CTA for N < 8192 bf16), so at m
 r1: one row a CTA (the default's threads per row); 64B: 64 bytes of x a thread, one row a CTA.
 l2: the current default with L2 eviction policies (x, dy evict_first; w evict_last).
 pf: the current default with the next row tile's loads issued while this one computes (``BwdConfig.prefetch``).
+1s / 1r: clustered rows, one CTA per SM with prefetch, w and dw/db in shared memory / in registers.
 Both run through the current kernel and launcher: the launcher caps a clustered grid at ctas_per_sm waves of the
 clusters the GPU holds at once (cuOccupancyMaxActiveClusters), for the old config as well.
 
@@ -79,6 +80,13 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     found["l2"] = dataclasses.replace(found["new"], l2_hints=True)
     # The current default with the next row tile's loads issued while this one computes (BwdConfig.prefetch).
     found["pf"] = dataclasses.replace(found["new"], prefetch=True)
+    # Clustered rows: one CTA per SM with the next row's loads prefetched, the column state in shared memory
+    # ("1s") or in registers ("1r") -- the 262144 bf16 default, tried at narrower clustered rows.
+    if t.cluster_n >= 2:
+        for name, smem in (("1s", True), ("1r", False)):
+            one = cfg.BwdConfig(t, 1, column_state_in_smem=smem, prefetch=True)
+            if one not in found.values():
+                found[name] = one
     return found
 
 

@@ -70,7 +70,9 @@ if "triton" in backends:
     # The launcher's argument order: x, out, w, b, mean, rstd, residual, residual_out, strides (x, out, residual,
     # residual_out), rows, eps.
     args = (x, out, w, b, stats[0], stats[1], None, None, x.stride(0), out.stride(0), None, None, 8, 1e-6)
-    consts = dict(N=1024, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, **flags)
+    # Every constexpr by name (``_launch`` stores them all with the compiled kernel).
+    consts = dict(N=1024, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n, AFFINE_FIRST=cfg.affine_first,
+                  L2_HINTS=cfg.l2_hints, **flags)
     pieces["triton kernel[grid](...)"] = lambda: kern[(2,)](*args, num_warps=cfg.num_warps, **consts)
     pieces["_triton._launch"] = lambda: _triton._launch(kern, (2,), cfg.num_warps, *args, **consts)
     pieces["_launch_key"] = lambda: _triton._launch_key(id(kern), 0, cfg.num_warps, args, consts)

@@ -248,26 +248,31 @@ def _ptxas_usage(ptx: str) -> dict:
         raise
 
 
-WIDE_BWD = [(n, d, w, want) for n in (131072, 262144) for d in ("bf16", "fp16", "fp32")
-            for w, want in (("fp32", True), ("same", True), ("none", False))] + [(65536, "bf16", "fp32", True)]
+WIDE_BWD = [(n, d, w, want, False) for n in (131072, 262144) for d in ("bf16", "fp16", "fp32")
+            for w, want in (("fp32", True), ("same", True), ("none", False))] + [
+    (65536, "bf16", "fp32", True, False), (65536, "bf16", "fp32", True, True), (16384, "fp16", "same", True, True)]
 
 
 @pytest.mark.parametrize("case", WIDE_BWD, ids=_id)
 def test_wide_backward_does_not_spill(case):
     """Rows too wide for the register budget even over 16 CTAs keep w and dw/db in shared memory (conflict-free
     16-byte slots); the kernel then fits one 512-thread CTA per SM without local memory. Clustered rows of 16
-    values a thread keep them there too, to fit two CTAs per SM."""
-    hidden, dtype_name, weight_name, want = case
+    values a thread keep them in registers (one CTA per SM, the next row prefetched: 128 registers, no spills);
+    only with the fused residual do they move to shared memory, to fit two CTAs per SM (``residual``)."""
+    hidden, dtype_name, weight_name, want, residual = case
     elem = ELEM_BYTES[dtype_name]
     weight = {"fp32": cutlass.Float32, "same": DTYPES[dtype_name], "none": None}[weight_name]
     vec = _aligned_vec(hidden, dtype_name)
-    config = cfg.bwd_config(hidden, elem, vec)
+    config = cfg.bwd_config(hidden, elem, vec, residual=residual)
     t = config.tiling
     over_budget = t.vec * t.vecs_per_thread * elem > 32
-    two_in_smem = not over_budget and t.vec * t.vecs_per_thread == 16 and t.cluster_n >= 2
+    two_in_smem = residual and not over_budget and t.vec * t.vecs_per_thread == 16 and t.cluster_n >= 2
     assert config.column_state_in_smem == (over_budget or two_in_smem)
     assert config.ctas_per_sm == (2 if two_in_smem or t.vec * t.vecs_per_thread <= 8 else 1)
-    ptx = launch.compile_bwd(DTYPES[dtype_name], hidden, weight, want, want, vec, config, ARCH, keep_ptx=True).__ptx__
+    assert config.prefetch == (config.ctas_per_sm == 1 and not residual and not (over_budget and elem == 4))
+    dres = DTYPES[dtype_name] if residual else None
+    ptx = launch.compile_bwd(DTYPES[dtype_name], hidden, weight, want, want, vec, config, ARCH, keep_ptx=True,
+                             dres_dtype=dres).__ptx__
     if config.column_state_in_smem and (want or weight is not None):
         # w and the accumulators go through 128-bit shared-memory accesses.
         assert _count(ptx, r"ld\.shared\.v4\.(b32|f32)") >= t.vecs_per_thread
@@ -386,7 +391,8 @@ def test_affine_after_stats_rule(rows, hidden, elem, vec, residual, late, min_ct
     (8192, 262144, 2, 8, False, True), (None, 2048, 4, 4, False, True),  # a 16-CTA cluster; M not given
     (8192, 262144, 4, 4, False, False),  # fp32 with the column state in shared memory: ptxas spills
     (32768, 256, 2, 8, False, False),  # 32 rows a CTA
-    (32768, 16384, 2, 8, False, False), (8192, 8192, 4, 4, False, False),  # two CTAs per SM
+    (32768, 16384, 2, 8, False, True), (16384, 131072, 2, 8, False, True),  # clustered, registers: one CTA/SM
+    (8192, 8192, 4, 4, False, False), (32768, 16384, 2, 8, True, False),  # two CTAs per SM
     (4096, 8192, 2, 8, True, False), (128, 4096, 2, 8, False, False),  # the fused residual; small M
 ])
 def test_backward_prefetch_rule(rows, hidden, elem, vec, residual, prefetch):

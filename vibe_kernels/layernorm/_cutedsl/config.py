@@ -315,8 +315,9 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
     SMs x N x 8 bytes. A thread needs ~120-128 registers here, so 512 threads is what an SM holds anyway.
     Where a thread must hold more than ``bytes_per_thread`` of x (rows wider than 16 CTAs x 512 threads x
     ``bytes_per_thread``, and some ragged N whose cluster had to shrink), w and dw/db move to shared memory, if
-    they fit in ``BWD_SMEM_BUDGET``. Clustered rows run two CTAs per SM where registers or shared memory allow
-    (below), still one partial row per SM at most. With fewer ``rows`` than a CTA's thread rows, a CTA holds one
+    they fit in ``BWD_SMEM_BUDGET``. Clustered rows of 8 values a thread run two CTAs per SM (registers allow it),
+    those of 16 one CTA with the next row prefetched (two, with the column state in shared memory, under the fused
+    residual; below), still one partial row per SM at most. With fewer ``rows`` than a CTA's thread rows, a CTA holds one
     row (1x4096 bf16: 0.0071 -> 0.0065 ms for the backward and its column sum, cutedsl_bwd_probe.py --host-hidden,
     H100, 2026-11-25, fifth session; at 128x4096 the two-row CTAs stay faster, 0.0124 against 0.0136 ms).
 
@@ -332,7 +333,9 @@ ctas_per_sm=1, column_state_in_smem=False, l2_hints=True, prefetch=True, column_
 ctas_per_sm=1, column_state_in_smem=True, l2_hints=False, prefetch=True, column_tile=0)
     >>> bwd_config(16384, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=2), \
-ctas_per_sm=2, column_state_in_smem=True, l2_hints=False, prefetch=False, column_tile=0)
+ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=True, column_tile=0)
+    >>> bwd_config(16384, 2, 8, residual=True).ctas_per_sm
+    2
     >>> bwd_config(4096, 2, 8, rows=128).column_tile
     64
     """
@@ -359,9 +362,14 @@ ctas_per_sm=2, column_state_in_smem=True, l2_hints=False, prefetch=False, column
         # (cutedsl_bwd_probe.py, 2026-11-25, third session).
         # Not with the fused residual's extra gradient tensors in registers: ptxas spills under the launch bound
         # (12 bytes at 8192 fp32).
+        # Without the residual, though, one CTA per SM with w and dw/db in registers and the next row prefetched
+        # (below) beats two with them in shared memory (H100, 2026-12-06, tenth session, cutedsl_bwd_probe.py "1r",
+        # probes/cutedsl-bwd-1cta*.txt, % of the add, two CTAs -> one): bf16 32768 x 16384 / 32768 / 65536 92 / 82 /
+        # 80 -> 93 / 93 / 94, 16384 x 131072 68 -> 77; fp16 4096x16384 87 -> 90, 32768x32768 84 -> 95 (ptxas: 128
+        # registers, no spills). So two CTAs in shared memory only with the residual (not measured there).
         fits_two = tiling.vec * tiling.vecs_per_thread <= 8 and not column_state_in_smem and not residual
-        two_in_smem = (not fits_two and tiling.cluster_n >= 2 and not column_state_in_smem and full_vectors
-                       and column_state_in_smem_given is None
+        two_in_smem = (not fits_two and residual and tiling.cluster_n >= 2 and not column_state_in_smem
+                       and full_vectors and column_state_in_smem_given is None
                        and 2 * BwdConfig(tiling, 2, True).smem_bytes() <= TWO_CTAS_SMEM_BUDGET)
         if two_in_smem:
             column_state_in_smem = True
