@@ -6,7 +6,8 @@ CTAs of up to 1024 threads with 32 bytes of x a thread (``t1024``: twice the war
 registers per SM), with weight/bias early or late; and the default, late and early configs with L1 hints
 (``l1_hints``: rows loaded without allocating in L1, weight/bias kept with evict-last): "+l1"; and the late and
 early configs with a launch bound of two CTAs per SM (``min_ctas_per_sm=2``: ptxas fits 64 registers a thread at
-512 threads): "+2cta"; two or four rows a CTA where a row takes 128 threads ("rows2", "rows4", "...late"); the
+512 threads): "+2cta"; the default and late configs bounded to 64 registers a thread whatever the CTA size ("+64r":
+four 256-thread CTAs per SM); two or four rows a CTA where a row takes 128 threads ("rows2", "rows4", "...late"); the
 default with mean and variance in one exchange ("merged"; "merged-early": weight/bias before the statistics, no
 launch bound); RMSNorm with the default config ("rms", only when named in --only: LayerNorm's bytes with one row
 sum); 1024-thread CTAs with 64 bytes of x a thread, merged statistics and weight/bias late ("t1024m": half the
@@ -49,6 +50,12 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8)
               for name, config in (("default", default), ("late", late), ("early", early))}
     two_ctas = {f"{name}+2cta": dataclasses.replace(config, min_ctas_per_sm=2)
                 for name, config in (("late", late), ("early", early))}
+    # A launch bound of 64 registers a thread at any CTA size ("+64r": 4 CTAs of 256 threads per SM): ptxas gives the
+    # 256-thread late-affine CTA at N = 5000 / 8192 16-bit 78 registers (3 CTAs per SM), 64 with no spills under it.
+    bounded_ctas = 65536 // (64 * default.tiling.num_threads)
+    if bounded_ctas >= 2:
+        two_ctas.update({f"{name}+64r": dataclasses.replace(config, min_ctas_per_sm=bounded_ctas)
+                         for name, config in (("default", default), ("late", late))})
     # Several rows a CTA where a row takes 128 threads (CTAs of 256 / 512 threads), weight/bias early or late.
     rows2 = cfg.fwd_config(hidden, elem, vec, rows=rows, min_cta_threads=256)
     rows4 = cfg.fwd_config(hidden, elem, vec, rows=rows, min_cta_threads=512)

@@ -238,8 +238,9 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
 
     Weight and bias load after the row statistics (``affine_after_stats``) when ``rows`` >= 1024 and one row takes
     a whole CTA: holding fp32 weight and bias across the reductions costs ~30 registers a thread (ptxas: 92-128
-    instead of 63-64), which halves the CTAs per SM. A 256-thread CTA then gets 64 registers by itself; a
-    512-thread one (N >= 16384, clusters included) also needs a launch bound of two CTAs per SM (``min_ctas_per_sm``;
+    instead of 63-64), which halves the CTAs per SM. A 256-thread CTA then got 64 registers by itself (when
+    measured; ptxas now gives it 78 at N = 5000 / 8192 16-bit, three CTAs per SM instead of four: an untimed lead,
+    the probe's "+64r" variant); a 512-thread one (N >= 16384, clusters included) also needs a launch bound of two CTAs per SM (``min_ctas_per_sm``;
     without it ptxas takes 77 registers and one CTA fits, which only exposes the loads' latency). Measured on the
     H100 (% of a copy, bf16 x, fp32 weight and bias, cutedsl_fwd_probe.py): 4096x8192 83 -> 94%, 4095x5000 78 ->
     94%, 32768x8192 86 -> 100%; with the launch bound 4096x16384 81 -> 95%, 32768x16384 84 -> 100%, 32768x32768 72
