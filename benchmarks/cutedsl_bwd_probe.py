@@ -14,6 +14,7 @@ r1: one row a CTA (the default's threads per row); 64B: 64 bytes of x a thread, 
 l2: the current default with L2 eviction policies (x, dy evict_first; w evict_last).
 pf: the current default with the next row tile's loads issued while this one computes (``BwdConfig.prefetch``).
 1s / 1r: clustered rows, one CTA per SM with prefetch, w and dw/db in shared memory / in registers.
+st2 / st3: the default with x and dy staged through shared memory by cp.async, 1 / 2 tiles ahead (no prefetch).
 Both run through the current kernel and launcher: the launcher caps a clustered grid at ctas_per_sm waves of the
 clusters the GPU holds at once (cuOccupancyMaxActiveClusters), for the old config as well.
 
@@ -87,6 +88,12 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
             one = cfg.BwdConfig(t, 1, column_state_in_smem=smem, prefetch=True)
             if one not in found.values():
                 found[name] = one
+    # The default's loads staged through shared memory (BwdConfig.stages: cp.async, 2 or 3 tiles in flight), where
+    # the kernel takes them (the column state in registers).
+    base = found["new"]
+    if not base.column_state_in_smem and not base.column_tile and base.tiling.vec * elem_bytes == 16:
+        for stages in (2, 3):
+            found[f"st{stages}"] = dataclasses.replace(base, prefetch=False, l2_hints=False, stages=stages)
     return found
 
 

@@ -402,6 +402,41 @@ def test_backward_prefetch_rule(rows, hidden, elem, vec, residual, prefetch):
         assert config.ctas_per_sm == 1
 
 
+@pytest.mark.parametrize("hidden, dtype_name, stages", [
+    (8192, "bf16", 3), (4096, "fp16", 3), (256, "bf16", 3), (1024, "bf16", 2), (8192, "fp32", 3), (32768, "bf16", 3),
+    (5000, "fp16", 3), (1000, "bf16", 2),  # ragged rows: the lanes past N zeroed once, the copies predicated
+], ids=str)
+def test_staged_backward_compiles_to_cp_async(hidden, dtype_name, stages):
+    """BwdConfig.stages: x and dy go through 16-byte cp.async.cg copies into shared memory, one wait_group a tile, no
+    128-bit global loads of them left in the loop; without spills, at the default config's CTAs per SM."""
+    elem = ELEM_BYTES[dtype_name]
+    vec = _aligned_vec(hidden, dtype_name)
+    config = dataclasses.replace(cfg.bwd_config(hidden, elem, vec), prefetch=False, l2_hints=False, stages=stages)
+    ptx = launch.compile_bwd(DTYPES[dtype_name], hidden, cutlass.Float32, True, True, vec, config, ARCH,
+                             keep_ptx=True).__ptx__
+    copies = re.findall(r"cp\.async\.(c[ag])\.shared\.global \[[^]]+\], \[[^]]+\], (\d+)", ptx)
+    # Two tensors x vecs_per_thread vectors at each issue site: stages - 1 in the prologue, one in the loop.
+    assert len(copies) == 2 * config.tiling.vecs_per_thread * stages, copies
+    assert set(copies) == {("cg", "16")}
+    assert _count(ptx, r"cp\.async\.wait_group") >= 1 and _count(ptx, r"cp\.async\.commit_group") >= 1
+    usage = _ptxas_usage(ptx)
+    assert usage["spill_stores"] == 0 and usage["stack"] == 0, usage
+    assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
+
+
+def test_staged_backward_refuses_what_it_does_not_cover():
+    config = cfg.bwd_config(8192, 2, 8)
+    with pytest.raises(ValueError, match="prefetch"):
+        dataclasses.replace(config, stages=2)  # prefetch is on by default here
+    staged = dataclasses.replace(config, prefetch=False, stages=2)
+    with pytest.raises(ValueError, match="stages"):  # the fused residual
+        launch.compile_bwd(cutlass.BFloat16, 8192, cutlass.Float32, True, True, 8, staged, ARCH,
+                           dres_dtype=cutlass.BFloat16)
+    narrow = dataclasses.replace(cfg.bwd_config(769, 2, 1), prefetch=False, stages=2)
+    with pytest.raises(ValueError, match="16-byte"):  # 2-byte vectors: cp.async copies 4, 8 or 16 bytes (.cg: 16)
+        launch.compile_bwd(cutlass.BFloat16, 769, cutlass.Float32, True, True, 1, narrow, ARCH)
+
+
 def test_launch_bound_counts_the_widest_row_tensor():
     """bf16 in, fp32 out: 4-element vectors are 16 bytes of out, so the 512-thread forward gets the launch bound
     (and fits it: 63 registers, no spills)."""

@@ -116,6 +116,24 @@ class BwdConfig:
     # over column_tile columns and every row, and written in the gradients' dtypes; no partial rows, no second
     # launch. 0: partial rows. Only without a cluster.
     column_tile: int = 0
+    # Software pipelining through shared memory (1: off): x and dy of the next ``stages - 1`` row tiles are in flight
+    # as cp.async copies into per-thread shared-memory slots while this tile computes (each thread reads back only
+    # what it copied: no barrier). Instead of ``prefetch``; only with 16-byte vectors of x and dy (cp.async.cg), not
+    # with the fused residual, column CTAs or the column state in shared memory. Opt-in (untimed): the default is 1.
+    stages: int = 1
+
+    def __post_init__(self):
+        if self.stages > 1 and (self.prefetch or self.column_tile or self.column_state_in_smem):
+            raise ValueError(f"stages = {self.stages} replaces prefetch and excludes column CTAs and the column state "
+                             f"in shared memory: {self}")
+
+    def stage_smem_bytes(self, elem_bytes: int, dy_elem_bytes: int | None = None) -> int:
+        """Shared memory of the staged x and dy fragments (0 without stages)."""
+        if self.stages <= 1:
+            return 0
+        t = self.tiling
+        per_thread = t.vec * t.vecs_per_thread
+        return self.stages * t.num_threads * per_thread * (elem_bytes + (dy_elem_bytes or elem_bytes))
 
     @property
     def column_tiling(self) -> RowTiling | None:
@@ -324,17 +342,17 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
-ctas_per_sm=1, column_state_in_smem=False, l2_hints=True, prefetch=True, column_tile=0)
+ctas_per_sm=1, column_state_in_smem=False, l2_hints=True, prefetch=True, column_tile=0, stages=1)
     >>> bwd_config(1024, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
     >>> bwd_config(1024, 2, 8, rows=1).tiling
     RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=1, cluster_n=1)
     >>> bwd_config(262144, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16), \
-ctas_per_sm=1, column_state_in_smem=True, l2_hints=False, prefetch=True, column_tile=0)
+ctas_per_sm=1, column_state_in_smem=True, l2_hints=False, prefetch=True, column_tile=0, stages=1)
     >>> bwd_config(16384, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=2), \
-ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=True, column_tile=0)
+ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=True, column_tile=0, stages=1)
     >>> bwd_config(16384, 2, 8, residual=True).ctas_per_sm
     2
     >>> bwd_config(4096, 2, 8, rows=128).column_tile

@@ -114,6 +114,15 @@ def _slots_of(slots: cute.Tensor, thread, tiling: cutlass.Constexpr) -> cute.Ten
 
 
 @cute.jit
+def _stage_slots(slots: cute.Tensor, stage, thread, tiling: cutlass.Constexpr) -> cute.Tensor:
+    """Thread ``thread``'s view (as ``_slots_of``) of stage ``stage`` of ``slots``, which holds ``stages`` sets of
+    every thread's fragment back to back (``_thread_slots`` per stage)."""
+    size = const_expr(tiling.num_threads * tiling.vec * tiling.vecs_per_thread)
+    offset = cute.assume(stage * size, divby=size)
+    return _slots_of(cute.make_tensor(slots.iterator + offset, cute.make_layout(size)), thread, tiling)
+
+
+@cute.jit
 def _load_slots(view: cute.Tensor, like: cute.Tensor):
     """The values of a thread's slot view, shaped like the fragment ``like``."""
     return view.load().reshape(like.shape)
@@ -578,6 +587,11 @@ class LayerNormBwd(_RowKernel):
         self.dx_dtype = dx_dtype if dx_dtype is not None else dtype
         self.dres_dtype = dres_dtype
         self.dres_in_dtype = dres_in_dtype
+        self.stages = config.stages
+        full_vectors = config.tiling.vec * dtype.width == 128 and config.tiling.vec * self.dy_dtype.width == 128
+        if self.stages > 1 and not (dres_dtype is None and self.column_ctas == 0 and full_vectors):
+            raise ValueError(f"stages = {self.stages}: only with 16-byte vectors of x and dy (cp.async.cg), not with "
+                             f"the fused residual or column CTAs (N = {hidden}, {config})")
 
     @cute.jit
     def __call__(
@@ -763,6 +777,29 @@ class LayerNormBwd(_RowKernel):
         if const_expr(mDRin is not None):
             tXrDRin = cute.make_rmem_tensor_like(thr_copy.partition_D(cute.local_tile(mDRin, tiler, (0, rank))))
 
+        staged = const_expr(self.stages > 1)
+        stage_x = None
+        stage_dy = None
+        g2s_x = None
+        g2s_dy = None
+        if const_expr(staged):
+            stage_size = const_expr(t.num_threads * t.vec * t.vecs_per_thread)
+            stage_x = smem.allocate_tensor(self.dtype, cute.make_layout(self.stages * stage_size), byte_alignment=16)
+            stage_dy = smem.allocate_tensor(self.dy_dtype, cute.make_layout(self.stages * stage_size),
+                                            byte_alignment=16)
+            # 16-byte cp.async.cg (L2 only), predicated to the lanes within N.
+            g2s_x = partial(cute.copy, cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(
+                cute.nvgpu.LoadCacheMode.GLOBAL), self.dtype, num_bits_per_copy=min(128, t.vec * self.dtype.width)),
+                pred=pred)
+            g2s_dy = partial(cute.copy, cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(
+                cute.nvgpu.LoadCacheMode.GLOBAL), self.dy_dtype,
+                num_bits_per_copy=min(128, t.vec * self.dy_dtype.width)), pred=pred)
+            if const_expr(not self.even_n):
+                # Lanes past N are never copied (the same lanes every tile): zeros once, so they add nothing.
+                for k in cutlass.range_constexpr(self.stages):
+                    _store_slots(_stage_slots(stage_x, k, tidx, t), cute.full(tXgX0.shape, 0.0, self.dtype))
+                    _store_slots(_stage_slots(stage_dy, k, tidx, t), cute.full(tXgX0.shape, 0.0, self.dy_dtype))
+
         if const_expr(t.cluster_n > 1):
             cute.arch.cluster_wait()
 
@@ -777,6 +814,13 @@ class LayerNormBwd(_RowKernel):
         if const_expr(self.prefetch):
             next_mean, next_rstd = self._load_tile(first_tile, rank, tiler, num_rows, thr_copy, idX, mX, mDY, mDR,
                                                    mMean, mRstd, tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres)
+        if const_expr(staged):
+            # The first stages - 1 tiles in flight, one cp.async group each; this tile's statistics a tile ahead.
+            for k in cutlass.range_constexpr(self.stages - 1):
+                self._issue_stage(first_tile + k * num_clusters, k, rank, tiler, num_rows, thr_copy, idX, mX, mDY,
+                                  stage_x, stage_dy, g2s_x, g2s_dy)
+                cute.arch.cp_async_commit_group()
+            next_mean, next_rstd = self._load_stats(first_tile, rank, tiler, num_rows, thr_copy, idX, mMean, mRstd)
         for tile in cutlass.range(first_tile, num_tiles, num_clusters, unroll=1):
             it = (tile - first_tile) // num_clusters
             slot = it % 2
@@ -786,7 +830,21 @@ class LayerNormBwd(_RowKernel):
             tXgDX = thr_copy.partition_D(cute.local_tile(mDX, tiler, (tile, rank)))
             mean = next_mean
             rstd = next_rstd
-            if const_expr(not self.prefetch):
+            if const_expr(staged):
+                # The tile stages - 1 ahead goes into the stage this thread read out last iteration; then this tile's
+                # group (the oldest) is waited for, and its stage read into the fragments (zeros past M).
+                self._issue_stage(tile + (self.stages - 1) * num_clusters, (it + self.stages - 1) % self.stages,
+                                  rank, tiler, num_rows, thr_copy, idX, mX, mDY, stage_x, stage_dy, g2s_x, g2s_dy)
+                cute.arch.cp_async_commit_group()
+                cute.arch.cp_async_wait_group(self.stages - 1)
+                tXrX.fill(0.0)
+                tXrDY.fill(0.0)
+                if row < num_rows:
+                    tXrX.store(_load_slots(_stage_slots(stage_x, it % self.stages, tidx, t), tXrX))
+                    tXrDY.store(_load_slots(_stage_slots(stage_dy, it % self.stages, tidx, t), tXrDY))
+                next_mean, next_rstd = self._load_stats(tile + num_clusters, rank, tiler, num_rows, thr_copy, idX,
+                                                        mMean, mRstd)
+            elif const_expr(not self.prefetch):
                 mean, rstd = self._load_tile(tile, rank, tiler, num_rows, thr_copy, idX, mX, mDY, mDR, mMean, mRstd,
                                              tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres)
             x = tXrX.load().to(Float32)
@@ -917,17 +975,38 @@ class LayerNormBwd(_RowKernel):
         row = thr_copy.partition_S(cute.local_tile(idX, tiler, (tile, rank)))[0][0]
         tXrX.fill(0.0)
         tXrDY.fill(0.0)
-        mean = Float32(0.0)
-        rstd = Float32(0.0)
         if row < num_rows:
             copy_row(thr_copy.partition_S(cute.local_tile(mX, tiler, (tile, rank))), tXrX)
             copy_dy(thr_copy.partition_S(cute.local_tile(mDY, tiler, (tile, rank))), tXrDY)
             if const_expr(mDR is not None):
                 copy_dres(thr_copy.partition_S(cute.local_tile(mDR, tiler, (tile, rank))), tXrDR)
+        return self._load_stats(tile, rank, tiler, num_rows, thr_copy, idX, mMean, mRstd)
+
+    @cute.jit
+    def _load_stats(self, tile, rank, tiler: cutlass.Constexpr, num_rows, thr_copy, idX, mMean, mRstd):
+        """The thread's row's (mean, rstd) in row tile ``tile``, zeros past M (RMSNorm: mean 0)."""
+        row = thr_copy.partition_S(cute.local_tile(idX, tiler, (tile, rank)))[0][0]
+        mean = Float32(0.0)
+        rstd = Float32(0.0)
+        if row < num_rows:
             if const_expr(mMean is not None):
                 mean = mMean[row]
             rstd = mRstd[row]
         return mean, rstd
+
+    @cute.jit
+    def _issue_stage(self, tile, stage, rank, tiler: cutlass.Constexpr, num_rows, thr_copy, idX, mX, mDY, stage_x,
+                     stage_dy, g2s_x, g2s_dy):
+        """cp.async copies (``g2s_x`` / ``g2s_dy``: cute.copy with the atom and the lanes' predicate) of row tile
+        ``tile``'s x and dy (this thread's vectors) into its slots of ``stage``; nothing past M (those rows are read
+        as zeros)."""
+        tidx, _, _ = cute.arch.thread_idx()
+        row = thr_copy.partition_S(cute.local_tile(idX, tiler, (tile, rank)))[0][0]
+        if row < num_rows:
+            g2s_x(thr_copy.partition_S(cute.local_tile(mX, tiler, (tile, rank))),
+                  _stage_slots(stage_x, stage, tidx, self.tiling))
+            g2s_dy(thr_copy.partition_S(cute.local_tile(mDY, tiler, (tile, rank))),
+                   _stage_slots(stage_dy, stage, tidx, self.tiling))
 
     @cute.jit
     def _store_partial(self, acc, slots, like, mPartial, thr_copy, tiler, bidx, rank, pred, smem):
