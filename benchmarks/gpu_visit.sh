@@ -8,11 +8,14 @@
 #                                           # then sanitize_features.py)
 #   bash benchmarks/gpu_visit.sh bench      # the LayerNorm benchmark over every shape of anchors.md, JSON + plot
 #   bash benchmarks/gpu_visit.sh features   # RMSNorm / fused residual / out_dtype benchmarks (seed shapes)
+#   bash benchmarks/gpu_visit.sh probes     # the untimed leads (docs/perf-notes.md, "Next GPU visit"): the staged
+#                                           # CuTeDSL backward (bit-identity, racecheck, timing) and the forward's
+#                                           # 64-register launch bound
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|bench|features}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|bench|features|probes}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -68,6 +71,20 @@ case "$part" in
       > "$out/bench.txt" 2> "$out/bench.err"
     echo "bench: rc=$?"
     grep -E "^\| +[0-9]+ \||^###|^\| [A-Z]" "$out/bench.txt" | cut -c1-150 | tail -50
+    ;;
+  probes)
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 150 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k stages > "$out/stages-gpu-test.log" 2>&1
+    echo "staged backward, bit-identity: rc=$? $(tail -1 "$out/stages-gpu-test.log")"
+    timeout 150 compute-sanitizer --tool racecheck --error-exitcode 86 python -m pytest tests/layernorm/test_gpu.py -q \
+      -p no:cacheprovider -k "stages and 1000" > "$out/stages-racecheck.log" 2>&1
+    echo "staged backward, racecheck: rc=$? $(grep -E 'RACECHECK SUMMARY' "$out/stages-racecheck.log" | tail -1)"
+    timeout 200 python benchmarks/cutedsl_bwd_probe.py --shapes 4096x8192xfp16,4096x4096xfp16,32768x256xbf16,\
+32768x1024xbf16,32768x4096xbf16,32768x8192xbf16,4095x5000xfp16,32768x32768xbf16 > "$out/cutedsl-bwd-stages.txt" 2>&1
+    echo "backward probe: rc=$?"; grep -E "^[0-9]+x[0-9]+ .* (new|pf|st2|st3) " "$out/cutedsl-bwd-stages.txt" | tail -32
+    timeout 120 python benchmarks/cutedsl_fwd_probe.py --shapes 4096x8192,4095x5000,4096x4096 --only default+64r \
+      > "$out/cutedsl-fwd-64r.txt" 2>&1
+    echo "forward probe: rc=$?"; grep -E "copy" "$out/cutedsl-fwd-64r.txt" | cut -c1-200
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).
