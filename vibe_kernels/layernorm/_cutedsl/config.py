@@ -127,14 +127,6 @@ class BwdConfig:
             raise ValueError(f"stages = {self.stages} replaces prefetch and excludes column CTAs and the column state "
                              f"in shared memory: {self}")
 
-    def stage_smem_bytes(self, elem_bytes: int, dy_elem_bytes: int | None = None) -> int:
-        """Shared memory of the staged x and dy fragments (0 without stages)."""
-        if self.stages <= 1:
-            return 0
-        t = self.tiling
-        per_thread = t.vec * t.vecs_per_thread
-        return self.stages * t.num_threads * per_thread * (elem_bytes + (dy_elem_bytes or elem_bytes))
-
     @property
     def column_tiling(self) -> RowTiling | None:
         """How a column CTA covers its columns (None without column CTAs): threads laid out as thread rows x
