@@ -277,6 +277,8 @@ FWD_CONFIGS = {
     "chunked": lambda hidden: _triton.FwdConfig(block_m=1, block_n=256, num_warps=4, chunked=True),
     # one chunk wider than the row: no full chunk at all, only the masked tail
     "chunked_single_tail": lambda hidden: _triton.FwdConfig(block_m=1, block_n=2048, num_warps=4, chunked=True),
+    # 2 rows a chunked block over 5 rows (weight/bias chunks shared by the block): the last block has a masked row
+    "chunked_rows": lambda hidden: _triton.FwdConfig(block_m=2, block_n=256, num_warps=4, chunked=True),
     # 2 rows per program over 5 rows: the last program has a masked row
     "resident_ragged_rows": lambda hidden: _triton.FwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False),
     "heuristic": lambda hidden: None,
@@ -317,7 +319,7 @@ def test_fwd_launcher_forced_config(gen, device, check, dtype, config, stats):
     check.stats(mean, rstd, x, EPS)
 
 
-@pytest.mark.parametrize("config", ["chunked", "resident_ragged_rows"])
+@pytest.mark.parametrize("config", ["chunked", "chunked_rows", "resident_ragged_rows"])
 def test_fwd_launcher_large_offset(gen, device, config):
     rows, hidden = 16, 1128
     x = _large_offset_rows(gen, rows, hidden, device)

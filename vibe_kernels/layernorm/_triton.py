@@ -57,15 +57,16 @@ MAX_FWD_PLANS = 256
 
 @dataclass(frozen=True)
 class FwdConfig:
-    """block_m: rows per program. Resident: a row is a block_n head (the whole padded row when tail_n == 0) plus
-    a tail_n tail. Chunked: block_n columns per step."""
+    """block_m: rows per program (resident) or per row block (chunked). Resident: a row is a block_n head (the whole
+    padded row when tail_n == 0) plus a tail_n tail. Chunked: block_m rows x block_n columns per step, each weight /
+    bias chunk loaded once for the block_m rows."""
 
     block_m: int
     block_n: int
     num_warps: int
     chunked: bool
     tail_n: int = 0
-    programs_per_sm: int = 0  # chunked only: 0 = one program per row; k = a persistent grid of k x SMs
+    programs_per_sm: int = 0  # chunked only: 0 = one program per row block; k = a persistent grid of k x SMs
     affine_first: bool = False  # resident only: weight/bias loaded with the rows, before the statistics
     l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
 
@@ -489,44 +490,46 @@ def _layernorm_fwd_resident_kernel(
 
 
 @triton.jit
-def _row_mean_var(x_row, r_row, N: tl.constexpr, BLOCK_N: tl.constexpr, IS_RMS: tl.constexpr,
-                  HAS_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr, EVICTION: tl.constexpr):
-    """Mean and biased variance of one row of N elements (of h = x + r with a residual), streamed in BLOCK_N chunks;
-    for RMSNorm (IS_RMS), 0 and the mean of squares.
+def _row_mean_var(x_rows, r_rows, row_ok, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
+                  EVICTION: tl.constexpr):
+    """Mean and biased variance of each of a block of rows of N elements (of h = x + r with a residual), streamed in
+    BLOCK_N chunks; for RMSNorm (IS_RMS), 0 and the mean of squares. ``x_rows`` / ``r_rows``: [BLOCK_M, 1] row
+    pointers; ``row_ok``: [BLOCK_M, 1], the rows that exist (the others read nothing). Returns [BLOCK_M] each.
 
-    Sums of (x - p) and (x - p)^2 with the pivot p = the mean of the first chunk: p is within a few standard
+    Sums of (x - p) and (x - p)^2 with the pivot p = the mean of the row's first chunk: p is within a few standard
     deviations of the row mean, so var = E[(x-p)^2] - E[x-p]^2 cancels little, and a large common offset
     (1000 + noise) never enters the sums. The first chunk is read twice; the second read hits L1/L2. EVICTION: the
     loads' L2 eviction policy."""
-    cols = tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_N)[None, :]
     if IS_RMS:
-        lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        lane_sq = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for start in range(0, N, BLOCK_N):
             offs = start + cols
-            in_row = offs < N
-            x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None, None, in_row,
+            in_row = row_ok & (offs < N)
+            x = _load_row_input(x_rows + offs, r_rows + offs if HAS_RESIDUAL else None, None, in_row,
                                 HAS_RESIDUAL, False, RESIDUAL_IN_FP32, EVICTION)
             lane_sq += x * x
-        mean = 0.0
-        var = tl.sum(lane_sq, axis=0) / N
+        mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        var = tl.sum(lane_sq, axis=1) / N
     else:
         FIRST_COUNT: tl.constexpr = BLOCK_N if BLOCK_N < N else N
-        first = _load_row_input(x_row + cols, r_row + cols if HAS_RESIDUAL else None, None, cols < N,
+        first = _load_row_input(x_rows + cols, r_rows + cols if HAS_RESIDUAL else None, None, row_ok & (cols < N),
                                 HAS_RESIDUAL, False, RESIDUAL_IN_FP32, EVICTION)
-        pivot = tl.sum(first, axis=0) / FIRST_COUNT
-        lane_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        lane_sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        pivot = tl.sum(first, axis=1) / FIRST_COUNT
+        lane_sum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        lane_sq = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for start in range(0, N, BLOCK_N):
             offs = start + cols
-            in_row = offs < N
-            x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None, None, in_row,
+            in_row = row_ok & (offs < N)
+            x = _load_row_input(x_rows + offs, r_rows + offs if HAS_RESIDUAL else None, None, in_row,
                                 HAS_RESIDUAL, False, RESIDUAL_IN_FP32, EVICTION)
-            shifted = tl.where(in_row, x - pivot, 0.0)
+            shifted = tl.where(in_row, x - pivot[:, None], 0.0)
             lane_sum += shifted
             lane_sq += shifted * shifted
-        shift_mean = tl.sum(lane_sum, axis=0) / N
+        shift_mean = tl.sum(lane_sum, axis=1) / N
         mean = pivot + shift_mean
-        var = tl.sum(lane_sq, axis=0) / N - shift_mean * shift_mean
+        var = tl.sum(lane_sq, axis=1) / N - shift_mean * shift_mean
     return mean, var
 
 
@@ -537,11 +540,12 @@ def _layernorm_fwd_chunked_kernel(
     N: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
-    ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False,
+    ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False, BLOCK_M: tl.constexpr = 1,
 ):
-    """Rows pid, pid + P, ...: a statistics pass (_row_mean_var), then a normalizing pass. The grid size P bounds
-    the rows in flight, so that the second pass finds its row in L2 instead of HBM. With a residual, both passes
-    read x and r (the second from L2) and the second writes h.
+    """Row blocks pid, pid + P, ... of BLOCK_M rows: a statistics pass (_row_mean_var), then a normalizing pass that
+    loads each weight/bias chunk once for the block's rows. The grid size P bounds the rows in flight, so that the
+    second pass finds its rows in L2 instead of HBM. With a residual, both passes read x and r (the second from L2)
+    and the second writes h.
 
     L2_HINTS: the statistics pass loads evict_last (its lines are read again), the normalizing pass evict_first
     (their last read), the weight and bias evict_last."""
@@ -554,35 +558,40 @@ def _layernorm_fwd_chunked_kernel(
     if STORE_RESIDUAL:
         stride_h_row = _aligned_stride(stride_h_row, ROW_ALIGN)
     cols = tl.arange(0, BLOCK_N)
+    block_rows = tl.arange(0, BLOCK_M)
     NUM_CHUNKS: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
-    for row in range(tl.program_id(0), rows, tl.num_programs(0)):
-        row64 = tl.cast(row, tl.int64)
-        x_row = X + row64 * stride_x_row
-        y_row = Y + row64 * stride_y_row
-        r_row = R + row64 * stride_r_row if HAS_RESIDUAL else None
-        h_row = H + row64 * stride_h_row if STORE_RESIDUAL else None
-        mean, var = _row_mean_var(x_row, r_row, N, BLOCK_N, IS_RMS, HAS_RESIDUAL, RESIDUAL_IN_FP32, FIRST_EVICTION)
+    for first_row in range(tl.program_id(0) * BLOCK_M, rows, tl.num_programs(0) * BLOCK_M):
+        row = first_row + block_rows
+        row_ok = (row < rows)[:, None]
+        row64 = tl.cast(row, tl.int64)[:, None]
+        x_rows = X + row64 * stride_x_row
+        y_rows = Y + row64 * stride_y_row
+        r_rows = R + row64 * stride_r_row if HAS_RESIDUAL else None
+        h_rows = H + row64 * stride_h_row if STORE_RESIDUAL else None
+        mean, var = _row_mean_var(x_rows, r_rows, row_ok, N, BLOCK_M, BLOCK_N, IS_RMS, HAS_RESIDUAL,
+                                  RESIDUAL_IN_FP32, FIRST_EVICTION)
         rstd = tl.math.rsqrt(var + eps)
         # Reverse order: the chunks read last by the statistics pass are the likeliest to still be in L2.
         for back in range(NUM_CHUNKS):
             offs = (NUM_CHUNKS - 1 - back) * BLOCK_N + cols
             in_row = offs < N
-            x = _load_row_input(x_row + offs, r_row + offs if HAS_RESIDUAL else None,
-                                h_row + offs if STORE_RESIDUAL else None, in_row, HAS_RESIDUAL, STORE_RESIDUAL,
-                                RESIDUAL_IN_FP32, LAST_EVICTION)
+            mask = row_ok & in_row[None, :]
+            x = _load_row_input(x_rows + offs[None, :], r_rows + offs[None, :] if HAS_RESIDUAL else None,
+                                h_rows + offs[None, :] if STORE_RESIDUAL else None, mask, HAS_RESIDUAL,
+                                STORE_RESIDUAL, RESIDUAL_IN_FP32, LAST_EVICTION)
             if IS_RMS:
-                y = x * rstd
+                y = x * rstd[:, None]
             else:
-                y = (x - mean) * rstd
+                y = (x - mean[:, None]) * rstd[:, None]
             if HAS_W:
-                y = y * _load_affine(W, offs, N, FIRST_EVICTION)
+                y = y * _load_affine(W, offs, N, FIRST_EVICTION)[None, :]
             if HAS_B:
-                y = y + _load_affine(B, offs, N, FIRST_EVICTION)
-            tl.store(y_row + offs, y.to(Y.dtype.element_ty), mask=in_row)
+                y = y + _load_affine(B, offs, N, FIRST_EVICTION)[None, :]
+            tl.store(y_rows + offs[None, :], y.to(Y.dtype.element_ty), mask=mask)
         if STORE_MEAN:
-            tl.store(Mean + row, mean)
+            tl.store(Mean + row, mean, mask=row < rows)
         if STORE_RSTD:
-            tl.store(Rstd + row, rstd)
+            tl.store(Rstd + row, rstd, mask=row < rows)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1106,10 +1115,12 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
     )
     flags["ROW_ALIGN"] = _row_align(*args[8:12])
     if cfg.chunked:
-        programs = rows if cfg.programs_per_sm == 0 else min(rows, cfg.programs_per_sm * _program_slots(x.device))
+        row_blocks = _cdiv(rows, cfg.block_m)
+        programs = (row_blocks if cfg.programs_per_sm == 0
+                    else min(row_blocks, cfg.programs_per_sm * _program_slots(x.device)))
         grid = (programs,)
         entry = _launch(_layernorm_fwd_chunked_kernel, grid, cfg.num_warps, *args,
-                        N=hidden, BLOCK_N=cfg.block_n, L2_HINTS=cfg.l2_hints, **flags)
+                        N=hidden, BLOCK_N=cfg.block_n, L2_HINTS=cfg.l2_hints, BLOCK_M=cfg.block_m, **flags)
     else:
         block_m = _rows_per_program(cfg.block_m, rows, _program_slots(x.device)) if config is None else cfg.block_m
         grid = (_cdiv(rows, block_m),)
