@@ -557,7 +557,9 @@ def _layernorm_fwd_chunked_kernel(
         stride_r_row = _aligned_stride(stride_r_row, ROW_ALIGN)
     if STORE_RESIDUAL:
         stride_h_row = _aligned_stride(stride_h_row, ROW_ALIGN)
-    cols = tl.arange(0, BLOCK_N)
+    # Column offsets as a [1, BLOCK_N] row: weight and bias then load straight into the 2D tile's layout (loaded 1D
+    # and expanded, each chunk went through shared memory: 16 st/ld.shared.v4 and 16 bar.sync more in the PTX).
+    cols = tl.arange(0, BLOCK_N)[None, :]
     block_rows = tl.arange(0, BLOCK_M)
     NUM_CHUNKS: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     for first_row in range(tl.program_id(0) * BLOCK_M, rows, tl.num_programs(0) * BLOCK_M):
@@ -573,21 +575,23 @@ def _layernorm_fwd_chunked_kernel(
         rstd = tl.math.rsqrt(var + eps)
         # Reverse order: the chunks read last by the statistics pass are the likeliest to still be in L2.
         for back in range(NUM_CHUNKS):
-            offs = (NUM_CHUNKS - 1 - back) * BLOCK_N + cols
-            in_row = offs < N
-            mask = row_ok & in_row[None, :]
-            x = _load_row_input(x_rows + offs[None, :], r_rows + offs[None, :] if HAS_RESIDUAL else None,
-                                h_rows + offs[None, :] if STORE_RESIDUAL else None, mask, HAS_RESIDUAL,
+            # The block's full [BLOCK_M, BLOCK_N] offsets: x, weight/bias and y then share one layout (weight/bias
+            # loaded as one [1, BLOCK_N] row went through shared memory to meet x's layout at BLOCK_M > 1); the
+            # block's rows read the same weight/bias lines, from L1 after the first.
+            offs = tl.broadcast_to((NUM_CHUNKS - 1 - back) * BLOCK_N + cols, (BLOCK_M, BLOCK_N))
+            mask = row_ok & (offs < N)
+            x = _load_row_input(x_rows + offs, r_rows + offs if HAS_RESIDUAL else None,
+                                h_rows + offs if STORE_RESIDUAL else None, mask, HAS_RESIDUAL,
                                 STORE_RESIDUAL, RESIDUAL_IN_FP32, LAST_EVICTION)
             if IS_RMS:
                 y = x * rstd[:, None]
             else:
                 y = (x - mean[:, None]) * rstd[:, None]
             if HAS_W:
-                y = y * _load_affine(W, offs, N, FIRST_EVICTION)[None, :]
+                y = y * _load_affine(W, offs, N, FIRST_EVICTION)
             if HAS_B:
-                y = y + _load_affine(B, offs, N, FIRST_EVICTION)[None, :]
-            tl.store(y_rows + offs[None, :], y.to(Y.dtype.element_ty), mask=mask)
+                y = y + _load_affine(B, offs, N, FIRST_EVICTION)
+            tl.store(y_rows + offs, y.to(Y.dtype.element_ty), mask=mask)
         if STORE_MEAN:
             tl.store(Mean + row, mean, mask=row < rows)
         if STORE_RSTD:
