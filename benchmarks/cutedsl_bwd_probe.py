@@ -80,7 +80,7 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     # The current default with L2 eviction policies (x, dy evict_first; w evict_last).
     found["l2"] = dataclasses.replace(found["new"], l2_hints=True)
     # The current default with the next row tile's loads issued while this one computes (BwdConfig.prefetch).
-    found["pf"] = dataclasses.replace(found["new"], prefetch=True)
+    found["pf"] = dataclasses.replace(found["new"], prefetch=True, stages=1)
     # Clustered rows: one CTA per SM with the next row's loads prefetched, the column state in shared memory
     # ("1s") or in registers ("1r") -- the 262144 bf16 default, tried at narrower clustered rows.
     if t.cluster_n >= 2:

@@ -32,7 +32,7 @@ from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
 SHAPES = [(1, 1024, torch.bfloat16), (128, 1024, torch.bfloat16), (1, 4096, torch.bfloat16),
           (128, 4096, torch.bfloat16), (256, 4096, torch.bfloat16), (4096, 8192, torch.float16),
           (4096, 8192, torch.bfloat16), (4096, 16384, torch.float16),
-          (4096, 4096, torch.float16), (4095, 5000, torch.float16), (8192, 8192, torch.float32),
+          (4096, 4096, torch.float16), (4095, 5000, torch.float16), (4096, 4608, torch.float16), (8192, 8192, torch.float32),
           (32768, 256, torch.bfloat16), (32768, 1024, torch.bfloat16), (32768, 4096, torch.bfloat16),
           (32768, 8192, torch.bfloat16), (32768, 16384, torch.bfloat16), (32768, 32768, torch.bfloat16),
           (32768, 65536, torch.bfloat16), (16384, 131072, torch.bfloat16), (8192, 262144, torch.bfloat16),

@@ -83,8 +83,10 @@ def _id(case) -> str:
 
 def _check_common(ptx: str, tiling: cfg.RowTiling, elem_bytes: int) -> None:
     if tiling.vec * elem_bytes == 16:
-        # Every x vector is one 128-bit access; no narrower global access of x/out may sneak in.
-        assert _count(ptx, GLOBAL_V4_LOAD) >= tiling.vecs_per_thread
+        # Every x vector is one 128-bit access (a load, or a 16-byte cp.async into shared memory: the staged
+        # backward); no narrower global access of x/out may sneak in.
+        staged = _count(ptx, r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 16")
+        assert _count(ptx, GLOBAL_V4_LOAD) + staged >= tiling.vecs_per_thread
         assert _count(ptx, r"st\.global\.v4\.(b32|f32|u32)") >= tiling.vecs_per_thread
         assert _count(ptx, r"ld\.global" + LOAD_QUALIFIERS + r"\.(b16|u16)\b") == 0
     if tiling.cluster_n > 1:
@@ -146,7 +148,7 @@ def test_backward_prefetch_compiles(hidden, dtype_name, feature):
     (one CTA or a cluster, w and dw/db in registers or shared memory, the residual's gradient, RMSNorm)."""
     elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
     vec = _aligned_vec(hidden, dtype_name)
-    plain = cfg.bwd_config(hidden, elem, vec)
+    plain = dataclasses.replace(cfg.bwd_config(hidden, elem, vec), stages=1)  # the register path
     weight = None if feature == "no_weight" else cutlass.Float32
     extra = {"dres_dtype": dtype} if feature == "residual" else {"rms": True} if feature == "rms" else {}
     ptxs = [launch.compile_bwd(dtype, hidden, weight, weight is not None, weight is not None, vec,
@@ -284,18 +286,13 @@ def test_wide_backward_does_not_spill(case):
 
 @pytest.mark.parametrize("hidden", [256, 1024, 4096, 8192, 16384, 32768])
 def test_backward_registers_fit_the_config(hidden):
-    """The default backward configs run ctas_per_sm CTAs of num_threads per SM: their registers must allow it.
-    Without spills, but for the prefetching one-row 8192 CTA (a 40-byte stack with this ptxas; measured faster than
-    the unspilled kernel on the H100: config.bwd_config's notes)."""
+    """The default backward configs run ctas_per_sm CTAs of num_threads per SM: their registers must allow it,
+    without spills (the one-row 8192 CTA's register prefetch spilled 40 bytes; its default now stages the loads
+    through shared memory instead)."""
     config = cfg.bwd_config(hidden, 2, 8)
     ptx = launch.compile_bwd(cutlass.BFloat16, hidden, cutlass.Float32, True, True, 8, config, ARCH,
                              keep_ptx=True).__ptx__
     usage = _ptxas_usage(ptx)
-    if hidden == 8192:
-        assert config.prefetch and usage["stack"] <= 64, usage
-        usage = _ptxas_usage(launch.compile_bwd(cutlass.BFloat16, hidden, cutlass.Float32, True, True, 8,
-                                                dataclasses.replace(config, prefetch=False), ARCH,
-                                                keep_ptx=True).__ptx__)
     assert usage["spill_stores"] == 0 and usage["stack"] == 0, usage
     assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
 
@@ -378,6 +375,9 @@ def test_forward_with_affine_after_stats_compiles(case):
     (1023, 8192, 2, 8, False, False, 0), (128, 4096, 2, 8, False, False, 0),  # too few rows
     (None, 8192, 2, 8, False, False, 0), (128, 16384, 2, 8, False, False, 0),  # (or M not given)
     (32768, 1024, 2, 8, False, False, 0),  # several rows per CTA
+    (4095, 5000, 2, 8, False, True, 4), (4096, 4104, 2, 8, False, True, 4),  # 256 threads, <= 48 bytes of x each
+    (4096, 6144, 2, 8, False, True, 4), (4096, 6152, 2, 8, False, True, 0),  # (64 bytes: spills under the bound)
+    (4096, 5000, 2, 8, True, True, 0), (4096, 5000, 2, 4, False, True, 0), (128, 5000, 2, 8, False, False, 0),
     (4096, 16384, 2, 8, True, False, 0), (4096, 100003, 2, 1, False, False, 0),  # 512 threads: spills
     (4096, 16384, 2, 4, False, False, 0),
 ])
@@ -387,7 +387,8 @@ def test_affine_after_stats_rule(rows, hidden, elem, vec, residual, late, min_ct
 
 
 @pytest.mark.parametrize("rows, hidden, elem, vec, residual, prefetch", [
-    (4096, 8192, 2, 8, False, True), (4096, 4096, 2, 8, False, True), (32768, 1024, 2, 8, False, True),  # 1 CTA/SM
+    (4096, 4096, 4, 4, False, True), (32768, 1024, 2, 8, False, True),  # 1 CTA/SM
+    (4096, 8192, 2, 8, False, False), (4096, 4096, 2, 8, False, False),  # 16-bit tiles of 1-2 rows: staged instead
     (8192, 262144, 2, 8, False, True), (None, 2048, 4, 4, False, True),  # a 16-CTA cluster; M not given
     (8192, 262144, 4, 4, False, False),  # fp32 with the column state in shared memory: ptxas spills
     (32768, 256, 2, 8, False, False),  # 32 rows a CTA
@@ -424,11 +425,27 @@ def test_staged_backward_compiles_to_cp_async(hidden, dtype_name, stages):
     assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
 
 
+@pytest.mark.parametrize("rows, hidden, elem, vec, residual, stages", [
+    (4096, 8192, 2, 8, False, 2), (4095, 5000, 2, 8, False, 2), (32768, 4096, 2, 8, False, 2),  # 1-2 rows a tile
+    (None, 6144, 2, 8, False, 2), (1024, 3000, 2, 8, False, 2),
+    (32768, 1024, 2, 8, False, 1), (32768, 256, 2, 8, False, 1),  # 8 and 32 rows a tile: the register path
+    (32768, 16384, 2, 8, False, 1), (32768, 32768, 2, 8, False, 1),  # clustered rows (32768²: 94 -> 76% staged)
+    (4096, 8192, 4, 4, False, 1), (4096, 8192, 2, 4, False, 1),  # fp32 rows (not measured); 8-byte vectors
+    (4096, 8192, 2, 8, True, 1), (128, 8192, 2, 8, False, 1), (1024, 4096, 2, 8, False, 2),  # residual; few rows
+])
+def test_backward_stages_rule(rows, hidden, elem, vec, residual, stages):
+    config = cfg.bwd_config(hidden, elem, vec, residual=residual, rows=rows)
+    assert config.stages == stages
+    if stages > 1:
+        assert not config.prefetch and not config.column_tile and config.ctas_per_sm == 1
+
+
 def test_staged_backward_refuses_what_it_does_not_cover():
-    config = cfg.bwd_config(8192, 2, 8)
+    config = cfg.bwd_config(1024, 2, 8)
     with pytest.raises(ValueError, match="prefetch"):
         dataclasses.replace(config, stages=2)  # prefetch is on by default here
-    staged = dataclasses.replace(config, prefetch=False, stages=2)
+    staged = cfg.bwd_config(8192, 2, 8)
+    assert staged.stages == 2
     with pytest.raises(ValueError, match="stages"):  # the fused residual
         launch.compile_bwd(cutlass.BFloat16, 8192, cutlass.Float32, True, True, 8, staged, ARCH,
                            dres_dtype=cutlass.BFloat16)
@@ -462,6 +479,22 @@ def test_two_ctas_per_sm_fit_the_registers(hidden, dtype_name):
     _check_common(ptx, config.tiling, ELEM_BYTES[dtype_name])
     usage = _ptxas_usage(ptx)
     assert usage["registers"] <= 64 and usage["spill_stores"] <= 32, usage
+
+
+@pytest.mark.parametrize("hidden, affine", [(5000, "wb_fp32"), (4608, "wb_fp32"), (6144, "wb_same"), (4104, "none")])
+def test_four_256_thread_ctas_per_sm_fit_the_registers(hidden, affine):
+    """The launch bound of the 256-thread late-affine forward holding at most 48 bytes of x a thread: .minnctapersm 4
+    in the PTX, and ptxas fits a thread in 64 registers (ptxas without it: 78 at N = 5000 with fp32 weight and bias)
+    with at most 4 bytes spilled."""
+    weight, bias = _affine_dtypes("fp16", affine)
+    vec = _aligned_vec(hidden, "fp16")
+    config = cfg.fwd_config(hidden, 2, vec, rows=4096)
+    assert config.min_ctas_per_sm == 4 and config.tiling.num_threads == 256 and config.affine_after_stats
+    ptx = launch.compile_fwd(cutlass.Float16, hidden, weight, bias, True, vec, config, ARCH, keep_ptx=True).__ptx__
+    assert re.search(r"\.minnctapersm\s+4", ptx)
+    _check_common(ptx, config.tiling, 2)
+    usage = _ptxas_usage(ptx)
+    assert usage["registers"] <= 64 and usage["spill_stores"] <= 4, usage
 
 
 def test_affine_after_stats_frees_registers():
@@ -585,7 +618,8 @@ def test_backward_holds_one_row_a_cta_when_rows_are_fewer(hidden):
     assert single.tiling.rows_per_cta == 1
     assert single.tiling.threads_per_row == default.tiling.threads_per_row
     few = cfg.bwd_config(hidden, 2, 8, rows=default.tiling.rows_per_cta)
-    assert dataclasses.replace(few, l2_hints=default.l2_hints, prefetch=default.prefetch) == default
+    assert dataclasses.replace(few, l2_hints=default.l2_hints, prefetch=default.prefetch,
+                               stages=default.stages) == default
     ptx = launch.compile_bwd(cutlass.BFloat16, hidden, cutlass.Float32, True, True, 8, single, ARCH,
                              keep_ptx=True).__ptx__
     _check_common(ptx, single.tiling, 2)
@@ -685,12 +719,14 @@ def test_residual_backward_compiles(case):
 def test_l2_eviction_hints_on_narrow_16bit_rows(hidden, dtype_name, hinted):
     """16-bit rows held by one CTA load with L2 policies (rows evict_first, weight/bias evict_last), forward and
     backward: every 128-bit row and weight load carries the policy. Wider rows, fp32, small M and the fused
-    residual load without one."""
+    residual load without one; so does the backward where it stages its loads through shared memory (1-2 rows a
+    tile: BwdConfig.stages; it was measured without them)."""
     elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
     vec = _aligned_vec(hidden, dtype_name)
     fwd = cfg.fwd_config(hidden, elem, vec, rows=4096)
     bwd = cfg.bwd_config(hidden, elem, vec, rows=4096)
-    assert fwd.l2_hints == bwd.l2_hints == hinted
+    assert fwd.l2_hints == hinted
+    assert bwd.l2_hints == (hinted and bwd.stages == 1)
     assert not cfg.fwd_config(hidden, elem, vec, rows=4096, residual=True).l2_hints
     assert not cfg.bwd_config(hidden, elem, vec, rows=4096, residual=True).l2_hints
     assert not cfg.fwd_config(hidden, elem, vec, rows=cfg.SMALL_M_ROWS).l2_hints  # small M: none
@@ -698,7 +734,7 @@ def test_l2_eviction_hints_on_narrow_16bit_rows(hidden, dtype_name, hinted):
     ptxs = (launch.compile_fwd(dtype, hidden, cutlass.Float32, cutlass.Float32, True, vec, fwd, ARCH,
                                keep_ptx=True).__ptx__,
             launch.compile_bwd(dtype, hidden, cutlass.Float32, True, True, vec, bwd, ARCH, keep_ptx=True).__ptx__)
-    for ptx in ptxs:
+    for ptx, hinted in zip(ptxs, (fwd.l2_hints, bwd.l2_hints)):
         policies = set(re.findall(r"createpolicy\.fractional\.L2::(evict_\w+)", ptx))
         assert policies == ({"evict_first", "evict_last"} if hinted else set())
         hinted_loads = _count(ptx, r"ld\.global[.\w:]*\.L2::cache_hint\.v4")

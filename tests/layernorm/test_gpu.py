@@ -153,7 +153,9 @@ def test_cutedsl_backward_prefetch_gives_the_same_bits(cuda_gen, rows, hidden, d
     mean, rstd = layernorm_mean_ref(x).float(), layernorm_rstd_ref(x, 1e-5).float()
     vec = cutedsl_launch.vector_width(x.element_size(), hidden, (x.stride(0),),
                                       ((x.data_ptr(), x.element_size()), (weight.data_ptr(), weight.element_size())))
-    default = cutedsl_config.bwd_config(hidden, x.element_size(), vec, residual=residual, rows=rows)
+    # The register path (stages = 1), where the default stages the loads instead (BwdConfig.stages).
+    default = dataclasses.replace(cutedsl_config.bwd_config(hidden, x.element_size(), vec, residual=residual,
+                                                            rows=rows), stages=1)
     results = []
     for config in (dataclasses.replace(default, prefetch=False), dataclasses.replace(default, prefetch=True)):
         dx = torch.full_like(x, float("nan"))
@@ -187,7 +189,7 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
                                       ((x.data_ptr(), x.element_size()), (weight.data_ptr(), weight.element_size())))
     default = cutedsl_config.bwd_config(hidden, x.element_size(), vec)
     results = []
-    for config in (dataclasses.replace(default, prefetch=False, l2_hints=False),
+    for config in (dataclasses.replace(default, prefetch=False, l2_hints=False, stages=1),
                    dataclasses.replace(default, prefetch=False, l2_hints=False, stages=stages)):
         dx = torch.full_like(x, float("nan"))
         dw, db = torch.full_like(weight, float("nan")), torch.full_like(weight, float("nan"))

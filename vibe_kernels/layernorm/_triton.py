@@ -161,6 +161,12 @@ FWD_STREAMED_16BIT = (4096, 8192)
 # 2026-11-25, fourth session, benchmarks/results/h100-2026-11-25-d/probes/triton-residual-probe.txt, 4096x16384
 # fp16, % of the variant's SOL: RMSNorm + residual 77 -> 100%, LayerNorm + residual 95 -> 99%).
 FWD_RESIDUAL_RESIDENT_16BIT = 16384
+# fp16/bf16 rows of (8192, 16384] elements (no residual, more rows than one wave) stream in blocks of two rows, each
+# weight/bias chunk loaded once for both, 16 warps, instead of one row and 8 warps (triton_fwd_probe.py, H100,
+# 2026-12-06, eleventh session, benchmarks/results/h100-2026-12-06-c/probes/triton-fwd-rows.txt, % of a copy):
+# 4096x16384 88 -> 91%, 32768x16384 94 -> 95%. Wider rows measured slower in row blocks (32768 x 32768 / 65536: 90 /
+# 85 -> 89 / 76%; 131072, 262144: 70 / 66 -> 65 / 63% at best), and blocks of four rows slower everywhere.
+FWD_ROW_BLOCK_16BIT = (8192, 16384)
 
 # L2 eviction hints (FwdConfig.l2_hints / BwdConfig.l2_hints) where they measured faster (H100, 2026-11-25, sixth
 # session, benchmarks/results/h100-2026-11-25-f/probes, % of a copy / an add). Forward, chunked rows (statistics pass
@@ -242,6 +248,9 @@ l2_hints=True)
     >>> fwd_config(8192, torch.bfloat16)
     FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
 l2_hints=True)
+    >>> fwd_config(16384, torch.bfloat16)
+    FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
+l2_hints=True)
     >>> fwd_config(16384, torch.float16, residual=True)
     FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
 l2_hints=False)
@@ -270,6 +279,8 @@ def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed
         return FwdConfig(block_m=1, block_n=block_n, num_warps=num_warps, chunked=True)
     if dtype != torch.float32 and residual and FWD_STREAMED_16BIT[1] < hidden <= FWD_RESIDUAL_RESIDENT_16BIT:
         return FwdConfig(block_m=1, block_n=_next_power_of_2(hidden), num_warps=16, chunked=False)
+    if streamed and dtype != torch.float32 and FWD_ROW_BLOCK_16BIT[0] < hidden <= FWD_ROW_BLOCK_16BIT[1]:
+        return FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True)
     _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_FWD_LADDER, hidden, dtype)
     padded = _next_power_of_2(hidden)
     if not chunked or padded <= block_n:

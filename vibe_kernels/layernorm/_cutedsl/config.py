@@ -249,8 +249,8 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     Weight and bias load after the row statistics (``affine_after_stats``) when ``rows`` >= 1024 and one row takes
     a whole CTA: holding fp32 weight and bias across the reductions costs ~30 registers a thread (ptxas: 92-128
     instead of 63-64), which halves the CTAs per SM. A 256-thread CTA then got 64 registers by itself (when
-    measured; ptxas now gives it 78 at N = 5000 / 8192 16-bit, three CTAs per SM instead of four: an untimed lead,
-    the probe's "+64r" variant); a 512-thread one (N >= 16384, clusters included) also needs a launch bound of two CTAs per SM (``min_ctas_per_sm``;
+    measured; ptxas now gives it 78 at N = 5000 16-bit: a launch bound of four CTAs per SM where it fits, below); a
+    512-thread one (N >= 16384, clusters included) also needs a launch bound of two CTAs per SM (``min_ctas_per_sm``;
     without it ptxas takes 77 registers and one CTA fits, which only exposes the loads' latency). Measured on the
     H100 (% of a copy, bf16 x, fp32 weight and bias, cutedsl_fwd_probe.py): 4096x8192 83 -> 94%, 4095x5000 78 ->
     94%, 32768x8192 86 -> 100%; with the launch bound 4096x16384 81 -> 95%, 32768x16384 84 -> 100%, 32768x32768 72
@@ -310,7 +310,16 @@ persistent=False)
             raise ValueError(f"no persistent forward for N = {hidden} ({tiling}, residual={residual})")
         # Weight and bias live in shared memory: nothing to load late, one CTA per SM (no launch bound), no hints.
         return FwdConfig(tiling, merged_stats=True, persistent=True)
-    return FwdConfig(tiling, affine_after_stats=late, min_ctas_per_sm=2 if late and bounded else 0,
+    # Four 256-thread late-affine CTAs per SM (a 64-register bound) where a thread holds at most 48 bytes of x (16-bit
+    # N in (4096, 6144]): ptxas gives them 78 registers at N = 5000 with fp32 weight and bias (three CTAs per SM), 64
+    # under the bound with at most 4 bytes spilled; with 64 bytes (N in (6144, 8192]) it spills up to ~390 bytes.
+    # Measured (cutedsl_fwd_probe.py "+64r", H100, 2026-12-06, eleventh session, probes/cutedsl-fwd-64r.txt, % of a
+    # copy): 4095x5000 fp16 89 -> 99%; 4096x8192 (64 bytes, 80 registers -> 64 with 8 spilled) 96 -> 95-96%: not there.
+    four_alone = (late and fits_alone and tiling.num_threads == 256 and elem_bytes == 2 and vec * elem_bytes == 16
+                  and not residual and (widest_elem_bytes or elem_bytes) == elem_bytes
+                  and tiling.vecs_per_thread * vec * elem_bytes <= 48)
+    return FwdConfig(tiling, affine_after_stats=late,
+                     min_ctas_per_sm=2 if late and bounded else 4 if four_alone else 0,
                      merged_stats=tiling.cluster_n > 1 and fills_tiling,
                      l2_hints=_l2_hints(tiling, hidden, elem_bytes, residual, rows))
 
@@ -334,7 +343,9 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
-ctas_per_sm=1, column_state_in_smem=False, l2_hints=True, prefetch=True, column_tile=0, stages=1)
+ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=False, column_tile=0, stages=2)
+    >>> bwd_config(4096, 4, 4).prefetch, bwd_config(1024, 2, 8).prefetch
+    (True, True)
     >>> bwd_config(1024, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
     >>> bwd_config(1024, 2, 8, rows=1).tiling
@@ -398,6 +409,16 @@ ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=True, column
     # second launch) outweigh the rows themselves; column CTAs in the same launch read the rows again instead.
     few_rows = rows is not None and tiling.rows_per_cta < rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS
     column_tile = _column_tile(hidden, tiling) if few_rows and tiling.cluster_n == 1 else 0
+    # Staged loads (``stages``: x and dy of the next tile in flight as cp.async copies into shared memory) instead of
+    # the register prefetch, for unclustered 16-bit tiles of one or two rows. Measured (cutedsl_bwd_probe.py, H100,
+    # 2026-12-06, eleventh session, probes/cutedsl-bwd-stages.txt, % of the add, prefetch -> 2 stages): 4096x8192
+    # fp16 84 -> 87, 4095x5000 fp16 72 -> 76, 32768 x 4096 / 8192 bf16 92 / 88 -> 97 / 95, 4096² fp16 86 -> 85;
+    # 3 stages within a point of 2. Not at 8 rows a tile (32768x1024: 90 either way), 32 (32768x256: 79 with L2
+    # hints either way) or clustered rows (32768² bf16: 94 -> 76).
+    staged = (prefetch and column_tile == 0 and tiling.cluster_n == 1 and tiling.rows_per_cta <= 2
+              and elem_bytes == 2 and full_vectors and not column_state_in_smem)
+    if staged:
+        return BwdConfig(tiling, ctas_per_sm, column_state_in_smem, stages=2)
     return BwdConfig(tiling, ctas_per_sm, column_state_in_smem,
                      _l2_hints(tiling, hidden, elem_bytes, residual, rows), prefetch, column_tile)
 
