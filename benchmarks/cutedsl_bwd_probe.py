@@ -2,6 +2,7 @@
 
     python benchmarks/cutedsl_bwd_probe.py            # on the H100: check, then time (under 3 minutes)
     python benchmarks/cutedsl_bwd_probe.py --ptxas    # anywhere (no GPU): ptxas -v registers / spills per config
+    python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16   # RMSNorm's backward (no mean, no db)
 
 old: 128..512-thread CTAs, ctas_per_sm = 1024 // threads (up to 8 CTAs, so up to 8 dw/db partial rows, per SM),
      w and the dw/db accumulators in registers (N = 262144 then spills: 704-byte stack frame).
@@ -45,6 +46,7 @@ SHAPES = [(32768, 256, "bf16"), (32768, 1024, "bf16"), (32768, 4096, "bf16"), (3
           (16384, 131072, "bf16"), (8192, 262144, "bf16"), (8192, 8192, "fp32")]
 ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 HOST_HIDDEN = False  # --host-hidden
+RMS = False  # --rms: RMSNorm's backward (no mean, no db)
 
 
 def old_bwd_config(hidden: int, elem_bytes: int, vec: int) -> cfg.BwdConfig:
@@ -160,7 +162,8 @@ def gpu_probe() -> None:
     from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
 
     from vibe_kernels.layernorm._cutedsl import launch
-    from vibe_kernels.layernorm.reference import layernorm_bwd_ref, layernorm_mean_ref, layernorm_rstd_ref
+    from vibe_kernels.layernorm.reference import (layernorm_mean_ref, layernorm_rstd_ref, norm_bwd_ref_fp32,
+                                                  rmsnorm_rstd_ref)
 
     torch_dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     device = torch.device("cuda")
@@ -182,25 +185,27 @@ def gpu_probe() -> None:
         weight = 1 + 0.5 * torch.randn(hidden, device=device, generator=gen)
         dx = torch.empty_like(x)
         dw = torch.empty(hidden, device=device)
-        db = torch.empty(hidden, device=device)
+        db = None if RMS else torch.empty(hidden, device=device)
         chunk = max(1, (1 << 28) // (hidden * 4))  # fp32 statistics in 1 GiB slices
-        mean = torch.cat([layernorm_mean_ref(x[i:i + chunk]) for i in range(0, rows, chunk)])
-        rstd = torch.cat([layernorm_rstd_ref(x[i:i + chunk], 1e-5) for i in range(0, rows, chunk)])
+        mean = None if RMS else torch.cat([layernorm_mean_ref(x[i:i + chunk]) for i in range(0, rows, chunk)])
+        rstd_ref = rmsnorm_rstd_ref if RMS else layernorm_rstd_ref
+        rstd = torch.cat([rstd_ref(x[i:i + chunk], 1e-5) for i in range(0, rows, chunk)]).float()
         t_add = bench(lambda: torch.add(x, dy, out=dx))
         bound = sms * hidden * 8
         for name, c in configs(hidden, x.element_size()).items():
             # Check on the first rows: enough for several persistent iterations and a ragged last tile.
             check = min(rows, max(64, 3 * c.max_partial_rows(sms) * c.tiling.rows_per_cta + 5))
-            ref_dx, ref_dw, ref_db = layernorm_bwd_ref(dy[:check], x[:check], weight, mean[:check], rstd[:check])
-            launch.layernorm_bwd(dy[:check], x[:check], weight, mean[:check], rstd[:check], dx[:check], dw, db,
-                                 config=c)
+            check_mean = None if RMS else mean[:check]
+            ref_dx, ref_dw, ref_db = norm_bwd_ref_fp32(dy[:check], x[:check], weight, check_mean, rstd[:check])
+            launch.layernorm_bwd(dy[:check], x[:check], weight, check_mean, rstd[:check], dx[:check], dw, db,
+                                 config=c, rms=RMS)
             err = max(float((dx[:check].float() - ref_dx.float()).abs().max()),
                       float((dw - ref_dw).abs().max() / max(1.0, float(ref_dw.abs().max()))),
-                      float((db - ref_db).abs().max() / max(1.0, float(ref_db.abs().max()))))
+                      0.0 if RMS else float((db - ref_db).abs().max() / max(1.0, float(ref_db.abs().max()))))
             del ref_dx, ref_dw, ref_db
 
             def run(c=c):
-                launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=c)
+                launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=c, rms=RMS)
 
             run()
             torch.cuda.synchronize()
@@ -233,11 +238,12 @@ def main() -> int:
     parser.add_argument("--min-hidden", type=int, default=1, help="only shapes with N at least this")
     parser.add_argument("--max-hidden", type=int, default=1 << 30, help="only shapes with N at most this")
     parser.add_argument("--shapes", default="", help="MxNxdtype,... instead of SHAPES (e.g. 128x4096xbf16)")
+    parser.add_argument("--rms", action="store_true", help="RMSNorm's backward (no mean, no db)")
     parser.add_argument("--host-hidden", action="store_true",
                         help="time with the bench's timer (host dispatch hidden behind a spin kernel): for small M")
     args = parser.parse_args()
-    global HOST_HIDDEN
-    HOST_HIDDEN = args.host_hidden
+    global HOST_HIDDEN, RMS
+    HOST_HIDDEN, RMS = args.host_hidden, args.rms
     if args.shapes:
         SHAPES[:] = [(int(m), int(n), d) for m, n, d in (spec.split("x") for spec in args.shapes.split(","))]
     SHAPES[:] = [shape for shape in SHAPES if args.min_hidden <= shape[1] <= args.max_hidden]

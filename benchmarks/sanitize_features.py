@@ -5,7 +5,11 @@ or in fp32 with h kept in fp32 (``residual_in_fp32``: dx is then written twice, 
 its gradient flows through h too.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --report-api-errors no \\
-        python benchmarks/sanitize_features.py [--backends cutedsl,triton]
+        python benchmarks/sanitize_features.py [--backends cutedsl,triton] [--set features|rules]
+
+``--set rules``: plain LayerNorm / RMSNorm at the shapes where the eleventh session's rules switch kernels (the
+CuTeDSL backward's staged loads, the forward's four-CTA launch bound; Triton's two-row blocks at N = 16384), with
+M above one wave and not a multiple of the CTA's rows.
 
 The reference runs on the CPU (torch's own GPU reductions would show up in racecheck's report), and
 --report-api-errors no drops the CUDA libraries' start-up probes (see sanitize.sh).
@@ -24,6 +28,12 @@ CASES = [  # (M, N, x dtype, out dtype, rms, residual: None, "x" (x's dtype) or 
     (37, 769, torch.bfloat16, torch.bfloat16, True, "x"), (3, 5000, torch.float16, torch.float16, False, "fp32"),
     (1, 65537, torch.bfloat16, torch.float32, False, "x"), (2, 262144, torch.bfloat16, torch.bfloat16, True, "fp32"),
     (300, 8192, torch.bfloat16, torch.bfloat16, False, "x"), (1031, 4096, torch.bfloat16, torch.float32, False, "fp32"),
+]
+
+RULE_CASES = [
+    (301, 16384, torch.bfloat16, torch.bfloat16, False, None), (301, 16384, torch.float16, torch.float16, True, None),
+    (1031, 5000, torch.float16, torch.float16, False, None), (300, 8192, torch.bfloat16, torch.bfloat16, False, None),
+    (1031, 4096, torch.float16, torch.float16, True, None), (1031, 6144, torch.bfloat16, torch.bfloat16, False, None),
 ]
 
 
@@ -59,10 +69,11 @@ def run(backend: str, rows: int, hidden: int, dtype, out_dtype, rms: bool, resid
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backends", default="cutedsl,triton")
+    parser.add_argument("--set", default="features", choices=("features", "rules"))
     args = parser.parse_args()
     failures = 0
     for backend in args.backends.split(","):
-        for case in CASES:
+        for case in CASES if args.set == "features" else RULE_CASES:
             failures += not run(backend, *case)
     print("failures:", failures)
     raise SystemExit(1 if failures else 0)
