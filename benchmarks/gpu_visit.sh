@@ -8,9 +8,9 @@
 #                                           # then sanitize_features.py)
 #   bash benchmarks/gpu_visit.sh bench      # the LayerNorm benchmark over every shape of anchors.md, JSON + plot
 #   bash benchmarks/gpu_visit.sh features   # RMSNorm / fused residual / out_dtype benchmarks (seed shapes)
-#   bash benchmarks/gpu_visit.sh probes     # the untimed leads (docs/perf-notes.md, "Next GPU visit"): the staged
-#                                           # CuTeDSL backward (bit-identity, racecheck, timing) and the forward's
-#                                           # 64-register launch bound
+#   bash benchmarks/gpu_visit.sh probes     # the untimed leads (docs/perf-notes.md, "Next GPU visit"): RMSNorm's
+#                                           # staged CuTeDSL backward, Triton row blocks at N <= 16384, Triton with
+#                                           # out fp32, the Triton backward at N = 256
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -73,18 +73,21 @@ case "$part" in
     grep -E "^\| +[0-9]+ \||^###|^\| [A-Z]" "$out/bench.txt" | cut -c1-150 | tail -50
     ;;
   probes)
+    # The leads of docs/perf-notes.md's "Next GPU visit", first three items.
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    timeout 150 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k stages > "$out/stages-gpu-test.log" 2>&1
-    echo "staged backward, bit-identity: rc=$? $(tail -1 "$out/stages-gpu-test.log")"
-    timeout 150 compute-sanitizer --tool racecheck --error-exitcode 86 python -m pytest tests/layernorm/test_gpu.py -q \
-      -p no:cacheprovider -k "stages and 1000" > "$out/stages-racecheck.log" 2>&1
-    echo "staged backward, racecheck: rc=$? $(grep -E 'RACECHECK SUMMARY' "$out/stages-racecheck.log" | tail -1)"
-    timeout 200 python benchmarks/cutedsl_bwd_probe.py --shapes 4096x8192xfp16,4096x4096xfp16,32768x256xbf16,\
-32768x1024xbf16,32768x4096xbf16,32768x8192xbf16,4095x5000xfp16,32768x32768xbf16 > "$out/cutedsl-bwd-stages.txt" 2>&1
-    echo "backward probe: rc=$?"; grep -E "^[0-9]+x[0-9]+ .* (new|pf|st2|st3) " "$out/cutedsl-bwd-stages.txt" | tail -32
-    timeout 120 python benchmarks/cutedsl_fwd_probe.py --shapes 4096x8192,4095x5000,4096x4096 --only default+64r \
-      > "$out/cutedsl-fwd-64r.txt" 2>&1
-    echo "forward probe: rc=$?"; grep -E "copy" "$out/cutedsl-fwd-64r.txt" | cut -c1-200
+    timeout 120 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 \
+      > "$out/cutedsl-bwd-rms.txt" 2>&1
+    echo "RMSNorm backward probe: rc=$?"; grep -E "^[0-9]+x[0-9]+ .* (new|pf|l2|st2|st3) " "$out/cutedsl-bwd-rms.txt"
+    timeout 150 python benchmarks/triton_fwd_probe.py --shapes 4096x8192xfloat16,4096x8192xbfloat16,\
+4096x4096xfloat16,32768x16384 --configs c8192w16m2h,c8192w8m2h,c4096w8m2h,c4096w16m2h,c4096w8m4h \
+      > "$out/triton-fwd-rows-narrow.txt" 2>&1
+    echo "Triton forward probe: rc=$?"; grep -E "copy|default" "$out/triton-fwd-rows-narrow.txt" | cut -c1-160
+    timeout 120 python benchmarks/triton_residual_probe.py --out-dtype float32 --dtype bfloat16 \
+      --shapes 4096x8192,4096x16384,4096x4096 > "$out/triton-out-fp32.txt" 2>&1
+    echo "Triton out fp32 probe: rc=$?"; tail -12 "$out/triton-out-fp32.txt" | cut -c1-160
+    timeout 90 python benchmarks/triton_bwd_probe.py --shapes 32768x256 \
+      --configs 64x256w16p1,16x256w8p2,16x256w4p4,32x256w8p2,32x256w16p1s2,64x256w16p1s2 > "$out/triton-bwd-256.txt" 2>&1
+    echo "Triton backward probe: rc=$?"; tail -14 "$out/triton-bwd-256.txt" | cut -c1-160
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).
