@@ -165,7 +165,7 @@ FWD_RESIDUAL_RESIDENT_16BIT = 16384
 # weight/bias chunk loaded once for both, 16 warps, instead of one row and 8 warps (triton_fwd_probe.py, H100,
 # 2026-12-06, eleventh session, benchmarks/results/h100-2026-12-06-c/probes/triton-fwd-rows.txt, % of a copy):
 # 4096x16384 88 -> 91%, 32768x16384 94 -> 95%. Wider rows measured slower in row blocks (32768 x 32768 / 65536: 90 /
-# 85 -> 89 / 76%; 131072, 262144: 70 / 66 -> 65 / 63% at best), and blocks of four rows slower everywhere.
+# 85 -> 89 / 76%; 131072, 262144: 70 / 66 -> 67 / 65% at best), and blocks of four rows slower everywhere.
 FWD_ROW_BLOCK_16BIT = (8192, 16384)
 
 # L2 eviction hints (FwdConfig.l2_hints / BwdConfig.l2_hints) where they measured faster (H100, 2026-11-25, sixth
