@@ -88,6 +88,11 @@ case "$part" in
     timeout 90 python benchmarks/triton_bwd_probe.py --shapes 32768x256 \
       --configs 64x256w16p1,16x256w8p2,16x256w4p4,32x256w8p2,32x256w16p1s2,64x256w16p1s2 > "$out/triton-bwd-256.txt" 2>&1
     echo "Triton backward probe: rc=$?"; tail -14 "$out/triton-bwd-256.txt" | cut -c1-160
+    # The wide Triton forward with fewer rows in flight (FwdConfig.max_programs), so its second pass reads from L2.
+    timeout 150 python benchmarks/triton_fwd_probe.py --shapes 32768x65536,16384x131072,8192x262144 \
+      --configs c32768w32g96h,c32768w32g64h,c32768w32g132h,c16384w16g96h,c16384w16g64h,c16384w16g132h \
+      > "$out/triton-fwd-capped-grid.txt" 2>&1
+    echo "Triton wide forward probe: rc=$?"; grep -E "copy|default|g[0-9]+" "$out/triton-fwd-capped-grid.txt" | cut -c1-160
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

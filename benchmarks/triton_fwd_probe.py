@@ -3,7 +3,8 @@
 
     python benchmarks/triton_fwd_probe.py --shapes 4096x16384xfloat16 --configs c2048w8s3,c4096w8s2
 
-Configs: ``c<block_n>w<warps>[m<rows a block>][p<programs per SM>][h]`` (chunked; h: L2 hints) or ``r<block_m>x<block_n>w<warps>[h]``
+Configs: ``c<block_n>w<warps>[m<rows a block>][p<programs per SM>][g<at most this many programs>][h]`` (chunked; h:
+L2 hints) or ``r<block_m>x<block_n>w<warps>[h]``
 (resident rows). (The eighth session's run, ``benchmarks/results/h100-2026-11-25-h/probes/triton-fwd-stages.txt``,
 also had an ``s<stages>`` suffix for a pipelined chunk loop: 35-63% of a copy against 88-94%, so it was removed.)
 """
@@ -18,11 +19,11 @@ from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
 
 
 def _parse(text: str) -> _triton.FwdConfig:
-    chunked = re.fullmatch(r"c(\d+)w(\d+)(?:m(\d+))?(?:p(\d+))?(h?)", text)
+    chunked = re.fullmatch(r"c(\d+)w(\d+)(?:m(\d+))?(?:p(\d+))?(?:g(\d+))?(h?)", text)
     if chunked:
-        block_n, warps, block_m, per_sm, hints = chunked.groups()
+        block_n, warps, block_m, per_sm, programs, hints = chunked.groups()
         return _triton.FwdConfig(int(block_m or 1), int(block_n), int(warps), True, programs_per_sm=int(per_sm or 0),
-                                 l2_hints=bool(hints))
+                                 l2_hints=bool(hints), max_programs=int(programs or 0))
     resident = re.fullmatch(r"r(\d+)x(\d+)w(\d+)(h?)", text)
     if resident:
         block_m, block_n, warps, hints = resident.groups()

@@ -281,8 +281,18 @@ FWD_CONFIGS = {
     "chunked_rows": lambda hidden: _triton.FwdConfig(block_m=2, block_n=256, num_warps=4, chunked=True),
     # 2 rows per program over 5 rows: the last program has a masked row
     "resident_ragged_rows": lambda hidden: _triton.FwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False),
+    # a grid capped at 2 programs (FwdConfig.max_programs) over 5 rows: 3, 2 rows each
+    "chunked_capped_grid": lambda hidden: _triton.FwdConfig(block_m=1, block_n=256, num_warps=4, chunked=True,
+                                                            max_programs=2),
     "heuristic": lambda hidden: None,
 }
+
+
+def test_fwd_config_rejects_a_bad_program_cap():
+    with pytest.raises(ValueError, match="max_programs"):
+        _triton.FwdConfig(block_m=1, block_n=256, num_warps=4, chunked=True, max_programs=-1)
+    with pytest.raises(ValueError, match="max_programs"):
+        _triton.FwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False, max_programs=4)
 
 
 def _opt_in_switches(cls):

@@ -69,6 +69,14 @@ class FwdConfig:
     programs_per_sm: int = 0  # chunked only: 0 = one program per row block; k = a persistent grid of k x SMs
     affine_first: bool = False  # resident only: weight/bias loaded with the rows, before the statistics
     l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
+    # Chunked only: at most this many programs (0: no cap beyond programs_per_sm), so that fewer rows are in flight
+    # and each row's normalizing pass finds it in L2 (132 rows of 262144 bf16 are 66 MB, more than the H100's L2).
+    # Opt-in, for the probe (benchmarks/triton_fwd_probe.py "g<programs>"); no default config sets it.
+    max_programs: int = 0
+
+    def __post_init__(self):
+        if self.max_programs < 0 or (self.max_programs and not self.chunked):
+            raise ValueError(f"max_programs must be 0 or positive, and only for the chunked forward: {self}")
 
 
 @dataclass(frozen=True)
@@ -241,22 +249,22 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave
 
     >>> fwd_config(256, torch.bfloat16)
     FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True)
+l2_hints=True, max_programs=0)
     >>> fwd_config(5000, torch.float16)
     FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True)
+l2_hints=True, max_programs=0)
     >>> fwd_config(8192, torch.bfloat16)
     FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True)
+l2_hints=True, max_programs=0)
     >>> fwd_config(16384, torch.bfloat16)
     FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True)
+l2_hints=True, max_programs=0)
     >>> fwd_config(16384, torch.float16, residual=True)
     FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=False)
+l2_hints=False, max_programs=0)
     >>> fwd_config(8192, torch.bfloat16, one_wave=True)
     FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True, \
-l2_hints=False)
+l2_hints=False, max_programs=0)
     """
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
@@ -1133,6 +1141,8 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         row_blocks = _cdiv(rows, cfg.block_m)
         programs = (row_blocks if cfg.programs_per_sm == 0
                     else min(row_blocks, cfg.programs_per_sm * _program_slots(x.device)))
+        if cfg.max_programs:
+            programs = min(programs, cfg.max_programs)
         grid = (programs,)
         entry = _launch(_layernorm_fwd_chunked_kernel, grid, cfg.num_warps, *args,
                         N=hidden, BLOCK_N=cfg.block_n, L2_HINTS=cfg.l2_hints, BLOCK_M=cfg.block_m, **flags)
