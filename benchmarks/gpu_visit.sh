@@ -75,6 +75,10 @@ case "$part" in
   probes)
     # The leads of docs/perf-notes.md's "Next GPU visit", first three items.
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    # The staged backward's bit-identity test, with the cases added after the eleventh session's visits (no weight,
+    # a 16-bit weight, dw without db, at the default's own M).
+    timeout 120 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k stages > "$out/stages-gpu-test.log" 2>&1
+    echo "staged backward, bit-identity: rc=$? $(tail -1 "$out/stages-gpu-test.log")"
     timeout 120 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 \
       > "$out/cutedsl-bwd-rms.txt" 2>&1
     echo "RMSNorm backward probe: rc=$?"; grep -E "^[0-9]+x[0-9]+ .* (new|pf|l2|st2|st3) " "$out/cutedsl-bwd-rms.txt"

@@ -167,34 +167,43 @@ def test_cutedsl_backward_prefetch_gives_the_same_bits(cuda_gen, rows, hidden, d
         assert torch.equal(reference, got)
 
 
-@pytest.mark.parametrize("rows, hidden, dtype, rms, stages", [
-    (4096, 8192, torch.float16, False, 3), (1000, 4096, torch.bfloat16, False, 2), (2049, 256, torch.bfloat16, False, 3),
-    (700, 8192, torch.float32, False, 3), (300, 32768, torch.bfloat16, True, 3), (131, 1024, torch.float16, False, 4),
-    (4095, 5000, torch.float16, False, 3), (1500, 1000, torch.bfloat16, False, 2),  # ragged rows
+@pytest.mark.parametrize("rows, hidden, dtype, rms, stages, affine", [
+    (4096, 8192, torch.float16, False, 3, "fp32"), (1000, 4096, torch.bfloat16, False, 2, "fp32"),
+    (2049, 256, torch.bfloat16, False, 3, "fp32"), (700, 8192, torch.float32, False, 3, "fp32"),
+    (300, 32768, torch.bfloat16, True, 3, "fp32"), (131, 1024, torch.float16, False, 4, "fp32"),
+    (4095, 5000, torch.float16, False, 3, "fp32"), (1500, 1000, torch.bfloat16, False, 2, "fp32"),  # ragged rows
+    # the default's own cases (2 stages): no weight, a weight in x's dtype, dw without db
+    (1031, 4096, torch.float16, False, 2, "none"), (600, 8192, torch.bfloat16, False, 2, "same"),
+    (777, 6144, torch.bfloat16, True, 2, "dw only"),
 ], ids=str)
-def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtype, rms, stages):
+def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtype, rms, stages, affine):
     """The staged backward (BwdConfig.stages: x and dy of the next row tiles in flight as cp.async copies into
     shared memory) runs the same arithmetic as the kernel that loads them into registers: dx, dw and db
-    bit-identical, ragged last tiles and several tiles per CTA included."""
+    bit-identical, ragged last tiles and several tiles per CTA included, with and without a weight."""
     if not is_cutedsl_layernorm_available():
         pytest.skip("CuTeDSL backend not available")
     from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
     from vibe_kernels.layernorm._cutedsl import launch as cutedsl_launch
 
     x, weight, _ = _inputs(cuda_gen, rows, hidden, dtype)
+    weight = {"fp32": weight, "same": weight.to(dtype), "dw only": weight, "none": None}[affine]
     dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
     mean = None if rms else layernorm_mean_ref(x).float()
     rstd = (torch.rsqrt(x.double().square().mean(-1) + 1e-5) if rms else layernorm_rstd_ref(x, 1e-5)).float()
-    vec = cutedsl_launch.vector_width(x.element_size(), hidden, (x.stride(0),),
-                                      ((x.data_ptr(), x.element_size()), (weight.data_ptr(), weight.element_size())))
+    vec = cutedsl_launch.vector_width(x.element_size(), hidden, (x.stride(0),), ((x.data_ptr(), x.element_size()),))
     default = cutedsl_config.bwd_config(hidden, x.element_size(), vec)
+    if affine != "fp32":  # these cases are the default's own at this M
+        assert cutedsl_config.bwd_config(hidden, x.element_size(), vec, rows=rows).stages == stages
     results = []
     for config in (dataclasses.replace(default, prefetch=False, l2_hints=False, stages=1),
                    dataclasses.replace(default, prefetch=False, l2_hints=False, stages=stages)):
         dx = torch.full_like(x, float("nan"))
-        dw, db = torch.full_like(weight, float("nan")), torch.full_like(weight, float("nan"))
-        cutedsl_launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=config, rms=rms)
-        results.append((dx, dw, db))
+        grads = [None if weight is None else torch.full((hidden,), float("nan"), device="cuda", dtype=weight.dtype)
+                 for _ in range(2)]
+        if affine == "dw only":
+            grads[1] = None
+        cutedsl_launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, *grads, config=config, rms=rms)
+        results.append([dx] + [g for g in grads if g is not None])
     for reference, got in zip(*results):
         assert not reference.isnan().any()
         assert torch.equal(reference, got)
