@@ -518,6 +518,7 @@ FEATURE_GRID = [  # (N, x dtype, out / dy dtype, rms)
     (4096, "bf16", "bf16", True), (8192, "fp16", "fp32", False), (8192, "bf16", "fp32", True),
     (4096, "fp32", "bf16", False), (65536, "bf16", "fp32", True), (262144, "bf16", "bf16", True),
     (5000, "fp16", "fp32", True), (769, "bf16", "fp32", False), (32768, "fp32", "bf16", True),
+    (8192, "bf16", "fp16", False), (5000, "fp16", "bf16", True),  # 16-bit dy of the other kind: the staged backward
 ]
 
 
@@ -556,6 +557,9 @@ def test_feature_backward_compiles(case):
     assert ".target sm_90a" in ptx
     if config.tiling.vec * ELEM_BYTES[dy_name] == 16:  # dy comes in as 16-byte vectors
         assert _count(ptx, GLOBAL_V4_LOAD) >= config.tiling.vecs_per_thread
+    if config.stages > 1:  # x and dy staged: 16-byte cp.async copies, one per vector of each at each issue site
+        copies = _count(ptx, r"cp\.async\.cg\.shared\.global \[[^]]+\], \[[^]]+\], 16")
+        assert copies == 2 * config.tiling.vecs_per_thread * config.stages, copies
     assert not re.search(r"\b(ld|st)\.local", ptx)
 
 
