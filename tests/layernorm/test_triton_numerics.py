@@ -329,6 +329,29 @@ def test_fwd_launcher_forced_config(gen, device, check, dtype, config, stats):
     check.stats(mean, rstd, x, EPS)
 
 
+@pytest.mark.parametrize("rms", [False, True])
+def test_fwd_default_row_blocks_for_16bit_rows_up_to_16384(gen, device, check, rms):
+    """16-bit rows of (8192, 16384] above one wave of programs take the two-row chunked blocks by default
+    (FWD_ROW_BLOCK_16BIT): an odd M leaves the last block a row short, N = 12000 leaves the second chunk ragged. (M
+    above one wave: 7 under the interpreter, which plays 4 program slots; 301 on an H100.)"""
+    rows, hidden = (7 if device == "cpu" else 301), 12000
+    config = _triton.fwd_config(hidden, torch.bfloat16)
+    assert (config.chunked, config.block_m, config.block_n) == (True, 2, 8192)
+    assert _triton.fwd_config(hidden, torch.bfloat16, one_wave=True).block_m == 1  # one wave: a row a program
+    x, weight, bias = make_inputs(gen, (rows, hidden), torch.bfloat16, device, "w_b_fp32")
+    out = _poisoned((rows, hidden), torch.bfloat16, device)
+    rstd = _poisoned((rows,), torch.float32, device)
+    if rms:
+        _triton.layernorm_fwd(x, weight, None, EPS, out, None, rstd, rms=True)
+        ref = x.double() * torch.rsqrt(x.double().square().mean(-1, keepdim=True) + EPS) * weight.double()
+        torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2**-7)
+        return
+    mean = _poisoned((rows,), torch.float32, device)
+    _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd)
+    check.out(out, x, weight, bias, EPS)
+    check.stats(mean, rstd, x, EPS)
+
+
 @pytest.mark.parametrize("config", ["chunked", "chunked_rows", "resident_ragged_rows"])
 def test_fwd_launcher_large_offset(gen, device, config):
     rows, hidden = 16, 1128
