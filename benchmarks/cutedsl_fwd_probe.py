@@ -12,8 +12,9 @@ default with mean and variance in one exchange ("merged"; "merged-early": weight
 launch bound); RMSNorm with the default config ("rms", only when named in --only: LayerNorm's bytes with one row
 sum); 1024-thread CTAs with 64 bytes of x a thread, merged statistics and weight/bias late ("t1024m": half the
 default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on a row, for small M); the default
-with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2"; the persistent kernel
-(``persistent``: weight/bias read once into shared memory, the next row's x prefetched): "persist".
+with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2"; a one-CTA row split over a
+cluster of two half-size CTAs, weight/bias late: "cl2"; the persistent kernel (``persistent``: weight/bias read once
+into shared memory, the next row's x prefetched): "persist".
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -82,6 +83,17 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8)
         extra[f"{per_thread}B"] = small
     # L2 eviction policies: rows evict_first, weight/bias evict_last ("l2").
     extra["l2"] = dataclasses.replace(default, l2_hints=True)
+    # A one-CTA row split over a cluster of two CTAs of half the threads, weight/bias late ("cl2"): twice the CTAs of
+    # a grid of one row each, so its last, partly filled wave costs half as much (4096 rows over 132 SMs x 3 CTAs:
+    # 10.3 waves), and more rows in flight (ptxas, 8192 fp16 with fp32 weight and bias: 72 registers a 128-thread CTA,
+    # 7 CTAs per SM = 3.5 rows, against 80 registers a 256-thread CTA, 3 rows); at the cost of a cluster exchange.
+    t = default.tiling
+    if t.cluster_n == 1 and t.rows_per_cta == 1 and t.threads_per_row >= 128 and not default.persistent:
+        half = t.threads_per_row // 2
+        split = cfg.fwd_config(hidden, elem, vec, rows=rows, max_cta_threads=half, min_cta_threads=half,
+                               affine_bytes=affine_bytes)
+        if split.tiling.cluster_n == 2:
+            extra["cl2"] = dataclasses.replace(split, affine_after_stats=True)
     # The persistent kernel (weight/bias read once into shared memory, the next row's x loaded during this row's
     # exchange), for one-row CTAs over rows that fill the tiling ("persist"; merged statistics).
     t = default.tiling

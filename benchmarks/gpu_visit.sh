@@ -97,6 +97,10 @@ case "$part" in
       --configs c32768w32g96h,c32768w32g64h,c32768w32g132h,c16384w16g96h,c16384w16g64h,c16384w16g132h \
       > "$out/triton-fwd-capped-grid.txt" 2>&1
     echo "Triton wide forward probe: rc=$?"; grep -E "copy|default|g[0-9]+" "$out/triton-fwd-capped-grid.txt" | cut -c1-160
+    # The CuTeDSL forward at M = 4096 with its one-CTA rows split over two-CTA clusters ("cl2": half the last wave).
+    timeout 120 python benchmarks/cutedsl_fwd_probe.py --shapes 4096x8192,4096x4096,4095x5000,4096x16384 --only cl2 \
+      > "$out/cutedsl-fwd-cl2.txt" 2>&1
+    echo "CuTeDSL forward probe: rc=$?"; grep -E "copy" "$out/cutedsl-fwd-cl2.txt" | cut -c1-200
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).
