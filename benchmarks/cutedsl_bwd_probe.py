@@ -95,7 +95,9 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     base = found["new"]
     if not base.column_state_in_smem and not base.column_tile and base.tiling.vec * elem_bytes == 16:
         for stages in (2, 3):
-            found[f"st{stages}"] = dataclasses.replace(base, prefetch=False, l2_hints=False, stages=stages)
+            staged = dataclasses.replace(base, prefetch=False, l2_hints=False, stages=stages)
+            if staged not in found.values():  # "new" itself where the default stages its loads
+                found[f"st{stages}"] = staged
     return found
 
 

@@ -287,7 +287,8 @@ def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed
         return FwdConfig(block_m=1, block_n=block_n, num_warps=num_warps, chunked=True)
     if dtype != torch.float32 and residual and FWD_STREAMED_16BIT[1] < hidden <= FWD_RESIDUAL_RESIDENT_16BIT:
         return FwdConfig(block_m=1, block_n=_next_power_of_2(hidden), num_warps=16, chunked=False)
-    if streamed and dtype != torch.float32 and FWD_ROW_BLOCK_16BIT[0] < hidden <= FWD_ROW_BLOCK_16BIT[1]:
+    if (streamed and dtype != torch.float32 and not residual
+            and FWD_ROW_BLOCK_16BIT[0] < hidden <= FWD_ROW_BLOCK_16BIT[1]):
         return FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True)
     _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_FWD_LADDER, hidden, dtype)
     padded = _next_power_of_2(hidden)
