@@ -3,6 +3,7 @@
     python benchmarks/cutedsl_bwd_probe.py            # on the H100: check, then time (under 3 minutes)
     python benchmarks/cutedsl_bwd_probe.py --ptxas    # anywhere (no GPU): ptxas -v registers / spills per config
     python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16   # RMSNorm's backward (no mean, no db)
+    python benchmarks/cutedsl_bwd_probe.py --shapes 4096x4096xfp16 --only new,sep --repeat 3   # interleaved repeats
 
 old: 128..512-thread CTAs, ctas_per_sm = 1024 // threads (up to 8 CTAs, so up to 8 dw/db partial rows, per SM),
      w and the dw/db accumulators in registers (N = 262144 then spills: 704-byte stack frame).
@@ -16,6 +17,8 @@ l2: the current default with L2 eviction policies (x, dy evict_first; w evict_la
 pf: the current default with the next row tile's loads issued while this one computes (``BwdConfig.prefetch``).
 1s / 1r: clustered rows, one CTA per SM with prefetch, w and dw/db in shared memory / in registers.
 st2 / st3: the default with x and dy staged through shared memory by cp.async, 1 / 2 tiles ahead (no prefetch).
+sep / fus: the default with the column sum as a second launch / in the backward's own launch (sum CTAs,
+     ``BwdConfig.fused_column_sum``), whichever the default is not.
 Both run through the current kernel and launcher: the launcher caps a clustered grid at ctas_per_sm waves of the
 clusters the GPU holds at once (cuOccupancyMaxActiveClusters), for the old config as well.
 
@@ -47,6 +50,8 @@ SHAPES = [(32768, 256, "bf16"), (32768, 1024, "bf16"), (32768, 4096, "bf16"), (3
 ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 HOST_HIDDEN = False  # --host-hidden
 RMS = False  # --rms: RMSNorm's backward (no mean, no db)
+ONLY: list[str] = []  # --only: these variants alone
+REPEAT = 1  # --repeat: time every variant of a shape this many times, interleaved
 
 
 def old_bwd_config(hidden: int, elem_bytes: int, vec: int) -> cfg.BwdConfig:
@@ -79,6 +84,14 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     wide = cfg.bwd_config(hidden, elem_bytes, vec, bytes_per_thread=64, min_cta_threads=128)
     if wide not in found.values():
         found["64B"] = wide
+    # The column sum in a second launch / in the backward's own launch, whichever the default does not.
+    if found["new"].fused_column_sum:
+        found["sep"] = dataclasses.replace(found["new"], fused_column_sum=False)
+    else:
+        try:
+            found["fus"] = dataclasses.replace(found["new"], fused_column_sum=True)
+        except ValueError:  # clustered rows, column state in shared memory
+            pass
     # The current default with L2 eviction policies (x, dy evict_first; w evict_last).
     found["l2"] = dataclasses.replace(found["new"], l2_hints=True)
     # The current default with the next row tile's loads issued while this one computes (BwdConfig.prefetch).
@@ -194,7 +207,8 @@ def gpu_probe() -> None:
         rstd = torch.cat([rstd_ref(x[i:i + chunk], 1e-5) for i in range(0, rows, chunk)]).float()
         t_add = bench(lambda: torch.add(x, dy, out=dx))
         bound = sms * hidden * 8
-        for name, c in configs(hidden, x.element_size()).items():
+        variants = [(name, c) for name, c in configs(hidden, x.element_size()).items() if not ONLY or name in ONLY]
+        for name, c in variants * REPEAT:
             # Check on the first rows: enough for several persistent iterations and a ragged last tile.
             check = min(rows, max(64, 3 * c.max_partial_rows(sms) * c.tiling.rows_per_cta + 5))
             check_mean = None if RMS else mean[:check]
@@ -241,11 +255,14 @@ def main() -> int:
     parser.add_argument("--max-hidden", type=int, default=1 << 30, help="only shapes with N at most this")
     parser.add_argument("--shapes", default="", help="MxNxdtype,... instead of SHAPES (e.g. 128x4096xbf16)")
     parser.add_argument("--rms", action="store_true", help="RMSNorm's backward (no mean, no db)")
+    parser.add_argument("--only", default="", help="comma-separated variant names (e.g. new,sep) to run alone")
+    parser.add_argument("--repeat", type=int, default=1, help="time each variant this many times, interleaved")
     parser.add_argument("--host-hidden", action="store_true",
                         help="time with the bench's timer (host dispatch hidden behind a spin kernel): for small M")
     args = parser.parse_args()
-    global HOST_HIDDEN, RMS
-    HOST_HIDDEN, RMS = args.host_hidden, args.rms
+    global HOST_HIDDEN, RMS, REPEAT
+    HOST_HIDDEN, RMS, REPEAT = args.host_hidden, args.rms, max(1, args.repeat)
+    ONLY[:] = [name for name in args.only.split(",") if name]
     if args.shapes:
         SHAPES[:] = [(int(m), int(n), d) for m, n, d in (spec.split("x") for spec in args.shapes.split(","))]
     SHAPES[:] = [shape for shape in SHAPES if args.min_hidden <= shape[1] <= args.max_hidden]

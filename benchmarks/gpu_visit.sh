@@ -8,14 +8,15 @@
 #                                           # then sanitize_features.py)
 #   bash benchmarks/gpu_visit.sh bench      # the LayerNorm benchmark over every shape of anchors.md, JSON + plot
 #   bash benchmarks/gpu_visit.sh features   # RMSNorm / fused residual / out_dtype benchmarks (seed shapes)
-#   bash benchmarks/gpu_visit.sh probes     # the untimed leads (docs/perf-notes.md, "Next GPU visit"): RMSNorm's
-#                                           # staged CuTeDSL backward, Triton row blocks at N <= 16384, Triton with
-#                                           # out fp32, the Triton backward at N = 256
+#   bash benchmarks/gpu_visit.sh probes-a   # the untimed CuTeDSL leads (docs/perf-notes.md, "Next GPU visit"): the
+#                                           # fused column sum, a step's kernels, RMSNorm's staged backward, "cl2"
+#   bash benchmarks/gpu_visit.sh probes-b   # the untimed Triton leads: row blocks at N <= 16384, out fp32, the
+#                                           # backward at N = 256, the capped wide-row grid
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|bench|features|probes}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|bench|features|probes-a|probes-b}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -72,16 +73,34 @@ case "$part" in
     echo "bench: rc=$?"
     grep -E "^\| +[0-9]+ \||^###|^\| [A-Z]" "$out/bench.txt" | cut -c1-150 | tail -50
     ;;
-  probes)
-    # The leads of docs/perf-notes.md's "Next GPU visit", first three items.
+  probes-a)
+    # The CuTeDSL leads of docs/perf-notes.md's "Next GPU visit" (at most 8 files come back from a device call).
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    # The staged backward's bit-identity test, with the cases added after the eleventh session's visits (no weight,
-    # a 16-bit weight, dw without db, at the default's own M).
-    timeout 120 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k stages > "$out/stages-gpu-test.log" 2>&1
-    echo "staged backward, bit-identity: rc=$? $(tail -1 "$out/stages-gpu-test.log")"
+    # The staged backward's bit-identity test (with the cases added after the eleventh session's visits) and the
+    # column sum in the backward's own launch (BwdConfig.fused_column_sum); then that against the second launch,
+    # three interleaved repeats.
+    timeout 150 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k "stages or fused" \
+      > "$out/stages-gpu-test.log" 2>&1
+    echo "staged backward, fused column sum: rc=$? $(tail -1 "$out/stages-gpu-test.log")"
+    timeout 150 python benchmarks/cutedsl_bwd_probe.py --only new,sep --repeat 3 --shapes \
+4096x8192xfp16,4096x4096xfp16,4095x5000xfp16,32768x256xbf16,32768x4096xbf16,32768x8192xbf16,8192x4096xfp32 \
+      > "$out/cutedsl-bwd-fused.txt" 2>&1
+    echo "fused column sum probe: rc=$?"; grep -E "^[0-9]+x[0-9]+ +[a-z0-9]+ +(new|sep) " "$out/cutedsl-bwd-fused.txt"
+    # What the gaps between a step's kernels cost at M = 4096 (torch.profiler).
+    timeout 90 python benchmarks/profile_step.py --shapes 4096x8192xfloat16,4096x4096xfloat16,4095x5000xfloat16 \
+      > "$out/profile-step.txt" 2>&1
+    echo "step profile: rc=$?"; cut -c1-140 "$out/profile-step.txt"
     timeout 120 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 \
       > "$out/cutedsl-bwd-rms.txt" 2>&1
-    echo "RMSNorm backward probe: rc=$?"; grep -E "^[0-9]+x[0-9]+ .* (new|pf|l2|st2|st3) " "$out/cutedsl-bwd-rms.txt"
+    echo "RMSNorm backward probe: rc=$?"; grep -E "^[0-9]+x[0-9]+ .* (new|pf|l2|st2|st3|sep) " "$out/cutedsl-bwd-rms.txt"
+    # The CuTeDSL forward at M = 4096 with its one-CTA rows split over two-CTA clusters ("cl2": half the last wave).
+    timeout 120 python benchmarks/cutedsl_fwd_probe.py --shapes 4096x8192,4096x4096,4095x5000,4096x16384 --only cl2 \
+      > "$out/cutedsl-fwd-cl2.txt" 2>&1
+    echo "CuTeDSL forward probe: rc=$?"; grep -E "copy" "$out/cutedsl-fwd-cl2.txt" | cut -c1-200
+    ;;
+  probes-b)
+    # The Triton leads of docs/perf-notes.md's "Next GPU visit".
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
     timeout 150 python benchmarks/triton_fwd_probe.py --shapes 4096x8192xfloat16,4096x8192xbfloat16,\
 4096x4096xfloat16,32768x16384 --configs c8192w16m2h,c8192w8m2h,c4096w8m2h,c4096w16m2h,c4096w8m4h \
       > "$out/triton-fwd-rows-narrow.txt" 2>&1
@@ -97,10 +116,6 @@ case "$part" in
       --configs c32768w32g96h,c32768w32g64h,c32768w32g132h,c16384w16g96h,c16384w16g64h,c16384w16g132h \
       > "$out/triton-fwd-capped-grid.txt" 2>&1
     echo "Triton wide forward probe: rc=$?"; grep -E "copy|default|g[0-9]+" "$out/triton-fwd-capped-grid.txt" | cut -c1-160
-    # The CuTeDSL forward at M = 4096 with its one-CTA rows split over two-CTA clusters ("cl2": half the last wave).
-    timeout 120 python benchmarks/cutedsl_fwd_probe.py --shapes 4096x8192,4096x4096,4095x5000,4096x16384 --only cl2 \
-      > "$out/cutedsl-fwd-cl2.txt" 2>&1
-    echo "CuTeDSL forward probe: rc=$?"; grep -E "copy" "$out/cutedsl-fwd-cl2.txt" | cut -c1-200
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

@@ -297,6 +297,60 @@ def test_backward_registers_fit_the_config(hidden):
     assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
 
 
+@pytest.mark.parametrize("hidden, dtype_name, grads", [
+    (8192, "fp16", "both"), (5000, "fp16", "both"), (4096, "bf16", "dw"), (256, "bf16", "db"), (4096, "fp32", "both"),
+    (3072, "bf16", "both bf16"), (6144, "bf16", "dw rms"),
+], ids=str)
+def test_fused_column_sum_compiles_with_its_handshake(hidden, dtype_name, grads):
+    """The default backward of unclustered rows sums its partial rows in its own launch (BwdConfig.fused_column_sum):
+    each row CTA's arrival is one fenced atomic add (release at GPU scope), each sum CTA polls with acquire loads
+    and a nanosleep back-off, counts its departure, and the last one zeroes both counters; the partial rows are
+    read in 16-byte fp32 vectors; the gradients are written in their dtypes. The registers fit as before: no spills
+    (ptxas), and one sum CTA per 64 columns."""
+    elem = ELEM_BYTES[dtype_name]
+    vec = _aligned_vec(hidden, dtype_name)
+    config = cfg.bwd_config(hidden, elem, vec, rows=4096)
+    assert config.fused_column_sum
+    assert config.sum_ctas(hidden) == -(-hidden // 64)
+    want_dw, want_db = "dw" in grads or "both" in grads, "db" in grads or "both" in grads
+    grad_dtype = cutlass.BFloat16 if "bf16" in grads else None
+    ptx = launch.compile_bwd(DTYPES[dtype_name], hidden, cutlass.Float32, want_dw, want_db, vec, config, ARCH,
+                             keep_ptx=True, rms="rms" in grads, dw_dtype=grad_dtype, db_dtype=grad_dtype).__ptx__
+    assert _count(ptx, r"fence\.acq_rel\.gpu") == 1
+    assert _count(ptx, r"atom\.global\.add\.u32") == 2  # an arrival, a departure
+    assert _count(ptx, r"ld\.acquire\.gpu\.global\.b32") >= 1
+    assert _count(ptx, r"nanosleep\.u32") == 1
+    assert _count(ptx, r"st\.global\.b32\s+\[%rd\d+\], 0;") + _count(ptx, r"st\.global\.b32\s+\[%rd\d+\+4\], 0;") == 2
+    assert _count(ptx, r"ld\.global\.v4\.(b32|f32)") >= int(want_dw) + int(want_db)
+    if grad_dtype is not None:
+        assert _count(ptx, r"st\.global\.b16") >= 1  # dw / db in bf16
+    without = launch.compile_bwd(DTYPES[dtype_name], hidden, cutlass.Float32, want_dw, want_db, vec,
+                                 dataclasses.replace(config, fused_column_sum=False), ARCH, keep_ptx=True,
+                                 rms="rms" in grads).__ptx__
+    assert _count(without, r"atom\.global|nanosleep|ld\.acquire") == 0
+    usage = _ptxas_usage(ptx)
+    assert usage["spill_stores"] == 0 and usage["stack"] == 0, usage
+    assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
+
+
+def test_fused_column_sum_rule():
+    """Where the fused column sum is the default: unclustered rows with partial rows in registers, without the
+    fused residual, and not with the register prefetch of 16-bit rows (ptxas spills there); never with column CTAs
+    (few rows), clustered rows or the column state in shared memory, which the config refuses."""
+    assert cfg.bwd_config(8192, 2, 8, rows=4096).fused_column_sum  # staged
+    assert cfg.bwd_config(256, 2, 8, rows=32768).fused_column_sum  # no prefetch (32 rows a tile)
+    assert cfg.bwd_config(1024, 4, 4, rows=32768).fused_column_sum  # fp32, prefetched
+    assert not cfg.bwd_config(1024, 2, 8, rows=32768).fused_column_sum  # 16-bit, prefetched
+    assert not cfg.bwd_config(4096, 2, 8, rows=4096, residual=True).fused_column_sum
+    assert not cfg.bwd_config(16384, 2, 8, rows=4096).fused_column_sum  # clustered
+    assert not cfg.bwd_config(4096, 2, 8, rows=128).fused_column_sum  # column CTAs
+    clustered = cfg.bwd_config(16384, 2, 8, rows=4096)
+    with pytest.raises(ValueError, match="fused_column_sum"):
+        dataclasses.replace(clustered, fused_column_sum=True)
+    with pytest.raises(ValueError, match="fused_column_sum"):
+        dataclasses.replace(cfg.bwd_config(4096, 2, 8, rows=128), fused_column_sum=True)
+
+
 @pytest.mark.parametrize("hidden", [8192, 16384])
 def test_fp32_clustered_backward_fits_two_ctas_per_sm(hidden):
     """fp32 rows of 8192/16384 (8 values a thread, a cluster of 2/4) run two CTAs per SM, still one partial row per
@@ -615,15 +669,16 @@ def test_small_m_forward_spreads_a_row_over_more_threads(rows, hidden, small):
 @pytest.mark.parametrize("hidden", [256, 1024, 4096])
 def test_backward_holds_one_row_a_cta_when_rows_are_fewer(hidden):
     """M below the CTA's thread rows (M = 1): the backward's CTA is one row, which compiles; from M = rows_per_cta
-    up the tiling is the M-independent one (only the L2 hints and the prefetch wait for M above SMALL_M_ROWS)."""
+    up the tiling is the M-independent one (only the L2 hints and the prefetch wait for M above SMALL_M_ROWS, and
+    the fused column sum follows the prefetch)."""
     default = cfg.bwd_config(hidden, 2, 8)
     assert default.tiling.rows_per_cta > 1
     single = cfg.bwd_config(hidden, 2, 8, rows=1)
     assert single.tiling.rows_per_cta == 1
     assert single.tiling.threads_per_row == default.tiling.threads_per_row
     few = cfg.bwd_config(hidden, 2, 8, rows=default.tiling.rows_per_cta)
-    assert dataclasses.replace(few, l2_hints=default.l2_hints, prefetch=default.prefetch,
-                               stages=default.stages) == default
+    assert dataclasses.replace(few, l2_hints=default.l2_hints, prefetch=default.prefetch, stages=default.stages,
+                               fused_column_sum=default.fused_column_sum) == default
     ptx = launch.compile_bwd(cutlass.BFloat16, hidden, cutlass.Float32, True, True, 8, single, ARCH,
                              keep_ptx=True).__ptx__
     _check_common(ptx, single.tiling, 2)
@@ -724,7 +779,8 @@ def test_l2_eviction_hints_on_narrow_16bit_rows(hidden, dtype_name, hinted):
     """16-bit rows held by one CTA load with L2 policies (rows evict_first, weight/bias evict_last), forward and
     backward: every 128-bit row and weight load carries the policy. Wider rows, fp32, small M and the fused
     residual load without one; so does the backward where it stages its loads through shared memory (1-2 rows a
-    tile: BwdConfig.stages; it was measured without them)."""
+    tile: BwdConfig.stages; it was measured without them). The sum CTAs' loads of the fp32 partial rows
+    (BwdConfig.fused_column_sum, unhinted) are left out: the backward is compiled without them here."""
     elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
     vec = _aligned_vec(hidden, dtype_name)
     fwd = cfg.fwd_config(hidden, elem, vec, rows=4096)
@@ -737,7 +793,8 @@ def test_l2_eviction_hints_on_narrow_16bit_rows(hidden, dtype_name, hinted):
     assert not cfg.bwd_config(hidden, elem, vec, rows=cfg.SMALL_M_ROWS).l2_hints
     ptxs = (launch.compile_fwd(dtype, hidden, cutlass.Float32, cutlass.Float32, True, vec, fwd, ARCH,
                                keep_ptx=True).__ptx__,
-            launch.compile_bwd(dtype, hidden, cutlass.Float32, True, True, vec, bwd, ARCH, keep_ptx=True).__ptx__)
+            launch.compile_bwd(dtype, hidden, cutlass.Float32, True, True, vec,
+                               dataclasses.replace(bwd, fused_column_sum=False), ARCH, keep_ptx=True).__ptx__)
     for ptx, hinted in zip(ptxs, (fwd.l2_hints, bwd.l2_hints)):
         policies = set(re.findall(r"createpolicy\.fractional\.L2::(evict_\w+)", ptx))
         assert policies == ({"evict_first", "evict_last"} if hinted else set())

@@ -3,6 +3,7 @@ and auto backends forward + backward against the fp32/fp64 reference, with poiso
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -207,6 +208,75 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
     for reference, got in zip(*results):
         assert not reference.isnan().any()
         assert torch.equal(reference, got)
+
+
+@pytest.mark.parametrize("rows, hidden, dtype, variant", [
+    (4096, 8192, torch.float16, "fp32"), (4095, 5000, torch.float16, "fp32"), (2049, 256, torch.bfloat16, "fp32"),
+    (1000, 4096, torch.float32, "fp32"), (700, 3072, torch.bfloat16, "same"), (1500, 1000, torch.bfloat16, "fp32"),
+    (777, 6144, torch.bfloat16, "rms"), (1031, 4096, torch.float16, "dw only"), (300, 512, torch.float32, "db only"),
+], ids=str)
+def test_cutedsl_backward_fused_column_sum(cuda_gen, rows, hidden, dtype, variant):
+    """The column sum in the backward's own launch (BwdConfig.fused_column_sum: sum CTAs wait on an arrival
+    counter, then sum the partial rows): dx bit-identical to the two-launch path, dw and db within fp32
+    summation-order noise of it and of an fp64 reference; three launches in a row give the same bits (the counter
+    is back at zero after each), and so do launches on two streams at once (a counter per stream)."""
+    if not is_cutedsl_layernorm_available():
+        pytest.skip("CuTeDSL backend not available")
+    from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
+    from vibe_kernels.layernorm._cutedsl import launch as cutedsl_launch
+
+    x, weight, _ = _inputs(cuda_gen, rows, hidden, dtype)
+    if variant == "same":
+        weight = weight.to(dtype)
+    rms = variant == "rms"
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
+    mean = None if rms else layernorm_mean_ref(x).float()
+    rstd = (torch.rsqrt(x.double().square().mean(-1) + 1e-5) if rms else layernorm_rstd_ref(x, 1e-5)).float()
+    vec = cutedsl_launch.vector_width(x.element_size(), hidden, (x.stride(0),),
+                                      ((x.data_ptr(), x.element_size()), (weight.data_ptr(), weight.element_size())))
+    default = cutedsl_config.bwd_config(hidden, x.element_size(), vec, rows=rows)
+
+    def run(fused, stream=None):
+        # Outputs poisoned on the stream that runs the backward.
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            dx = torch.full_like(x, float("nan"))
+            grads = [torch.full((hidden,), float("nan"), device="cuda", dtype=weight.dtype) for _ in range(2)]
+            if variant == "dw only":
+                grads[1] = None
+            if variant == "db only":
+                grads[0] = None
+            config = dataclasses.replace(default, fused_column_sum=fused)
+            cutedsl_launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, *grads, config=config, rms=rms)
+        return [dx] + grads
+
+    two_launches = run(False)
+    fused = run(True)
+    assert torch.equal(two_launches[0], fused[0]) and not fused[0].isnan().any()
+    xhat = (x.double() - (0 if rms else mean.double()[:, None])) * rstd.double()[:, None]
+    references = [(dy.double() * xhat).sum(0), dy.double().sum(0)]
+    scales = [(dy.double() * xhat).abs().sum(0), dy.double().abs().sum(0)]
+    for got, other, reference, scale in zip(fused[1:], two_launches[1:], references, scales):
+        if got is None:
+            continue
+        assert not got.isnan().any()
+        ulp = 2.0 ** -23 if got.dtype == torch.float32 else 2.0 ** -7
+        tolerance = scale * 2.0 ** -18 + reference.abs() * ulp
+        assert ((got.double() - reference).abs() <= tolerance).all()
+        assert ((got.double() - other.double()).abs() <= tolerance).all()
+    for _ in range(3):
+        again = run(True)
+        assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(fused, again))
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for stream in streams:
+        stream.wait_stream(torch.cuda.current_stream())
+    concurrent = [run(True, stream) for stream in streams for _ in range(2)]
+    torch.cuda.synchronize()
+    for result in concurrent:
+        assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(fused, result))
+    from vibe_kernels.layernorm import _backends
+
+    for counter in _backends._sum_counters.values():
+        assert counter.tolist() == [0, 0]
 
 
 @pytest.mark.parametrize("rows, hidden, dtype, variant", [

@@ -27,6 +27,22 @@ BACKENDS = ("auto", "cutedsl", "triton", "torch")
 # sum reads again.
 WEIGHT_GRADS_FROM_ROWS_MAX_ROWS = 256
 
+# Backward kernels that sum their dw/db partial rows in their own launch (the CuTeDSL backend's sum CTAs) count the
+# row CTAs' arrivals here: a pair of int32 (arrivals, departures) per (device, stream), zero before each launch and
+# left at zero by it. Launches on one stream run one after another, so they can share a pair; launches on other
+# streams get their own. Never under CUDA graph capture (a graph may replay on any stream, beside eager launches on
+# its capture stream): the kernels' callers use a second launch there.
+_sum_counters: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def sum_counter(device: torch.device, index: int, stream: int) -> torch.Tensor:
+    """The arrival counter pair of stream handle ``stream`` on device ``index`` (``device``), created zeroed on the
+    current stream (the one that launches next) the first time."""
+    counter = _sum_counters.get((index, stream))
+    if counter is None:
+        counter = _sum_counters.setdefault((index, stream), torch.zeros(2, dtype=torch.int32, device=device))
+    return counter
+
 
 @functools.lru_cache(maxsize=None)
 def _installed(module: str) -> bool:

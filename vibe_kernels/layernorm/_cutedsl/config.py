@@ -19,6 +19,9 @@ MAX_N = 262144
 MAX_CLUSTER = 16  # Hopper's non-portable cluster limit (needs the non-portable attribute above 8)
 MAX_CTA_THREADS = 512
 MIN_CTA_THREADS = 128
+# Threads of a sum CTA (BwdConfig.fused_column_sum) side by side across its columns: 64 fp32 columns a CTA, so
+# N / 64 sum CTAs (128 at N = 8192) each read the partial rows' 256-byte column slices.
+SUM_THREADS_PER_ROW = 16
 
 
 def _next_pow2(n: int) -> int:
@@ -119,13 +122,25 @@ class BwdConfig:
     # Software pipelining through shared memory (1: off): x and dy of the next ``stages - 1`` row tiles are in flight
     # as cp.async copies into per-thread shared-memory slots while this tile computes (each thread reads back only
     # what it copied: no barrier). Instead of ``prefetch``; only with 16-byte vectors of x and dy (cp.async.cg), not
-    # with the fused residual, column CTAs or the column state in shared memory. Opt-in (untimed): the default is 1.
+    # with the fused residual, column CTAs or the column state in shared memory (bwd_config says where it is on).
     stages: int = 1
+    # The column sum of the partial rows in the same launch (no second kernel): ``sum_ctas(N)`` CTAs follow the row
+    # CTAs in the grid; each waits until every row CTA has written its partial rows and announced it on a global
+    # arrival counter, then sums its ``sum_tiling.tile_n`` columns over the partial rows in a fixed order and writes
+    # dw / db in the gradients' dtypes. The sum CTAs wait only for CTAs of lower index (dispatched before them), so
+    # the grid never waits on a CTA that cannot start. Unclustered rows with partial rows in registers only; the
+    # launcher falls back to the second launch where it cannot use it (one partial row, CUDA graph capture).
+    fused_column_sum: bool = False
 
     def __post_init__(self):
         if self.stages > 1 and (self.prefetch or self.column_tile or self.column_state_in_smem):
             raise ValueError(f"stages = {self.stages} replaces prefetch and excludes column CTAs and the column state "
                              f"in shared memory: {self}")
+        if self.fused_column_sum and (self.tiling.cluster_n > 1 or self.column_tile or self.column_state_in_smem):
+            raise ValueError(f"fused_column_sum needs unclustered rows, partial rows (no column CTAs) and the column "
+                             f"state in registers: {self}")
+        if self.fused_column_sum and self.tiling.num_threads < SUM_THREADS_PER_ROW:
+            raise ValueError(f"fused_column_sum needs at least {SUM_THREADS_PER_ROW} threads a CTA: {self}")
 
     @property
     def column_tiling(self) -> RowTiling | None:
@@ -140,6 +155,20 @@ class BwdConfig:
     def column_ctas(self, hidden: int) -> int:
         """The column CTAs after the row CTAs in the grid (0 without ``column_tile``)."""
         return _ceil_div(hidden, self.column_tile) if self.column_tile else 0
+
+    @property
+    def sum_tiling(self) -> RowTiling | None:
+        """How a sum CTA (``fused_column_sum``) covers its columns of the fp32 partial rows: 16-byte vectors (fewer
+        elements where x's vectors are narrower, so the vector divides N), SUM_THREADS_PER_ROW threads across the
+        columns, the CTA's other threads as thread rows striding over the partial rows. None without it."""
+        if not self.fused_column_sum:
+            return None
+        t = self.tiling
+        return RowTiling(min(4, t.vec), SUM_THREADS_PER_ROW, 1, t.num_threads // SUM_THREADS_PER_ROW, 1)
+
+    def sum_ctas(self, hidden: int) -> int:
+        """The sum CTAs after the row CTAs in the grid (0 without ``fused_column_sum``)."""
+        return _ceil_div(hidden, self.sum_tiling.tile_n) if self.fused_column_sum else 0
 
     def max_partial_rows(self, num_sms: int) -> int:
         """Partial rows (each N fp32 for dw and N for db) the launcher allocates at most, whatever M is."""
@@ -343,7 +372,8 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
-ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=False, column_tile=0, stages=2)
+ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=False, column_tile=0, stages=2, \
+fused_column_sum=True)
     >>> bwd_config(4096, 4, 4).prefetch, bwd_config(1024, 2, 8).prefetch
     (True, True)
     >>> bwd_config(1024, 2, 8).tiling
@@ -352,10 +382,12 @@ ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=False, colum
     RowTiling(vec=8, threads_per_row=64, vecs_per_thread=2, rows_per_cta=1, cluster_n=1)
     >>> bwd_config(262144, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16), \
-ctas_per_sm=1, column_state_in_smem=True, l2_hints=False, prefetch=True, column_tile=0, stages=1)
+ctas_per_sm=1, column_state_in_smem=True, l2_hints=False, prefetch=True, column_tile=0, stages=1, \
+fused_column_sum=False)
     >>> bwd_config(16384, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=2), \
-ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=True, column_tile=0, stages=1)
+ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=True, column_tile=0, stages=1, \
+fused_column_sum=False)
     >>> bwd_config(16384, 2, 8, residual=True).ctas_per_sm
     2
     >>> bwd_config(4096, 2, 8, rows=128).column_tile
@@ -417,10 +449,18 @@ ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=True, column
     # hints either way) or clustered rows (32768² bf16: 94 -> 76).
     staged = (prefetch and column_tile == 0 and tiling.cluster_n == 1 and tiling.rows_per_cta <= 2
               and elem_bytes == 2 and full_vectors and not column_state_in_smem)
+    # The partial rows' column sum in the same launch (``fused_column_sum``) for unclustered rows with partial rows
+    # in registers: one kernel boundary less (a column-sum launch cost ~3 µs of GPU time at M = 4096: the fourth
+    # session's two launches -> one measured 4096² 75 -> 83% of SOL forward+backward). Not with the register
+    # prefetch of 16-bit rows (4-8 rows a tile): ptxas spills 20-24 bytes there with the sum CTAs' code (1024 and
+    # 2048 bf16), none elsewhere (N 256-8192, 16-bit and fp32). Not with the fused residual (4096 fp32: 48 bytes).
+    fused = (tiling.cluster_n == 1 and column_tile == 0 and not column_state_in_smem and not residual
+             and (staged or not prefetch or elem_bytes == 4))
     if staged:
-        return BwdConfig(tiling, ctas_per_sm, column_state_in_smem, stages=2)
+        return BwdConfig(tiling, ctas_per_sm, column_state_in_smem, stages=2, fused_column_sum=fused)
     return BwdConfig(tiling, ctas_per_sm, column_state_in_smem,
-                     _l2_hints(tiling, hidden, elem_bytes, residual, rows), prefetch, column_tile)
+                     _l2_hints(tiling, hidden, elem_bytes, residual, rows), prefetch, column_tile,
+                     fused_column_sum=fused)
 
 
 # Column CTAs (BwdConfig.column_tile): about this many of them, beside the row CTAs of a few-rows backward, and at

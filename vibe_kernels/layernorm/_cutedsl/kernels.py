@@ -58,14 +58,22 @@ def _l2_policy(kind: str, *, loc=None, ip=None) -> Int64:
     return Int64(policy)
 
 
+@dsl_user_op
+def _nanosleep(ns: int, *, loc=None, ip=None) -> None:
+    """``nanosleep.u32`` (a hint: the warp sleeps up to ``ns`` nanoseconds): a spinning thread's back-off."""
+    llvm.inline_asm(None, [], f"nanosleep.u32 {int(ns)};", "", has_side_effects=True, is_align_stack=False,
+                    asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip)
+
+
 def _l2_hint(policy) -> dict:
     """cute.copy's keyword for an L2 policy (none without one)."""
     return {} if policy is None else {"cache_policy": policy}
 
 
 @cute.jit
-def _column_predicate(tXcX: cute.Tensor, hidden: cutlass.Constexpr[int]) -> cute.Tensor:
-    """One flag per vector: its first column is inside the row (vec divides N, so the whole vector is)."""
+def _column_predicate(tXcX: cute.Tensor, hidden: cutlass.Constexpr[int], keep=None) -> cute.Tensor:
+    """One flag per vector: its first column is inside the row (vec divides N, so the whole vector is), and
+    ``keep`` (a Boolean, None: true) holds."""
     pred = cute.make_rmem_tensor(
         cute.make_layout(
             (cute.size(tXcX, mode=[0, 1]), cute.size(tXcX, mode=[1]), cute.size(tXcX, mode=[2])),
@@ -75,7 +83,10 @@ def _column_predicate(tXcX: cute.Tensor, hidden: cutlass.Constexpr[int]) -> cute
     )
     for v in cutlass.range_constexpr(pred.shape[0]):
         for k in cutlass.range_constexpr(pred.shape[2]):
-            pred[v, 0, k] = cute.elem_less(tXcX[(0, v), 0, k][1], hidden)
+            inside = cute.elem_less(tXcX[(0, v), 0, k][1], hidden)
+            if const_expr(keep is not None):
+                inside = inside & keep
+            pred[v, 0, k] = inside
     return pred
 
 
@@ -565,6 +576,12 @@ class LayerNormBwd(_RowKernel):
     ``config.column_tile`` (few rows): the grid's last ``config.column_ctas(N)`` CTAs take no row tile; each sums
     dw and db over every row for its column_tile columns (``_weight_grads_columns``) and writes them in the
     gradients' dtypes, while the row CTAs write dx only. The dw/db pointers are then the gradients themselves.
+
+    ``config.fused_column_sum``: the grid's last ``config.sum_ctas(N)`` CTAs take no row tile either; each waits
+    until all row CTAs have written their partial rows (a global arrival counter, two int32 at ``counter_ptr``:
+    arrivals, then departures; zero before the launch, and zero again after it: the last sum CTA to leave resets
+    both), then sums its columns of the partial rows (``_sum_partial_columns``) and writes dw / db in the gradients'
+    dtypes at ``dw_ptr`` / ``db_ptr``.
     """
 
     def __init__(self, dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, config: BwdConfig,
@@ -582,6 +599,8 @@ class LayerNormBwd(_RowKernel):
         # What the row CTAs accumulate: nothing of dw/db where the column CTAs sum them.
         self.rows_dw = want_dw and self.column_ctas == 0
         self.rows_db = want_db and self.column_ctas == 0
+        self.sum_tiling = config.sum_tiling
+        self.sum_ctas = config.sum_ctas(hidden) if want_dw or want_db else 0
         self.dy_dtype = dy_dtype if dy_dtype is not None else dtype  # the forward's out dtype
         self.rms = rms  # RMSNorm: xhat = x * rstd, dx = (g - xhat * mean(g * xhat)) * rstd; no mean
         self.dx_dtype = dx_dtype if dx_dtype is not None else dtype
@@ -606,6 +625,9 @@ class LayerNormBwd(_RowKernel):
         db_partial_ptr: cute.Pointer,
         dres_ptr: cute.Pointer,
         dres_in_ptr: cute.Pointer,
+        dw_ptr: cute.Pointer,
+        db_ptr: cute.Pointer,
+        counter_ptr: cute.Pointer,
         rows: Int32,
         dy_row_stride: Int64,
         x_row_stride: Int64,
@@ -650,12 +672,25 @@ class LayerNormBwd(_RowKernel):
             if const_expr(self.want_db):
                 mDBp = cute.make_tensor(db_partial_ptr,
                                         cute.make_layout((num_clusters, t.rows_per_cta, n), stride=(n, 0, 1)))
+        # With sum CTAs: the (N,) gradients and the arrival counter.
+        mDW = None
+        mDB = None
+        mCounter = None
+        if const_expr(self.sum_ctas > 0):
+            if const_expr(self.want_dw):
+                mDW = cute.make_tensor(dw_ptr, cute.make_layout(n))
+            if const_expr(self.want_db):
+                mDB = cute.make_tensor(db_ptr, cute.make_layout(n))
+            mCounter = cute.make_tensor(counter_ptr, cute.make_layout(2))
         tiled_copy = _tiled_copy(self.dtype, t)
-        column_copy = None
+        column_copy = None  # the column CTAs' (or sum CTAs') tiled copy
         if const_expr(self.column_ctas > 0):
             column_copy = _tiled_copy(self.dtype, self.column_tiling)
-        self.kernel(mDY, mX, mW, mMean, mRstd, mDX, mDWp, mDBp, mDR, mDRin, tiled_copy, column_copy).launch(
-            grid=[num_clusters + self.column_ctas, t.cluster_n, 1],
+        if const_expr(self.sum_ctas > 0):
+            column_copy = _tiled_copy(Float32, self.sum_tiling)
+        self.kernel(mDY, mX, mW, mMean, mRstd, mDX, mDWp, mDBp, mDR, mDRin, mDW, mDB, mCounter, tiled_copy,
+                    column_copy).launch(
+            grid=[num_clusters + self.column_ctas + self.sum_ctas, t.cluster_n, 1],
             block=[t.num_threads, 1, 1],
             cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
             stream=stream,
@@ -675,6 +710,9 @@ class LayerNormBwd(_RowKernel):
         mDBp,
         mDR,
         mDRin,
+        mDW,
+        mDB,
+        mCounter,
         tiled_copy: cute.TiledCopy,
         column_copy,
     ):
@@ -683,7 +721,8 @@ class LayerNormBwd(_RowKernel):
         tidx, _, _ = cute.arch.thread_idx()
         bidx, _, _ = cute.arch.block_idx()
         num_ctas, _, _ = cute.arch.grid_dim()
-        num_clusters = num_ctas - self.column_ctas  # row CTAs (clusters); column CTAs follow them
+        # Row CTAs (clusters); the column CTAs or sum CTAs follow them.
+        num_clusters = num_ctas - self.column_ctas - self.sum_ctas
         rank = Int32(0)
         if const_expr(t.cluster_n > 1):
             rank = cute.arch.block_idx_in_cluster()
@@ -699,8 +738,8 @@ class LayerNormBwd(_RowKernel):
             mbar_ptr = smem.allocate_array(cutlass.Int64, num_elems=self.num_stages)
             self._init_cluster_barriers(mbar_ptr)
         column_sums = None
-        if const_expr(self.column_ctas > 0):
-            ct = self.column_tiling
+        if const_expr(self.column_ctas > 0 or self.sum_ctas > 0):
+            ct = self.column_tiling if const_expr(self.column_ctas > 0) else self.sum_tiling
             grads = int(self.want_dw) + int(self.want_db)
             column_sums = smem.allocate_tensor(
                 Float32, cute.make_ordered_layout((ct.rows_per_cta, grads * ct.tile_n), order=(1, 0)),
@@ -805,9 +844,9 @@ class LayerNormBwd(_RowKernel):
 
         num_tiles = cute.ceil_div(num_rows, t.rows_per_cta)
         first_tile = bidx
-        if const_expr(self.column_ctas > 0):
+        if const_expr(self.column_ctas > 0 or self.sum_ctas > 0):
             if bidx >= num_clusters:
-                first_tile = num_tiles  # a column CTA: no row tile
+                first_tile = num_tiles  # a column (or sum) CTA: no row tile
         # With prefetch, (mean, rstd) of the tile whose x and dy are in flight in the fragments.
         next_mean = Float32(0.0)
         next_rstd = Float32(0.0)
@@ -899,10 +938,23 @@ class LayerNormBwd(_RowKernel):
                 if const_expr(mDRin is not None):
                     copy_dres_in(tXrDRin, thr_copy.partition_D(cute.local_tile(mDRin, tiler, (tile, rank))))
 
-        if const_expr(self.rows_dw):
-            self._store_partial(tXrDW, slots_dw, tXgX0, mDWp, thr_copy, tiler, bidx, rank, pred, smem)
-        if const_expr(self.rows_db):
-            self._store_partial(tXrDB, slots_db, tXgX0, mDBp, thr_copy, tiler, bidx, rank, pred, smem)
+        partial_pred = pred
+        if const_expr(self.sum_ctas > 0):
+            # A sum CTA has no partial row: its (zero) accumulators are not stored.
+            partial_pred = _column_predicate(tXcX0, n, bidx < num_clusters)
+        self._store_partials(tXrDW, slots_dw, tXrDB, slots_db, tXgX0, mDWp, mDBp, thr_copy, tiler, bidx, rank,
+                             partial_pred, smem)
+        if const_expr(self.sum_ctas > 0):
+            if bidx < num_clusters:
+                # This CTA's partial rows are written: announce it (a fence at GPU scope orders every thread's
+                # stores, seen by thread 0 through the barrier, before the arrival).
+                cute.arch.barrier()
+                if tidx == 0:
+                    cute.arch.fence_acq_rel_gpu()
+                    cute.arch.atomic_add(mCounter.iterator, Int32(1), sem="relaxed", scope="gpu")
+            else:
+                self._sum_partial_columns(bidx - num_clusters, num_clusters, mDWp, mDBp, mDW, mDB, mCounter,
+                                          column_sums, column_copy)
         if const_expr(self.column_ctas > 0):
             if bidx >= num_clusters:
                 self._weight_grads_columns(bidx - num_clusters, mDY, mX, mMean, mRstd, mDWp, mDBp, column_sums,
@@ -944,6 +996,74 @@ class LayerNormBwd(_RowKernel):
                 acc_dw.store(acc_dw.load() + dy * ((tXrX.load().to(Float32) - mean) * rstd))
             if const_expr(self.want_db):
                 acc_db.store(acc_db.load() + dy)
+        self._write_column_totals(acc_dw, acc_db, mDW, mDB, column_sums, thr_copy, ct, col_block)
+
+    @cute.jit
+    def _sum_partial_columns(self, col_block, num_partials, mDWp, mDBp, mDW, mDB, mCounter, column_sums, sum_copy):
+        """A sum CTA (``config.fused_column_sum``): waits for the row CTAs' arrivals, then dw[c] = sum over the
+        partial rows of dw_partial[p, c] (db likewise) for the sum_tiling.tile_n columns of ``col_block``, in fp32
+        in a fixed order, written in the gradients' dtypes.
+
+        Thread 0 polls the arrival counter (acquire loads at GPU scope: the row CTAs' partial rows are then
+        visible to the CTA after the barrier), counts this CTA's departure, and the last sum CTA to leave zeroes
+        both counters for the next launch (every other sum CTA has stopped polling by then). Each thread then holds
+        one vector of columns and strides over the partial rows with the other thread rows, as a column CTA does
+        over the rows."""
+        st = self.sum_tiling
+        n = self.hidden
+        tidx, _, _ = cute.arch.thread_idx()
+        if tidx == 0:
+            arrived = cute.arch.load(mCounter.iterator, Int32, sem="acquire", scope="gpu")
+            while arrived < num_partials:
+                _nanosleep(100)
+                arrived = cute.arch.load(mCounter.iterator, Int32, sem="acquire", scope="gpu")
+            departed = cute.arch.atomic_add(mCounter.iterator + 1, Int32(1), sem="relaxed", scope="gpu")
+            if departed == self.sum_ctas - 1:
+                mCounter[0] = Int32(0)
+                mCounter[1] = Int32(0)
+        cute.arch.barrier()
+        tiler = (st.rows_per_cta, st.tile_n)
+        thr_copy = sum_copy.get_slice(tidx)
+        layout = cute.make_layout((num_partials, n), stride=(n, 1))
+        mP = cute.make_tensor((mDWp if const_expr(self.want_dw) else mDBp).iterator, layout)
+        idP = cute.make_identity_tensor(mP.shape)
+        tPgP0 = thr_copy.partition_S(cute.local_tile(mP, tiler, (0, col_block)))
+        pred = None
+        if const_expr(n % st.tile_n != 0):
+            pred = _column_predicate(thr_copy.partition_S(cute.local_tile(idP, tiler, (0, col_block))), n)
+        load = partial(cute.copy, _copy_atom(Float32, st.vec), pred=pred)
+        frag = cute.make_rmem_tensor_like(tPgP0)
+        acc_dw = cute.make_rmem_tensor_like(tPgP0, Float32)
+        acc_db = cute.make_rmem_tensor_like(tPgP0, Float32)
+        acc_dw.fill(0.0)
+        acc_db.fill(0.0)
+        # Unrolled, so that a thread has several partial rows' loads in flight (from L2: latency-bound otherwise).
+        for tile in cutlass.range(cute.ceil_div(num_partials, st.rows_per_cta), unroll=4):
+            row = thr_copy.partition_S(cute.local_tile(idP, tiler, (tile, col_block)))[0][0]
+            if row < num_partials:
+                # Columns past N are not loaded: zeros, so they add nothing (and are never written).
+                if const_expr(self.want_dw):
+                    frag.fill(0.0)
+                    mDWp2 = cute.make_tensor(mDWp.iterator, layout)
+                    load(thr_copy.partition_S(cute.local_tile(mDWp2, tiler, (tile, col_block))), frag)
+                    acc_dw.store(acc_dw.load() + frag.load())
+                if const_expr(self.want_db):
+                    frag.fill(0.0)
+                    mDBp2 = cute.make_tensor(mDBp.iterator, layout)
+                    load(thr_copy.partition_S(cute.local_tile(mDBp2, tiler, (tile, col_block))), frag)
+                    acc_db.store(acc_db.load() + frag.load())
+        self._write_column_totals(acc_dw, acc_db, mDW, mDB, column_sums, thr_copy, st, col_block)
+
+    @cute.jit
+    def _write_column_totals(self, acc_dw, acc_db, mDW, mDB, column_sums, thr_copy, ct: cutlass.Constexpr,
+                             col_block):
+        """dw / db of the ``ct.tile_n`` columns of ``col_block``: each thread row's accumulators (``acc_dw`` /
+        ``acc_db``, one vector of columns a thread, tiled by ``ct``) meet in shared memory (``column_sums``:
+        thread rows x tile_n per gradient), where one thread per output column adds them up in thread-row order
+        and writes the total in the gradient's dtype (columns past N are skipped)."""
+        n = self.hidden
+        tidx, _, _ = cute.arch.thread_idx()
+        tiler = (ct.rows_per_cta, ct.tile_n)
         grads = []
         if const_expr(self.want_dw):
             grads.append((acc_dw, mDW))
@@ -1007,6 +1127,15 @@ class LayerNormBwd(_RowKernel):
                   _stage_slots(stage_x, stage, tidx, self.tiling))
             g2s_dy(thr_copy.partition_S(cute.local_tile(mDY, tiler, (tile, rank))),
                    _stage_slots(stage_dy, stage, tidx, self.tiling))
+
+    @cute.jit
+    def _store_partials(self, tXrDW, slots_dw, tXrDB, slots_db, like, mDWp, mDBp, thr_copy, tiler, bidx, rank, pred,
+                        smem):
+        """This cluster's dw and db partial rows (those the row CTAs accumulate), see ``_store_partial``."""
+        if const_expr(self.rows_dw):
+            self._store_partial(tXrDW, slots_dw, like, mDWp, thr_copy, tiler, bidx, rank, pred, smem)
+        if const_expr(self.rows_db):
+            self._store_partial(tXrDB, slots_db, like, mDBp, thr_copy, tiler, bidx, rank, pred, smem)
 
     @cute.jit
     def _store_partial(self, acc, slots, like, mPartial, thr_copy, tiler, bidx, rank, pred, smem):

@@ -26,7 +26,7 @@ import torch
 from cutlass import Float32
 from cutlass.cute.runtime import load_module, make_fake_stream, make_ptr
 
-from .._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS
+from .._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS, sum_counter
 from .config import BwdConfig, FwdConfig, bwd_config, fwd_config, rows_class
 from .kernels import LayerNormBwd, LayerNormFwd
 
@@ -239,8 +239,8 @@ def compile_bwd(dtype, hidden: int, weight_dtype, want_dw: bool, want_db: bool, 
     """Compiled backward for one variant (dw/db partials in fp32); dy_dtype / dx_dtype: dy's / dx's cutlass type
     (None: x's); rms: RMSNorm (no mean); dres_dtype, dres_in_dtype (None: absent): the fused residual's gradient
     into h (added to dx) and the second copy of dx (LayerNormBwd). dw_dtype / db_dtype: with column CTAs
-    (``config.column_tile``) the kernel writes the gradients themselves, in these types (None: fp32); without
-    column CTAs they do not matter (fp32 partial rows), and the launcher passes None."""
+    (``config.column_tile``) or sum CTAs (``config.fused_column_sum``) the kernel writes the gradients themselves,
+    in these types (None: fp32); otherwise they do not matter (fp32 partial rows), and the launcher passes None."""
     dy_dtype = dy_dtype if dy_dtype is not None else dtype
     dx_dtype = dx_dtype if dx_dtype is not None else dtype
     build = functools.partial(_compile_bwd, dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch,
@@ -264,6 +264,14 @@ def _grad_placeholder(want: bool, grad_dtype, column_tile: int, vec: int):
     return _row_placeholder(Float32, vec)
 
 
+def _sum_output_placeholder(want: bool, grad_dtype, config: BwdConfig):
+    """The gradient pointer the sum CTAs write (``config.fused_column_sum``), one element at a time; else None."""
+    if not (want and config.fused_column_sum):
+        return None
+    dtype = grad_dtype if grad_dtype is not None else Float32
+    return _placeholder(dtype, dtype.width // 8)
+
+
 def _compile_bwd(dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arch, keep_ptx, tvm_ffi, dy_dtype, rms,
                  dx_dtype, dres_dtype, dres_in_dtype, dw_dtype, db_dtype):
     kernel = LayerNormBwd(dtype, hidden, weight_dtype, want_dw, want_db, config, dy_dtype, rms, dx_dtype, dres_dtype,
@@ -277,6 +285,8 @@ def _compile_bwd(dtype, hidden, weight_dtype, want_dw, want_db, vec, config, arc
             _grad_placeholder(want_dw, dw_dtype, config.column_tile, vec),
             _grad_placeholder(want_db, db_dtype, config.column_tile, vec),
             _row_placeholder(dres_dtype, vec), _row_placeholder(dres_in_dtype, vec),
+            _sum_output_placeholder(want_dw, dw_dtype, config), _sum_output_placeholder(want_db, db_dtype, config),
+            _placeholder(cutlass.Int32, 4) if config.fused_column_sum and (want_dw or want_db) else None,
             cutlass.Int32(1), row, row, row, row, row, cutlass.Int32(1), make_fake_stream(),
             options=_options(arch, keep_ptx, tvm_ffi),
         )
@@ -292,6 +302,14 @@ def _ptr(t: torch.Tensor | None, vec: int):
         return None
     dtype = _CUTE_DTYPE[t.dtype]
     return make_ptr(dtype, t.data_ptr(), _GMEM, assumed_align=_ptr_align(dtype, vec))
+
+
+def _element_ptr(t: torch.Tensor | None):
+    """A pointer aligned to its element only (tensors written one element at a time)."""
+    if t is None:
+        return None
+    dtype = cutlass.Int32 if t.dtype == torch.int32 else _CUTE_DTYPE[t.dtype]
+    return make_ptr(dtype, t.data_ptr(), _GMEM, assumed_align=t.element_size())
 
 
 def _stat_ptr(t: torch.Tensor | None):
@@ -556,6 +574,15 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
             want_dw = want_db = False
     dweight_here = dweight if want_dw else None
     dbias_here = dbias if want_db else None
+    if config.fused_column_sum and not (num_clusters > 1 and (want_dw or want_db)
+                                        and all(g.is_contiguous() for g in grads)
+                                        and not torch.cuda.is_current_stream_capturing()):
+        # One partial row (written as the gradient itself, or summed by a launch), no gradient wanted, strided
+        # gradients, or CUDA graph capture: the separate column-sum launch.
+        config = dataclasses.replace(config, fused_column_sum=False)
+    counter = None
+    if config.fused_column_sum:
+        counter = sum_counter(x.device, index, _raw_stream(index))
     if column_ctas:
         # The column CTAs write dw / db themselves, in their dtypes: no partial rows, no column-sum pass.
         dw_partial, db_partial = dweight_here, dbias_here
@@ -565,22 +592,26 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, *, config: BwdC
     compile_args = (_CUTE_DTYPE[x.dtype], hidden, _cute(weight), want_dw, want_db, vec, config, _arch_of(x.device))
     compile_kwargs = {"dy_dtype": _CUTE_DTYPE[dy.dtype], "rms": bool(rms), "dx_dtype": _CUTE_DTYPE[dx.dtype],
                       "dres_dtype": _cute(dresidual), "dres_in_dtype": _cute(dresidual_in),
-                      # Only the column CTAs write the gradients' own dtypes: one compiled variant otherwise.
-                      "dw_dtype": _cute(dweight_here) if column_ctas else None,
-                      "db_dtype": _cute(dbias_here) if column_ctas else None}
+                      # Only the column or sum CTAs write the gradients' own dtypes: one compiled variant otherwise.
+                      "dw_dtype": _cute(dweight_here) if column_ctas or counter is not None else None,
+                      "db_dtype": _cute(dbias_here) if column_ctas or counter is not None else None}
+    # The gradients the sum CTAs write, and their counter (None without sum CTAs).
+    sum_outputs = (dweight_here, dbias_here, counter) if counter is not None else (None, None, None)
     tail = (rows, dy.stride(0), x.stride(0), dx.stride(0), _stride0(dresidual), _stride0(dresidual_in), num_clusters)
     _run(
         compile_bwd, compile_args, compile_kwargs,
         (dy.data_ptr(), x.data_ptr(), _addr(weight), _addr(mean), rstd.data_ptr(), dx.data_ptr(),
-         _addr(dw_partial), _addr(db_partial), _addr(dresidual), _addr(dresidual_in)) + tail,
+         _addr(dw_partial), _addr(db_partial), _addr(dresidual), _addr(dresidual_in))
+        + tuple(_addr(t) for t in sum_outputs) + tail,
         lambda: (_ptr(dy, vec), _ptr(x, vec), _ptr(weight, vec), _stat_ptr(mean), _stat_ptr(rstd), _ptr(dx, vec),
-                 _ptr(dw_partial, vec), _ptr(db_partial, vec), _ptr(dresidual, vec), _ptr(dresidual_in, vec)) + tail,
+                 _ptr(dw_partial, vec), _ptr(db_partial, vec), _ptr(dresidual, vec), _ptr(dresidual_in, vec))
+        + tuple(_element_ptr(t) for t in sum_outputs) + tail,
         x.device,
     )
     if from_rows is not None:
         from_rows(dy, x, mean, rstd, dweight, dbias)
         return
-    if column_ctas:
+    if column_ctas or counter is not None:
         return
     # Second pass: a fixed-order fp32 column sum over the partials (deterministic, no atomics).
     _column_sums(None if dw_partial is dweight else dw_partial, None if db_partial is dbias else db_partial,
