@@ -280,6 +280,103 @@ def test_cutedsl_backward_fused_column_sum(cuda_gen, rows, hidden, dtype, varian
 
 
 @pytest.mark.parametrize("rows, hidden, dtype, variant", [
+    (4096, 8192, torch.float16, "fp32"), (4095, 5000, torch.float16, "fp32"), (32768, 1024, torch.bfloat16, "fp32"),
+    (1000, 4096, torch.float32, "fp32"), (700, 3072, torch.bfloat16, "same"), (32768, 512, torch.bfloat16, "fp32"),
+    (777, 6144, torch.bfloat16, "rms"), (1031, 4096, torch.float16, "dw only"), (600, 16384, torch.bfloat16, "fp32"),
+], ids=str)
+def test_triton_backward_fused_sum(cuda_gen, monkeypatch, rows, hidden, dtype, variant):
+    """The Triton resident backward's column sum in its own launch (BwdConfig.fused_sum: sum programs wait on an
+    arrival counter, then sum the partial rows): no sum_partials launch, dx bit-identical to the two-launch path,
+    dw and db within fp32 summation-order noise of it (the sum programs' tiles and warps differ from
+    sum_partials') and of an fp64 reference; repeated launches give the same bits (the counter is back at zero
+    after each), and so do launches on two streams at once (a counter per stream). 32768 x 512: two programs add
+    into each partial row (SHARED_PARTIALS); 600 x 16384: the re-read rows."""
+    x, weight, _ = _inputs(cuda_gen, rows, hidden, dtype)
+    if variant == "same":
+        weight = weight.to(dtype)
+    rms = variant == "rms"
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
+    mean = None if rms else layernorm_mean_ref(x).float()
+    rstd = (torch.rsqrt(x.double().square().mean(-1) + 1e-5) if rms else layernorm_rstd_ref(x, 1e-5)).float()
+    default = _triton.bwd_config(hidden, dtype)
+    assert not default.chunked
+    sums = []
+    real_sum_partials = _triton.sum_partials
+    monkeypatch.setattr(_triton, "sum_partials", lambda *args: (sums.append(1), real_sum_partials(*args)))
+
+    def run(fused, stream=None):
+        # Outputs poisoned on the stream that runs the backward.
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            dx = torch.full_like(x, float("nan"))
+            grads = [torch.full((hidden,), float("nan"), device="cuda", dtype=weight.dtype) for _ in range(2)]
+            if variant == "dw only" or rms:
+                grads[1] = None
+            config = dataclasses.replace(default, fused_sum=fused)
+            _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, *grads, config=config, rms=rms)
+        return [dx] + grads
+
+    two_launches = run(False)
+    assert sums == [1]
+    fused = run(True)
+    assert sums == [1], "the fused backward launched sum_partials"
+    assert torch.equal(two_launches[0], fused[0]) and not fused[0].isnan().any()
+    xhat = (x.double() - (0 if rms else mean.double()[:, None])) * rstd.double()[:, None]
+    references = [(dy.double() * xhat).sum(0), dy.double().sum(0)]
+    scales = [(dy.double() * xhat).abs().sum(0), dy.double().abs().sum(0)]
+    for got, other, reference, scale in zip(fused[1:], two_launches[1:], references, scales):
+        if got is None:
+            continue
+        assert not got.isnan().any()
+        ulp = 2.0 ** -23 if got.dtype == torch.float32 else 2.0 ** -7
+        tolerance = scale * 2.0 ** -18 + reference.abs() * ulp
+        assert ((got.double() - reference).abs() <= tolerance).all()
+        assert ((got.double() - other.double()).abs() <= tolerance).all()
+    for _ in range(3):
+        again = run(True)
+        assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(fused, again))
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for stream in streams:
+        stream.wait_stream(torch.cuda.current_stream())
+    concurrent = [run(True, stream) for stream in streams for _ in range(2)]
+    torch.cuda.synchronize()
+    for result in concurrent:
+        assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(fused, result))
+    from vibe_kernels.layernorm import _backends
+
+    for counter in _backends._sum_counters.values():
+        assert counter.tolist() == [0, 0]
+
+
+def test_triton_backward_fused_sum_under_graph_capture(cuda_gen, monkeypatch):
+    """Under CUDA graph capture the fused column sum falls back to the second launch (no per-stream counter: a graph
+    may replay on any stream), and the replayed graph gives the eager fused backward's dx and dw/db within fp32
+    summation-order noise."""
+    rows, hidden, dtype = 4096, 4096, torch.bfloat16
+    x, weight, _ = _inputs(cuda_gen, rows, hidden, dtype)
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
+    mean, rstd = layernorm_mean_ref(x).float(), layernorm_rstd_ref(x, 1e-5).float()
+    config = dataclasses.replace(_triton.bwd_config(hidden, dtype), fused_sum=True)
+    outputs = [torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)]
+    eager = [torch.empty_like(t) for t in outputs]
+    _triton.layernorm_bwd(dy, x, weight, mean, rstd, *eager, config=config)
+    _triton.layernorm_bwd(dy, x, weight, mean, rstd, *outputs, config=dataclasses.replace(config, fused_sum=False))
+    sums = []
+    real_sum_partials = _triton.sum_partials
+    monkeypatch.setattr(_triton, "sum_partials", lambda *args: (sums.append(1), real_sum_partials(*args)))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _triton.layernorm_bwd(dy, x, weight, mean, rstd, *outputs, config=config)
+    assert sums == [1]
+    for t in outputs:
+        t.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(outputs[0], eager[0])
+    for got, want in zip(outputs[1:], eager[1:]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("rows, hidden, dtype, variant", [
     (128, 4096, torch.bfloat16, "plain"), (128, 8192, torch.bfloat16, "plain"), (256, 1024, torch.float16, "plain"),
     (200, 1000, torch.float16, "bf16 weight"), (100, 769, torch.bfloat16, "plain"), (3, 2048, torch.float32, "plain"),
     (64, 4096, torch.bfloat16, "rms"), (96, 4096, torch.bfloat16, "residual"), (130, 2048, torch.bfloat16, "dw only"),

@@ -31,6 +31,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,12 @@ def opt_in_configs(cls_name: str, dtype: str, hidden: int) -> list[dict]:
     cls = getattr(_triton, cls_name)
     heuristic = (_triton.fwd_config if cls is _triton.FwdConfig else _triton.bwd_config)(hidden, getattr(_torch(), dtype))
     switches = [f.name for f in dataclasses.fields(cls) if f.default is False and f.name != "chunked"]
-    configs = [dataclasses.replace(heuristic, **{name: True}) for name in switches]
+    configs = []
+    for name in switches:
+        try:
+            configs.append(dataclasses.replace(heuristic, **{name: True}))
+        except ValueError:  # a switch this config cannot take (fused_sum in the chunked backward)
+            pass
     if "stages" in {f.name for f in dataclasses.fields(cls)}:
         configs.append(dataclasses.replace(heuristic, stages=3))  # a software-pipelined loop
     return [{"cls": cls_name, "fields": dataclasses.asdict(config)} for config in configs]
@@ -217,10 +223,13 @@ def record_launches(module, scenarios):
                 launches.append((self.name, args, kwargs, current))
             return launch
 
-    saved = dict(kernels, _num_sms=module._num_sms, _fast_launch_on=module._fast_launch_on)
+    saved = dict(kernels, _num_sms=module._num_sms, _fast_launch_on=module._fast_launch_on,
+                 _sum_counter=module._sum_counter)
     for name in kernels:
         setattr(module, name, Recorder(name))
     module._num_sms = lambda device_index: H100_SMS
+    # The fused column sum's counter: a fake one (the real lookup asks the CUDA runtime about the current stream).
+    module._sum_counter = lambda device: torch.zeros(2, dtype=torch.int32, device="cuda")
     module._fast_launch_on = False  # the recorders stand in for the JIT: no compiled kernel or launch plan to cache
     try:
         with FakeTensorMode():
@@ -334,6 +343,10 @@ def compile_scenarios(scenarios):
                 # L2 eviction policies the loads can use (createpolicy.fractional.L2::<policy>)
                 l2_policies=sorted({policy for line in ptx_lines if "createpolicy" in line
                                     for policy in ("evict_first", "evict_last") if f"L2::{policy}" in line}),
+                # The fused column sum's counter accesses: 32-bit integer atomics and acquire loads (the partial rows'
+                # atomic adds are f32)
+                counter_ops=[line.strip() for line in ptx_lines
+                             if re.search(r"\b(atom|red)\.global\.\S*\.[us]32\b|\bld\.global\S*\.acquire", line)],
             )
         except Exception as exc:  # reported per variant, asserted by the test
             result.update(error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -456,6 +469,24 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
         hinted = {r["kernel"] for r in results if r["constexprs"].get("L2_HINTS", False)}
         assert hinted == ({"_layernorm_fwd_resident_kernel", "_layernorm_fwd_chunked_kernel"} if launcher == "fwd"
                           else {"_layernorm_bwd_resident_kernel", "_layernorm_bwd_tiled_kernel"}), hinted
+
+        # The fused column sum (BwdConfig.fused_sum, an opt-in config): a scalar atomic runs in one thread of the
+        # program (Triton predicates it on thread 0), so each program makes one arrival (a release add), the sum
+        # programs one acquire poll (Triton 3.9 turns the acquire add of 0 into an acquire load) and one departure
+        # (a relaxed add). No other kernel variant touches a counter.
+        fused = [r for r in results if r["constexprs"].get("SUM_BLOCK_N", 0) > 0]
+        assert bool(fused) == (launcher == "bwd"), "no fused column sum variant compiled"
+        for r in results:
+            ops = r["counter_ops"]
+            if r not in fused:
+                assert not ops, r
+                continue
+            assert all(op.startswith("@%p") for op in ops), f"an unpredicated counter access: {ops}"
+            arrivals = [op for op in ops if re.search(r"(red|atom)\.global\.gpu\.release\.add\.u32", op)]
+            polls = [op for op in ops if re.search(r"ld\.global\.gpu\.acquire\.b32|atom\.global\.gpu\.acquire\.add",
+                                                   op)]
+            departures = [op for op in ops if re.search(r"atom\.global\.gpu\.relaxed\.add\.u32", op)]
+            assert len(arrivals) == len(polls) == len(departures) == 1 and len(ops) == 3, ops
 
     if part == "features":
         # Every feature combination reached the compiler in every kernel that takes the feature flags, and the

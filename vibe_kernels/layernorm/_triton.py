@@ -14,7 +14,8 @@ time. So every kernel is organised around reading each input once from HBM:
   software-pipelined (the next row tiles' loads land in shared memory while this one computes), and 16-bit rows
   too wide to hold x, dy and the accumulators in registers (up to 16384) load x and dy twice per row, the second
   time from L1/L2; at few rows (about one partial row each) dw/db are summed straight from the rows instead, by
-  column programs in the same launch;
+  column programs in the same launch; opt-in (``BwdConfig.fused_sum``), the partial rows are summed by the same
+  launch's last programs once the row programs have announced theirs on a per-stream counter;
 * where measured faster, loads carry L2 eviction policies: a row's last read evict_first, a chunked row's first
   read (read again by the second pass) and the weight and bias evict_last.
 """
@@ -35,7 +36,7 @@ import triton.language as tl
 from triton import knobs as _triton_knobs
 from triton.runtime.errors import OutOfResources
 
-from ._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS, repeat_fwd_plans, rows_launcher
+from ._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS, repeat_fwd_plans, rows_launcher, sum_counter
 
 # Widest row (elements, power of two) that one program handles whole (the backward's widest rows load x and dy
 # twice instead of holding them in registers): above this, chunked kernels.
@@ -96,6 +97,16 @@ class BwdConfig:
     # Software pipelining of the persistent row loop (Triton's num_stages): the loads of the next stages - 1 row tiles
     # go to shared memory while this one computes. 1: none. The launcher lowers it to fit shared memory.
     stages: int = 1
+    # Resident only: the partial rows' column sum in the backward's own launch instead of a second one (each launch
+    # costs ~3 µs of GPU time, against a backward of 40-80 µs at M = 4096): cdiv(N, FUSED_SUM_BLOCK_N) sum programs
+    # follow the row programs in the grid, wait on a per-stream arrival counter until every row program has written
+    # its partial rows, then sum their columns (see _layernorm_bwd_resident_kernel). Opt-in: not yet measured on a
+    # GPU (benchmarks/triton_bwd_probe.py "f"). The launcher falls back to the second launch where it cannot use it.
+    fused_sum: bool = False
+
+    def __post_init__(self):
+        if self.fused_sum and self.chunked:
+            raise ValueError(f"fused_sum is for the resident backward only, not the chunked one: {self}")
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -693,7 +704,8 @@ def _store_partials(DW_partial, DB_partial, slot, cols, col_ok, dw_acc, db_acc, 
                     NEED_DW: tl.constexpr, NEED_DB: tl.constexpr, ADD: tl.constexpr):
     """Row ``slot`` of the [rows, N] fp32 partials: the accumulators summed over their rows, stored, or added
     atomically when ADD (a row shared by two programs). Relaxed atomics: nothing in this kernel reads the row
-    back (the sum over rows is the next launch), so no ordering fences are needed."""
+    back before the row program's arrival (the sum over rows is the next launch, or the fused sum programs, which
+    wait for the arrival's release), so no ordering fences are needed here."""
     if NEED_DW:
         if ADD:
             tl.atomic_add(DW_partial + slot * N + cols, tl.sum(dw_acc, axis=0), mask=col_ok, sem="relaxed")
@@ -708,7 +720,7 @@ def _store_partials(DW_partial, DB_partial, slot, cols, col_ok, dw_acc, db_acc, 
 
 @triton.jit
 def _layernorm_bwd_resident_kernel(
-    DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, DW, DB,
+    DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, DW, DB, Counter,
     stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
     N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
@@ -716,7 +728,7 @@ def _layernorm_bwd_resident_kernel(
     ROW_ALIGN: tl.constexpr, SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr = False,
     REREAD: tl.constexpr = False, NUM_STAGES: tl.constexpr = 1,
     COLUMN_BLOCK_M: tl.constexpr = 0, COLUMN_BLOCK_N: tl.constexpr = 0, COLUMN_DW: tl.constexpr = False,
-    COLUMN_DB: tl.constexpr = False,
+    COLUMN_DB: tl.constexpr = False, SUM_BLOCK_P: tl.constexpr = 0, SUM_BLOCK_N: tl.constexpr = 0,
 ):
     """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end,
     then go to partial row p. SHARED_PARTIALS (P = 2 x partial_rows at most): programs p and p + partial_rows add
@@ -731,7 +743,15 @@ def _layernorm_bwd_resident_kernel(
 
     COLUMN_BLOCK_N > 0 (few rows, no partial rows): the last cdiv(N, COLUMN_BLOCK_N) programs of the grid compute
     dw / db (COLUMN_DW / COLUMN_DB) straight from the rows into DW / DB (``_weight_grads_columns``) while the others
-    write dx: one launch instead of a dx kernel followed by a column-sum kernel."""
+    write dx: one launch instead of a dx kernel followed by a column-sum kernel.
+
+    SUM_BLOCK_N > 0 (``BwdConfig.fused_sum``; partial rows, no column programs): the last cdiv(N, SUM_BLOCK_N)
+    programs of the grid sum the partial rows into DW / DB (NEED_DW / NEED_DB), SUM_BLOCK_P x SUM_BLOCK_N tiles at a
+    time (``_sum_partial_columns``), instead of a second launch (``sum_partials``). Each row program, once its
+    partial rows are written, adds 1 to Counter[0] (release); each sum program waits until Counter[0] counts every
+    row program (acquire), counts its departure on Counter[1], and the last to leave sets both back to 0 for the next
+    launch (``_await_row_programs``). The sum programs wait only for programs of lower index, dispatched before
+    them, so the grid never waits on a program that cannot start; the row programs never wait."""
     # Aligned before the branch: a variable may not change type inside one.
     stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
@@ -751,6 +771,23 @@ def _layernorm_bwd_resident_kernel(
                                stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
                                pid, row_programs, N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS,
                                HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES)
+    elif SUM_BLOCK_N > 0:
+        SUM_PROGRAMS: tl.constexpr = (N + SUM_BLOCK_N - 1) // SUM_BLOCK_N
+        row_programs = tl.num_programs(0) - SUM_PROGRAMS
+        if pid >= row_programs:
+            _await_row_programs(Counter, row_programs, SUM_PROGRAMS)
+            _sum_partial_columns(DW_partial, DB_partial, DW, DB, partial_rows, pid - row_programs, N, SUM_BLOCK_P,
+                                 SUM_BLOCK_N, NEED_DW, NEED_DB)
+        else:
+            _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, stride_dy_row,
+                               stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
+                               pid, row_programs, N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS,
+                               HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES)
+            # Every thread's stores and atomic adds of the partial rows come before the barrier, and the barrier
+            # before the one release add (Triton runs a scalar atomic in one thread of the program): the sum
+            # programs that see the count see the rows.
+            tl.debug_barrier()
+            tl.atomic_add(Counter, 1, sem="release", scope="gpu")
     else:
         _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, stride_dy_row,
                            stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows, pid,
@@ -929,12 +966,28 @@ def _weight_grads_from_rows_kernel(
 
 
 @triton.jit
-def _sum_partials_kernel(
-    DW_partial, DB_partial, DW, DB, num_partials,
-    N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-):
-    """dw[n] = sum_p DW_partial[p, n] (and db likewise) in fp32 in a fixed order (deterministic), one launch for both."""
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+def _await_row_programs(Counter, row_programs, SUM_PROGRAMS: tl.constexpr):
+    """A sum program of the fused column sum (see _layernorm_bwd_resident_kernel): waits until Counter[0] counts
+    ``row_programs`` arrivals (acquire: their partial rows are visible after it), then counts its departure on
+    Counter[1]; the last of the SUM_PROGRAMS to leave resets both to 0 (every other sum program has stopped polling
+    by then, and every row program has arrived). Polls with an acquire add of 0: Triton's read-only atomics
+    (atomic_load, atomic_poll) are newer than the Triton 3.6 of the GPU machine."""
+    arrived = tl.atomic_add(Counter, 0, sem="acquire", scope="gpu")
+    while arrived < row_programs:
+        arrived = tl.atomic_add(Counter, 0, sem="acquire", scope="gpu")
+    departed = tl.atomic_add(Counter + 1, 1, sem="relaxed", scope="gpu")
+    if departed == SUM_PROGRAMS - 1:
+        tl.store(Counter, 0)
+        tl.store(Counter + 1, 0)
+
+
+@triton.jit
+def _sum_partial_columns(DW_partial, DB_partial, DW, DB, num_partials, col_block,
+                         N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, NEED_DW: tl.constexpr,
+                         NEED_DB: tl.constexpr):
+    """dw[n] = sum_p DW_partial[p, n] (and db likewise) for the BLOCK_N columns of ``col_block``, in fp32 in a fixed
+    order (deterministic), written in the gradients' dtypes."""
+    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < N
     dw_acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
@@ -947,6 +1000,17 @@ def _sum_partials_kernel(
         if NEED_DB:
             db_acc += tl.load(DB_partial + offs, mask=mask, other=0.0)
     _store_column_sums(DW, DB, cols, col_ok, dw_acc, db_acc, NEED_DW, NEED_DB)
+
+
+@triton.jit
+def _sum_partials_kernel(
+    DW_partial, DB_partial, DW, DB, num_partials,
+    N: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+):
+    """dw[n] = sum_p DW_partial[p, n] (and db likewise) in fp32 in a fixed order (deterministic), one launch for both:
+    ``_sum_partial_columns``, one program per BLOCK_N columns."""
+    _sum_partial_columns(DW_partial, DB_partial, DW, DB, num_partials, tl.program_id(0), N, BLOCK_P, BLOCK_N,
+                         NEED_DW, NEED_DB)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1174,6 +1238,37 @@ def sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
     )
 
 
+# Columns of a sum program of the fused column sum (BwdConfig.fused_sum): 256-byte slices of each fp32 partial row,
+# as the CuTeDSL backend's sum CTAs read, so N / 64 sum programs (128 at N = 8192).
+FUSED_SUM_BLOCK_N = 64
+
+
+def _fused_sum_tile(partial_rows: int, hidden: int, num_warps: int) -> tuple[int, int]:
+    """(partial rows, columns) of the tiles that a sum program of the fused column sum adds up per step: 16 fp32 a
+    thread of each gradient's partial rows (four 16-byte loads in flight), so that the sum needs few registers beside
+    the row programs' (one kernel: its register count is the larger of the two). Under the interpreter (at most 8
+    partial rows) the same single step over all partial rows as ``sum_partials``: the same sums in the same order.
+
+    >>> _fused_sum_tile(132, 8192, 16), _fused_sum_tile(132, 1000, 8), _fused_sum_tile(3, 40, 4)
+    ((128, 64), (64, 64), (4, 64))
+    """
+    block_n = min(_next_power_of_2(hidden), FUSED_SUM_BLOCK_N)
+    return min(_next_power_of_2(partial_rows), max(1, 16 * 32 * num_warps // block_n)), block_n
+
+
+def _sum_counter(device: torch.device) -> torch.Tensor | None:
+    """The fused column sum's arrival counter pair for a launch on ``device``'s current stream (the stream Triton
+    launches on; ``_backends.sum_counter``: shared with the CuTeDSL backend's launches there), or None under CUDA
+    graph capture, where a graph could replay on another stream beside eager launches sharing the pair. Under the
+    interpreter (CPU tensors) one pair: its programs and calls run one after another."""
+    if device.type != "cuda":
+        return sum_counter(device, -1, 0)
+    if torch.cuda.is_current_stream_capturing():
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return sum_counter(device, index, triton.runtime.driver.active.get_current_stream(index))
+
+
 def _weight_grads_tile(rows: int, hidden: int) -> tuple[int, int]:
     """(rows, columns) of the tiles of dw / db summed straight from the rows. 32-column programs (64 from N = 16384):
     N / 32 >= 128 programs from N = 4096 up; tiles of up to 2048 elements (16 a thread of each of x and dy at 4
@@ -1273,6 +1368,19 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
         plan = dataclasses.replace(plan, grid=(plan.grid[0] + _cdiv(hidden, column_block_n),))
     if from_rows:
         dweight = dbias = None
+    # The partial rows' column sum in this launch (BwdConfig.fused_sum): not for one partial row (written as the
+    # gradient itself, or summed by a launch that also converts it), the column programs, strided gradients (the
+    # sum programs write unit-stride rows) or CUDA graph capture (no counter).
+    sum_flags = dict(SUM_BLOCK_P=0, SUM_BLOCK_N=0)
+    counter = None
+    if (cfg.fused_sum and not cfg.chunked and not from_rows and plan.partial_rows > 1
+            and (dweight is not None or dbias is not None)
+            and all(g.is_contiguous() for g in weight_grads if g is not None)):
+        counter = _sum_counter(x.device)
+    if counter is not None:
+        sum_block_p, sum_block_n = _fused_sum_tile(plan.partial_rows, hidden, cfg.num_warps)
+        sum_flags = dict(SUM_BLOCK_P=sum_block_p, SUM_BLOCK_N=sum_block_n)
+        plan = dataclasses.replace(plan, grid=(plan.grid[0] + _cdiv(hidden, sum_block_n),))
     flags = dict(HAS_W=weight is not None, NEED_DW=dweight is not None, NEED_DB=dbias is not None, IS_RMS=bool(rms),
                  HAS_DRESIDUAL=dresidual is not None, STORE_DRESIDUAL_IN=dresidual_in is not None)
     residual_args = (dresidual, dresidual_in, dy.stride(0), x.stride(0), dx.stride(0),
@@ -1301,14 +1409,16 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
         _launch(
             _layernorm_bwd_resident_kernel, plan.grid, cfg.num_warps,
             dy, x, weight, mean, rstd, dx, dw_partial, db_partial, residual_args[0], residual_args[1],
-            *(weight_grads if fused_from_rows else (None, None)), *residual_args[2:], plan.partial_rows,
-            N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
+            *(weight_grads if fused_from_rows or counter is not None else (None, None)), counter, *residual_args[2:],
+            plan.partial_rows, N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
             SHARED_PARTIALS=plan.shared_partials, L2_HINTS=cfg.l2_hints, REREAD=cfg.reread,
-            NUM_STAGES=cfg.stages, **flags, **column_flags,
+            NUM_STAGES=cfg.stages, **flags, **column_flags, **sum_flags,
         )
     if from_rows:
         if not fused_from_rows:
             weight_grads_from_rows(dy, x, mean, rstd, *weight_grads)
+        return
+    if counter is not None:  # the sum programs wrote dw / db
         return
     dw_partial = None if dw_partial is dweight else dw_partial
     db_partial = None if db_partial is dbias else db_partial
