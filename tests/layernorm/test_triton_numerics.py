@@ -379,7 +379,11 @@ if "reread" in {f.name for f in dataclasses.fields(_triton.BwdConfig)}:
                                                                    stages=2)
 for _switch in _opt_in_switches(_triton.BwdConfig):
     if _switch != "reread":
-        BWD_CONFIGS[f"chunked_{_switch}"] = dataclasses.replace(BWD_CONFIGS["chunked"], **{_switch: True})
+        try:
+            BWD_CONFIGS[f"chunked_{_switch}"] = dataclasses.replace(BWD_CONFIGS["chunked"], **{_switch: True})
+        except ValueError:  # a resident-only switch (fused_sum): on the persistent tile (shared partial rows)
+            BWD_CONFIGS[f"resident_{_switch}"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"],
+                                                                     **{_switch: True})
 
 
 @pytest.mark.parametrize("grads", ["dw_db", "dw", "db", "dx_only", "no_weight"])
