@@ -29,9 +29,10 @@ WEIGHT_GRADS_FROM_ROWS_MAX_ROWS = 256
 
 # Backward kernels that sum their dw/db partial rows in their own launch (the CuTeDSL backend's sum CTAs, the Triton
 # backend's sum programs with BwdConfig.fused_sum) count the row CTAs' arrivals here: a pair of int32 (arrivals,
-# departures) per (device, stream), zero before each launch and left at zero by it. Launches on one stream run one after another, so they can share a pair; launches on other
-# streams get their own. Never under CUDA graph capture (a graph may replay on any stream, beside eager launches on
-# its capture stream): the kernels' callers use a second launch there.
+# departures) per (device, stream), zero before each launch and left at zero by it. Launches on one stream run one
+# after another, so they can share a pair; launches on other streams get their own. Never under CUDA graph capture (a
+# graph may replay on any stream, beside eager launches on its capture stream): the kernels' callers use a second
+# launch there.
 _sum_counters: dict[tuple[int, int], torch.Tensor] = {}
 
 
