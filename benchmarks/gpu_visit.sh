@@ -8,8 +8,8 @@
 #                                           # then sanitize_features.py)
 #   bash benchmarks/gpu_visit.sh bench      # the LayerNorm benchmark over every shape of anchors.md, JSON + plot
 #   bash benchmarks/gpu_visit.sh features   # RMSNorm / fused residual / out_dtype benchmarks (seed shapes)
-#   bash benchmarks/gpu_visit.sh probes-a   # the untimed CuTeDSL leads (docs/perf-notes.md, "Next GPU visit"): the
-#                                           # fused column sum, a step's kernels, RMSNorm's staged backward, "cl2"
+#   bash benchmarks/gpu_visit.sh probes-a   # the untimed leads (docs/perf-notes.md, "Next GPU visit"): both fused
+#                                           # column sums, a step's kernels, RMSNorm's staged backward, "cl2"
 #   bash benchmarks/gpu_visit.sh probes-b   # the untimed Triton leads: row blocks at N <= 16384, out fp32, the
 #                                           # backward at N = 256, the capped wide-row grid
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
@@ -82,10 +82,15 @@ case "$part" in
     timeout 150 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k "stages or fused" \
       > "$out/stages-gpu-test.log" 2>&1
     echo "staged backward, fused column sum: rc=$? $(tail -1 "$out/stages-gpu-test.log")"
-    timeout 150 python benchmarks/cutedsl_bwd_probe.py --only new,sep --repeat 3 --shapes \
+    timeout 150 python benchmarks/cutedsl_bwd_probe.py --only new,sep,fus --repeat 3 --shapes \
 4096x8192xfp16,4096x4096xfp16,4095x5000xfp16,32768x256xbf16,32768x4096xbf16,32768x8192xbf16,8192x4096xfp32 \
       > "$out/cutedsl-bwd-fused.txt" 2>&1
-    echo "fused column sum probe: rc=$?"; grep -E "^[0-9]+x[0-9]+ +[a-z0-9]+ +(new|sep) " "$out/cutedsl-bwd-fused.txt"
+    echo "fused column sum probe: rc=$?"; grep -E "^[0-9]+x[0-9]+ +[a-z0-9]+ +(new|sep|fus) " "$out/cutedsl-bwd-fused.txt"
+    # The Triton backward's opt-in fused column sum (BwdConfig.fused_sum) against its default.
+    timeout 120 python benchmarks/triton_bwd_probe.py --configs default+f --repeats 3 --shapes \
+4096x8192xfloat16,4096x4096xfloat16,4095x5000xfloat16,4096x16384xfloat16,32768x1024xbfloat16,32768x4096xbfloat16 \
+      > "$out/triton-bwd-fused.txt" 2>&1
+    echo "Triton fused sum probe: rc=$?"; tail -16 "$out/triton-bwd-fused.txt" | cut -c1-160
     # What the gaps between a step's kernels cost at M = 4096 (torch.profiler).
     timeout 90 python benchmarks/profile_step.py --shapes 4096x8192xfloat16,4096x4096xfloat16,4095x5000xfloat16 \
       > "$out/profile-step.txt" 2>&1

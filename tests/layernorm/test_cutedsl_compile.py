@@ -306,11 +306,12 @@ def test_fused_column_sum_compiles_with_its_handshake(hidden, dtype_name, grads)
     each row CTA's arrival is one fenced atomic add (release at GPU scope), each sum CTA polls with acquire loads
     and a nanosleep back-off, counts its departure, and the last one zeroes both counters; the partial rows are
     read in 16-byte fp32 vectors; the gradients are written in their dtypes. The registers fit as before: no spills
-    (ptxas), and one sum CTA per 64 columns."""
+    (ptxas), and one sum CTA per 64 columns. (N = 8192 keeps the second launch by default: compiled opt-in.)"""
     elem = ELEM_BYTES[dtype_name]
     vec = _aligned_vec(hidden, dtype_name)
     config = cfg.bwd_config(hidden, elem, vec, rows=4096)
-    assert config.fused_column_sum
+    assert config.fused_column_sum == (hidden <= cfg.FUSED_COLUMN_SUM_MAX_N)
+    config = dataclasses.replace(config, fused_column_sum=True)
     assert config.sum_ctas(hidden) == -(-hidden // 64)
     want_dw, want_db = "dw" in grads or "both" in grads, "db" in grads or "both" in grads
     grad_dtype = cutlass.BFloat16 if "bf16" in grads else None
@@ -334,10 +335,13 @@ def test_fused_column_sum_compiles_with_its_handshake(hidden, dtype_name, grads)
 
 
 def test_fused_column_sum_rule():
-    """Where the fused column sum is the default: unclustered rows with partial rows in registers, without the
-    fused residual, and not with the register prefetch of 16-bit rows (ptxas spills there); never with column CTAs
-    (few rows), clustered rows or the column state in shared memory, which the config refuses."""
-    assert cfg.bwd_config(8192, 2, 8, rows=4096).fused_column_sum  # staged
+    """Where the fused column sum is the default: unclustered rows of at most 6144 columns with partial rows in
+    registers, without the fused residual, and not with the register prefetch of 16-bit rows (ptxas spills there);
+    never with column CTAs (few rows), clustered rows or the column state in shared memory, which the config
+    refuses."""
+    assert cfg.bwd_config(4096, 2, 8, rows=4096).fused_column_sum  # staged
+    assert cfg.bwd_config(5000, 2, 8, rows=4095).fused_column_sum
+    assert not cfg.bwd_config(8192, 2, 8, rows=4096).fused_column_sum  # measured slower at 4096x8192 fp16
     assert cfg.bwd_config(256, 2, 8, rows=32768).fused_column_sum  # no prefetch (32 rows a tile)
     assert cfg.bwd_config(1024, 4, 4, rows=32768).fused_column_sum  # fp32, prefetched
     assert not cfg.bwd_config(1024, 2, 8, rows=32768).fused_column_sum  # 16-bit, prefetched

@@ -72,7 +72,8 @@ def test_fused_sum_gives_the_two_launch_results(case, gen, device, sum_launches)
     config = _triton.BwdConfig(block_m, _triton._next_power_of_2(hidden), warps, False, per_sm, reread=reread)
     plan = _triton.bwd_plan(rows, hidden, config, _triton._program_slots(x.device), shrink_rows=False)
     assert plan.partial_rows > 1
-    assert plan.shared_partials == (per_sm == 2)  # more programs than the 4 interpreter "SMs": shared rows
+    if device == "cpu":  # more programs than the 4 interpreter "SMs": shared rows (not so with a GPU's SMs)
+        assert plan.shared_partials == (per_sm == 2)
     two_launches = _run(x, dy, weight, mean, rstd, (dw_dtype, db_dtype), config, rms)
     assert len(sum_launches) == 1
     fused = _run(x, dy, weight, mean, rstd, (dw_dtype, db_dtype), dataclasses.replace(config, fused_sum=True), rms)

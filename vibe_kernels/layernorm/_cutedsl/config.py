@@ -373,7 +373,7 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
 ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=False, column_tile=0, stages=2, \
-fused_column_sum=True)
+fused_column_sum=False)
     >>> bwd_config(4096, 4, 4).prefetch, bwd_config(1024, 2, 8).prefetch
     (True, True)
     >>> bwd_config(1024, 2, 8).tiling
@@ -450,18 +450,25 @@ fused_column_sum=False)
     staged = (prefetch and column_tile == 0 and tiling.cluster_n == 1 and tiling.rows_per_cta <= 2
               and elem_bytes == 2 and full_vectors and not column_state_in_smem)
     # The partial rows' column sum in the same launch (``fused_column_sum``) for unclustered rows with partial rows
-    # in registers: one kernel boundary less (a column-sum launch cost ~3 µs of GPU time at M = 4096: the fourth
-    # session's two launches -> one measured 4096² 75 -> 83% of SOL forward+backward). Not with the register
-    # prefetch of 16-bit rows (4-8 rows a tile): ptxas spills 20-24 bytes there with the sum CTAs' code (1024 and
-    # 2048 bf16), none elsewhere (N 256-8192, 16-bit and fp32). Not with the fused residual (4096 fp32: 48 bytes).
+    # in registers: one kernel boundary less. Measured (cutedsl_bwd_probe.py "new" against "sep", three interleaved
+    # repeats, H100, 2026-12-06, twelfth session, probes/cutedsl-bwd-fused.txt, backward alone, % of the add, second
+    # launch -> fused): 4096² fp16 85 -> 87, 4095x5000 fp16 76 -> 78, 32768x4096 bf16 97 -> 98, 32768x8192 bf16 95
+    # -> 96, 8192x4096 fp32 86 -> 90, 32768x256 bf16 78 -> 78; but 4096x8192 fp16 87 -> 83 (the bench's forward +
+    # backward there: 91 -> 88%; its bf16 twin without a bias 93 -> 94%; not understood), so not above 6144 columns.
+    # Not with the register prefetch of 16-bit rows (4-8 rows a tile): ptxas spills 20-24 bytes there with the sum
+    # CTAs' code (1024 and 2048 bf16), none elsewhere (N 256-8192, 16-bit and fp32). Not with the fused residual
+    # (4096 fp32: 48 bytes spilled).
     fused = (tiling.cluster_n == 1 and column_tile == 0 and not column_state_in_smem and not residual
-             and (staged or not prefetch or elem_bytes == 4))
+             and hidden <= FUSED_COLUMN_SUM_MAX_N and (staged or not prefetch or elem_bytes == 4))
     if staged:
         return BwdConfig(tiling, ctas_per_sm, column_state_in_smem, stages=2, fused_column_sum=fused)
     return BwdConfig(tiling, ctas_per_sm, column_state_in_smem,
                      _l2_hints(tiling, hidden, elem_bytes, residual, rows), prefetch, column_tile,
                      fused_column_sum=fused)
 
+
+# The widest rows whose backward sums its partial rows in its own launch by default (bwd_config, above).
+FUSED_COLUMN_SUM_MAX_N = 6144
 
 # Column CTAs (BwdConfig.column_tile): about this many of them, beside the row CTAs of a few-rows backward, and at
 # most this many thread rows each (each output column is a serial sum over the thread rows, from shared memory).
