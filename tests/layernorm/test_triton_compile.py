@@ -71,6 +71,8 @@ def opt_in_configs(cls_name: str, dtype: str, hidden: int) -> list[dict]:
     switches = [f.name for f in dataclasses.fields(cls) if f.default is False and f.name != "chunked"]
     configs = []
     for name in switches:
+        if name == "fused_sum" and hidden > 1024:
+            continue  # the counter handshake is the same at every width: one width keeps the compile time down
         try:
             configs.append(dataclasses.replace(heuristic, **{name: True}))
         except ValueError:  # a switch this config cannot take (fused_sum in the chunked backward)
