@@ -210,6 +210,41 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
         assert torch.equal(reference, got)
 
 
+def _check_fused_column_sum(run, x, dy, mean, rstd, rms):
+    """What both backends' fused column sums must do. ``run(fused, stream=None)`` runs one backward (outputs
+    poisoned) and returns [dx, dw, db] (None where not wanted): dx bit-identical to the two-launch path, dw and db
+    within fp32 summation-order noise of it and of an fp64 reference; three launches in a row give the same bits
+    (the counter is back at zero after each), and so do launches on two streams at once (a counter per stream)."""
+    two_launches = run(False)
+    fused = run(True)
+    assert torch.equal(two_launches[0], fused[0]) and not fused[0].isnan().any()
+    xhat = (x.double() - (0 if rms else mean.double()[:, None])) * rstd.double()[:, None]
+    references = [(dy.double() * xhat).sum(0), dy.double().sum(0)]
+    scales = [(dy.double() * xhat).abs().sum(0), dy.double().abs().sum(0)]
+    for got, other, reference, scale in zip(fused[1:], two_launches[1:], references, scales):
+        if got is None:
+            continue
+        assert not got.isnan().any()
+        ulp = 2.0 ** -23 if got.dtype == torch.float32 else 2.0 ** -7
+        tolerance = scale * 2.0 ** -18 + reference.abs() * ulp
+        assert ((got.double() - reference).abs() <= tolerance).all()
+        assert ((got.double() - other.double()).abs() <= tolerance).all()
+    for _ in range(3):
+        again = run(True)
+        assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(fused, again))
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for stream in streams:
+        stream.wait_stream(torch.cuda.current_stream())
+    concurrent = [run(True, stream) for stream in streams for _ in range(2)]
+    torch.cuda.synchronize()
+    for result in concurrent:
+        assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(fused, result))
+    from vibe_kernels.layernorm import _backends
+
+    for counter in _backends._sum_counters.values():
+        assert counter.tolist() == [0, 0]
+
+
 @pytest.mark.parametrize("rows, hidden, dtype, variant", [
     (4096, 8192, torch.float16, "fp32"), (4095, 5000, torch.float16, "fp32"), (2049, 256, torch.bfloat16, "fp32"),
     (1000, 4096, torch.float32, "fp32"), (700, 3072, torch.bfloat16, "same"), (1500, 1000, torch.bfloat16, "fp32"),
@@ -249,34 +284,7 @@ def test_cutedsl_backward_fused_column_sum(cuda_gen, rows, hidden, dtype, varian
             cutedsl_launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, *grads, config=config, rms=rms)
         return [dx] + grads
 
-    two_launches = run(False)
-    fused = run(True)
-    assert torch.equal(two_launches[0], fused[0]) and not fused[0].isnan().any()
-    xhat = (x.double() - (0 if rms else mean.double()[:, None])) * rstd.double()[:, None]
-    references = [(dy.double() * xhat).sum(0), dy.double().sum(0)]
-    scales = [(dy.double() * xhat).abs().sum(0), dy.double().abs().sum(0)]
-    for got, other, reference, scale in zip(fused[1:], two_launches[1:], references, scales):
-        if got is None:
-            continue
-        assert not got.isnan().any()
-        ulp = 2.0 ** -23 if got.dtype == torch.float32 else 2.0 ** -7
-        tolerance = scale * 2.0 ** -18 + reference.abs() * ulp
-        assert ((got.double() - reference).abs() <= tolerance).all()
-        assert ((got.double() - other.double()).abs() <= tolerance).all()
-    for _ in range(3):
-        again = run(True)
-        assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(fused, again))
-    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
-    for stream in streams:
-        stream.wait_stream(torch.cuda.current_stream())
-    concurrent = [run(True, stream) for stream in streams for _ in range(2)]
-    torch.cuda.synchronize()
-    for result in concurrent:
-        assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(fused, result))
-    from vibe_kernels.layernorm import _backends
-
-    for counter in _backends._sum_counters.values():
-        assert counter.tolist() == [0, 0]
+    _check_fused_column_sum(run, x, dy, mean, rstd, rms)
 
 
 @pytest.mark.parametrize("rows, hidden, dtype, variant", [
@@ -315,36 +323,8 @@ def test_triton_backward_fused_sum(cuda_gen, monkeypatch, rows, hidden, dtype, v
             _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, *grads, config=config, rms=rms)
         return [dx] + grads
 
-    two_launches = run(False)
-    assert sums == [1]
-    fused = run(True)
-    assert sums == [1], "the fused backward launched sum_partials"
-    assert torch.equal(two_launches[0], fused[0]) and not fused[0].isnan().any()
-    xhat = (x.double() - (0 if rms else mean.double()[:, None])) * rstd.double()[:, None]
-    references = [(dy.double() * xhat).sum(0), dy.double().sum(0)]
-    scales = [(dy.double() * xhat).abs().sum(0), dy.double().abs().sum(0)]
-    for got, other, reference, scale in zip(fused[1:], two_launches[1:], references, scales):
-        if got is None:
-            continue
-        assert not got.isnan().any()
-        ulp = 2.0 ** -23 if got.dtype == torch.float32 else 2.0 ** -7
-        tolerance = scale * 2.0 ** -18 + reference.abs() * ulp
-        assert ((got.double() - reference).abs() <= tolerance).all()
-        assert ((got.double() - other.double()).abs() <= tolerance).all()
-    for _ in range(3):
-        again = run(True)
-        assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(fused, again))
-    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
-    for stream in streams:
-        stream.wait_stream(torch.cuda.current_stream())
-    concurrent = [run(True, stream) for stream in streams for _ in range(2)]
-    torch.cuda.synchronize()
-    for result in concurrent:
-        assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(fused, result))
-    from vibe_kernels.layernorm import _backends
-
-    for counter in _backends._sum_counters.values():
-        assert counter.tolist() == [0, 0]
+    _check_fused_column_sum(run, x, dy, mean, rstd, rms)
+    assert sums == [1], "one sum_partials launch (the two-launch path's); the fused backward launched none"
 
 
 def test_triton_backward_fused_sum_under_graph_capture(cuda_gen, monkeypatch):
