@@ -27,7 +27,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 } > "$out/device-$part.txt" 2>&1
 case "$part" in
   tests)
-    timeout 585 python -m pytest tests -q -n 8 -p no:cacheprovider -rfEs > "$out/gpu-tests.log" 2>&1
+    timeout 585 python -m pytest tests -q -n "${WORKERS:-8}" -p no:cacheprovider -rfEs > "$out/gpu-tests.log" 2>&1
     echo "tests: rc=$? $(tail -1 "$out/gpu-tests.log")"
     grep -E "^(FAILED|ERROR)" "$out/gpu-tests.log" | cut -c1-200 | head -30
     ;;
@@ -38,7 +38,7 @@ case "$part" in
       files=$(ls tests/layernorm/test_*.py | sort | awk '$0 > "tests/layernorm/test_gpu_ecosystem.py"')
     fi
     # shellcheck disable=SC2086
-    timeout 585 python -m pytest $files -q -n 8 -p no:cacheprovider -rfEs > "$out/gpu-$part.log" 2>&1
+    timeout "${TESTS_LIMIT:-585}" python -m pytest $files -q -n "${WORKERS:-8}" -p no:cacheprovider -rfEs > "$out/gpu-$part.log" 2>&1
     echo "$part: rc=$? $(tail -1 "$out/gpu-$part.log")"
     grep -E "^(FAILED|ERROR)" "$out/gpu-$part.log" | cut -c1-200 | head -30
     ;;
