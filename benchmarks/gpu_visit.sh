@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_visit.sh probes-a   # the untimed leads (docs/perf-notes.md, "Next GPU visit"): both fused
 #                                           # column sums, a step's kernels, RMSNorm's staged backward, "cl2"
 #   bash benchmarks/gpu_visit.sh probes-b   # the untimed Triton leads: row blocks at N <= 16384, out fp32, the
-#                                           # backward at N = 256, the capped wide-row grid
+#                                           # backward at N = 256, the capped wide-row grid, small-M forward
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -106,7 +106,7 @@ case "$part" in
   probes-b)
     # The Triton leads of docs/perf-notes.md's "Next GPU visit".
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    timeout 150 python benchmarks/triton_fwd_probe.py --shapes 4096x8192xfloat16,4096x8192xbfloat16,\
+    timeout 140 python benchmarks/triton_fwd_probe.py --shapes 4096x8192xfloat16,4096x8192xbfloat16,\
 4096x4096xfloat16,32768x16384 --configs c8192w16m2h,c8192w8m2h,c4096w8m2h,c4096w16m2h,c4096w8m4h \
       > "$out/triton-fwd-rows-narrow.txt" 2>&1
     echo "Triton forward probe: rc=$?"; grep -E "copy|default" "$out/triton-fwd-rows-narrow.txt" | cut -c1-160
@@ -121,6 +121,11 @@ case "$part" in
       --configs c32768w32g96h,c32768w32g64h,c32768w32g132h,c16384w16g96h,c16384w16g64h,c16384w16g132h \
       > "$out/triton-fwd-capped-grid.txt" 2>&1
     echo "Triton wide forward probe: rc=$?"; grep -E "copy|default|g[0-9]+" "$out/triton-fwd-capped-grid.txt" | cut -c1-160
+    # Small M (128x4096: 86% of a copy in the bench against torch.compile's 92%): chunked and narrower resident
+    # programs (weight and bias with the rows: a), five interleaved repeats (single 5-6 us samples misled before).
+    timeout 60 python benchmarks/triton_fwd_probe.py --shapes 128x4096,1x4096,64x4096 --repeats 5 \
+      --configs c2048w4h,c2048w8h,c1024w4h,r1x4096w4ha,r1x4096w16ha,r1x4096w8a,r1x4096w8h > "$out/triton-fwd-small-m.txt" 2>&1
+    echo "Triton small-M forward probe: rc=$?"; grep -E "copy|default|[cr][0-9]+" "$out/triton-fwd-small-m.txt" | cut -c1-160
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

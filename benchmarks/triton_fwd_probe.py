@@ -4,8 +4,9 @@
     python benchmarks/triton_fwd_probe.py --shapes 4096x16384xfloat16 --configs c2048w8s3,c4096w8s2
 
 Configs: ``c<block_n>w<warps>[m<rows a block>][p<programs per SM>][g<at most this many programs>][h]`` (chunked; h:
-L2 hints) or ``r<block_m>x<block_n>w<warps>[h]``
-(resident rows). (The eighth session's run, ``benchmarks/results/h100-2026-11-25-h/probes/triton-fwd-stages.txt``,
+L2 hints) or ``r<block_m>x<block_n>w<warps>[h][a]``
+(resident rows; a: weight and bias loaded with the rows, ``affine_first``). The default runs as a caller gets it
+(``config=None``: at small M the launcher also narrows its row blocks to give every SM work). (The eighth session's run, ``benchmarks/results/h100-2026-11-25-h/probes/triton-fwd-stages.txt``,
 also had an ``s<stages>`` suffix for a pipelined chunk loop: 35-63% of a copy against 88-94%, so it was removed.)
 """
 import argparse
@@ -24,10 +25,11 @@ def _parse(text: str) -> _triton.FwdConfig:
         block_n, warps, block_m, per_sm, programs, hints = chunked.groups()
         return _triton.FwdConfig(int(block_m or 1), int(block_n), int(warps), True, programs_per_sm=int(per_sm or 0),
                                  l2_hints=bool(hints), max_programs=int(programs or 0))
-    resident = re.fullmatch(r"r(\d+)x(\d+)w(\d+)(h?)", text)
+    resident = re.fullmatch(r"r(\d+)x(\d+)w(\d+)(h?)(a?)", text)
     if resident:
-        block_m, block_n, warps, hints = resident.groups()
-        return _triton.FwdConfig(int(block_m), int(block_n), int(warps), False, l2_hints=bool(hints))
+        block_m, block_n, warps, hints, affine_first = resident.groups()
+        return _triton.FwdConfig(int(block_m), int(block_n), int(warps), False, l2_hints=bool(hints),
+                                 affine_first=bool(affine_first))
     raise SystemExit(f"bad config {text!r}")
 
 
@@ -49,11 +51,12 @@ def main() -> None:
         out, copied = torch.empty_like(x), torch.empty_like(x)
         mean, rstd = torch.empty(rows, device="cuda"), torch.empty(rows, device="cuda")
         copy_ms = gpu_ms_host_hidden(lambda: copied.copy_(x), 25, 100)
-        default = _triton.fwd_config(hidden, dtype)
+        one_wave = rows <= _triton._program_slots(x.device)
+        default = _triton.fwd_config(hidden, dtype, one_wave=one_wave)
         configs = [default] + [_parse(t) for t in filter(None, args.configs.split(","))]
         launches = []
         for config in configs:
-            def launch(config=config):
+            def launch(config=None if config is default else config):
                 _triton.layernorm_fwd(x, w, b, 1e-5, out, mean, rstd, config=config)
 
             out.fill_(float("nan"))
