@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_visit.sh checks     # CuTeDSL check, validation vs Quack, first-call times, host profile
 #   bash benchmarks/gpu_visit.sh sanitize   # compute-sanitizer memcheck / initcheck / racecheck (sanitize.sh,
 #                                           # then sanitize_features.py)
+#   bash benchmarks/gpu_visit.sh sanitize-rules  # the same tools on sanitize_features.py --set rules only
 #   bash benchmarks/gpu_visit.sh bench      # the LayerNorm benchmark over every shape of anchors.md, JSON + plot
 #   bash benchmarks/gpu_visit.sh features   # RMSNorm / fused residual / out_dtype benchmarks (seed shapes)
 #   bash benchmarks/gpu_visit.sh probes-a   # the untimed leads (docs/perf-notes.md, "Next GPU visit"): both fused
@@ -16,7 +17,7 @@
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|bench|features|probes-a|probes-b}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -66,6 +67,15 @@ case "$part" in
     # Nine logs: one archive (the device tool returns at most 8 files a call).
     tar czf "$out/sanitize-logs.tgz" -C "$out" sanitize $(cd "$out" && ls sanitize-features-*.log) \
       && rm -rf "$out/sanitize" "$out"/sanitize-features-*.log
+    ;;
+  sanitize-rules)
+    # The rules' shapes (sanitize_features.py --set rules), the CuTeDSL backward's fused column sum included.
+    for tool in memcheck racecheck initcheck; do
+      log="$out/sanitize-rules-$tool.log"
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 170 compute-sanitizer --tool "$tool" --report-api-errors no \
+        --error-exitcode 86 python benchmarks/sanitize_features.py --set rules > "$log" 2>&1
+      echo "rules $tool: rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
+    done
     ;;
   bench)
     timeout 560 python -m vibe_kernels.layernorm.bench --shapes all --json "$out/bench.json" --plot "$out/bench.png" \

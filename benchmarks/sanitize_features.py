@@ -9,7 +9,8 @@ its gradient flows through h too.
 
 ``--set rules``: plain LayerNorm / RMSNorm at the shapes where the eleventh session's rules switch kernels (the
 CuTeDSL backward's staged loads, the forward's four-CTA launch bound; Triton's two-row blocks at N = 16384), with
-M above one wave and not a multiple of the CTA's rows.
+M above one wave and not a multiple of the CTA's rows. The CuTeDSL backward sums its dw/db columns in its own launch
+(the twelfth session's fused column sum) at every N <= 6144 here: 16-bit staged rows and fp32 prefetched ones.
 
 The reference runs on the CPU (torch's own GPU reductions would show up in racecheck's report), and
 --report-api-errors no drops the CUDA libraries' start-up probes (see sanitize.sh).
@@ -34,6 +35,7 @@ RULE_CASES = [
     (301, 16384, torch.bfloat16, torch.bfloat16, False, None), (301, 16384, torch.float16, torch.float16, True, None),
     (1031, 5000, torch.float16, torch.float16, False, None), (300, 8192, torch.bfloat16, torch.bfloat16, False, None),
     (1031, 4096, torch.float16, torch.float16, True, None), (1031, 6144, torch.bfloat16, torch.bfloat16, False, None),
+    (1031, 4096, torch.float32, torch.float32, False, None),
 ]
 
 
