@@ -116,10 +116,17 @@ case "$part" in
   probes-b)
     # The Triton leads of docs/perf-notes.md's "Next GPU visit".
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    timeout 140 python benchmarks/triton_fwd_probe.py --shapes 4096x8192xfloat16,4096x8192xbfloat16,\
-4096x4096xfloat16,32768x16384 --configs c8192w16m2h,c8192w8m2h,c4096w8m2h,c4096w16m2h,c4096w8m4h \
+    # Row blocks at N <= 16384, and whole resident rows of one program at 4096x8192 (torch.compile: 98% there).
+    timeout 90 python benchmarks/triton_fwd_probe.py --shapes 4096x8192xfloat16,4096x8192xbfloat16 \
+      --configs c8192w16m2h,c8192w8m2h,c4096w8m2h,c4096w16m2h,r1x8192w8h,r1x8192w16h,r1x8192w4h \
       > "$out/triton-fwd-rows-narrow.txt" 2>&1
-    echo "Triton forward probe: rc=$?"; grep -E "copy|default" "$out/triton-fwd-rows-narrow.txt" | cut -c1-160
+    echo "Triton forward probe (8192): rc=$?"
+    timeout 60 python benchmarks/triton_fwd_probe.py --shapes 4096x4096xfloat16 \
+      --configs c4096w8m2h,c4096w16m2h,c4096w8m4h,r1x4096w8h,r1x4096w4h,r1x4096w16h \
+      >> "$out/triton-fwd-rows-narrow.txt" 2>&1
+    timeout 60 python benchmarks/triton_fwd_probe.py --shapes 32768x16384 \
+      --configs c4096w8m2h,c4096w16m2h,c4096w8m4h,c8192w8m2h >> "$out/triton-fwd-rows-narrow.txt" 2>&1
+    echo "Triton forward probe (4096, 16384): rc=$?"; grep -vE "^device" "$out/triton-fwd-rows-narrow.txt" | cut -c1-150
     timeout 120 python benchmarks/triton_residual_probe.py --out-dtype float32 --dtype bfloat16 \
       --shapes 4096x8192,4096x16384,4096x4096 > "$out/triton-out-fp32.txt" 2>&1
     echo "Triton out fp32 probe: rc=$?"; tail -12 "$out/triton-out-fp32.txt" | cut -c1-160
