@@ -11,8 +11,8 @@
 #   bash benchmarks/gpu_visit.sh features   # RMSNorm / fused residual / out_dtype benchmarks (seed shapes)
 #   bash benchmarks/gpu_visit.sh probes-a   # the untimed leads (docs/perf-notes.md, "Next GPU visit"): both fused
 #                                           # column sums, a step's kernels, RMSNorm's staged backward, "cl2"
-#   bash benchmarks/gpu_visit.sh probes-b   # the untimed Triton leads: row blocks at N <= 16384, out fp32, the
-#                                           # backward at N = 256, the capped wide-row grid, small-M forward
+#   bash benchmarks/gpu_visit.sh probes-b   # the Triton leads (thirteenth session): row blocks at N <= 16384, out
+#                                           # fp32, the backward at N = 256, small-M forward
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -133,11 +133,6 @@ case "$part" in
     timeout 90 python benchmarks/triton_bwd_probe.py --shapes 32768x256 \
       --configs 64x256w16p1,16x256w8p2,16x256w4p4,32x256w8p2,32x256w16p1s2,64x256w16p1s2 > "$out/triton-bwd-256.txt" 2>&1
     echo "Triton backward probe: rc=$?"; tail -14 "$out/triton-bwd-256.txt" | cut -c1-160
-    # The wide Triton forward with fewer rows in flight (FwdConfig.max_programs), so its second pass reads from L2.
-    timeout 150 python benchmarks/triton_fwd_probe.py --shapes 32768x65536,16384x131072,8192x262144 \
-      --configs c32768w32g96h,c32768w32g64h,c32768w32g132h,c16384w16g96h,c16384w16g64h,c16384w16g132h \
-      > "$out/triton-fwd-capped-grid.txt" 2>&1
-    echo "Triton wide forward probe: rc=$?"; grep -E "copy|default|g[0-9]+" "$out/triton-fwd-capped-grid.txt" | cut -c1-160
     # Small M (128x4096: 86% of a copy in the bench against torch.compile's 92%): chunked and narrower resident
     # programs (weight and bias with the rows: a), five interleaved repeats (single 5-6 us samples misled before).
     timeout 60 python benchmarks/triton_fwd_probe.py --shapes 128x4096,1x4096,64x4096 --repeats 5 \

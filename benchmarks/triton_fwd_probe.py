@@ -1,13 +1,15 @@
 """Triton LayerNorm forward: the default config against other configs, per shape, as ms and % of a same-size copy
 (GPU time, L2 flushed: the bench's timer). Each config's out, mean and rstd are checked against fp32 torch first.
 
-    python benchmarks/triton_fwd_probe.py --shapes 4096x16384xfloat16 --configs c2048w8s3,c4096w8s2
+    python benchmarks/triton_fwd_probe.py --shapes 4096x16384xfloat16 --configs c8192w8m2h,r1x8192w8h
 
-Configs: ``c<block_n>w<warps>[m<rows a block>][p<programs per SM>][g<at most this many programs>][h]`` (chunked; h:
-L2 hints) or ``r<block_m>x<block_n>w<warps>[h][a]``
-(resident rows; a: weight and bias loaded with the rows, ``affine_first``). The default runs as a caller gets it
-(``config=None``: at small M the launcher also narrows its row blocks to give every SM work). (The eighth session's run, ``benchmarks/results/h100-2026-11-25-h/probes/triton-fwd-stages.txt``,
-also had an ``s<stages>`` suffix for a pipelined chunk loop: 35-63% of a copy against 88-94%, so it was removed.)
+Configs: ``c<block_n>w<warps>[m<rows a block>][p<programs per SM>][h]`` (chunked; h: L2 hints) or
+``r<block_m>x<block_n>w<warps>[h][a]`` (resident rows; a: weight and bias loaded with the rows, ``affine_first``).
+The default runs as a caller gets it (``config=None``: at small M the launcher also narrows its row blocks to give
+every SM work). Removed after losing: an ``s<stages>`` suffix for a pipelined chunk loop (eighth session,
+``benchmarks/results/h100-2026-11-25-h/probes/triton-fwd-stages.txt``: 35-63% of a copy against 88-94%) and a
+``g<programs>`` grid cap for the wide forward (thirteenth session, ``h100-2026-12-06-e/probes/
+triton-fwd-capped-grid.txt``: 43-75% against 66-85%).
 """
 import argparse
 import re
@@ -20,11 +22,11 @@ from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
 
 
 def _parse(text: str) -> _triton.FwdConfig:
-    chunked = re.fullmatch(r"c(\d+)w(\d+)(?:m(\d+))?(?:p(\d+))?(?:g(\d+))?(h?)", text)
+    chunked = re.fullmatch(r"c(\d+)w(\d+)(?:m(\d+))?(?:p(\d+))?(h?)", text)
     if chunked:
-        block_n, warps, block_m, per_sm, programs, hints = chunked.groups()
+        block_n, warps, block_m, per_sm, hints = chunked.groups()
         return _triton.FwdConfig(int(block_m or 1), int(block_n), int(warps), True, programs_per_sm=int(per_sm or 0),
-                                 l2_hints=bool(hints), max_programs=int(programs or 0))
+                                 l2_hints=bool(hints))
     resident = re.fullmatch(r"r(\d+)x(\d+)w(\d+)(h?)(a?)", text)
     if resident:
         block_m, block_n, warps, hints, affine_first = resident.groups()

@@ -281,18 +281,8 @@ FWD_CONFIGS = {
     "chunked_rows": lambda hidden: _triton.FwdConfig(block_m=2, block_n=256, num_warps=4, chunked=True),
     # 2 rows per program over 5 rows: the last program has a masked row
     "resident_ragged_rows": lambda hidden: _triton.FwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False),
-    # a grid capped at 2 programs (FwdConfig.max_programs) over 5 rows: 3, 2 rows each
-    "chunked_capped_grid": lambda hidden: _triton.FwdConfig(block_m=1, block_n=256, num_warps=4, chunked=True,
-                                                            max_programs=2),
     "heuristic": lambda hidden: None,
 }
-
-
-def test_fwd_config_rejects_a_bad_program_cap():
-    with pytest.raises(ValueError, match="max_programs"):
-        _triton.FwdConfig(block_m=1, block_n=256, num_warps=4, chunked=True, max_programs=-1)
-    with pytest.raises(ValueError, match="max_programs"):
-        _triton.FwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False, max_programs=4)
 
 
 def _opt_in_switches(cls):
@@ -349,6 +339,49 @@ def test_fwd_default_row_blocks_for_16bit_rows_up_to_16384(gen, device, check, r
     mean = _poisoned((rows,), torch.float32, device)
     _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd)
     check.out(out, x, weight, bias, EPS)
+    check.stats(mean, rstd, x, EPS)
+
+
+def _record_fwd_configs(monkeypatch) -> list:
+    """The configs the forward launcher asks fwd_config for, from now on (plans cleared: every call looks)."""
+    seen, real = [], _triton.fwd_config
+    monkeypatch.setattr(_triton, "fwd_config", lambda *args, **kwargs: seen.append(real(*args, **kwargs)) or seen[-1])
+    _triton._fwd_plans.clear()
+    return seen
+
+
+@pytest.mark.parametrize("dtype, hidden", [(torch.float16, 8192), (torch.bfloat16, 7500)], ids=str)
+def test_fwd_default_two_row_blocks_at_8192_for_few_rows(gen, device, check, monkeypatch, dtype, hidden):
+    """16-bit rows of (7168, 8192] with more rows than one wave but at most FWD_ROW_BLOCK_8192_MAX_ROWS take
+    two-row blocks of 8192 columns and 8 warps (N = 7500: the one chunk ragged; an odd M leaves the last block a row
+    short); more rows keep one row a program in 4096-element chunks. (M above one wave: 7 under the interpreter's 4
+    program slots, 301 on an H100.)"""
+    rows = 7 if device == "cpu" else 301
+    assert rows <= _triton.FWD_ROW_BLOCK_8192_MAX_ROWS
+    assert _triton.fwd_config(hidden, dtype).block_m == 1  # more rows than FWD_ROW_BLOCK_8192_MAX_ROWS
+    seen = _record_fwd_configs(monkeypatch)
+    x, weight, bias = make_inputs(gen, (rows, hidden), dtype, device, "w_b_fp32")
+    out = _poisoned((rows, hidden), dtype, device)
+    mean, rstd = _poisoned((rows,), torch.float32, device), _poisoned((rows,), torch.float32, device)
+    _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd)
+    assert [(c.chunked, c.block_m, c.block_n, c.num_warps) for c in seen] == [(True, 2, 8192, 8)]
+    check.out(out, x, weight, bias, EPS)
+    check.stats(mean, rstd, x, EPS)
+
+
+@pytest.mark.parametrize("hidden, expected", [(4096, (False, True)), (12000, (True, False))], ids=str)
+def test_fwd_default_configs_with_a_wider_out(gen, device, check, monkeypatch, hidden, expected):
+    """bf16 x, fp32 out: resident rows load weight and bias with the rows (affine_first); rows of (8192, 16384]
+    stream one row a program instead of the two-row blocks of an out in x's dtype."""
+    rows = 7 if device == "cpu" else 301
+    seen = _record_fwd_configs(monkeypatch)
+    x, weight, bias = make_inputs(gen, (rows, hidden), torch.bfloat16, device, "w_b_fp32")
+    out = _poisoned((rows, hidden), torch.float32, device)
+    mean, rstd = _poisoned((rows,), torch.float32, device), _poisoned((rows,), torch.float32, device)
+    _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd)
+    assert [(c.chunked, c.affine_first) for c in seen] == [expected]
+    assert seen[0].block_m == 1 or not seen[0].chunked
+    check.out(out, x, weight, bias, EPS, out_dtype=torch.float32)
     check.stats(mean, rstd, x, EPS)
 
 

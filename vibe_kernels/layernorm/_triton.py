@@ -70,14 +70,6 @@ class FwdConfig:
     programs_per_sm: int = 0  # chunked only: 0 = one program per row block; k = a persistent grid of k x SMs
     affine_first: bool = False  # resident only: weight/bias loaded with the rows, before the statistics
     l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
-    # Chunked only: at most this many programs (0: no cap beyond programs_per_sm), so that fewer rows are in flight
-    # and each row's normalizing pass finds it in L2 (132 rows of 262144 bf16 are 66 MB, more than the H100's L2).
-    # Opt-in, for the probe (benchmarks/triton_fwd_probe.py "g<programs>"); no default config sets it.
-    max_programs: int = 0
-
-    def __post_init__(self):
-        if self.max_programs < 0 or (self.max_programs and not self.chunked):
-            raise ValueError(f"max_programs must be 0 or positive, and only for the chunked forward: {self}")
 
 
 @dataclass(frozen=True)
@@ -186,6 +178,18 @@ FWD_RESIDUAL_RESIDENT_16BIT = 16384
 # 4096x16384 88 -> 91%, 32768x16384 94 -> 95%. Wider rows measured slower in row blocks (32768 x 32768 / 65536: 90 /
 # 85 -> 89 / 76%; 131072, 262144: 70 / 66 -> 67 / 65% at best), and blocks of four rows slower everywhere.
 FWD_ROW_BLOCK_16BIT = (8192, 16384)
+# fp16/bf16 rows of (7168, 8192] elements, more rows than one wave but at most FWD_ROW_BLOCK_8192_MAX_ROWS, no residual,
+# out in x's dtype: blocks of two rows of 8192 columns, 8 warps, instead of one row in 4096-element chunks
+# (triton_fwd_probe.py, H100, 2026-12-06, thirteenth session, benchmarks/results/h100-2026-12-06-e/probes/
+# triton-fwd-rows-narrow.txt, % of a copy, two interleaved samples each): 4096x8192 fp16 93 -> 96%, bf16 92 -> 95%
+# (16 warps: 67-68%; one resident row of 4-16 warps: 79-83%). Measured at 4096 rows only: at 32768 rows the chunked
+# config is at 100% of a copy (bench) and the row blocks are unmeasured, so more rows keep it.
+FWD_ROW_BLOCK_8192 = (7168, 8192)
+FWD_ROW_BLOCK_8192_MAX_ROWS = 4096
+# With out wider than x (fp16/bf16 in, fp32 out), two things measured the other way round (triton_residual_probe.py
+# --out-dtype float32, same run, triton-out-fp32.txt, % of the same-bytes SOL): resident rows load weight and bias
+# with the rows (affine_first: 4096x4096 bf16 -> fp32 96 -> 105-106%), and (8192, 16384] keeps one row a program of
+# 8 warps instead of FWD_ROW_BLOCK_16BIT's two-row blocks (4096x16384 87 -> 90%).
 
 # L2 eviction hints (FwdConfig.l2_hints / BwdConfig.l2_hints) where they measured faster (H100, 2026-11-25, sixth
 # session, benchmarks/results/h100-2026-11-25-f/probes, % of a copy / an add). Forward, chunked rows (statistics pass
@@ -247,7 +251,8 @@ def load_tuned_configs(path: str) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave: bool = False) -> FwdConfig:
+def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave: bool = False,
+               wide_out: bool = False, few_rows: bool = False) -> FwdConfig:
     """Forward config for rows of ``hidden`` elements of ``dtype``, from the measured ladder (or the tuned configs).
 
     one_wave: the rows are few enough for one program each, all at once (M at most the SM count). Latency then
@@ -256,37 +261,50 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave
     2026-11-25, fifth session, triton_residual_probe.py --out-dtype bfloat16, % of a copy): 1x1024 78 -> 86%,
     1x4096 72 -> 80%, 128x4096 78 -> 84%, 1x8192 56 -> 71%, 128x8192 74 -> 85%; at 4096x4096 and 32768x1024,
     weight/bias first moved 93 -> 94% and 97 -> 98% (not adopted there). L2 eviction hints where they measured
-    faster (``_fwd_l2_hints``); residual: the config for a forward with a fused residual.
+    faster (``_fwd_l2_hints``); residual: the config for a forward with a fused residual. wide_out: out's elements
+    are wider than x's (fp32 out from fp16/bf16 x). few_rows: at most FWD_ROW_BLOCK_8192_MAX_ROWS rows (the
+    two-row blocks at N = 8192, above one wave).
 
     >>> fwd_config(256, torch.bfloat16)
     FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, max_programs=0)
+l2_hints=True)
     >>> fwd_config(5000, torch.float16)
     FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, max_programs=0)
+l2_hints=True)
     >>> fwd_config(8192, torch.bfloat16)
     FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, max_programs=0)
+l2_hints=True)
     >>> fwd_config(16384, torch.bfloat16)
     FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, max_programs=0)
+l2_hints=True)
     >>> fwd_config(16384, torch.float16, residual=True)
     FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=False, max_programs=0)
+l2_hints=False)
     >>> fwd_config(8192, torch.bfloat16, one_wave=True)
     FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True, \
-l2_hints=False, max_programs=0)
+l2_hints=False)
+    >>> fwd_config(8192, torch.float16, few_rows=True)
+    FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
+l2_hints=True)
+    >>> fwd_config(4096, torch.bfloat16, wide_out=True).affine_first, fwd_config(16384, torch.bfloat16, wide_out=True)
+    (True, FwdConfig(block_m=1, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, \
+affine_first=False, l2_hints=True))
     """
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
         return tuned
-    config = _ladder_fwd_config(hidden, dtype, residual, streamed=not one_wave)
-    if one_wave and not config.chunked:
+    config = _ladder_fwd_config(hidden, dtype, residual, streamed=not one_wave, wide_out=wide_out,
+                                few_rows=few_rows)
+    if (one_wave or wide_out) and not config.chunked:
         config = dataclasses.replace(config, affine_first=True)
     return dataclasses.replace(config, l2_hints=_fwd_l2_hints(config, dtype, one_wave, residual))
 
 
-def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed: bool) -> FwdConfig:
+def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed: bool, wide_out: bool = False,
+                       few_rows: bool = False) -> FwdConfig:
+    row_blocks = streamed and dtype != torch.float32 and not residual and not wide_out
+    if row_blocks and few_rows and FWD_ROW_BLOCK_8192[0] < hidden <= FWD_ROW_BLOCK_8192[1]:
+        return FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True)
     if (streamed and dtype != torch.float32 and not residual
             and FWD_STREAMED_16BIT[0] < hidden <= FWD_STREAMED_16BIT[1]):
         # One row per program in two passes over 4096-element chunks (the second from L1/L2); 1024-element chunks
@@ -298,8 +316,7 @@ def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed
         return FwdConfig(block_m=1, block_n=block_n, num_warps=num_warps, chunked=True)
     if dtype != torch.float32 and residual and FWD_STREAMED_16BIT[1] < hidden <= FWD_RESIDUAL_RESIDENT_16BIT:
         return FwdConfig(block_m=1, block_n=_next_power_of_2(hidden), num_warps=16, chunked=False)
-    if (streamed and dtype != torch.float32 and not residual
-            and FWD_ROW_BLOCK_16BIT[0] < hidden <= FWD_ROW_BLOCK_16BIT[1]):
+    if row_blocks and FWD_ROW_BLOCK_16BIT[0] < hidden <= FWD_ROW_BLOCK_16BIT[1]:
         return FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True)
     _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_FWD_LADDER, hidden, dtype)
     padded = _next_power_of_2(hidden)
@@ -1194,7 +1211,8 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         if plan is not None and not _profiler_hooks_installed():
             _run_compiled(plan[1], plan[0], plan_key[0], args)
             return
-    cfg = config or fwd_config(hidden, x.dtype, has_residual, rows <= _program_slots(x.device))
+    cfg = config or fwd_config(hidden, x.dtype, has_residual, rows <= _program_slots(x.device),
+                               out.element_size() > x.element_size(), rows <= FWD_ROW_BLOCK_8192_MAX_ROWS)
     flags = dict(
         HAS_W=weight is not None, HAS_B=bias is not None, STORE_MEAN=mean is not None, STORE_RSTD=rstd is not None,
         IS_RMS=bool(rms), HAS_RESIDUAL=has_residual, STORE_RESIDUAL=residual_out is not None,
@@ -1206,8 +1224,6 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         row_blocks = _cdiv(rows, cfg.block_m)
         programs = (row_blocks if cfg.programs_per_sm == 0
                     else min(row_blocks, cfg.programs_per_sm * _program_slots(x.device)))
-        if cfg.max_programs:
-            programs = min(programs, cfg.max_programs)
         grid = (programs,)
         entry = _launch(_layernorm_fwd_chunked_kernel, grid, cfg.num_warps, *args,
                         N=hidden, BLOCK_N=cfg.block_n, L2_HINTS=cfg.l2_hints, BLOCK_M=cfg.block_m, **flags)
