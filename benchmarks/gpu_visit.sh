@@ -13,11 +13,13 @@
 #                                           # column sums, a step's kernels, RMSNorm's staged backward, "cl2"
 #   bash benchmarks/gpu_visit.sh probes-b   # the Triton leads (thirteenth session): row blocks at N <= 16384, out
 #                                           # fp32, the backward at N = 256, small-M forward
+#   bash benchmarks/gpu_visit.sh probes-c   # the thirteenth session's follow-ups: N = 8192 blocks at more M, out
+#                                           # fp32 at more shapes, CuTeDSL fp16 vs bf16 backward (probe + ncu)
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -138,6 +140,28 @@ case "$part" in
     timeout 60 python benchmarks/triton_fwd_probe.py --shapes 128x4096,1x4096,64x4096 --repeats 5 \
       --configs c2048w4h,c2048w8h,c1024w4h,r1x4096w4ha,r1x4096w16ha,r1x4096w8a,r1x4096w8h > "$out/triton-fwd-small-m.txt" 2>&1
     echo "Triton small-M forward probe: rc=$?"; grep -E "copy|default|[cr][0-9]+" "$out/triton-fwd-small-m.txt" | cut -c1-160
+    ;;
+  probes-c)
+    # The thirteenth session's follow-ups (docs/perf-notes.md, "Next GPU visit").
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    # Triton's two-row blocks at N = 8192 beyond the 4096 rows they were adopted at, and at N < 8192.
+    timeout 120 python benchmarks/triton_fwd_probe.py --repeats 3 --configs c4096w8h,c8192w8m2h \
+      --shapes 32768x8192,16384x8192,8192x8192,4096x6144xfloat16,4096x7680xfloat16 > "$out/triton-fwd-8192-rows.txt" 2>&1
+    echo "Triton N = 8192 blocks: rc=$?"; grep -vE "^device" "$out/triton-fwd-8192-rows.txt" | cut -c1-150
+    # The wider-out rules (bf16 -> fp32) at more shapes.
+    timeout 120 python benchmarks/triton_residual_probe.py --out-dtype float32 --dtype bfloat16 \
+      --shapes 32768x1024,32768x4096,4096x2048 > "$out/triton-out-fp32-more.txt" 2>&1
+    echo "Triton out fp32: rc=$?"; grep -E "default" "$out/triton-out-fp32-more.txt" | cut -c1-200
+    # fp16 against bf16 in the CuTeDSL backward at 4096x8192: the probe, then ncu of a step's kernels.
+    timeout 120 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 --only new,sep \
+      --repeat 3 > "$out/cutedsl-bwd-fp16-bf16.txt" 2>&1
+    echo "CuTeDSL backward fp16 / bf16: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-fp16-bf16.txt"
+    for dtype in float16 bfloat16; do
+      timeout 150 ncu --clock-control none --launch-skip 20 --launch-count 6 --section SpeedOfLight \
+        --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats --section Occupancy \
+        python benchmarks/ncu_step.py --shape 4096x8192x$dtype --backend cutedsl --rms > "$out/ncu-rms-$dtype.txt" 2>&1
+      echo "ncu $dtype: rc=$?"; grep -E "^  [a-z_].*\(|Duration|DRAM Throughput|Memory Throughput" "$out/ncu-rms-$dtype.txt" | head -12
+    done
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).
