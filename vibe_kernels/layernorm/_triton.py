@@ -187,9 +187,10 @@ FWD_ROW_BLOCK_16BIT = (8192, 16384)
 FWD_ROW_BLOCK_8192 = (7168, 8192)
 FWD_ROW_BLOCK_8192_MAX_ROWS = 4096
 # With out wider than x (fp16/bf16 in, fp32 out), two things measured the other way round (triton_residual_probe.py
-# --out-dtype float32, same run, triton-out-fp32.txt, % of the same-bytes SOL): resident rows load weight and bias
-# with the rows (affine_first: 4096x4096 bf16 -> fp32 96 -> 105-106%), and (8192, 16384] keeps one row a program of
-# 8 warps instead of FWD_ROW_BLOCK_16BIT's two-row blocks (4096x16384 87 -> 90%).
+# --out-dtype float32, same run, triton-out-fp32.txt, % of the same-bytes SOL; no residual): resident rows load weight
+# and bias with the rows (affine_first: 4096x4096 bf16 -> fp32 96 -> 105-106%), and (8192, 16384] keeps one row a
+# program of 8 warps instead of FWD_ROW_BLOCK_16BIT's two-row blocks (4096x16384 87 -> 90%). Measured at those two
+# shapes only.
 
 # L2 eviction hints (FwdConfig.l2_hints / BwdConfig.l2_hints) where they measured faster (H100, 2026-11-25, sixth
 # session, benchmarks/results/h100-2026-11-25-f/probes, % of a copy / an add). Forward, chunked rows (statistics pass
@@ -295,7 +296,7 @@ affine_first=False, l2_hints=True))
         return tuned
     config = _ladder_fwd_config(hidden, dtype, residual, streamed=not one_wave, wide_out=wide_out,
                                 few_rows=few_rows)
-    if (one_wave or wide_out) and not config.chunked:
+    if (one_wave or (wide_out and not residual)) and not config.chunked:
         config = dataclasses.replace(config, affine_first=True)
     return dataclasses.replace(config, l2_hints=_fwd_l2_hints(config, dtype, one_wave, residual))
 
