@@ -3,6 +3,8 @@
 #   bash benchmarks/gpu_visit.sh tests      # the whole test suite on CUDA tensors (may pass 585 s: then the halves)
 #   bash benchmarks/gpu_visit.sh tests-a    # its first half (test files up to test_gpu_ecosystem.py; 134 s, H100)
 #   bash benchmarks/gpu_visit.sh tests-b    # the second half (294 s on the H100, eighth session)
+#   (WORKERS=N sets pytest-xdist's workers, 8 by default: tests-b ran in 231 s with 14, thirteenth session, but
+#   tests-a ran out of GPU memory with 14; TESTS_LIMIT=S the halves' time limit, 585 s by default.)
 #   bash benchmarks/gpu_visit.sh checks     # CuTeDSL check, validation vs Quack, first-call times, host profile
 #   bash benchmarks/gpu_visit.sh sanitize   # compute-sanitizer memcheck / initcheck / racecheck (sanitize.sh,
 #                                           # then sanitize_features.py)
