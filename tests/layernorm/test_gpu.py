@@ -245,6 +245,19 @@ def _check_fused_column_sum(run, x, dy, mean, rstd, rms):
         assert counter.tolist() == [0, 0]
 
 
+def _fused_sum_inputs(cuda_gen, rows, hidden, dtype, variant):
+    """x, weight (in x's dtype for the "same" variant), dy, mean (None for "rms"), rstd and the RMSNorm flag of the
+    fused column sum tests."""
+    x, weight, _ = _inputs(cuda_gen, rows, hidden, dtype)
+    if variant == "same":
+        weight = weight.to(dtype)
+    rms = variant == "rms"
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
+    mean = None if rms else layernorm_mean_ref(x).float()
+    rstd = (torch.rsqrt(x.double().square().mean(-1) + 1e-5) if rms else layernorm_rstd_ref(x, 1e-5)).float()
+    return x, weight, dy, mean, rstd, rms
+
+
 @pytest.mark.parametrize("rows, hidden, dtype, variant", [
     (4096, 8192, torch.float16, "fp32"), (4095, 5000, torch.float16, "fp32"), (2049, 256, torch.bfloat16, "fp32"),
     (1000, 4096, torch.float32, "fp32"), (700, 3072, torch.bfloat16, "same"), (1500, 1000, torch.bfloat16, "fp32"),
@@ -260,13 +273,7 @@ def test_cutedsl_backward_fused_column_sum(cuda_gen, rows, hidden, dtype, varian
     from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
     from vibe_kernels.layernorm._cutedsl import launch as cutedsl_launch
 
-    x, weight, _ = _inputs(cuda_gen, rows, hidden, dtype)
-    if variant == "same":
-        weight = weight.to(dtype)
-    rms = variant == "rms"
-    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
-    mean = None if rms else layernorm_mean_ref(x).float()
-    rstd = (torch.rsqrt(x.double().square().mean(-1) + 1e-5) if rms else layernorm_rstd_ref(x, 1e-5)).float()
+    x, weight, dy, mean, rstd, rms = _fused_sum_inputs(cuda_gen, rows, hidden, dtype, variant)
     vec = cutedsl_launch.vector_width(x.element_size(), hidden, (x.stride(0),),
                                       ((x.data_ptr(), x.element_size()), (weight.data_ptr(), weight.element_size())))
     default = cutedsl_config.bwd_config(hidden, x.element_size(), vec, rows=rows)
@@ -299,13 +306,7 @@ def test_triton_backward_fused_sum(cuda_gen, monkeypatch, rows, hidden, dtype, v
     sum_partials') and of an fp64 reference; repeated launches give the same bits (the counter is back at zero
     after each), and so do launches on two streams at once (a counter per stream). 32768 x 512: two programs add
     into each partial row (SHARED_PARTIALS); 600 x 16384: the re-read rows."""
-    x, weight, _ = _inputs(cuda_gen, rows, hidden, dtype)
-    if variant == "same":
-        weight = weight.to(dtype)
-    rms = variant == "rms"
-    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
-    mean = None if rms else layernorm_mean_ref(x).float()
-    rstd = (torch.rsqrt(x.double().square().mean(-1) + 1e-5) if rms else layernorm_rstd_ref(x, 1e-5)).float()
+    x, weight, dy, mean, rstd, rms = _fused_sum_inputs(cuda_gen, rows, hidden, dtype, variant)
     default = _triton.bwd_config(hidden, dtype)
     assert not default.chunked
     sums = []

@@ -92,8 +92,9 @@ class BwdConfig:
     # Resident only: the partial rows' column sum in the backward's own launch instead of a second one (each launch
     # costs ~3 µs of GPU time, against a backward of 40-80 µs at M = 4096): cdiv(N, FUSED_SUM_BLOCK_N) sum programs
     # follow the row programs in the grid, wait on a per-stream arrival counter until every row program has written
-    # its partial rows, then sum their columns (see _layernorm_bwd_resident_kernel). Opt-in: not yet measured on a
-    # GPU (benchmarks/triton_bwd_probe.py "f"). The launcher falls back to the second launch where it cannot use it.
+    # its partial rows, then sum their columns (see _layernorm_bwd_resident_kernel). Opt-in: 1-3 points of the add
+    # slower than the second launch at M = 4096-32768 (H100, twelfth session, benchmarks/triton_bwd_probe.py "f",
+    # h100-2026-12-06-d/probes). The launcher falls back to the second launch where it cannot use it.
     fused_sum: bool = False
 
     def __post_init__(self):
