@@ -350,15 +350,17 @@ def _record_fwd_configs(monkeypatch) -> list:
     return seen
 
 
-@pytest.mark.parametrize("dtype, hidden", [(torch.float16, 8192), (torch.bfloat16, 7500)], ids=str)
-def test_fwd_default_two_row_blocks_at_8192_for_few_rows(gen, device, check, monkeypatch, dtype, hidden):
-    """16-bit rows of (7168, 8192] with more rows than one wave but at most FWD_ROW_BLOCK_8192_MAX_ROWS take
-    two-row blocks of 8192 columns and 8 warps (N = 7500: the one chunk ragged; an odd M leaves the last block a row
-    short); more rows keep one row a program in 4096-element chunks. (M above one wave: 7 under the interpreter's 4
-    program slots, 301 on an H100.)"""
+@pytest.mark.parametrize("dtype, hidden", [(torch.float16, 8192), (torch.bfloat16, 7500), (torch.float16, 6144)],
+                         ids=str)
+def test_fwd_default_two_row_blocks_from_6144_to_8192(gen, device, check, monkeypatch, dtype, hidden):
+    """16-bit rows of [6144, 8192] with more rows than one wave take two-row blocks of 8192 columns and 8 warps
+    (N = 7500, 6144: the one chunk ragged; an odd M leaves the last block a row short); rows of (4096, 6144) keep
+    one row a program in 1024-element chunks, rows with a wider out one row in 4096-element chunks, and rows with a
+    fused residual stay resident. (M above one wave: 7 under the interpreter's 4 program slots, 301 on an H100.)"""
+    assert _triton.fwd_config(5000, dtype).block_n == 1024
+    assert _triton.fwd_config(hidden, dtype, wide_out=True).block_m == 1
+    assert not _triton.fwd_config(hidden, dtype, residual=True).chunked
     rows = 7 if device == "cpu" else 301
-    assert rows <= _triton.FWD_ROW_BLOCK_8192_MAX_ROWS
-    assert _triton.fwd_config(hidden, dtype).block_m == 1  # more rows than FWD_ROW_BLOCK_8192_MAX_ROWS
     seen = _record_fwd_configs(monkeypatch)
     x, weight, bias = make_inputs(gen, (rows, hidden), dtype, device, "w_b_fp32")
     out = _poisoned((rows, hidden), dtype, device)

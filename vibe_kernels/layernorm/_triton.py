@@ -168,6 +168,14 @@ def _ladder_row(ladder, hidden: int, dtype: torch.dtype):
 # chunks against 80% for the best head + tail tile). fp32 rows of the same bytes keep their ladder entry (not
 # re-measured).
 FWD_STREAMED_16BIT = (4096, 8192)
+# Within that range, rows of [6144, 8192] elements (more rows than one wave, no residual, out in x's dtype) stream
+# in blocks of two rows of 8192 columns, 8 warps, instead of one row in 4096-element chunks (triton_fwd_probe.py,
+# H100, % of a copy): 4096x8192 fp16 93 -> 96%, bf16 92 -> 95% (2026-12-06, thirteenth session,
+# benchmarks/results/h100-2026-12-06-e/probes/triton-fwd-rows-narrow.txt; 16 warps: 67-68%, one resident row of
+# 4-16 warps: 79-83%); bf16 8192 / 16384 / 32768 rows of 8192: 95 / 97 / 99 -> 97 / 99 / 101%, 4096x6144 fp16 78 ->
+# 93%, 4096x7680 fp16 94 -> 94% (2026-12-07, fourteenth session, benchmarks/results/h100-2026-12-07-f/probes/
+# triton-fwd-8192-rows.txt, three samples each). Rows of (4096, 6144) keep 1024-element chunks (4095x5000: 96% in
+# the bench). Rows between one wave and 4096 are unmeasured.
 # With a fused residual, fp16/bf16 rows of (8192, 16384] elements stay resident (one row a program, 16 warps) instead
 # of the ladder's 8192-element chunks, whose second pass re-reads the h the first pass wrote (probe, H100,
 # 2026-11-25, fourth session, benchmarks/results/h100-2026-11-25-d/probes/triton-residual-probe.txt, 4096x16384
@@ -179,14 +187,6 @@ FWD_RESIDUAL_RESIDENT_16BIT = 16384
 # 4096x16384 88 -> 91%, 32768x16384 94 -> 95%. Wider rows measured slower in row blocks (32768 x 32768 / 65536: 90 /
 # 85 -> 89 / 76%; 131072, 262144: 70 / 66 -> 67 / 65% at best), and blocks of four rows slower everywhere.
 FWD_ROW_BLOCK_16BIT = (8192, 16384)
-# fp16/bf16 rows of (7168, 8192] elements, more rows than one wave but at most FWD_ROW_BLOCK_8192_MAX_ROWS, no residual,
-# out in x's dtype: blocks of two rows of 8192 columns, 8 warps, instead of one row in 4096-element chunks
-# (triton_fwd_probe.py, H100, 2026-12-06, thirteenth session, benchmarks/results/h100-2026-12-06-e/probes/
-# triton-fwd-rows-narrow.txt, % of a copy, two interleaved samples each): 4096x8192 fp16 93 -> 96%, bf16 92 -> 95%
-# (16 warps: 67-68%; one resident row of 4-16 warps: 79-83%). Measured at 4096 rows only: at 32768 rows the chunked
-# config is at 100% of a copy (bench) and the row blocks are unmeasured, so more rows keep it.
-FWD_ROW_BLOCK_8192 = (7168, 8192)
-FWD_ROW_BLOCK_8192_MAX_ROWS = 4096
 # With out wider than x (fp16/bf16 in, fp32 out), two things measured the other way round (triton_residual_probe.py
 # --out-dtype float32, same run, triton-out-fp32.txt, % of the same-bytes SOL; no residual): resident rows load weight
 # and bias with the rows (affine_first: 4096x4096 bf16 -> fp32 96 -> 105-106%), and (8192, 16384] keeps one row a
@@ -254,7 +254,7 @@ def load_tuned_configs(path: str) -> int:
 
 @functools.lru_cache(maxsize=1024)
 def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave: bool = False,
-               wide_out: bool = False, few_rows: bool = False) -> FwdConfig:
+               wide_out: bool = False) -> FwdConfig:
     """Forward config for rows of ``hidden`` elements of ``dtype``, from the measured ladder (or the tuned configs).
 
     one_wave: the rows are few enough for one program each, all at once (M at most the SM count). Latency then
@@ -264,8 +264,7 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave
     1x4096 72 -> 80%, 128x4096 78 -> 84%, 1x8192 56 -> 71%, 128x8192 74 -> 85%; at 4096x4096 and 32768x1024,
     weight/bias first moved 93 -> 94% and 97 -> 98% (not adopted there). L2 eviction hints where they measured
     faster (``_fwd_l2_hints``); residual: the config for a forward with a fused residual. wide_out: out's elements
-    are wider than x's (fp32 out from fp16/bf16 x). few_rows: at most FWD_ROW_BLOCK_8192_MAX_ROWS rows (the
-    two-row blocks at N = 8192, above one wave).
+    are wider than x's (fp32 out from fp16/bf16 x).
 
     >>> fwd_config(256, torch.bfloat16)
     FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
@@ -274,7 +273,7 @@ l2_hints=True)
     FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
 l2_hints=True)
     >>> fwd_config(8192, torch.bfloat16)
-    FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
+    FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
 l2_hints=True)
     >>> fwd_config(16384, torch.bfloat16)
     FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
@@ -285,8 +284,8 @@ l2_hints=False)
     >>> fwd_config(8192, torch.bfloat16, one_wave=True)
     FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True, \
 l2_hints=False)
-    >>> fwd_config(8192, torch.float16, few_rows=True)
-    FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
+    >>> fwd_config(8192, torch.bfloat16, wide_out=True)
+    FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
 l2_hints=True)
     >>> fwd_config(4096, torch.bfloat16, wide_out=True).affine_first, fwd_config(16384, torch.bfloat16, wide_out=True)
     (True, FwdConfig(block_m=1, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, \
@@ -295,26 +294,26 @@ affine_first=False, l2_hints=True))
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
         return tuned
-    config = _ladder_fwd_config(hidden, dtype, residual, streamed=not one_wave, wide_out=wide_out,
-                                few_rows=few_rows)
+    config = _ladder_fwd_config(hidden, dtype, residual, streamed=not one_wave, wide_out=wide_out)
     if (one_wave or (wide_out and not residual)) and not config.chunked:
         config = dataclasses.replace(config, affine_first=True)
     return dataclasses.replace(config, l2_hints=_fwd_l2_hints(config, dtype, one_wave, residual))
 
 
-def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed: bool, wide_out: bool = False,
-                       few_rows: bool = False) -> FwdConfig:
+def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed: bool,
+                       wide_out: bool = False) -> FwdConfig:
     row_blocks = streamed and dtype != torch.float32 and not residual and not wide_out
-    if row_blocks and few_rows and FWD_ROW_BLOCK_8192[0] < hidden <= FWD_ROW_BLOCK_8192[1]:
-        return FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True)
     if (streamed and dtype != torch.float32 and not residual
             and FWD_STREAMED_16BIT[0] < hidden <= FWD_STREAMED_16BIT[1]):
         # One row per program in two passes over 4096-element chunks (the second from L1/L2); 1024-element chunks
-        # when 4096-element ones would leave most of the last chunk idle (N = 5000). Not with a residual: both
-        # passes would read x and r (measured resident there, 94-95% at 4096x8192).
+        # when 4096-element ones would leave most of the last chunk idle (N = 5000); else, out in x's dtype, two
+        # rows a program in one 8192-element chunk (FWD_STREAMED_16BIT's comment). Not with a residual: both passes
+        # would read x and r (measured resident there, 94-95% at 4096x8192).
         block_n, num_warps = 4096, 8
         if -hidden % block_n > block_n // 2:
             block_n, num_warps = 1024, 4
+        elif row_blocks:
+            return FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True)
         return FwdConfig(block_m=1, block_n=block_n, num_warps=num_warps, chunked=True)
     if dtype != torch.float32 and residual and FWD_STREAMED_16BIT[1] < hidden <= FWD_RESIDUAL_RESIDENT_16BIT:
         return FwdConfig(block_m=1, block_n=_next_power_of_2(hidden), num_warps=16, chunked=False)
@@ -1214,7 +1213,7 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
             _run_compiled(plan[1], plan[0], plan_key[0], args)
             return
     cfg = config or fwd_config(hidden, x.dtype, has_residual, rows <= _program_slots(x.device),
-                               out.element_size() > x.element_size(), rows <= FWD_ROW_BLOCK_8192_MAX_ROWS)
+                               out.element_size() > x.element_size())
     flags = dict(
         HAS_W=weight is not None, HAS_B=bias is not None, STORE_MEAN=mean is not None, STORE_RSTD=rstd is not None,
         IS_RMS=bool(rms), HAS_RESIDUAL=has_residual, STORE_RESIDUAL=residual_out is not None,
