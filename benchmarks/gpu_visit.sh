@@ -17,8 +17,9 @@
 #                                           # fp32, the backward at N = 256, small-M forward
 #   bash benchmarks/gpu_visit.sh probes-c   # the thirteenth session's follow-ups: N = 8192 blocks at more M, out
 #                                           # fp32 at more shapes, CuTeDSL fp16 vs bf16 backward (probe + ncu)
-#   bash benchmarks/gpu_visit.sh probes-d   # the fourteenth session's: does the backward's speed follow the dtype or
-#                                           # the data (data_pattern_probe.py); Triton's N = 8192 row blocks at fewer rows
+#   bash benchmarks/gpu_visit.sh probes-d   # the fourteenth session's: the CuTeDSL backward's statistics two tiles
+#                                           # ahead (probe + GPU tests), does the backward's speed follow the dtype or
+#                                           # the data (data_pattern_probe.py), Triton's N = 8192 row blocks at fewer rows
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -169,16 +170,24 @@ case "$part" in
     ;;
   probes-d)
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    timeout 200 python benchmarks/data_pattern_probe.py > "$out/data-pattern.txt" 2>&1
+    # The CuTeDSL backward with its statistics loaded two row tiles ahead (fourteenth session), fp16 and bf16.
+    timeout 150 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 --only new \
+      --repeat 3 > "$out/cutedsl-bwd-stats-ahead-rms.txt" 2>&1
+    echo "CuTeDSL RMSNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-stats-ahead-rms.txt"
+    timeout 150 python benchmarks/cutedsl_bwd_probe.py --shapes 4096x8192xfp16,4096x8192xbf16,4096x4096xfp16,4095x5000xfp16 \
+      --only new --repeat 2 > "$out/cutedsl-bwd-stats-ahead.txt" 2>&1
+    echo "CuTeDSL LayerNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-stats-ahead.txt"
+    timeout 200 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -x -k "cutedsl and (backward or stages or fused)" \
+      > "$out/gpu-cutedsl-bwd-tests.log" 2>&1
+    echo "CuTeDSL backward GPU tests: rc=$? $(tail -1 "$out/gpu-cutedsl-bwd-tests.log")"
+    # Does the backward's speed follow the dtype or the data?
+    timeout 150 python benchmarks/data_pattern_probe.py > "$out/data-pattern.txt" 2>&1
     echo "data pattern: rc=$?"; cat "$out/data-pattern.txt"
     # The two-row blocks (now the default from N = 6144 to 8192) between one wave and 4096 rows, and fp16 / bf16.
     timeout 150 python benchmarks/triton_fwd_probe.py --repeats 3 --configs c4096w8h \
       --shapes 4096x8192xfloat16,4096x8192,2048x8192,1024x8192,512x8192,1024x6144xfloat16 \
       > "$out/triton-fwd-8192-few-rows.txt" 2>&1
     echo "Triton N = 8192 blocks, fewer rows: rc=$?"; grep -vE "^device" "$out/triton-fwd-8192-few-rows.txt" | cut -c1-150
-    timeout 200 python -m pytest tests/layernorm/test_triton_numerics.py -q -p no:cacheprovider -k "two_row or wider_out" \
-      > "$out/gpu-two-row-tests.log" 2>&1
-    echo "two-row tests: rc=$? $(tail -1 "$out/gpu-two-row-tests.log")"
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).
