@@ -172,10 +172,10 @@ case "$part" in
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
     # The CuTeDSL backward with its statistics loaded two row tiles ahead (fourteenth session), fp16 and bf16.
     timeout 150 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 --only new,fus \
-      --repeat 3 > "$out/cutedsl-bwd-stats-ahead-rms.txt" 2>&1
+      --repeat "${REPEAT:-3}" > "$out/cutedsl-bwd-stats-ahead-rms.txt" 2>&1
     echo "CuTeDSL RMSNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-stats-ahead-rms.txt"
-    timeout 150 python benchmarks/cutedsl_bwd_probe.py --shapes 4096x8192xfp16,4096x8192xbf16,4096x4096xfp16,4095x5000xfp16 \
-      --only new,sep,fus --repeat 2 > "$out/cutedsl-bwd-stats-ahead.txt" 2>&1
+    timeout 150 python benchmarks/cutedsl_bwd_probe.py --shapes "${LN_SHAPES:-4096x8192xfp16,4096x8192xbf16,4096x4096xfp16,4095x5000xfp16}" \
+      --only new,sep,fus --repeat "${REPEAT:-2}" > "$out/cutedsl-bwd-stats-ahead.txt" 2>&1
     echo "CuTeDSL LayerNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-stats-ahead.txt"
     timeout 200 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -x -k "cutedsl and (backward or stages or fused)" \
       > "$out/gpu-cutedsl-bwd-tests.log" 2>&1
