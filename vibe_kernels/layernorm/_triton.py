@@ -173,7 +173,7 @@ FWD_STREAMED_16BIT = (4096, 8192)
 # H100, % of a copy): 4096x8192 fp16 93 -> 96%, bf16 92 -> 95% (2026-12-06, thirteenth session,
 # benchmarks/results/h100-2026-12-06-e/probes/triton-fwd-rows-narrow.txt; 16 warps: 67-68%, one resident row of
 # 4-16 warps: 79-83%); bf16 8192 / 16384 / 32768 rows of 8192: 95 / 97 / 99 -> 97 / 99 / 101%, 4096x6144 fp16 78 ->
-# 93%, 4096x7680 fp16 94 -> 94% (2026-12-07, fourteenth session, benchmarks/results/h100-2026-12-07-f/probes/
+# 93%, 4096x7680 fp16 88 -> 94% (2026-12-07, fourteenth session, benchmarks/results/h100-2026-12-07-f/probes/
 # triton-fwd-8192-rows.txt, three samples each). Rows of (4096, 6144) keep 1024-element chunks (4095x5000: 96% in
 # the bench). Rows between one wave and 4096 are unmeasured.
 # With a fused residual, fp16/bf16 rows of (8192, 16384] elements stay resident (one row a program, 16 warps) instead

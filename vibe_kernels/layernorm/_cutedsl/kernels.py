@@ -850,11 +850,6 @@ class LayerNormBwd(_RowKernel):
         # With prefetch, (mean, rstd) of the tile whose x and dy are in flight in the fragments.
         next_mean = Float32(0.0)
         next_rstd = Float32(0.0)
-        # Staged: (mean, rstd) of the tile after that, loaded a whole iteration before they are needed (a tile
-        # ahead, ptxas placed fp16's load after the stage wait, leaving its latency exposed at the loop's end:
-        # 4096x8192 RMSNorm backward 80% of an add against bf16's 90%, fourteenth session).
-        later_mean = Float32(0.0)
-        later_rstd = Float32(0.0)
         if const_expr(self.prefetch):
             next_mean, next_rstd = self._load_tile(first_tile, rank, tiler, num_rows, thr_copy, idX, mX, mDY, mDR,
                                                    mMean, mRstd, tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres)
@@ -865,8 +860,6 @@ class LayerNormBwd(_RowKernel):
                                   stage_x, stage_dy, g2s_x, g2s_dy)
                 cute.arch.cp_async_commit_group()
             next_mean, next_rstd = self._load_stats(first_tile, rank, tiler, num_rows, thr_copy, idX, mMean, mRstd)
-            later_mean, later_rstd = self._load_stats(first_tile + num_clusters, rank, tiler, num_rows, thr_copy,
-                                                      idX, mMean, mRstd)
         for tile in cutlass.range(first_tile, num_tiles, num_clusters, unroll=1):
             it = (tile - first_tile) // num_clusters
             slot = it % 2
@@ -888,9 +881,8 @@ class LayerNormBwd(_RowKernel):
                 if row < num_rows:
                     tXrX.store(_load_slots(_stage_slots(stage_x, it % self.stages, tidx, t), tXrX))
                     tXrDY.store(_load_slots(_stage_slots(stage_dy, it % self.stages, tidx, t), tXrDY))
-                next_mean, next_rstd = later_mean, later_rstd
-                later_mean, later_rstd = self._load_stats(tile + 2 * num_clusters, rank, tiler, num_rows, thr_copy,
-                                                          idX, mMean, mRstd)
+                next_mean, next_rstd = self._load_stats(tile + num_clusters, rank, tiler, num_rows, thr_copy, idX,
+                                                        mMean, mRstd)
             elif const_expr(not self.prefetch):
                 mean, rstd = self._load_tile(tile, rank, tiler, num_rows, thr_copy, idX, mX, mDY, mDR, mMean, mRstd,
                                              tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres)
