@@ -19,6 +19,8 @@ pf: the current default with the next row tile's loads issued while this one com
 st2 / st3: the default with x and dy staged through shared memory by cp.async, 1 / 2 tiles ahead (no prefetch).
 sep / fus: the default with the column sum as a second launch / in the backward's own launch (sum CTAs,
      ``BwdConfig.fused_column_sum``), whichever the default is not.
+sa2 / fs2 / ss2: staged defaults only: the default, "fus", "sep" with each tile's mean and rstd loaded two row tiles
+     ahead (``BwdConfig.stats_ahead``).
 Both run through the current kernel and launcher: the launcher caps a clustered grid at ctas_per_sm waves of the
 clusters the GPU holds at once (cuOccupancyMaxActiveClusters), for the old config as well.
 
@@ -92,6 +94,14 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
             found["fus"] = dataclasses.replace(found["new"], fused_column_sum=True)
         except ValueError:  # clustered rows, column state in shared memory
             pass
+    # Staged: each row tile's mean and rstd loaded two tiles ahead (BwdConfig.stats_ahead), with the column sum
+    # as the default has it ("sa2") and the other way ("fs2": fused, or "ss2": separate).
+    if found["new"].stages > 1:
+        found["sa2"] = dataclasses.replace(found["new"], stats_ahead=2)
+        if "fus" in found:
+            found["fs2"] = dataclasses.replace(found["fus"], stats_ahead=2)
+        if "sep" in found:
+            found["ss2"] = dataclasses.replace(found["sep"], stats_ahead=2)
     # The current default with L2 eviction policies (x, dy evict_first; w evict_last).
     found["l2"] = dataclasses.replace(found["new"], l2_hints=True)
     # The current default with the next row tile's loads issued while this one computes (BwdConfig.prefetch).

@@ -170,17 +170,21 @@ case "$part" in
     ;;
   probes-d)
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    # The CuTeDSL backward, fp16 against bf16, the column sum in a second launch and fused (fourteenth session's
-    # lead: fp16 "sep" 80% of the add, bf16 90%, fp16 fused 91% in the twelfth session).
-    timeout 150 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 --only new,fus \
+    # The CuTeDSL backward, fp16 against bf16, the column sum in a second launch and fused, each with the statistics
+    # one and two row tiles ahead (fourteenth session's lead: fp16 "sep" 80% of the add, bf16 90%, fp16 fused 91% in
+    # the twelfth session; sa2 / fs2 / ss2: BwdConfig.stats_ahead = 2).
+    timeout 150 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 --only new,fus,sa2,fs2 \
       --repeat "${REPEAT:-3}" > "$out/cutedsl-bwd-fp16-bf16-rms.txt" 2>&1
     echo "CuTeDSL RMSNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-fp16-bf16-rms.txt"
     timeout 150 python benchmarks/cutedsl_bwd_probe.py --shapes "${LN_SHAPES:-4096x8192xfp16,4096x8192xbf16,4096x4096xfp16,4095x5000xfp16}" \
-      --only new,sep,fus --repeat "${REPEAT:-2}" > "$out/cutedsl-bwd-fp16-bf16-ln.txt" 2>&1
+      --only new,sep,fus,sa2,fs2,ss2 --repeat "${REPEAT:-2}" > "$out/cutedsl-bwd-fp16-bf16-ln.txt" 2>&1
     echo "CuTeDSL LayerNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-fp16-bf16-ln.txt"
     timeout 200 python -m pytest tests/layernorm/test_triton_numerics.py -q -p no:cacheprovider -k "two_row or wider_out" \
       > "$out/gpu-two-row-tests.log" 2>&1
     echo "Triton two-row block tests: rc=$? $(tail -1 "$out/gpu-two-row-tests.log")"
+    timeout 200 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k "stages_give_the_same_bits" \
+      > "$out/gpu-stages-tests.log" 2>&1
+    echo "CuTeDSL staged backward tests (stats_ahead included): rc=$? $(tail -1 "$out/gpu-stages-tests.log")"
     # Does the backward's speed follow the dtype or the data?
     timeout 150 python benchmarks/data_pattern_probe.py > "$out/data-pattern.txt" 2>&1
     echo "data pattern: rc=$?"; cat "$out/data-pattern.txt"

@@ -162,6 +162,29 @@ def test_backward_prefetch_compiles(hidden, dtype_name, feature):
         assert _count(ptxs[1], r"ld\.global") > _count(ptxs[0], r"ld\.global")
 
 
+@pytest.mark.parametrize("hidden, rows, dtype_name, feature", [(8192, 4096, "fp16", "rms"), (8192, 4096, "bf16", "plain"),
+                                                             (4096, 4096, "fp16", "plain"), (5000, 4095, "fp16", "rms")])
+def test_backward_stats_two_tiles_ahead_compiles(hidden, rows, dtype_name, feature):
+    """BwdConfig.stats_ahead = 2 (the staged loop loads each row tile's mean and rstd two tiles ahead): one more
+    scalar load of each statistic (the second tile's, before the loop) than the default, the rest of the checks
+    unchanged, with the column sum separate or fused (4096 and 5000 are fused by default). Invalid without stages."""
+    elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
+    vec = _aligned_vec(hidden, dtype_name)
+    default = cfg.bwd_config(hidden, elem, vec, rows=rows)
+    assert default.stages > 1 and default.stats_ahead == 1
+    rms = feature == "rms"
+    ptxs = [launch.compile_bwd(dtype, hidden, cutlass.Float32, True, not rms, vec,
+                               dataclasses.replace(default, stats_ahead=ahead), ARCH, keep_ptx=True, rms=rms).__ptx__
+            for ahead in (1, 2)]
+    _check_common(ptxs[1], default.tiling, elem)
+    scalar_load = r"ld\.global" + LOAD_QUALIFIERS + r"\.(b32|f32)\s"
+    assert _count(ptxs[1], scalar_load) == _count(ptxs[0], scalar_load) + (1 if rms else 2)
+    with pytest.raises(ValueError, match="stats_ahead"):
+        dataclasses.replace(default, stages=1, stats_ahead=2)
+    with pytest.raises(ValueError, match="stats_ahead"):
+        dataclasses.replace(default, stats_ahead=3)
+
+
 def test_dx_only_backward_compiles():
     """No weight, no dw/db wanted: only dx is written."""
     config = cfg.bwd_config(2048, 2, 8)

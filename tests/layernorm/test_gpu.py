@@ -180,7 +180,8 @@ def test_cutedsl_backward_prefetch_gives_the_same_bits(cuda_gen, rows, hidden, d
 def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtype, rms, stages, affine):
     """The staged backward (BwdConfig.stages: x and dy of the next row tiles in flight as cp.async copies into
     shared memory) runs the same arithmetic as the kernel that loads them into registers: dx, dw and db
-    bit-identical, ragged last tiles and several tiles per CTA included, with and without a weight."""
+    bit-identical, ragged last tiles and several tiles per CTA included, with and without a weight; and so does it
+    with each tile's mean and rstd loaded two tiles ahead (BwdConfig.stats_ahead)."""
     if not is_cutedsl_layernorm_available():
         pytest.skip("CuTeDSL backend not available")
     from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
@@ -197,7 +198,8 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
         assert cutedsl_config.bwd_config(hidden, x.element_size(), vec, rows=rows).stages == stages
     results = []
     for config in (dataclasses.replace(default, prefetch=False, l2_hints=False, stages=1),
-                   dataclasses.replace(default, prefetch=False, l2_hints=False, stages=stages)):
+                   dataclasses.replace(default, prefetch=False, l2_hints=False, stages=stages),
+                   dataclasses.replace(default, prefetch=False, l2_hints=False, stages=stages, stats_ahead=2)):
         dx = torch.full_like(x, float("nan"))
         grads = [None if weight is None else torch.full((hidden,), float("nan"), device="cuda", dtype=weight.dtype)
                  for _ in range(2)]
@@ -205,9 +207,10 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
             grads[1] = None
         cutedsl_launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, *grads, config=config, rms=rms)
         results.append([dx] + [g for g in grads if g is not None])
-    for reference, got in zip(*results):
-        assert not reference.isnan().any()
-        assert torch.equal(reference, got)
+    for other in results[1:]:
+        for reference, got in zip(results[0], other):
+            assert not reference.isnan().any()
+            assert torch.equal(reference, got)
 
 
 def _check_fused_column_sum(run, x, dy, mean, rstd, rms):

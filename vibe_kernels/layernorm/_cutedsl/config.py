@@ -131,8 +131,15 @@ class BwdConfig:
     # the grid never waits on a CTA that cannot start. Unclustered rows with partial rows in registers only; the
     # launcher falls back to the second launch where it cannot use it (one partial row, CUDA graph capture).
     fused_column_sum: bool = False
+    # With stages > 1, how many row tiles ahead the loop loads each tile's mean and rstd (plain loads into
+    # registers): 1, the next tile's, issued with its copies; 2, a second register pair, so each load has a whole
+    # iteration more to land wherever ptxas schedules it. An opt-in for probing (fourteenth session: ptxas placed
+    # the one-ahead load after the stage wait in the fp16 kernel at N = 8192, before it in bf16's; untimed).
+    stats_ahead: int = 1
 
     def __post_init__(self):
+        if self.stats_ahead not in (1, 2) or (self.stats_ahead == 2 and self.stages == 1):
+            raise ValueError(f"stats_ahead must be 1, or 2 with stages > 1: {self}")
         if self.stages > 1 and (self.prefetch or self.column_tile or self.column_state_in_smem):
             raise ValueError(f"stages = {self.stages} replaces prefetch and excludes column CTAs and the column state "
                              f"in shared memory: {self}")

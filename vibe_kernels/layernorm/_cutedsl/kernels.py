@@ -607,6 +607,7 @@ class LayerNormBwd(_RowKernel):
         self.dres_dtype = dres_dtype
         self.dres_in_dtype = dres_in_dtype
         self.stages = config.stages
+        self.stats_ahead = config.stats_ahead
         full_vectors = config.tiling.vec * dtype.width == 128 and config.tiling.vec * self.dy_dtype.width == 128
         if self.stages > 1 and not (dres_dtype is None and self.column_ctas == 0 and full_vectors):
             raise ValueError(f"stages = {self.stages}: only with 16-byte vectors of x and dy (cp.async.cg), not with "
@@ -850,6 +851,9 @@ class LayerNormBwd(_RowKernel):
         # With prefetch, (mean, rstd) of the tile whose x and dy are in flight in the fragments.
         next_mean = Float32(0.0)
         next_rstd = Float32(0.0)
+        # Staged with stats_ahead = 2: (mean, rstd) of the tile after that.
+        later_mean = Float32(0.0)
+        later_rstd = Float32(0.0)
         if const_expr(self.prefetch):
             next_mean, next_rstd = self._load_tile(first_tile, rank, tiler, num_rows, thr_copy, idX, mX, mDY, mDR,
                                                    mMean, mRstd, tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres)
@@ -860,6 +864,9 @@ class LayerNormBwd(_RowKernel):
                                   stage_x, stage_dy, g2s_x, g2s_dy)
                 cute.arch.cp_async_commit_group()
             next_mean, next_rstd = self._load_stats(first_tile, rank, tiler, num_rows, thr_copy, idX, mMean, mRstd)
+            if const_expr(self.stats_ahead == 2):
+                later_mean, later_rstd = self._load_stats(first_tile + num_clusters, rank, tiler, num_rows, thr_copy,
+                                                          idX, mMean, mRstd)
         for tile in cutlass.range(first_tile, num_tiles, num_clusters, unroll=1):
             it = (tile - first_tile) // num_clusters
             slot = it % 2
@@ -881,8 +888,13 @@ class LayerNormBwd(_RowKernel):
                 if row < num_rows:
                     tXrX.store(_load_slots(_stage_slots(stage_x, it % self.stages, tidx, t), tXrX))
                     tXrDY.store(_load_slots(_stage_slots(stage_dy, it % self.stages, tidx, t), tXrDY))
-                next_mean, next_rstd = self._load_stats(tile + num_clusters, rank, tiler, num_rows, thr_copy, idX,
-                                                        mMean, mRstd)
+                if const_expr(self.stats_ahead == 2):
+                    next_mean, next_rstd = later_mean, later_rstd
+                    later_mean, later_rstd = self._load_stats(tile + 2 * num_clusters, rank, tiler, num_rows,
+                                                              thr_copy, idX, mMean, mRstd)
+                else:
+                    next_mean, next_rstd = self._load_stats(tile + num_clusters, rank, tiler, num_rows, thr_copy,
+                                                            idX, mMean, mRstd)
             elif const_expr(not self.prefetch):
                 mean, rstd = self._load_tile(tile, rank, tiler, num_rows, thr_copy, idX, mX, mDY, mDR, mMean, mRstd,
                                              tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres)
