@@ -7,7 +7,8 @@ conversions, while Triton's backward is as fast in both.)
 Per dtype (fp16, bf16) and bit pattern of x and dy ("own": randn in that dtype; "other": the other 16-bit dtype's
 randn bits, reinterpreted; "zero": all zeros; "half": randn with the low 8 mantissa bits cleared, for fp16): a
 device copy of x, torch.add(x, dy), and the RMSNorm backward (no mean, fp32 weight, dw wanted) of both backends'
-launchers with their default configs, in ms (triton do_bench median, L2 flushed) and as % of the add, and the
+launchers with their default configs, in ms (the bench's timer: median GPU time, L2 flushed, host dispatch
+hidden) and as % of the add, and the
 larger backend's error against the fp32 reference on the first 256 rows (dx and dw, each relative to its largest
 magnitude when that is above 1; the bit patterns are all finite).
 """
@@ -22,10 +23,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 def main() -> int:
     import torch
-    from triton.testing import do_bench
 
     from vibe_kernels.layernorm import _triton
     from vibe_kernels.layernorm._cutedsl import launch
+    from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
     from vibe_kernels.layernorm.reference import norm_bwd_ref_fp32, rmsnorm_rstd_ref
 
     rows, hidden = 4096, 8192
@@ -39,7 +40,7 @@ def main() -> int:
     dw = torch.empty(hidden, device=device)
 
     def bench(fn) -> float:
-        return do_bench(fn, warmup=10, rep=60, return_mode="median")
+        return gpu_ms_host_hidden(fn, 10, 60)
 
     print(f"{'dtype':9} {'bits':6} {'copy':>8} {'add':>8} {'cutedsl':>8} {'%add':>5} {'triton':>8} {'%add':>5}  err")
     for dtype, other in ((torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16)):

@@ -9,6 +9,7 @@ import argparse
 
 import torch
 
+from probe_common import parse_shape
 from vibe_kernels.layernorm import layernorm, rmsnorm
 
 
@@ -20,8 +21,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=6)
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
-    rows, hidden, dtype = args.shape.split("x")
-    rows, hidden, dtype = int(rows), int(hidden), getattr(torch, dtype)
+    rows, hidden, dtype = parse_shape(args.shape, "float16")
     gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
     x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype).requires_grad_()
     weight = (1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)).requires_grad_()

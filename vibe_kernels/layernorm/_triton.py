@@ -302,9 +302,9 @@ affine_first=False, l2_hints=True))
 
 def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed: bool,
                        wide_out: bool = False) -> FwdConfig:
-    row_blocks = streamed and dtype != torch.float32 and not residual and not wide_out
-    if (streamed and dtype != torch.float32 and not residual
-            and FWD_STREAMED_16BIT[0] < hidden <= FWD_STREAMED_16BIT[1]):
+    streamed_16bit = streamed and dtype != torch.float32 and not residual
+    row_blocks = streamed_16bit and not wide_out
+    if streamed_16bit and FWD_STREAMED_16BIT[0] < hidden <= FWD_STREAMED_16BIT[1]:
         # One row per program in two passes over 4096-element chunks (the second from L1/L2); 1024-element chunks
         # when 4096-element ones would leave most of the last chunk idle (N = 5000); else, out in x's dtype, two
         # rows a program in one 8192-element chunk (FWD_STREAMED_16BIT's comment). Not with a residual: both passes
