@@ -19,7 +19,8 @@
 #                                           # fp32 at more shapes, CuTeDSL fp16 vs bf16 backward (probe + ncu)
 #   bash benchmarks/gpu_visit.sh probes-d   # the fourteenth session's leads: the CuTeDSL backward fp16 / bf16 with
 #                                           # the column sum separate and fused, does its speed follow the dtype or the
-#                                           # data (data_pattern_probe.py), Triton's N = 8192 row blocks at fewer rows
+#                                           # data (data_pattern_probe.py), Triton's N = 8192 row blocks at fewer rows,
+#                                           # the small-M forward through the API
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -193,6 +194,10 @@ case "$part" in
       --shapes 4096x8192xfloat16,4096x8192,2048x8192,1024x8192,512x8192,1024x6144xfloat16 \
       > "$out/triton-fwd-8192-few-rows.txt" 2>&1
     echo "Triton N = 8192 blocks, fewer rows: rc=$?"; grep -vE "^device" "$out/triton-fwd-8192-few-rows.txt" | cut -c1-150
+    # Small M: the bench (the API under no_grad) read 83-88% at 128x4096 where this probe's default read 95-97%.
+    timeout 90 python benchmarks/triton_fwd_probe.py --repeats 5 --api --configs r1x4096w4 --shapes 128x4096,1x4096 \
+      > "$out/triton-fwd-small-m-api.txt" 2>&1
+    echo "Triton small-M forward, API path: rc=$?"; grep -vE "^device" "$out/triton-fwd-small-m-api.txt" | cut -c1-150
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

@@ -10,13 +10,17 @@ every SM work). Removed after losing: an ``s<stages>`` suffix for a pipelined ch
 ``benchmarks/results/h100-2026-11-25-h/probes/triton-fwd-stages.txt``: 35-63% of a copy against 88-94%) and a
 ``g<programs>`` grid cap for the wide forward (thirteenth session, ``h100-2026-12-06-e/probes/
 triton-fwd-capped-grid.txt``: 43-75% against 66-85%).
+
+``--api`` adds two lines after the configs: the default launch without the mean / rstd stores, and the public
+``layernorm(..., backend="triton")`` under ``torch.no_grad()`` (the bench's forward), to place a gap between the
+bench and this probe (thirteenth session: 128x4096 bf16, 0.0063 ms in the bench, 0.0057-0.0058 ms here).
 """
 import argparse
 import re
 
 import torch
 
-from vibe_kernels.layernorm import _triton
+from vibe_kernels.layernorm import _triton, layernorm
 from probe_common import parse_shape, print_config_times, time_alternating
 from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
 
@@ -41,6 +45,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--configs", default="")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--api", action="store_true", help="also time the default without stats and the public API")
     args = parser.parse_args()
     print(f"device: {torch.cuda.get_device_name()}")
     for spec in args.shapes.split(","):
@@ -67,6 +72,22 @@ def main() -> None:
             if not err < 0.1:
                 raise AssertionError(f"{spec} {config}: out err {err}")
             launches.append(launch)
+        if args.api:
+            def launch_no_stats():
+                _triton.layernorm_fwd(x, w, b, 1e-5, out, None, None)
+
+            def launch_api():
+                with torch.no_grad():
+                    return layernorm(x, w, b, eps=1e-5, backend="triton")
+
+            for name, launch in (("default, no mean/rstd stores", launch_no_stats), ("API, no_grad", launch_api)):
+                out.fill_(float("nan"))
+                got = launch()
+                err = ((got if got is not None else out).float() - ref).abs().max().item()
+                if not err < 0.1:
+                    raise AssertionError(f"{spec} {name}: out err {err}")
+                configs.append(name)
+                launches.append(launch)
         times = time_alternating(launches, args.repeats)
         print(f"{spec} {dtype}: copy {copy_ms:.4f} ms")
         print_config_times(configs, times, copy_ms, default)
