@@ -21,6 +21,8 @@ sep / fus: the default with the column sum as a second launch / in the backward'
      ``BwdConfig.fused_column_sum``), whichever the default is not.
 sa2 / fs2 / ss2: staged defaults only: the default, "fus", "sep" with each tile's mean and rstd loaded two row tiles
      ahead (``BwdConfig.stats_ahead``).
+sst / fst / pst: staged defaults only: the default, "fus", "sep" with each tile's mean and rstd copied into the stage
+     with its x and dy (``BwdConfig.staged_stats``: no plain load of a statistic in the loop).
 Both run through the current kernel and launcher: the launcher caps a clustered grid at ctas_per_sm waves of the
 clusters the GPU holds at once (cuOccupancyMaxActiveClusters), for the old config as well.
 
@@ -102,6 +104,12 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
             found["fs2"] = dataclasses.replace(found["fus"], stats_ahead=2)
         if "sep" in found:
             found["ss2"] = dataclasses.replace(found["sep"], stats_ahead=2)
+        # ... and with each tile's mean and rstd copied into the stage with x and dy (BwdConfig.staged_stats).
+        found["sst"] = dataclasses.replace(found["new"], staged_stats=True)
+        if "fus" in found:
+            found["fst"] = dataclasses.replace(found["fus"], staged_stats=True)
+        if "sep" in found:
+            found["pst"] = dataclasses.replace(found["sep"], staged_stats=True)
     # The current default with L2 eviction policies (x, dy evict_first; w evict_last).
     found["l2"] = dataclasses.replace(found["new"], l2_hints=True)
     # The current default with the next row tile's loads issued while this one computes (BwdConfig.prefetch).

@@ -171,26 +171,27 @@ case "$part" in
     ;;
   probes-d)
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    # The CuTeDSL backward, fp16 against bf16, the column sum in a second launch and fused, each with the statistics
-    # one and two row tiles ahead (fourteenth session's lead: fp16 "sep" 80% of the add, bf16 90%, fp16 fused 91% in
-    # the twelfth session; sa2 / fs2 / ss2: BwdConfig.stats_ahead = 2).
-    timeout 150 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 --only new,fus,sa2,fs2 \
+    # The CuTeDSL backward, fp16 against bf16, the column sum in a second launch ("sep") and fused ("fus"), and the
+    # ways of loading each tile's statistics (fourteenth session's lead: fp16 "sep" 80% of the add, bf16 90%, fp16
+    # fused 91% in the twelfth session; sa2: BwdConfig.stats_ahead = 2; sst / fst / pst: BwdConfig.staged_stats).
+    timeout 180 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 --only new,fus,sst,fst,sa2 \
       --repeat "${REPEAT:-3}" > "$out/cutedsl-bwd-fp16-bf16-rms.txt" 2>&1
     echo "CuTeDSL RMSNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-fp16-bf16-rms.txt"
-    timeout 150 python benchmarks/cutedsl_bwd_probe.py --shapes "${LN_SHAPES:-4096x8192xfp16,4096x8192xbf16,4096x4096xfp16,4095x5000xfp16}" \
-      --only new,sep,fus,sa2,fs2,ss2 --repeat "${REPEAT:-2}" > "$out/cutedsl-bwd-fp16-bf16-ln.txt" 2>&1
+    # Does the backward's speed follow the dtype or the data?
+    timeout 120 python benchmarks/data_pattern_probe.py > "$out/data-pattern.txt" 2>&1
+    echo "data pattern: rc=$?"; cat "$out/data-pattern.txt"
+    # Bit-identity of the staged variants (stats_ahead, staged_stats) to the unstaged kernel.
+    timeout 120 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k "stages_give_the_same_bits" \
+      > "$out/gpu-stages-tests.log" 2>&1
+    echo "CuTeDSL staged backward tests (stats_ahead, staged_stats): rc=$? $(tail -1 "$out/gpu-stages-tests.log")"
+    timeout 180 python benchmarks/cutedsl_bwd_probe.py --shapes "${LN_SHAPES:-4096x8192xfp16,4096x8192xbf16,4095x5000xfp16}" \
+      --only new,sep,fus,sst,fst,pst --repeat "${REPEAT:-2}" > "$out/cutedsl-bwd-fp16-bf16-ln.txt" 2>&1
     echo "CuTeDSL LayerNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-fp16-bf16-ln.txt"
-    timeout 200 python -m pytest tests/layernorm/test_triton_numerics.py -q -p no:cacheprovider -k "two_row or wider_out" \
+    timeout 150 python -m pytest tests/layernorm/test_triton_numerics.py -q -p no:cacheprovider -k "two_row or wider_out" \
       > "$out/gpu-two-row-tests.log" 2>&1
     echo "Triton two-row block tests: rc=$? $(tail -1 "$out/gpu-two-row-tests.log")"
-    timeout 200 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k "stages_give_the_same_bits" \
-      > "$out/gpu-stages-tests.log" 2>&1
-    echo "CuTeDSL staged backward tests (stats_ahead included): rc=$? $(tail -1 "$out/gpu-stages-tests.log")"
-    # Does the backward's speed follow the dtype or the data?
-    timeout 150 python benchmarks/data_pattern_probe.py > "$out/data-pattern.txt" 2>&1
-    echo "data pattern: rc=$?"; cat "$out/data-pattern.txt"
     # The two-row blocks (now the default from N = 6144 to 8192) between one wave and 4096 rows, and fp16 / bf16.
-    timeout 150 python benchmarks/triton_fwd_probe.py --repeats 3 --configs c4096w8h \
+    timeout 120 python benchmarks/triton_fwd_probe.py --repeats 3 --configs c4096w8h \
       --shapes 4096x8192xfloat16,4096x8192,2048x8192,1024x8192,512x8192,1024x6144xfloat16 \
       > "$out/triton-fwd-8192-few-rows.txt" 2>&1
     echo "Triton N = 8192 blocks, fewer rows: rc=$?"; grep -vE "^device" "$out/triton-fwd-8192-few-rows.txt" | cut -c1-150

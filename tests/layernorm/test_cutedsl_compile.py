@@ -185,6 +185,33 @@ def test_backward_stats_two_tiles_ahead_compiles(hidden, rows, dtype_name, featu
         dataclasses.replace(default, stats_ahead=3)
 
 
+@pytest.mark.parametrize("hidden, rows, dtype_name, feature", [(8192, 4096, "fp16", "rms"), (8192, 4096, "fp16", "plain"),
+                                                             (5000, 4095, "bf16", "plain")])
+def test_backward_staged_stats_compiles(hidden, rows, dtype_name, feature):
+    """BwdConfig.staged_stats: each row tile's rstd (and mean) comes with its x and dy as a 4-byte cp.async copy
+    (cp.async.ca, one a statistic) into the stage, so no scalar global load of a statistic is left (the default has
+    one a statistic before the loop and one in it); with the column sum separate (8192) or fused (5000). Invalid
+    without stages or with stats_ahead = 2."""
+    elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
+    vec = _aligned_vec(hidden, dtype_name)
+    default = cfg.bwd_config(hidden, elem, vec, rows=rows)
+    assert default.stages > 1 and not default.staged_stats
+    rms = feature == "rms"
+    ptxs = [launch.compile_bwd(dtype, hidden, cutlass.Float32, True, not rms, vec,
+                               dataclasses.replace(default, staged_stats=staged), ARCH, keep_ptx=True, rms=rms).__ptx__
+            for staged in (False, True)]
+    _check_common(ptxs[1], default.tiling, elem)
+    scalar_load = r"ld\.global" + LOAD_QUALIFIERS + r"\.(b32|f32)\s"
+    stat_copy = r"cp\.async\.ca\.shared\.global(\.L2::\w+)?\s+\[[^]]+\],\s*\[[^]]+\],\s*4\b"
+    stats = 1 if rms else 2
+    assert _count(ptxs[0], scalar_load) - _count(ptxs[1], scalar_load) == 2 * stats
+    assert _count(ptxs[0], stat_copy) == 0 and _count(ptxs[1], stat_copy) == default.stages * stats
+    with pytest.raises(ValueError, match="staged_stats"):
+        dataclasses.replace(default, stages=1, staged_stats=True)
+    with pytest.raises(ValueError, match="staged_stats"):
+        dataclasses.replace(default, stats_ahead=2, staged_stats=True)
+
+
 def test_dx_only_backward_compiles():
     """No weight, no dw/db wanted: only dx is written."""
     config = cfg.bwd_config(2048, 2, 8)

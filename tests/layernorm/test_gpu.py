@@ -181,7 +181,8 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
     """The staged backward (BwdConfig.stages: x and dy of the next row tiles in flight as cp.async copies into
     shared memory) runs the same arithmetic as the kernel that loads them into registers: dx, dw and db
     bit-identical, ragged last tiles and several tiles per CTA included, with and without a weight; and so does it
-    with each tile's mean and rstd loaded two tiles ahead (BwdConfig.stats_ahead)."""
+    with each tile's mean and rstd loaded two tiles ahead (BwdConfig.stats_ahead) or copied into the stage with x and
+    dy (BwdConfig.staged_stats)."""
     if not is_cutedsl_layernorm_available():
         pytest.skip("CuTeDSL backend not available")
     from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
@@ -199,7 +200,8 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
     results = []
     for config in (dataclasses.replace(default, prefetch=False, l2_hints=False, stages=1),
                    dataclasses.replace(default, prefetch=False, l2_hints=False, stages=stages),
-                   dataclasses.replace(default, prefetch=False, l2_hints=False, stages=stages, stats_ahead=2)):
+                   dataclasses.replace(default, prefetch=False, l2_hints=False, stages=stages, stats_ahead=2),
+                   dataclasses.replace(default, prefetch=False, l2_hints=False, stages=stages, staged_stats=True)):
         dx = torch.full_like(x, float("nan"))
         grads = [None if weight is None else torch.full((hidden,), float("nan"), device="cuda", dtype=weight.dtype)
                  for _ in range(2)]

@@ -136,10 +136,18 @@ class BwdConfig:
     # iteration more to land wherever ptxas schedules it. An opt-in for probing (fourteenth session: ptxas placed
     # the one-ahead load after the stage wait in the fp16 kernel at N = 8192, before it in bf16's; untimed).
     stats_ahead: int = 1
+    # With stages > 1: each tile's mean and rstd travel with its x and dy, as 4-byte cp.async copies into the stage
+    # (each thread its own row's, into its own slots), read back after the stage wait. No plain load of a statistic
+    # in the loop then, so nothing for a warp to wait on at the loop's end (fifteenth session: the fp16 RMSNorm
+    # kernel at N = 8192, 80% of the add against bf16's 90%, waits on the long scoreboard 8.0 cycles an instruction
+    # against 4.5, and its only global loads in the loop are the statistics'). An opt-in for probing.
+    staged_stats: bool = False
 
     def __post_init__(self):
         if self.stats_ahead not in (1, 2) or (self.stats_ahead == 2 and self.stages == 1):
             raise ValueError(f"stats_ahead must be 1, or 2 with stages > 1: {self}")
+        if self.staged_stats and (self.stages == 1 or self.stats_ahead != 1):
+            raise ValueError(f"staged_stats needs stages > 1 and stats_ahead = 1: {self}")
         if self.stages > 1 and (self.prefetch or self.column_tile or self.column_state_in_smem):
             raise ValueError(f"stages = {self.stages} replaces prefetch and excludes column CTAs and the column state "
                              f"in shared memory: {self}")

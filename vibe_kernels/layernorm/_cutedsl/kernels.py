@@ -608,6 +608,7 @@ class LayerNormBwd(_RowKernel):
         self.dres_in_dtype = dres_in_dtype
         self.stages = config.stages
         self.stats_ahead = config.stats_ahead
+        self.staged_stats = config.staged_stats
         full_vectors = config.tiling.vec * dtype.width == 128 and config.tiling.vec * self.dy_dtype.width == 128
         if self.stages > 1 and not (dres_dtype is None and self.column_ctas == 0 and full_vectors):
             raise ValueError(f"stages = {self.stages}: only with 16-byte vectors of x and dy (cp.async.cg), not with "
@@ -822,6 +823,8 @@ class LayerNormBwd(_RowKernel):
         stage_dy = None
         g2s_x = None
         g2s_dy = None
+        stage_stats = None  # staged_stats: per stage, each thread's rstd (and mean) slot
+        g2s_stat = None
         if const_expr(staged):
             stage_size = const_expr(t.num_threads * t.vec * t.vecs_per_thread)
             stage_x = smem.allocate_tensor(self.dtype, cute.make_layout(self.stages * stage_size), byte_alignment=16)
@@ -834,6 +837,12 @@ class LayerNormBwd(_RowKernel):
             g2s_dy = partial(cute.copy, cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(
                 cute.nvgpu.LoadCacheMode.GLOBAL), self.dy_dtype,
                 num_bits_per_copy=min(128, t.vec * self.dy_dtype.width)), pred=pred)
+            if const_expr(self.staged_stats):
+                stage_stats = smem.allocate_tensor(
+                    Float32, cute.make_layout(self.stages * self._stats_count() * t.num_threads), byte_alignment=16)
+                # 4-byte cp.async (.ca: .cg copies 16 bytes only); a warp's copies of one row's statistic coalesce.
+                g2s_stat = cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cute.nvgpu.LoadCacheMode.ALWAYS), Float32,
+                                               num_bits_per_copy=32)
             if const_expr(not self.even_n):
                 # Lanes past N are never copied (the same lanes every tile): zeros once, so they add nothing.
                 for k in cutlass.range_constexpr(self.stages):
@@ -861,9 +870,11 @@ class LayerNormBwd(_RowKernel):
             # The first stages - 1 tiles in flight, one cp.async group each; this tile's statistics a tile ahead.
             for k in cutlass.range_constexpr(self.stages - 1):
                 self._issue_stage(first_tile + k * num_clusters, k, rank, tiler, num_rows, thr_copy, idX, mX, mDY,
-                                  stage_x, stage_dy, g2s_x, g2s_dy)
+                                  stage_x, stage_dy, g2s_x, g2s_dy, mMean, mRstd, stage_stats, g2s_stat)
                 cute.arch.cp_async_commit_group()
-            next_mean, next_rstd = self._load_stats(first_tile, rank, tiler, num_rows, thr_copy, idX, mMean, mRstd)
+            if const_expr(not self.staged_stats):
+                next_mean, next_rstd = self._load_stats(first_tile, rank, tiler, num_rows, thr_copy, idX, mMean,
+                                                        mRstd)
             if const_expr(self.stats_ahead == 2):
                 later_mean, later_rstd = self._load_stats(first_tile + num_clusters, rank, tiler, num_rows, thr_copy,
                                                           idX, mMean, mRstd)
@@ -880,7 +891,8 @@ class LayerNormBwd(_RowKernel):
                 # The tile stages - 1 ahead goes into the stage this thread read out last iteration; then this tile's
                 # group (the oldest) is waited for, and its stage read into the fragments (zeros past M).
                 self._issue_stage(tile + (self.stages - 1) * num_clusters, (it + self.stages - 1) % self.stages,
-                                  rank, tiler, num_rows, thr_copy, idX, mX, mDY, stage_x, stage_dy, g2s_x, g2s_dy)
+                                  rank, tiler, num_rows, thr_copy, idX, mX, mDY, stage_x, stage_dy, g2s_x, g2s_dy,
+                                  mMean, mRstd, stage_stats, g2s_stat)
                 cute.arch.cp_async_commit_group()
                 cute.arch.cp_async_wait_group(self.stages - 1)
                 tXrX.fill(0.0)
@@ -888,11 +900,16 @@ class LayerNormBwd(_RowKernel):
                 if row < num_rows:
                     tXrX.store(_load_slots(_stage_slots(stage_x, it % self.stages, tidx, t), tXrX))
                     tXrDY.store(_load_slots(_stage_slots(stage_dy, it % self.stages, tidx, t), tXrDY))
+                    if const_expr(self.staged_stats):  # (past M: mean, rstd stay next_mean, next_rstd = 0)
+                        first = (it % self.stages) * self._stats_count()
+                        rstd = stage_stats[first * t.num_threads + tidx]
+                        if const_expr(mMean is not None):
+                            mean = stage_stats[(first + 1) * t.num_threads + tidx]
                 if const_expr(self.stats_ahead == 2):
                     next_mean, next_rstd = later_mean, later_rstd
                     later_mean, later_rstd = self._load_stats(tile + 2 * num_clusters, rank, tiler, num_rows,
                                                               thr_copy, idX, mMean, mRstd)
-                else:
+                elif const_expr(not self.staged_stats):  # (staged: this tile's statistics came with its stage)
                     next_mean, next_rstd = self._load_stats(tile + num_clusters, rank, tiler, num_rows, thr_copy,
                                                             idX, mMean, mRstd)
             elif const_expr(not self.prefetch):
@@ -1126,12 +1143,17 @@ class LayerNormBwd(_RowKernel):
             rstd = mRstd[row]
         return mean, rstd
 
+    def _stats_count(self) -> int:
+        """Statistics a row has: rstd, and the mean unless RMSNorm."""
+        return 1 if self.rms else 2
+
     @cute.jit
     def _issue_stage(self, tile, stage, rank, tiler: cutlass.Constexpr, num_rows, thr_copy, idX, mX, mDY, stage_x,
-                     stage_dy, g2s_x, g2s_dy):
+                     stage_dy, g2s_x, g2s_dy, mMean, mRstd, stage_stats, g2s_stat):
         """cp.async copies (``g2s_x`` / ``g2s_dy``: cute.copy with the atom and the lanes' predicate) of row tile
-        ``tile``'s x and dy (this thread's vectors) into its slots of ``stage``; nothing past M (those rows are read
-        as zeros)."""
+        ``tile``'s x and dy (this thread's vectors) into its slots of ``stage``; with ``stage_stats`` (staged_stats)
+        also its row's rstd and mean (``g2s_stat``: a 4-byte copy atom) into its slots there (rstd first); nothing
+        past M (those rows are read as zeros)."""
         tidx, _, _ = cute.arch.thread_idx()
         row = thr_copy.partition_S(cute.local_tile(idX, tiler, (tile, rank)))[0][0]
         if row < num_rows:
@@ -1139,6 +1161,15 @@ class LayerNormBwd(_RowKernel):
                   _stage_slots(stage_x, stage, tidx, self.tiling))
             g2s_dy(thr_copy.partition_S(cute.local_tile(mDY, tiler, (tile, rank))),
                    _stage_slots(stage_dy, stage, tidx, self.tiling))
+            if const_expr(stage_stats is not None):
+                nt = const_expr(self.tiling.num_threads)
+                first = stage * self._stats_count()
+                one = cute.make_layout(1)
+                cute.copy(g2s_stat, cute.make_tensor(mRstd.iterator + row, one),
+                          cute.make_tensor(stage_stats.iterator + (first * nt + tidx), one))
+                if const_expr(mMean is not None):
+                    cute.copy(g2s_stat, cute.make_tensor(mMean.iterator + row, one),
+                              cute.make_tensor(stage_stats.iterator + ((first + 1) * nt + tidx), one))
 
     @cute.jit
     def _store_partials(self, tXrDW, slots_dw, tXrDB, slots_db, like, mDWp, mDBp, thr_copy, tiler, bidx, rank, pred,
