@@ -388,7 +388,7 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
 ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=False, column_tile=0, stages=2, \
-fused_column_sum=False, stats_ahead=1)
+fused_column_sum=False, stats_ahead=1, staged_stats=False)
     >>> bwd_config(4096, 4, 4).prefetch, bwd_config(1024, 2, 8).prefetch
     (True, True)
     >>> bwd_config(1024, 2, 8).tiling
@@ -398,11 +398,11 @@ fused_column_sum=False, stats_ahead=1)
     >>> bwd_config(262144, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16), \
 ctas_per_sm=1, column_state_in_smem=True, l2_hints=False, prefetch=True, column_tile=0, stages=1, \
-fused_column_sum=False, stats_ahead=1)
+fused_column_sum=False, stats_ahead=1, staged_stats=False)
     >>> bwd_config(16384, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=2), \
 ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=True, column_tile=0, stages=1, \
-fused_column_sum=False, stats_ahead=1)
+fused_column_sum=False, stats_ahead=1, staged_stats=False)
     >>> bwd_config(16384, 2, 8, residual=True).ctas_per_sm
     2
     >>> bwd_config(4096, 2, 8, rows=128).column_tile
