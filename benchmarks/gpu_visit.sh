@@ -21,11 +21,12 @@
 #                                           # the column sum separate and fused, does its speed follow the dtype or the
 #                                           # data (data_pattern_probe.py), Triton's N = 8192 row blocks at fewer rows,
 #                                           # the small-M forward through the API
+#   bash benchmarks/gpu_visit.sh probes-e   # the sixteenth session's lead: the Triton wide forward with held chunks
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -199,6 +200,16 @@ case "$part" in
     timeout 90 python benchmarks/triton_fwd_probe.py --repeats 5 --api --configs r1x4096w4 --shapes 128x4096,1x4096 \
       > "$out/triton-fwd-small-m-api.txt" 2>&1
     echo "Triton small-M forward, API path: rc=$?"; grep -vE "^device" "$out/triton-fwd-small-m-api.txt" | cut -c1-150
+    ;;
+  probes-e)
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    # The Triton forward at N >= 65536 with each row's first chunks held in registers (FwdConfig.held_chunks,
+    # sixteenth session): the statistics pass's re-reads of a row's first chunks miss L2 most. p1: one program per
+    # SM (fewer rows in flight); k<n>: n chunks held (16-bit, two elements a register).
+    timeout 400 python benchmarks/triton_fwd_probe.py --repeats 3 \
+      --configs c8192w16p1h,c8192w16p1k2h,c4096w16p1k4h,c4096w8k4h,c8192w8k1h,c8192w8k2h,c8192w16p1k4h \
+      --shapes 16384x131072,8192x262144,32768x65536 > "$out/triton-fwd-held.txt" 2>&1
+    echo "Triton wide forward, held chunks: rc=$?"; grep -vE "^device" "$out/triton-fwd-held.txt" | cut -c1-150
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

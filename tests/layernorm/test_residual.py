@@ -301,6 +301,8 @@ FWD_CONFIGS = {
     "chunked": _triton.FwdConfig(block_m=1, block_n=256, num_warps=4, chunked=True),
     "chunked_persistent": _triton.FwdConfig(block_m=1, block_n=256, num_warps=4, chunked=True, programs_per_sm=1),
     "chunked_rows": _triton.FwdConfig(block_m=2, block_n=256, num_warps=4, chunked=True, programs_per_sm=1),
+    "chunked_held": _triton.FwdConfig(block_m=2, block_n=256, num_warps=4, chunked=True, programs_per_sm=1,
+                                      held_chunks=3),
     "resident_head_tail": _triton.FwdConfig(block_m=2, block_n=1024, num_warps=4, chunked=False, tail_n=128),
 }
 BWD_CONFIGS = {

@@ -80,6 +80,8 @@ def opt_in_configs(cls_name: str, dtype: str, hidden: int) -> list[dict]:
             pass
     if "stages" in {f.name for f in dataclasses.fields(cls)}:
         configs.append(dataclasses.replace(heuristic, stages=3))  # a software-pipelined loop
+    if getattr(heuristic, "held_chunks", None) == 0 and heuristic.chunked and 2 * heuristic.block_n < hidden:
+        configs.append(dataclasses.replace(heuristic, held_chunks=2))  # the chunked forward's held chunks
     return [{"cls": cls_name, "fields": dataclasses.asdict(config)} for config in configs]
 
 
@@ -128,14 +130,21 @@ FWD_FEATURE_SETS = [
 ]
 
 
+# The chunked forward with held chunks (FwdConfig.held_chunks, opt-in) at N = 65536, for every feature set.
+HELD_CONFIG = {"cls": "FwdConfig", "fields": dict(block_m=1, block_n=8192, num_warps=16, chunked=True, tail_n=0,
+                                                  programs_per_sm=1, affine_first=False, l2_hints=True,
+                                                  held_chunks=2)}
+
+
 def fwd_feature_scenarios(dtype: str) -> list[dict]:
     scenarios = []
-    for hidden in (1024, 5000, 16384, 65536):  # 16384: resident with a residual, chunked without
+    for hidden, config in ((1024, None), (5000, None), (16384, None), (65536, None), (65536, HELD_CONFIG)):
+        # 16384: resident with a residual, chunked without
         for rms, residual, store, in_fp32, out in FWD_FEATURE_SETS:
             residual_out = ("float32" if in_fp32 else "x") if store else None
             scenarios.append(dict(
                 launcher="fwd", dtype=dtype, rows=LARGE_M, hidden=hidden, weight="x", bias=None if rms else "float32",
-                mean=not rms, rstd=True, config=None, rms=rms, residual=residual, residual_out=residual_out,
+                mean=not rms, rstd=True, config=config, rms=rms, residual=residual, residual_out=residual_out,
                 residual_in_fp32=in_fp32, out=_other_float(dtype) if out == "other" else "x"))
     return scenarios
 
@@ -350,6 +359,9 @@ def compile_scenarios(scenarios):
                 # atomic adds are f32)
                 counter_ops=[line.strip() for line in ptx_lines
                              if re.search(r"\b(atom|red)\.global\.\S*\.[us]32\b|\bld\.global\S*\.acquire", line)],
+                # The held chunks' byte permutes (_unheld): the selector must be a register, not a folded constant
+                runtime_permutes=sum(bool(re.search(r"prmt\.b32\s+%r\d+,\s*%r\d+,\s*0,\s*%r\d+;", line))
+                                     for line in ptx_lines),
             )
         except Exception as exc:  # reported per variant, asserted by the test
             result.update(error=f"{type(exc).__name__}: {exc}"[:2000])
@@ -502,6 +514,15 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
                                                    op)]
             departures = [op for op in ops if re.search(r"atom\.global\.gpu\.relaxed\.add\.u32", op)]
             assert len(arrivals) == len(polls) == len(departures) == 1 and len(ops) == 3, ops
+
+    # The chunked forward's held chunks (FwdConfig.held_chunks), 16-bit x held in x's dtype: each 32-bit register of a
+    # held chunk is permuted once, by a selector the compilers cannot fold (else they hold the fp32 values instead).
+    held = [r for r in results if r["constexprs"].get("HELD_CHUNKS", 0) > 0]
+    assert bool(held) == (launcher == "fwd" and part != "sizes"), "no held-chunk variant compiled"
+    for r in held:
+        c = r["constexprs"]
+        in_16bit = dtype != "float32" and not (c["HAS_RESIDUAL"] and c["RESIDUAL_IN_FP32"])
+        assert c["OPAQUE_ASM"] and (r["runtime_permutes"] > 0) == in_16bit, r
 
     if part == "features":
         # Every feature combination reached the compiler in every kernel that takes the feature flags, and the

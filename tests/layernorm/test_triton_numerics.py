@@ -297,6 +297,12 @@ if "tail_n" in _FWD_FIELDS:  # 1128 held as a 1024 head + a 128 tail (104 column
 if "programs_per_sm" in _FWD_FIELDS:  # persistent chunked grid: 4 programs (CPU slots) over 5 rows
     FWD_CONFIGS["chunked_persistent"] = lambda hidden: _triton.FwdConfig(
         block_m=1, block_n=256, num_warps=4, chunked=True, programs_per_sm=1)
+# Held chunks: 2 x 256 held + 616 streamed (two full chunks and a ragged 104), 2-row blocks over 5 rows; and 4 x 256
+# held, leaving only the ragged 104-wide chunk to stream.
+FWD_CONFIGS["chunked_held"] = lambda hidden: _triton.FwdConfig(
+    block_m=2, block_n=256, num_warps=4, chunked=True, held_chunks=2)
+FWD_CONFIGS["chunked_held_all_but_tail"] = lambda hidden: _triton.FwdConfig(
+    block_m=1, block_n=256, num_warps=4, chunked=True, programs_per_sm=1, held_chunks=4)
 
 # Each opt-in switch on top of the small chunked configs (paths that a switch reserves for CUDA fall back here).
 for _switch in _opt_in_switches(_triton.FwdConfig):
@@ -389,7 +395,20 @@ def test_fwd_default_configs_with_a_wider_out(gen, device, check, monkeypatch, h
     check.stats(mean, rstd, x, EPS)
 
 
-@pytest.mark.parametrize("config", ["chunked", "chunked_rows", "resident_ragged_rows"])
+def test_fwd_held_chunks_are_checked(device):
+    """held_chunks: chunked configs only, at most MAX_HELD_CHUNKS, and the held columns must leave a column of the
+    row to stream (a row that fits whole in held chunks is the resident kernel's)."""
+    with pytest.raises(ValueError, match="held_chunks"):
+        _triton.FwdConfig(block_m=1, block_n=256, num_warps=4, chunked=False, held_chunks=1)
+    with pytest.raises(ValueError, match="held_chunks"):
+        _triton.FwdConfig(block_m=1, block_n=256, num_warps=4, chunked=True, held_chunks=_triton.MAX_HELD_CHUNKS + 1)
+    x = torch.ones(2, 1024, device=device)
+    all_held = _triton.FwdConfig(block_m=1, block_n=256, num_warps=4, chunked=True, held_chunks=4)
+    with pytest.raises(ValueError, match="must be below the row's 1024 elements"):
+        _triton.layernorm_fwd(x, None, None, EPS, torch.empty_like(x), None, None, config=all_held)
+
+
+@pytest.mark.parametrize("config", ["chunked", "chunked_rows", "chunked_held", "resident_ragged_rows"])
 def test_fwd_launcher_large_offset(gen, device, config):
     rows, hidden = 16, 1128
     x = _large_offset_rows(gen, rows, hidden, device)

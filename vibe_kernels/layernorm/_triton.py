@@ -42,6 +42,7 @@ from ._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS, repeat_fwd_plans, rows_l
 # twice instead of holding them in registers): above this, chunked kernels.
 MAX_RESIDENT_FWD = 32768
 MAX_RESIDENT_BWD = 16384  # fp16/bf16; fp32 rows: 8192 (the ladder's rows are for 2-byte elements)
+MAX_HELD_CHUNKS = 4  # FwdConfig.held_chunks: the chunked forward's kernel spells out each held chunk
 
 # Forward launch plans (layernorm_fwd): a forward call's signature -> (grid, compiled kernel entry). A repeated
 # call skips the config lookup, the grid arithmetic and ``_launch_key`` (about half the launcher's host time). The
@@ -70,6 +71,14 @@ class FwdConfig:
     programs_per_sm: int = 0  # chunked only: 0 = one program per row block; k = a persistent grid of k x SMs
     affine_first: bool = False  # resident only: weight/bias loaded with the rows, before the statistics
     l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
+    # Chunked only: each row's first held_chunks (0-4) block_n chunks are loaded once and held in registers through
+    # both passes (in x's dtype); only the rest is streamed twice. At N >= 131072 the normalizing pass's re-reads miss
+    # L2 (the rows in flight outgrow it), the row's first chunks (re-read last) the most.
+    held_chunks: int = 0
+
+    def __post_init__(self):
+        if self.held_chunks and not (self.chunked and 0 < self.held_chunks <= MAX_HELD_CHUNKS):
+            raise ValueError(f"held_chunks must be 0, or 1 to {MAX_HELD_CHUNKS} with chunked=True: {self}")
 
 
 @dataclass(frozen=True)
@@ -268,28 +277,28 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave
 
     >>> fwd_config(256, torch.bfloat16)
     FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True)
+l2_hints=True, held_chunks=0)
     >>> fwd_config(5000, torch.float16)
     FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True)
+l2_hints=True, held_chunks=0)
     >>> fwd_config(8192, torch.bfloat16)
     FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True)
+l2_hints=True, held_chunks=0)
     >>> fwd_config(16384, torch.bfloat16)
     FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True)
+l2_hints=True, held_chunks=0)
     >>> fwd_config(16384, torch.float16, residual=True)
     FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=False)
+l2_hints=False, held_chunks=0)
     >>> fwd_config(8192, torch.bfloat16, one_wave=True)
     FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True, \
-l2_hints=False)
+l2_hints=False, held_chunks=0)
     >>> fwd_config(8192, torch.bfloat16, wide_out=True)
     FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True)
+l2_hints=True, held_chunks=0)
     >>> fwd_config(4096, torch.bfloat16, wide_out=True).affine_first, fwd_config(16384, torch.bfloat16, wide_out=True)
     (True, FwdConfig(block_m=1, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, \
-affine_first=False, l2_hints=True))
+affine_first=False, l2_hints=True, held_chunks=0))
     """
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
@@ -539,36 +548,42 @@ def _layernorm_fwd_resident_kernel(
 
 
 @triton.jit
-def _row_mean_var(x_rows, r_rows, row_ok, N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
-                  EVICTION: tl.constexpr):
+def _row_mean_var(x_rows, r_rows, row_ok, pivot, held_sum, held_sq, N: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                  RESIDUAL_IN_FP32: tl.constexpr, EVICTION: tl.constexpr, START: tl.constexpr = 0):
     """Mean and biased variance of each of a block of rows of N elements (of h = x + r with a residual), streamed in
-    BLOCK_N chunks; for RMSNorm (IS_RMS), 0 and the mean of squares. ``x_rows`` / ``r_rows``: [BLOCK_M, 1] row
-    pointers; ``row_ok``: [BLOCK_M, 1], the rows that exist (the others read nothing). Returns [BLOCK_M] each.
+    BLOCK_N chunks from column START; for RMSNorm (IS_RMS), 0 and the mean of squares. ``x_rows`` / ``r_rows``:
+    [BLOCK_M, 1] row pointers; ``row_ok``: [BLOCK_M, 1], the rows that exist (the others read nothing). Returns
+    [BLOCK_M] each. START > 0: the caller has read the columns before START (``_held_chunk``) and passes their pivot
+    and sums (``held_sum`` / ``held_sq``, [BLOCK_M]); START == 0: those three are unused.
 
     Sums of (x - p) and (x - p)^2 with the pivot p = the mean of the row's first chunk: p is within a few standard
-    deviations of the row mean, so var = E[(x-p)^2] - E[x-p]^2 cancels little, and a large common offset
-    (1000 + noise) never enters the sums. The first chunk is read twice; the second read hits L1/L2. EVICTION: the
-    loads' L2 eviction policy."""
+    deviations of the row mean, so var = E[(x-p)^2] - E[x-p]^2 cancels little, and a large common offset (1000 +
+    noise) never enters the sums. From START == 0 the first chunk is read twice; the second read hits L1/L2.
+    EVICTION: the loads' L2 eviction policy."""
     cols = tl.arange(0, BLOCK_N)[None, :]
     if IS_RMS:
         lane_sq = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for start in range(0, N, BLOCK_N):
+        for start in range(START, N, BLOCK_N):
             offs = start + cols
             in_row = row_ok & (offs < N)
             x = _load_row_input(x_rows + offs, r_rows + offs if HAS_RESIDUAL else None, None, in_row,
                                 HAS_RESIDUAL, False, RESIDUAL_IN_FP32, EVICTION)
             lane_sq += x * x
+        sum_sq = tl.sum(lane_sq, axis=1)
+        if START > 0:
+            sum_sq += held_sq
         mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        var = tl.sum(lane_sq, axis=1) / N
+        var = sum_sq / N
     else:
-        FIRST_COUNT: tl.constexpr = BLOCK_N if BLOCK_N < N else N
-        first = _load_row_input(x_rows + cols, r_rows + cols if HAS_RESIDUAL else None, None, row_ok & (cols < N),
-                                HAS_RESIDUAL, False, RESIDUAL_IN_FP32, EVICTION)
-        pivot = tl.sum(first, axis=1) / FIRST_COUNT
+        if START == 0:
+            FIRST_COUNT: tl.constexpr = BLOCK_N if BLOCK_N < N else N
+            first = _load_row_input(x_rows + cols, r_rows + cols if HAS_RESIDUAL else None, None,
+                                    row_ok & (cols < N), HAS_RESIDUAL, False, RESIDUAL_IN_FP32, EVICTION)
+            pivot = tl.sum(first, axis=1) / FIRST_COUNT
         lane_sum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         lane_sq = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for start in range(0, N, BLOCK_N):
+        for start in range(START, N, BLOCK_N):
             offs = start + cols
             in_row = row_ok & (offs < N)
             x = _load_row_input(x_rows + offs, r_rows + offs if HAS_RESIDUAL else None, None, in_row,
@@ -576,10 +591,76 @@ def _row_mean_var(x_rows, r_rows, row_ok, N: tl.constexpr, BLOCK_M: tl.constexpr
             shifted = tl.where(in_row, x - pivot[:, None], 0.0)
             lane_sum += shifted
             lane_sq += shifted * shifted
-        shift_mean = tl.sum(lane_sum, axis=1) / N
+        shifted_sum = tl.sum(lane_sum, axis=1)
+        sum_sq = tl.sum(lane_sq, axis=1)
+        if START > 0:
+            shifted_sum += held_sum
+            sum_sq += held_sq
+        shift_mean = shifted_sum / N
         mean = pivot + shift_mean
-        var = tl.sum(lane_sq, axis=1) / N - shift_mean * shift_mean
+        var = sum_sq / N - shift_mean * shift_mean
     return mean, var
+
+
+@triton.jit
+def _held_chunk(x_rows, r_rows, h_rows, row_ok, offs, pivot, held_sum, held_sq, FIRST: tl.constexpr,
+                X_DTYPE: tl.constexpr, IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
+                RESIDUAL_IN_FP32: tl.constexpr, EVICTION: tl.constexpr):
+    """One held chunk of the chunked forward (``offs``: [BLOCK_M, BLOCK_N], all inside the row): loaded once (h
+    stored with a residual), its (x - pivot) sums added to ``held_sum`` / ``held_sq`` (RMSNorm: pivot 0); the FIRST
+    chunk sets the pivot, its mean. Returns the chunk to hold, in x's dtype (exact: h is rounded to it; fp32 with
+    RESIDUAL_IN_FP32; ``_unheld`` gives it back in fp32), the pivot and the two sums."""
+    x = _load_row_input(x_rows + offs, r_rows + offs if HAS_RESIDUAL else None,
+                        h_rows + offs if STORE_RESIDUAL else None, row_ok, HAS_RESIDUAL, STORE_RESIDUAL,
+                        RESIDUAL_IN_FP32, EVICTION)
+    if IS_RMS:
+        held_sq += tl.sum(x * x, axis=1)
+    else:
+        if FIRST:
+            pivot = tl.sum(x, axis=1) / x.shape[1]
+        shifted = tl.where(row_ok, x - pivot[:, None], 0.0)
+        held_sum += tl.sum(shifted, axis=1)
+        held_sq += tl.sum(shifted * shifted, axis=1)
+    if HAS_RESIDUAL and RESIDUAL_IN_FP32:
+        held = x
+    else:
+        held = x.to(X_DTYPE)
+    return held, pivot, held_sum, held_sq
+
+
+@triton.jit
+def _unheld(held, stride, OPAQUE_ASM: tl.constexpr):
+    """A held chunk (``_held_chunk``) in fp32, for its normalizing. With OPAQUE_ASM (compiled for a GPU; the
+    interpreter runs no asm) a 16-bit chunk first passes through a byte permute whose selector the compilers cannot
+    know: 0x3210 (the identity) plus ``stride >> 62``, a row stride's top bits (0: strides are below 2**62; the
+    row count would not do, LLVM bounds it by the row loop). Without it this conversion is the statistics' own
+    conversion of the same loaded registers, the compilers merge the two and hold the fp32 values through the
+    passes instead of the 16-bit ones, twice the registers."""
+    if OPAQUE_ASM and held.dtype.primitive_bitwidth == 16:
+        selector = tl.full(held.shape, 0x3210, tl.int16) + (stride >> 62).to(tl.int16)
+        bits = tl.inline_asm_elementwise("prmt.b32 $0, $1, 0, $2;", "=r,r,r",
+                                         [held.to(tl.int16, bitcast=True), selector], dtype=tl.int16, is_pure=True,
+                                         pack=2)
+        held = bits.to(held.dtype, bitcast=True)
+    return held.to(tl.float32)
+
+
+@triton.jit
+def _normalize_chunk(x, mean, rstd, W, B, y_ptrs, offs, mask, N: tl.constexpr, HAS_W: tl.constexpr,
+                     HAS_B: tl.constexpr, IS_RMS: tl.constexpr, AFFINE_EVICTION: tl.constexpr):
+    """Stores y = (x - mean) * rstd (x * rstd for RMSNorm), times the weight and plus the bias at ``offs``, through
+    ``y_ptrs`` (x: [BLOCK_M, n] fp32; mean, rstd: [BLOCK_M]; offs: x's full [BLOCK_M, n] column offsets, so that x,
+    weight / bias and y share one layout: loaded as one [1, n] row, weight / bias went through shared memory to
+    meet x's layout at BLOCK_M > 1; the block's rows read the same weight / bias lines, from L1 after the first)."""
+    if IS_RMS:
+        y = x * rstd[:, None]
+    else:
+        y = (x - mean[:, None]) * rstd[:, None]
+    if HAS_W:
+        y = y * _load_affine(W, offs, N, AFFINE_EVICTION)
+    if HAS_B:
+        y = y + _load_affine(B, offs, N, AFFINE_EVICTION)
+    tl.store(y_ptrs, y.to(y_ptrs.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -590,11 +671,16 @@ def _layernorm_fwd_chunked_kernel(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
     ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False, BLOCK_M: tl.constexpr = 1,
+    HELD_CHUNKS: tl.constexpr = 0, OPAQUE_ASM: tl.constexpr = False,
 ):
     """Row blocks pid, pid + P, ... of BLOCK_M rows: a statistics pass (_row_mean_var), then a normalizing pass that
     loads each weight/bias chunk once for the block's rows. The grid size P bounds the rows in flight, so that the
     second pass finds its rows in L2 instead of HBM. With a residual, both passes read x and r (the second from L2)
     and the second writes h.
+
+    HELD_CHUNKS > 0: each row's first HELD_CHUNKS chunks (all inside the row) are loaded once (h written then, with
+    a residual), held in registers through both passes and normalized last; the passes stream only the columns
+    after them. OPAQUE_ASM: see _unheld.
 
     L2_HINTS: the statistics pass loads evict_last (its lines are read again), the normalizing pass evict_first
     (their last read), the weight and bias evict_last."""
@@ -610,7 +696,8 @@ def _layernorm_fwd_chunked_kernel(
     # and expanded, each chunk went through shared memory: 16 st/ld.shared.v4 and 16 bar.sync more in the PTX).
     cols = tl.arange(0, BLOCK_N)[None, :]
     block_rows = tl.arange(0, BLOCK_M)
-    NUM_CHUNKS: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
+    HELD_N: tl.constexpr = HELD_CHUNKS * BLOCK_N
+    NUM_CHUNKS: tl.constexpr = (N - HELD_N + BLOCK_N - 1) // BLOCK_N
     for first_row in range(tl.program_id(0) * BLOCK_M, rows, tl.num_programs(0) * BLOCK_M):
         row = first_row + block_rows
         row_ok = (row < rows)[:, None]
@@ -619,28 +706,51 @@ def _layernorm_fwd_chunked_kernel(
         y_rows = Y + row64 * stride_y_row
         r_rows = R + row64 * stride_r_row if HAS_RESIDUAL else None
         h_rows = H + row64 * stride_h_row if STORE_RESIDUAL else None
-        mean, var = _row_mean_var(x_rows, r_rows, row_ok, N, BLOCK_M, BLOCK_N, IS_RMS, HAS_RESIDUAL,
-                                  RESIDUAL_IN_FP32, FIRST_EVICTION)
+        # Held chunks (HELD_CHUNKS, spelled out: Triton cannot index a list of tensors).
+        pivot, held_sum, held_sq = 0.0, 0.0, 0.0  # without held chunks: unused
+        if HELD_CHUNKS > 0:
+            offs0 = tl.broadcast_to(cols, (BLOCK_M, BLOCK_N))
+            zero = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            pivot, held_sum, held_sq = zero, zero, zero
+            held0, pivot, held_sum, held_sq = _held_chunk(
+                x_rows, r_rows, h_rows, row_ok, offs0, pivot, held_sum, held_sq, True, X.dtype.element_ty, IS_RMS,
+                HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32, LAST_EVICTION)
+        if HELD_CHUNKS > 1:
+            held1, pivot, held_sum, held_sq = _held_chunk(
+                x_rows, r_rows, h_rows, row_ok, offs0 + BLOCK_N, pivot, held_sum, held_sq, False, X.dtype.element_ty,
+                IS_RMS, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32, LAST_EVICTION)
+        if HELD_CHUNKS > 2:
+            held2, pivot, held_sum, held_sq = _held_chunk(
+                x_rows, r_rows, h_rows, row_ok, offs0 + 2 * BLOCK_N, pivot, held_sum, held_sq, False,
+                X.dtype.element_ty, IS_RMS, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32, LAST_EVICTION)
+        if HELD_CHUNKS > 3:
+            held3, pivot, held_sum, held_sq = _held_chunk(
+                x_rows, r_rows, h_rows, row_ok, offs0 + 3 * BLOCK_N, pivot, held_sum, held_sq, False,
+                X.dtype.element_ty, IS_RMS, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32, LAST_EVICTION)
+        mean, var = _row_mean_var(x_rows, r_rows, row_ok, pivot, held_sum, held_sq, N, BLOCK_M, BLOCK_N, IS_RMS,
+                                  HAS_RESIDUAL, RESIDUAL_IN_FP32, FIRST_EVICTION, HELD_N)
         rstd = tl.math.rsqrt(var + eps)
         # Reverse order: the chunks read last by the statistics pass are the likeliest to still be in L2.
         for back in range(NUM_CHUNKS):
-            # The block's full [BLOCK_M, BLOCK_N] offsets: x, weight/bias and y then share one layout (weight/bias
-            # loaded as one [1, BLOCK_N] row went through shared memory to meet x's layout at BLOCK_M > 1); the
-            # block's rows read the same weight/bias lines, from L1 after the first.
-            offs = tl.broadcast_to((NUM_CHUNKS - 1 - back) * BLOCK_N + cols, (BLOCK_M, BLOCK_N))
+            offs = tl.broadcast_to(HELD_N + (NUM_CHUNKS - 1 - back) * BLOCK_N + cols, (BLOCK_M, BLOCK_N))
             mask = row_ok & (offs < N)
             x = _load_row_input(x_rows + offs, r_rows + offs if HAS_RESIDUAL else None,
                                 h_rows + offs if STORE_RESIDUAL else None, mask, HAS_RESIDUAL,
                                 STORE_RESIDUAL, RESIDUAL_IN_FP32, LAST_EVICTION)
-            if IS_RMS:
-                y = x * rstd[:, None]
-            else:
-                y = (x - mean[:, None]) * rstd[:, None]
-            if HAS_W:
-                y = y * _load_affine(W, offs, N, FIRST_EVICTION)
-            if HAS_B:
-                y = y + _load_affine(B, offs, N, FIRST_EVICTION)
-            tl.store(y_rows + offs, y.to(Y.dtype.element_ty), mask=mask)
+            _normalize_chunk(x, mean, rstd, W, B, y_rows + offs, offs, mask, N, HAS_W, HAS_B, IS_RMS, FIRST_EVICTION)
+        # The held chunks last (their order does not matter: no loads).
+        if HELD_CHUNKS > 3:
+            _normalize_chunk(_unheld(held3, stride_x_row, OPAQUE_ASM), mean, rstd, W, B, y_rows + offs0 + 3 * BLOCK_N,
+                             offs0 + 3 * BLOCK_N, row_ok, N, HAS_W, HAS_B, IS_RMS, FIRST_EVICTION)
+        if HELD_CHUNKS > 2:
+            _normalize_chunk(_unheld(held2, stride_x_row, OPAQUE_ASM), mean, rstd, W, B, y_rows + offs0 + 2 * BLOCK_N,
+                             offs0 + 2 * BLOCK_N, row_ok, N, HAS_W, HAS_B, IS_RMS, FIRST_EVICTION)
+        if HELD_CHUNKS > 1:
+            _normalize_chunk(_unheld(held1, stride_x_row, OPAQUE_ASM), mean, rstd, W, B, y_rows + offs0 + BLOCK_N,
+                             offs0 + BLOCK_N, row_ok, N, HAS_W, HAS_B, IS_RMS, FIRST_EVICTION)
+        if HELD_CHUNKS > 0:
+            _normalize_chunk(_unheld(held0, stride_x_row, OPAQUE_ASM), mean, rstd, W, B, y_rows + offs0, offs0,
+                             row_ok, N, HAS_W, HAS_B, IS_RMS, FIRST_EVICTION)
         if STORE_MEAN:
             tl.store(Mean + row, mean, mask=row < rows)
         if STORE_RSTD:
@@ -1222,12 +1332,17 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
     )
     flags["ROW_ALIGN"] = _row_align(*args[8:12])
     if cfg.chunked:
+        if cfg.held_chunks * cfg.block_n >= hidden:
+            raise ValueError(f"held_chunks x block_n ({cfg.held_chunks} x {cfg.block_n}) must be below the row's "
+                             f"{hidden} elements (the resident kernel holds whole rows): {cfg}")
         row_blocks = _cdiv(rows, cfg.block_m)
         programs = (row_blocks if cfg.programs_per_sm == 0
                     else min(row_blocks, cfg.programs_per_sm * _program_slots(x.device)))
         grid = (programs,)
         entry = _launch(_layernorm_fwd_chunked_kernel, grid, cfg.num_warps, *args,
-                        N=hidden, BLOCK_N=cfg.block_n, L2_HINTS=cfg.l2_hints, BLOCK_M=cfg.block_m, **flags)
+                        N=hidden, BLOCK_N=cfg.block_n, L2_HINTS=cfg.l2_hints, BLOCK_M=cfg.block_m,
+                        HELD_CHUNKS=cfg.held_chunks, OPAQUE_ASM=cfg.held_chunks > 0 and x.device.type == "cuda",
+                        **flags)
     else:
         block_m = _rows_per_program(cfg.block_m, rows, _program_slots(x.device)) if config is None else cfg.block_m
         grid = (_cdiv(rows, block_m),)
