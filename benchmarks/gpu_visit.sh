@@ -21,7 +21,8 @@
 #                                           # the column sum separate and fused, does its speed follow the dtype or the
 #                                           # data (data_pattern_probe.py), Triton's N = 8192 row blocks at fewer rows,
 #                                           # the small-M forward through the API
-#   bash benchmarks/gpu_visit.sh probes-e   # the sixteenth session's lead: the Triton wide forward with held chunks
+#   bash benchmarks/gpu_visit.sh probes-e   # the sixteenth session's leads: the Triton wide forward with held chunks,
+#                                           # the Triton backward with a register prefetch
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -210,6 +211,15 @@ case "$part" in
       --configs c8192w16p1h,c8192w16p1k2h,c4096w16p1k4h,c4096w8k4h,c8192w8k1h,c8192w8k2h,c8192w16p1k4h \
       --shapes 16384x131072,8192x262144,32768x65536 > "$out/triton-fwd-held.txt" 2>&1
     echo "Triton wide forward, held chunks: rc=$?"; grep -vE "^device" "$out/triton-fwd-held.txt" | cut -c1-150
+    # The resident Triton backward with the next row tile loaded into registers first (BwdConfig.prefetch, x):
+    # 32768x256 (63% of the add, one 16-warp program per SM), and in place of the pipelined loop at M = 4096.
+    timeout 200 python benchmarks/triton_bwd_probe.py --repeats 3 --shapes 32768x256 \
+      --configs default+x,16x256w8p2,16x256w8p2x,16x256w16p1x,8x256w4p4x > "$out/triton-bwd-prefetch.txt" 2>&1
+    timeout 200 python benchmarks/triton_bwd_probe.py --repeats 3 \
+      --shapes 4096x4096xfloat16,4096x8192xfloat16,4095x5000xfloat16,32768x1024 --configs default+x \
+      >> "$out/triton-bwd-prefetch.txt" 2>&1
+    echo "Triton backward, prefetch: rc=$?"; grep -vE "^device|^compiled|^    _layernorm|^    _sum" \
+      "$out/triton-bwd-prefetch.txt" | cut -c1-150
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

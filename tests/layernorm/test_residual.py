@@ -308,6 +308,7 @@ FWD_CONFIGS = {
 BWD_CONFIGS = {
     "chunked": _triton.BwdConfig(block_m=2, block_n=256, num_warps=4, chunked=True),
     "resident_persistent": _triton.BwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False),
+    "resident_prefetch": _triton.BwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False, prefetch=True),
 }
 
 
@@ -340,7 +341,7 @@ def test_fwd_launcher_forced_config(gen, device, check, dtype, norm, config, res
 @pytest.mark.parametrize("norm", list(NORMS))
 def test_bwd_launcher_forced_config(gen, device, check, norm, config, h_dtype):
     rms = NORMS[norm]
-    rows, hidden = (21 if config == "resident_persistent" else 5), 1128
+    rows, hidden = (21 if config.startswith("resident") else 5), 1128
     dtype = torch.bfloat16
     h = (torch.randn(rows, hidden, generator=gen) + 0.3).to(torch.float32 if h_dtype == "fp32" else dtype).to(device)
     weight = (1 + 0.5 * torch.randn(hidden, generator=gen)).to(device)

@@ -164,6 +164,7 @@ FWD_CONFIGS = {
 BWD_CONFIGS = {
     "chunked": _triton.BwdConfig(block_m=2, block_n=256, num_warps=4, chunked=True),
     "resident_persistent": _triton.BwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False),
+    "resident_prefetch": _triton.BwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False, prefetch=True),
 }
 
 
@@ -190,7 +191,7 @@ def test_fwd_launcher_refuses_a_mean(device):
 @pytest.mark.parametrize("config", list(BWD_CONFIGS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=_id)
 def test_bwd_launcher_forced_config(gen, device, check, dtype, config, grads):
-    rows, hidden = (21 if config == "resident_persistent" else 5), 1128
+    rows, hidden = (21 if config.startswith("resident") else 5), 1128
     x, weight, bias = make_inputs(gen, (rows, hidden), dtype, device, "w_b_fp32")
     dy = random_like(gen, x)
     rstd = torch.empty(rows, device=device)

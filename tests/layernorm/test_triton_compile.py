@@ -77,7 +77,9 @@ def opt_in_configs(cls_name: str, dtype: str, hidden: int) -> list[dict]:
         try:
             configs.append(dataclasses.replace(heuristic, **{name: True}))
         except ValueError:  # a switch this config cannot take (fused_sum in the chunked backward)
-            pass
+            if name == "prefetch" and not heuristic.chunked and hidden <= 8192:
+                # the register prefetch replaces the pipelined / re-read loop of the resident backward
+                configs.append(dataclasses.replace(heuristic, stages=1, reread=False, prefetch=True))
     if "stages" in {f.name for f in dataclasses.fields(cls)}:
         configs.append(dataclasses.replace(heuristic, stages=3))  # a software-pipelined loop
     if getattr(heuristic, "held_chunks", None) == 0 and heuristic.chunked and 2 * heuristic.block_n < hidden:
@@ -517,6 +519,9 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
 
     # The chunked forward's held chunks (FwdConfig.held_chunks), 16-bit x held in x's dtype: each 32-bit register of a
     # held chunk is permuted once, by a selector the compilers cannot fold (else they hold the fp32 values instead).
+    # The resident backward's register prefetch (BwdConfig.prefetch, an opt-in config): at N = 1024, every flag set.
+    prefetched = {r["constexprs"]["N"] for r in results if r["constexprs"].get("PREFETCH", False)}
+    assert bool(prefetched) == (launcher == "bwd" and part == "flags"), prefetched
     held = [r for r in results if r["constexprs"].get("HELD_CHUNKS", 0) > 0]
     assert bool(held) == (launcher == "fwd" and part != "sizes"), "no held-chunk variant compiled"
     for r in held:

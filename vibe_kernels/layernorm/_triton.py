@@ -105,10 +105,17 @@ class BwdConfig:
     # slower than the second launch at M = 4096-32768 (H100, twelfth session, benchmarks/triton_bwd_probe.py "f",
     # h100-2026-12-06-d/probes). The launcher falls back to the second launch where it cannot use it.
     fused_sum: bool = False
+    # Resident, single-stage, not re-read only: the next row tile's x, dy, mean and rstd are loaded (into registers)
+    # before this tile's reductions, so that with one program per SM a tile's loads are in flight while the previous
+    # tile computes (the CuTeDSL backward's BwdConfig.prefetch, done by hand: Triton's own pipelining, ``stages``,
+    # goes through shared memory).
+    prefetch: bool = False
 
     def __post_init__(self):
         if self.fused_sum and self.chunked:
             raise ValueError(f"fused_sum is for the resident backward only, not the chunked one: {self}")
+        if self.prefetch and (self.chunked or self.reread or self.stages > 1):
+            raise ValueError(f"prefetch is for the resident backward without reread or stages: {self}")
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -763,20 +770,28 @@ def _layernorm_fwd_chunked_kernel(
 
 
 @triton.jit
-def _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols, col_ok,
-                   HAS_W: tl.constexpr, IS_RMS: tl.constexpr, EVICTION: tl.constexpr):
-    """A BLOCK_M x BLOCK_N tile of dy, xhat = (x - mean) * rstd (x * rstd for RMSNorm) and g = dy * w in fp32
-    (zero outside the rows and columns), and the tile's rstd. ``w`` is the tile's columns of the weight, loaded
-    once by the caller. EVICTION: the L2 eviction policy of the x and dy loads."""
+def _load_bwd_raw(DY, X, Mean, Rstd, stride_dy_row, stride_x_row, row_idx, row_ok, cols, col_ok,
+                  IS_RMS: tl.constexpr, EVICTION: tl.constexpr):
+    """A BLOCK_M x BLOCK_N tile of x and dy as stored (0 outside the rows and columns) and its rows' mean and rstd
+    (RMSNorm: rstd in place of the mean, unused). EVICTION: the L2 eviction policy of the x and dy loads."""
     mask = row_ok[:, None] & col_ok[None, :]
     row_off = row_idx.to(tl.int64)[:, None]
-    x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0,
-                eviction_policy=EVICTION).to(tl.float32)
-    dy = tl.load(DY + row_off * stride_dy_row + cols[None, :], mask=mask, other=0.0,
-                 eviction_policy=EVICTION).to(tl.float32)
+    x = tl.load(X + row_off * stride_x_row + cols[None, :], mask=mask, other=0.0, eviction_policy=EVICTION)
+    dy = tl.load(DY + row_off * stride_dy_row + cols[None, :], mask=mask, other=0.0, eviction_policy=EVICTION)
     if not IS_RMS:
         mean = tl.load(Mean + row_idx, mask=row_ok, other=0.0)
     rstd = tl.load(Rstd + row_idx, mask=row_ok, other=0.0)
+    if IS_RMS:
+        mean = rstd
+    return x, dy, mean, rstd
+
+
+@triton.jit
+def _bwd_tile_values(x, dy, mean, rstd, w, mask, HAS_W: tl.constexpr, IS_RMS: tl.constexpr):
+    """From a tile's x, dy, mean and rstd (``_load_bwd_raw``): dy, xhat = (x - mean) * rstd (x * rstd for RMSNorm)
+    and g = dy * w in fp32 (xhat zero outside ``mask``), and rstd."""
+    x = x.to(tl.float32)
+    dy = dy.to(tl.float32)
     if IS_RMS:
         xhat = tl.where(mask, x * rstd[:, None], 0.0)
     else:
@@ -786,6 +801,17 @@ def _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, r
     else:
         g = dy
     return dy, xhat, g, rstd
+
+
+@triton.jit
+def _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols, col_ok,
+                   HAS_W: tl.constexpr, IS_RMS: tl.constexpr, EVICTION: tl.constexpr):
+    """A BLOCK_M x BLOCK_N tile of dy, xhat = (x - mean) * rstd (x * rstd for RMSNorm) and g = dy * w in fp32
+    (zero outside the rows and columns), and the tile's rstd. ``w`` is the tile's columns of the weight, loaded
+    once by the caller. EVICTION: the L2 eviction policy of the x and dy loads."""
+    x, dy, mean, rstd = _load_bwd_raw(DY, X, Mean, Rstd, stride_dy_row, stride_x_row, row_idx, row_ok, cols, col_ok,
+                                      IS_RMS, EVICTION)
+    return _bwd_tile_values(x, dy, mean, rstd, w, row_ok[:, None] & col_ok[None, :], HAS_W, IS_RMS)
 
 
 @triton.jit
@@ -854,7 +880,7 @@ def _layernorm_bwd_resident_kernel(
     HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
     ROW_ALIGN: tl.constexpr, SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr = False,
-    REREAD: tl.constexpr = False, NUM_STAGES: tl.constexpr = 1,
+    REREAD: tl.constexpr = False, NUM_STAGES: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
     COLUMN_BLOCK_M: tl.constexpr = 0, COLUMN_BLOCK_N: tl.constexpr = 0, COLUMN_DW: tl.constexpr = False,
     COLUMN_DB: tl.constexpr = False, SUM_BLOCK_P: tl.constexpr = 0, SUM_BLOCK_N: tl.constexpr = 0,
 ):
@@ -898,7 +924,8 @@ def _layernorm_bwd_resident_kernel(
             _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, stride_dy_row,
                                stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
                                pid, row_programs, N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS,
-                               HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES)
+                               HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES,
+                               PREFETCH)
     elif SUM_BLOCK_N > 0:
         SUM_PROGRAMS: tl.constexpr = (N + SUM_BLOCK_N - 1) // SUM_BLOCK_N
         row_programs = tl.num_programs(0) - SUM_PROGRAMS
@@ -910,7 +937,8 @@ def _layernorm_bwd_resident_kernel(
             _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, stride_dy_row,
                                stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
                                pid, row_programs, N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS,
-                               HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES)
+                               HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES,
+                               PREFETCH)
             # Every thread's stores and atomic adds of the partial rows come before the barrier, and the barrier
             # before the one release add (Triton runs a scalar atomic in one thread of the program): the sum
             # programs that see the count see the rows.
@@ -920,7 +948,7 @@ def _layernorm_bwd_resident_kernel(
         _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, stride_dy_row,
                            stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows, pid,
                            tl.num_programs(0), N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL,
-                           STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES)
+                           STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES, PREFETCH)
 
 
 @triton.jit
@@ -930,26 +958,74 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
                        HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
                        IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
                        SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr, REREAD: tl.constexpr,
-                       NUM_STAGES: tl.constexpr):
+                       NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr = False):
     """The resident backward's row tiles pid, pid + row_programs, ... (strides already aligned): see
-    _layernorm_bwd_resident_kernel."""
+    _layernorm_bwd_resident_kernel. PREFETCH (not with REREAD or NUM_STAGES > 1): each iteration first loads the
+    next tile's x, dy, mean and rstd (masked off past the last tile), then computes on the ones loaded by the
+    iteration before."""
+    ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
+    AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
+    cols = tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    if REREAD:
+        w = 0.0  # loaded per tile by _bwd_tile_loop
+    else:
+        w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+    dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if PREFETCH:
+        block_rows = tl.arange(0, BLOCK_M)
+        row_idx = pid * BLOCK_M + block_rows
+        x_next, dy_next, mean_next, rstd_next = _load_bwd_raw(DY, X, Mean, Rstd, stride_dy_row, stride_x_row,
+                                                              row_idx, row_idx < rows, cols, col_ok, IS_RMS,
+                                                              ROW_EVICTION)
+        for tile in range(pid, tl.cdiv(rows, BLOCK_M), row_programs):
+            row_idx = tile * BLOCK_M + block_rows
+            row_ok = row_idx < rows
+            x, dy, mean, rstd = x_next, dy_next, mean_next, rstd_next
+            next_idx = row_idx + row_programs * BLOCK_M
+            x_next, dy_next, mean_next, rstd_next = _load_bwd_raw(DY, X, Mean, Rstd, stride_dy_row, stride_x_row,
+                                                                  next_idx, next_idx < rows, cols, col_ok, IS_RMS,
+                                                                  ROW_EVICTION)
+            dy, xhat, g, rstd = _bwd_tile_values(x, dy, mean, rstd, w, row_ok[:, None] & col_ok[None, :], HAS_W,
+                                                 IS_RMS)
+            mean_gx = tl.sum(g * xhat, axis=1) / N
+            mean_g = None if IS_RMS else tl.sum(g, axis=1) / N
+            dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
+            dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok,
+                                                  cols, col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc,
+                                                  db_acc, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
+    else:
+        dw_acc, db_acc = _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, stride_x_row,
+                                        stride_dx_row, stride_dres_row, stride_dres_in_row, rows, pid, row_programs,
+                                        w, cols, col_ok, dw_acc, db_acc, N, BLOCK_M, HAS_W, NEED_DW, NEED_DB, IS_RMS,
+                                        HAS_DRESIDUAL, STORE_DRESIDUAL_IN, L2_HINTS, REREAD, NUM_STAGES)
+    _store_partials(DW_partial, DB_partial, pid % partial_rows, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB,
+                    SHARED_PARTIALS)
+
+
+@triton.jit
+def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row,
+                   stride_dres_row, stride_dres_in_row, rows, pid, row_programs, w, cols, col_ok, dw_acc, db_acc,
+                   N: tl.constexpr, BLOCK_M: tl.constexpr, HAS_W: tl.constexpr, NEED_DW: tl.constexpr,
+                   NEED_DB: tl.constexpr, IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr,
+                   STORE_DRESIDUAL_IN: tl.constexpr, L2_HINTS: tl.constexpr, REREAD: tl.constexpr,
+                   NUM_STAGES: tl.constexpr):
+    """_bwd_resident_rows's row-tile loop without PREFETCH; returns the accumulators. ``w``: the weight's columns
+    (unused with REREAD, which loads them per tile)."""
     ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     # Two distinct policies also keep the compiler from merging the two loads of a REREAD tile into one.
     FIRST_EVICTION: tl.constexpr = "evict_last" if REREAD else ROW_EVICTION
     LAST_EVICTION: tl.constexpr = "evict_first" if REREAD else ROW_EVICTION
-    cols = tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    if not REREAD:
-        w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
-    dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tile in tl.range(pid, tl.cdiv(rows, BLOCK_M), row_programs, num_stages=NUM_STAGES):
         row_idx = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = row_idx < rows
         if REREAD:
-            w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
-        dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok,
+            tile_w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+        else:
+            tile_w = w
+        dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tile_w, stride_dy_row, stride_x_row, row_idx, row_ok,
                                            cols, col_ok, HAS_W, IS_RMS, FIRST_EVICTION)
         if REREAD:
             if NEED_DW:
@@ -959,16 +1035,15 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
         mean_gx = tl.sum(g * xhat, axis=1) / N
         mean_g = None if IS_RMS else tl.sum(g, axis=1) / N
         if REREAD:
-            w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
-            dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok,
+            tile_w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+            dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tile_w, stride_dy_row, stride_x_row, row_idx, row_ok,
                                                cols, col_ok, HAS_W, IS_RMS, LAST_EVICTION)
         dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
         dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols,
                                               col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc,
                                               NEED_DW and not REREAD, NEED_DB and not REREAD, IS_RMS,
                                               HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
-    _store_partials(DW_partial, DB_partial, pid % partial_rows, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB,
-                    SHARED_PARTIALS)
+    return dw_acc, db_acc
 
 
 @triton.jit
@@ -1544,7 +1619,7 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             *(weight_grads if fused_from_rows or counter is not None else (None, None)), counter, *residual_args[2:],
             plan.partial_rows, N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
             SHARED_PARTIALS=plan.shared_partials, L2_HINTS=cfg.l2_hints, REREAD=cfg.reread,
-            NUM_STAGES=cfg.stages, **flags, **column_flags, **sum_flags,
+            NUM_STAGES=cfg.stages, PREFETCH=cfg.prefetch, **flags, **column_flags, **sum_flags,
         )
     if from_rows:
         if not fused_from_rows:
