@@ -211,6 +211,12 @@ case "$part" in
       --configs c8192w16p1h,c8192w16p1k2h,c4096w16p1k4h,c4096w8k4h,c8192w8k1h,c8192w8k2h,c8192w16p1k4h \
       --shapes 16384x131072,8192x262144,32768x65536 > "$out/triton-fwd-held.txt" 2>&1
     echo "Triton wide forward, held chunks: rc=$?"; grep -vE "^device" "$out/triton-fwd-held.txt" | cut -c1-150
+    # The same at N = 16384 / 32768 (93 / 90% of a copy at 32768 rows, >= 95% asked): a quarter to half a row held.
+    timeout 200 python benchmarks/triton_fwd_probe.py --repeats 3 \
+      --configs c4096w16k1h,c4096w16k2h,c4096w16k4h,c4096w8k2h,c4096w8k4h,c8192w16m2k1h \
+      --shapes 32768x32768,32768x16384,4096x16384xfloat16 > "$out/triton-fwd-held-16k-32k.txt" 2>&1
+    echo "Triton forward N = 16384 / 32768, held chunks: rc=$?"; grep -vE "^device" \
+      "$out/triton-fwd-held-16k-32k.txt" | cut -c1-150
     # The resident Triton backward with the next row tile loaded into registers first (BwdConfig.prefetch, x):
     # 32768x256 (63% of the add, one 16-warp program per SM), and in place of the pipelined loop at M = 4096.
     timeout 200 python benchmarks/triton_bwd_probe.py --repeats 3 --shapes 32768x256 \
