@@ -63,20 +63,26 @@ def main() -> None:
         one_wave = rows <= _triton._program_slots(x.device)
         default = _triton.fwd_config(hidden, dtype, one_wave=one_wave)
         configs = [default] + [_parse(t) for t in filter(None, args.configs.split(","))]
-        launches = []
+        launches, kept = [], []
         for config in configs:
             def launch(config=None if config is default else config):
                 _triton.layernorm_fwd(x, w, b, 1e-5, out, mean, rstd, config=config)
 
             for tensor in (out, mean, rstd):
                 tensor.fill_(float("nan"))
-            launch()
+            try:
+                launch()
+            except ValueError as exc:  # a config this width cannot take (held chunks covering the whole row)
+                print(f"{spec}: skipped {config}: {exc}")
+                continue
             err = (out.float() - ref).abs().max().item()
             mean_err = (mean - ref_mean).abs().max().item()
             rstd_err = ((rstd - ref_rstd) / ref_rstd).abs().max().item()
             if not (err < 0.1 and mean_err < 1e-3 and rstd_err < 1e-4):
                 raise AssertionError(f"{spec} {config}: out err {err}, mean err {mean_err}, rstd rel err {rstd_err}")
             launches.append(launch)
+            kept.append(config)
+        configs = kept
         if args.api:
             def launch_no_stats():
                 _triton.layernorm_fwd(x, w, b, 1e-5, out, None, None)
