@@ -23,11 +23,12 @@
 #                                           # the small-M forward through the API
 #   bash benchmarks/gpu_visit.sh probes-e   # the sixteenth session's leads: the Triton wide forward with held chunks,
 #                                           # the Triton backward with a register prefetch
+#   bash benchmarks/gpu_visit.sh probes-f   # one short call of probes-d's and probes-e's deciding leads
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -223,6 +224,35 @@ case "$part" in
       --configs default+x,16x256w8p2,16x256w8p2x,16x256w16p1x,8x256w4p4x > "$out/triton-bwd-prefetch.txt" 2>&1
     timeout 200 python benchmarks/triton_bwd_probe.py --repeats 3 \
       --shapes 4096x4096xfloat16,4096x8192xfloat16,4095x5000xfloat16,32768x1024 --configs default+x \
+      >> "$out/triton-bwd-prefetch.txt" 2>&1
+    echo "Triton backward, prefetch: rc=$?"; grep -vE "^device|^compiled|^    _layernorm|^    _sum" \
+      "$out/triton-bwd-prefetch.txt" | cut -c1-150
+    ;;
+  probes-f)
+    # One short call (about 570 s at most) of the leads that decide defaults, for a session whose device time is
+    # nearly spent: probes-d's staged statistics (RMSNorm and LayerNorm, with the GPU bit-identity test) and
+    # probes-e's held chunks and Triton prefetch, fewer configs each.
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 100 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 --only new,sst,fst \
+      --repeat 2 > "$out/cutedsl-bwd-rms-staged-stats.txt" 2>&1
+    echo "CuTeDSL RMSNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-rms-staged-stats.txt"
+    timeout 90 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k "stages_give_the_same_bits" \
+      > "$out/gpu-stages-tests.log" 2>&1
+    echo "CuTeDSL staged backward tests: rc=$? $(tail -1 "$out/gpu-stages-tests.log")"
+    timeout 100 python benchmarks/cutedsl_bwd_probe.py --shapes 4096x8192xfp16,4095x5000xfp16,4096x4096xfp16 \
+      --only new,sst,fst --repeat 2 > "$out/cutedsl-bwd-ln-staged-stats.txt" 2>&1
+    echo "CuTeDSL LayerNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-ln-staged-stats.txt"
+    timeout 110 python benchmarks/triton_fwd_probe.py --repeats 2 \
+      --configs c8192w16p1h,c8192w16p1k2h,c4096w16p1k4h,c4096w8k4h --shapes 16384x131072,8192x262144 \
+      > "$out/triton-fwd-held.txt" 2>&1
+    echo "Triton wide forward, held chunks: rc=$?"; grep -vE "^device" "$out/triton-fwd-held.txt" | cut -c1-150
+    timeout 80 python benchmarks/triton_fwd_probe.py --repeats 2 --configs c4096w16k1h,c4096w16k2h,c4096w8k4h,c8192w16m2k1h \
+      --shapes 32768x32768,32768x16384 > "$out/triton-fwd-held-16k-32k.txt" 2>&1
+    echo "Triton forward N = 16384 / 32768, held chunks: rc=$?"; grep -vE "^device" \
+      "$out/triton-fwd-held-16k-32k.txt" | cut -c1-150
+    timeout 60 python benchmarks/triton_bwd_probe.py --repeats 2 --shapes 32768x256 \
+      --configs default+x,16x256w8p2x,16x256w16p1x > "$out/triton-bwd-prefetch.txt" 2>&1
+    timeout 40 python benchmarks/triton_bwd_probe.py --repeats 2 --shapes 4096x4096xfloat16 --configs default+x \
       >> "$out/triton-bwd-prefetch.txt" 2>&1
     echo "Triton backward, prefetch: rc=$?"; grep -vE "^device|^compiled|^    _layernorm|^    _sum" \
       "$out/triton-bwd-prefetch.txt" | cut -c1-150
