@@ -141,8 +141,10 @@ HELD_CONFIG = {"cls": "FwdConfig", "fields": dict(block_m=1, block_n=8192, num_w
 def fwd_feature_scenarios(dtype: str) -> list[dict]:
     scenarios = []
     for hidden, config in ((1024, None), (5000, None), (16384, None), (65536, None), (65536, HELD_CONFIG)):
-        # 16384: resident with a residual, chunked without
-        for rms, residual, store, in_fp32, out in FWD_FEATURE_SETS:
+        # 16384: resident with a residual, chunked without. Held chunks: the sets that change what is held (h in
+        # x's dtype or fp32, stored or not) and the output dtype.
+        sets = FWD_FEATURE_SETS if config is None else [FWD_FEATURE_SETS[i] for i in (1, 2, 4, 5, 8)]
+        for rms, residual, store, in_fp32, out in sets:
             residual_out = ("float32" if in_fp32 else "x") if store else None
             scenarios.append(dict(
                 launcher="fwd", dtype=dtype, rows=LARGE_M, hidden=hidden, weight="x", bias=None if rms else "float32",
