@@ -99,11 +99,11 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     # Staged: each row tile's mean and rstd loaded two tiles ahead (BwdConfig.stats_ahead), with the column sum
     # as the default has it ("sa2") and the other way ("fs2": fused, or "ss2": separate).
     if found["new"].stages > 1:
-        found["sa2"] = dataclasses.replace(found["new"], stats_ahead=2)
+        found["sa2"] = dataclasses.replace(found["new"], stats_ahead=2, staged_stats=False)
         if "fus" in found:
-            found["fs2"] = dataclasses.replace(found["fus"], stats_ahead=2)
+            found["fs2"] = dataclasses.replace(found["fus"], stats_ahead=2, staged_stats=False)
         if "sep" in found:
-            found["ss2"] = dataclasses.replace(found["sep"], stats_ahead=2)
+            found["ss2"] = dataclasses.replace(found["sep"], stats_ahead=2, staged_stats=False)
         # ... and with each tile's mean and rstd copied into the stage with x and dy (BwdConfig.staged_stats).
         found["sst"] = dataclasses.replace(found["new"], staged_stats=True)
         if "fus" in found:
@@ -113,7 +113,7 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     # The current default with L2 eviction policies (x, dy evict_first; w evict_last).
     found["l2"] = dataclasses.replace(found["new"], l2_hints=True)
     # The current default with the next row tile's loads issued while this one computes (BwdConfig.prefetch).
-    found["pf"] = dataclasses.replace(found["new"], prefetch=True, stages=1)
+    found["pf"] = dataclasses.replace(found["new"], prefetch=True, stages=1, staged_stats=False)
     # Clustered rows: one CTA per SM with the next row's loads prefetched, the column state in shared memory
     # ("1s") or in registers ("1r") -- the 262144 bf16 default, tried at narrower clustered rows.
     if t.cluster_n >= 2:

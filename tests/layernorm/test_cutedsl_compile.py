@@ -148,7 +148,7 @@ def test_backward_prefetch_compiles(hidden, dtype_name, feature):
     (one CTA or a cluster, w and dw/db in registers or shared memory, the residual's gradient, RMSNorm)."""
     elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
     vec = _aligned_vec(hidden, dtype_name)
-    plain = dataclasses.replace(cfg.bwd_config(hidden, elem, vec), stages=1)  # the register path
+    plain = dataclasses.replace(cfg.bwd_config(hidden, elem, vec), stages=1, staged_stats=False)  # the register path
     weight = None if feature == "no_weight" else cutlass.Float32
     extra = {"dres_dtype": dtype} if feature == "residual" else {"rms": True} if feature == "rms" else {}
     ptxs = [launch.compile_bwd(dtype, hidden, weight, weight is not None, weight is not None, vec,
@@ -174,13 +174,14 @@ def test_backward_stats_two_tiles_ahead_compiles(hidden, rows, dtype_name, featu
     assert default.stages > 1 and default.stats_ahead == 1
     rms = feature == "rms"
     ptxs = [launch.compile_bwd(dtype, hidden, cutlass.Float32, True, not rms, vec,
-                               dataclasses.replace(default, stats_ahead=ahead), ARCH, keep_ptx=True, rms=rms).__ptx__
+                               dataclasses.replace(default, stats_ahead=ahead, staged_stats=False), ARCH,
+                               keep_ptx=True, rms=rms).__ptx__
             for ahead in (1, 2)]
     _check_common(ptxs[1], default.tiling, elem)
     scalar_load = r"ld\.global" + LOAD_QUALIFIERS + r"\.(b32|f32)\s"
     assert _count(ptxs[1], scalar_load) == _count(ptxs[0], scalar_load) + (1 if rms else 2)
     with pytest.raises(ValueError, match="stats_ahead"):
-        dataclasses.replace(default, stages=1, stats_ahead=2)
+        dataclasses.replace(default, stages=1, stats_ahead=2, staged_stats=False)
     with pytest.raises(ValueError, match="stats_ahead"):
         dataclasses.replace(default, stats_ahead=3)
 
@@ -190,12 +191,15 @@ def test_backward_stats_two_tiles_ahead_compiles(hidden, rows, dtype_name, featu
 def test_backward_staged_stats_compiles(hidden, rows, dtype_name, feature):
     """BwdConfig.staged_stats: each row tile's rstd (and mean) comes with its x and dy as a 4-byte cp.async copy
     (cp.async.ca, one a statistic) into the stage, so no scalar global load of a statistic is left (the default has
-    one a statistic before the loop and one in it); with the column sum separate (8192) or fused (5000). Invalid
-    without stages or with stats_ahead = 2."""
+    one a statistic before the loop and one in it); with the column sum fused (its default at 8192 and 5000) and
+    separate. The default above 6144 columns (FUSED_COLUMN_SUM_MAX_N) only. Invalid without stages or with
+    stats_ahead = 2."""
     elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
     vec = _aligned_vec(hidden, dtype_name)
     default = cfg.bwd_config(hidden, elem, vec, rows=rows)
-    assert default.stages > 1 and not default.staged_stats
+    assert default.stages > 1 and default.staged_stats == (hidden > cfg.FUSED_COLUMN_SUM_MAX_N)
+    if hidden > cfg.FUSED_COLUMN_SUM_MAX_N:  # and the column sum separate
+        default = dataclasses.replace(default, fused_column_sum=False)
     rms = feature == "rms"
     ptxs = [launch.compile_bwd(dtype, hidden, cutlass.Float32, True, not rms, vec,
                                dataclasses.replace(default, staged_stats=staged), ARCH, keep_ptx=True, rms=rms).__ptx__
@@ -356,11 +360,11 @@ def test_fused_column_sum_compiles_with_its_handshake(hidden, dtype_name, grads)
     each row CTA's arrival is one fenced atomic add (release at GPU scope), each sum CTA polls with acquire loads
     and a nanosleep back-off, counts its departure, and the last one zeroes both counters; the partial rows are
     read in 16-byte fp32 vectors; the gradients are written in their dtypes. The registers fit as before: no spills
-    (ptxas), and one sum CTA per 64 columns. (N = 8192 keeps the second launch by default: compiled opt-in.)"""
+    (ptxas), and one sum CTA per 64 columns. (N = 8192: with the staged statistics, its default.)"""
     elem = ELEM_BYTES[dtype_name]
     vec = _aligned_vec(hidden, dtype_name)
     config = cfg.bwd_config(hidden, elem, vec, rows=4096)
-    assert config.fused_column_sum == (hidden <= cfg.FUSED_COLUMN_SUM_MAX_N)
+    assert config.fused_column_sum == (hidden <= cfg.FUSED_COLUMN_SUM_MAX_N or config.staged_stats)
     config = dataclasses.replace(config, fused_column_sum=True)
     assert config.sum_ctas(hidden) == -(-hidden // 64)
     want_dw, want_db = "dw" in grads or "both" in grads, "db" in grads or "both" in grads
@@ -385,13 +389,15 @@ def test_fused_column_sum_compiles_with_its_handshake(hidden, dtype_name, grads)
 
 
 def test_fused_column_sum_rule():
-    """Where the fused column sum is the default: unclustered rows of at most 6144 columns with partial rows in
-    registers, without the fused residual, and not with the register prefetch of 16-bit rows (ptxas spills there);
+    """Where the fused column sum is the default: unclustered rows of at most 6144 columns (or staged with the
+    statistics in the stage, above) with partial rows in registers, without the fused residual, and not with the register prefetch of 16-bit rows (ptxas spills there);
     never with column CTAs (few rows), clustered rows or the column state in shared memory, which the config
     refuses."""
     assert cfg.bwd_config(4096, 2, 8, rows=4096).fused_column_sum  # staged
     assert cfg.bwd_config(5000, 2, 8, rows=4095).fused_column_sum
-    assert not cfg.bwd_config(8192, 2, 8, rows=4096).fused_column_sum  # measured slower at 4096x8192 fp16
+    # 8192: with the staged statistics (alone, the fused sum measured slower at 4096x8192 fp16)
+    assert cfg.bwd_config(8192, 2, 8, rows=4096).fused_column_sum and cfg.bwd_config(8192, 2, 8).staged_stats
+    assert not cfg.bwd_config(5000, 2, 8, rows=4095).staged_stats and not cfg.bwd_config(6144, 2, 8).staged_stats
     assert cfg.bwd_config(256, 2, 8, rows=32768).fused_column_sum  # no prefetch (32 rows a tile)
     assert cfg.bwd_config(1024, 4, 4, rows=32768).fused_column_sum  # fp32, prefetched
     assert not cfg.bwd_config(1024, 2, 8, rows=32768).fused_column_sum  # 16-bit, prefetched
@@ -520,7 +526,9 @@ def test_staged_backward_compiles_to_cp_async(hidden, dtype_name, stages):
     128-bit global loads of them left in the loop; without spills, at the default config's CTAs per SM."""
     elem = ELEM_BYTES[dtype_name]
     vec = _aligned_vec(hidden, dtype_name)
-    config = dataclasses.replace(cfg.bwd_config(hidden, elem, vec), prefetch=False, l2_hints=False, stages=stages)
+    # (the statistics' 4-byte copies, staged_stats, are test_backward_staged_stats_compiles's)
+    config = dataclasses.replace(cfg.bwd_config(hidden, elem, vec), prefetch=False, l2_hints=False, stages=stages,
+                                 staged_stats=False)
     ptx = launch.compile_bwd(DTYPES[dtype_name], hidden, cutlass.Float32, True, True, vec, config, ARCH,
                              keep_ptx=True).__ptx__
     copies = re.findall(r"cp\.async\.(c[ag])\.shared\.global \[[^]]+\], \[[^]]+\], (\d+)", ptx)

@@ -395,6 +395,28 @@ def test_fwd_default_configs_with_a_wider_out(gen, device, check, monkeypatch, h
     check.stats(mean, rstd, x, EPS)
 
 
+@pytest.mark.parametrize("rms", [False, True])
+def test_fwd_default_held_chunks_for_16bit_rows_up_to_32768(gen, device, check, rms):
+    """16-bit rows of (16384, 32768] above one wave stream in two-row blocks with each row's first 8192 columns
+    held in registers (FWD_HELD_16BIT): N = 20000 leaves the streamed part one full and one ragged chunk, an odd M
+    a block a row short."""
+    rows, hidden = (7 if device == "cpu" else 301), 20000
+    config = _triton.fwd_config(hidden, torch.bfloat16)
+    assert (config.chunked, config.block_m, config.block_n, config.held_chunks) == (True, 2, 8192, 1)
+    x, weight, bias = make_inputs(gen, (rows, hidden), torch.bfloat16, device, "w_b_fp32")
+    out = _poisoned((rows, hidden), torch.bfloat16, device)
+    rstd = _poisoned((rows,), torch.float32, device)
+    if rms:
+        _triton.layernorm_fwd(x, weight, None, EPS, out, None, rstd, rms=True)
+        ref = x.double() * torch.rsqrt(x.double().square().mean(-1, keepdim=True) + EPS) * weight.double()
+        torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2**-7)
+        return
+    mean = _poisoned((rows,), torch.float32, device)
+    _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd)
+    check.out(out, x, weight, bias, EPS)
+    check.stats(mean, rstd, x, EPS)
+
+
 def test_fwd_held_chunks_are_checked(device):
     """held_chunks: chunked configs only, at most MAX_HELD_CHUNKS, and the held columns must leave a column of the
     row to stream (a row that fits whole in held chunks is the resident kernel's)."""

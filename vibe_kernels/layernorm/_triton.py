@@ -203,6 +203,13 @@ FWD_RESIDUAL_RESIDENT_16BIT = 16384
 # 4096x16384 88 -> 91%, 32768x16384 94 -> 95%. Wider rows measured slower in row blocks (32768 x 32768 / 65536: 90 /
 # 85 -> 89 / 76%; 131072, 262144: 70 / 66 -> 67 / 65% at best), and blocks of four rows slower everywhere.
 FWD_ROW_BLOCK_16BIT = (8192, 16384)
+# Rows of (16384, 32768] (same conditions) stream in those two-row blocks with each row's first 8192 columns held in
+# registers through both passes (FwdConfig.held_chunks): only three quarters of a 32768-wide row is read twice.
+# Measured (triton_fwd_probe.py, H100, 2026-12-07, sixteenth session, h100-2026-12-07-g/probes-f/
+# triton-fwd-held-16k-32k.txt, two samples, % of a copy): 32768x32768 bf16 84 / 84 (the default then: one row a
+# program in 4096-element chunks; 90% in the fourteenth session's bench) -> 94 / 94; one 4096 chunk held in the
+# one-row config 90 / 91, two or four 62-71. At 16384 columns holding lost (32768x16384 94 -> 77%).
+FWD_HELD_16BIT = (16384, 32768)
 # With out wider than x (fp16/bf16 in, fp32 out), two things measured the other way round (triton_residual_probe.py
 # --out-dtype float32, same run, triton-out-fp32.txt, % of the same-bytes SOL; no residual): resident rows load weight
 # and bias with the rows (affine_first: 4096x4096 bf16 -> fp32 96 -> 105-106%), and (8192, 16384] keeps one row a
@@ -335,6 +342,8 @@ def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed
         return FwdConfig(block_m=1, block_n=_next_power_of_2(hidden), num_warps=16, chunked=False)
     if row_blocks and FWD_ROW_BLOCK_16BIT[0] < hidden <= FWD_ROW_BLOCK_16BIT[1]:
         return FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True)
+    if row_blocks and FWD_HELD_16BIT[0] < hidden <= FWD_HELD_16BIT[1]:
+        return FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True, held_chunks=1)
     _, block_m, block_n, num_warps, chunked, programs_per_sm = _ladder_row(_FWD_LADDER, hidden, dtype)
     padded = _next_power_of_2(hidden)
     if not chunked or padded <= block_n:

@@ -388,7 +388,7 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
 ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=False, column_tile=0, stages=2, \
-fused_column_sum=False, stats_ahead=1, staged_stats=False)
+fused_column_sum=True, stats_ahead=1, staged_stats=True)
     >>> bwd_config(4096, 4, 4).prefetch, bwd_config(1024, 2, 8).prefetch
     (True, True)
     >>> bwd_config(1024, 2, 8).tiling
@@ -473,16 +473,27 @@ fused_column_sum=False, stats_ahead=1, staged_stats=False)
     # Not with the register prefetch of 16-bit rows (4-8 rows a tile): ptxas spills 20-24 bytes there with the sum
     # CTAs' code (1024 and 2048 bf16), none elsewhere (N 256-8192, 16-bit and fp32). Not with the fused residual
     # (4096 fp32: 48 bytes spilled).
+    # Above 6144 columns the staged rows copy each tile's mean and rstd into the stage with its x and dy
+    # (``staged_stats``) and then do sum their partial rows in the same launch. The fp16 RMSNorm backward there
+    # waited on a plain load of the next tile's rstd that ptxas issued after the stage wait (SASS, fifteenth
+    # session). Measured (cutedsl_bwd_probe.py, H100, 2026-12-07, sixteenth session,
+    # h100-2026-12-07-g/probes-f/, two samples each, % of the add, default -> staged_stats -> staged_stats + fused):
+    # 4096x8192 RMSNorm fp16 80 / 80 -> 89 / 89 -> 90 / 91, bf16 91 / 90 -> 90 / 90 -> 92 / 91; LayerNorm fp16 87 /
+    # 87 -> 87 / 87 -> 87 / 88. Not at 6144 columns or fewer: 4095x5000 fp16 (fused) 76 / 77 -> 70 / 70 with it;
+    # 4096² 84 -> 84.
+    staged_stats = staged and hidden > FUSED_COLUMN_SUM_MAX_N
     fused = (tiling.cluster_n == 1 and column_tile == 0 and not column_state_in_smem and not residual
-             and hidden <= FUSED_COLUMN_SUM_MAX_N and (staged or not prefetch or elem_bytes == 4))
+             and (hidden <= FUSED_COLUMN_SUM_MAX_N or staged_stats) and (staged or not prefetch or elem_bytes == 4))
     if staged:
-        return BwdConfig(tiling, ctas_per_sm, column_state_in_smem, stages=2, fused_column_sum=fused)
+        return BwdConfig(tiling, ctas_per_sm, column_state_in_smem, stages=2, fused_column_sum=fused,
+                         staged_stats=staged_stats)
     return BwdConfig(tiling, ctas_per_sm, column_state_in_smem,
                      _l2_hints(tiling, hidden, elem_bytes, residual, rows), prefetch, column_tile,
                      fused_column_sum=fused)
 
 
-# The widest rows whose backward sums its partial rows in its own launch by default (bwd_config, above).
+# The widest rows whose backward sums its partial rows in its own launch by default without staged statistics
+# (bwd_config, above; the staged rows above it take both).
 FUSED_COLUMN_SUM_MAX_N = 6144
 
 # Column CTAs (BwdConfig.column_tile): about this many of them, beside the row CTAs of a few-rows backward, and at
