@@ -72,8 +72,9 @@ class FwdConfig:
     affine_first: bool = False  # resident only: weight/bias loaded with the rows, before the statistics
     l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
     # Chunked only: each row's first held_chunks (0-4) block_n chunks are loaded once and held in registers through
-    # both passes (in x's dtype); only the rest is streamed twice. At N >= 131072 the normalizing pass's re-reads miss
-    # L2 (the rows in flight outgrow it), the row's first chunks (re-read last) the most.
+    # both passes (in x's dtype); only the rest is streamed twice: the row's first chunks are re-read last, the
+    # likeliest to have left L2. The default for 16-bit rows of (16384, 32768] (FWD_HELD_16BIT); it lost at N >=
+    # 131072, where holding costs the occupancy that keeps the bandwidth up.
     held_chunks: int = 0
 
     def __post_init__(self):
