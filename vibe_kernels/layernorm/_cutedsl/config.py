@@ -474,7 +474,7 @@ fused_column_sum=False, stats_ahead=1, staged_stats=False)
     # CTAs' code (1024 and 2048 bf16), none elsewhere (N 256-8192, 16-bit and fp32). Not with the fused residual
     # (4096 fp32: 48 bytes spilled).
     # Above 6144 columns the staged rows copy each tile's mean and rstd into the stage with its x and dy
-    # (``staged_stats``) and then do sum their partial rows in the same launch. The fp16 RMSNorm backward there
+    # (``staged_stats``) and sum their partial rows in the same launch. The fp16 RMSNorm backward there
     # waited on a plain load of the next tile's rstd that ptxas issued after the stage wait (SASS, fifteenth
     # session). Measured (cutedsl_bwd_probe.py, H100, 2026-12-07, sixteenth session,
     # h100-2026-12-07-g/probes-f/, two samples each, % of the add, default -> staged_stats -> staged_stats + fused):
