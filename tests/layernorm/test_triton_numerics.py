@@ -325,15 +325,9 @@ def test_fwd_launcher_forced_config(gen, device, check, dtype, config, stats):
     check.stats(mean, rstd, x, EPS)
 
 
-@pytest.mark.parametrize("rms", [False, True])
-def test_fwd_default_row_blocks_for_16bit_rows_up_to_16384(gen, device, check, rms):
-    """16-bit rows of (8192, 16384] above one wave of programs take the two-row chunked blocks by default
-    (FWD_ROW_BLOCK_16BIT): an odd M leaves the last block a row short, N = 12000 leaves the second chunk ragged. (M
-    above one wave: 7 under the interpreter, which plays 4 program slots; 301 on an H100.)"""
-    rows, hidden = (7 if device == "cpu" else 301), 12000
-    config = _triton.fwd_config(hidden, torch.bfloat16)
-    assert (config.chunked, config.block_m, config.block_n) == (True, 2, 8192)
-    assert _triton.fwd_config(hidden, torch.bfloat16, one_wave=True).block_m == 1  # one wave: a row a program
+def _check_default_bf16_fwd(gen, device, check, rows, hidden, rms):
+    """The default-config forward of bf16 rows (LayerNorm, or RMSNorm with ``rms``) against the fp64 reference,
+    outputs poisoned first."""
     x, weight, bias = make_inputs(gen, (rows, hidden), torch.bfloat16, device, "w_b_fp32")
     out = _poisoned((rows, hidden), torch.bfloat16, device)
     rstd = _poisoned((rows,), torch.float32, device)
@@ -346,6 +340,18 @@ def test_fwd_default_row_blocks_for_16bit_rows_up_to_16384(gen, device, check, r
     _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd)
     check.out(out, x, weight, bias, EPS)
     check.stats(mean, rstd, x, EPS)
+
+
+@pytest.mark.parametrize("rms", [False, True])
+def test_fwd_default_row_blocks_for_16bit_rows_up_to_16384(gen, device, check, rms):
+    """16-bit rows of (8192, 16384] above one wave of programs take the two-row chunked blocks by default
+    (FWD_ROW_BLOCK_16BIT): an odd M leaves the last block a row short, N = 12000 leaves the second chunk ragged. (M
+    above one wave: 7 under the interpreter, which plays 4 program slots; 301 on an H100.)"""
+    rows, hidden = (7 if device == "cpu" else 301), 12000
+    config = _triton.fwd_config(hidden, torch.bfloat16)
+    assert (config.chunked, config.block_m, config.block_n) == (True, 2, 8192)
+    assert _triton.fwd_config(hidden, torch.bfloat16, one_wave=True).block_m == 1  # one wave: a row a program
+    _check_default_bf16_fwd(gen, device, check, rows, hidden, rms)
 
 
 def _record_fwd_configs(monkeypatch) -> list:
@@ -403,18 +409,7 @@ def test_fwd_default_held_chunks_for_16bit_rows_up_to_32768(gen, device, check, 
     rows, hidden = (7 if device == "cpu" else 301), 20000
     config = _triton.fwd_config(hidden, torch.bfloat16)
     assert (config.chunked, config.block_m, config.block_n, config.held_chunks) == (True, 2, 8192, 1)
-    x, weight, bias = make_inputs(gen, (rows, hidden), torch.bfloat16, device, "w_b_fp32")
-    out = _poisoned((rows, hidden), torch.bfloat16, device)
-    rstd = _poisoned((rows,), torch.float32, device)
-    if rms:
-        _triton.layernorm_fwd(x, weight, None, EPS, out, None, rstd, rms=True)
-        ref = x.double() * torch.rsqrt(x.double().square().mean(-1, keepdim=True) + EPS) * weight.double()
-        torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2**-7)
-        return
-    mean = _poisoned((rows,), torch.float32, device)
-    _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd)
-    check.out(out, x, weight, bias, EPS)
-    check.stats(mean, rstd, x, EPS)
+    _check_default_bf16_fwd(gen, device, check, rows, hidden, rms)
 
 
 def test_fwd_held_chunks_are_checked(device):
