@@ -19,10 +19,9 @@ pf: the current default with the next row tile's loads issued while this one com
 st2 / st3: the default with x and dy staged through shared memory by cp.async, 1 / 2 tiles ahead (no prefetch).
 sep / fus: the default with the column sum as a second launch / in the backward's own launch (sum CTAs,
      ``BwdConfig.fused_column_sum``), whichever the default is not.
-sa2 / fs2 / ss2: staged defaults only: the default, "fus", "sep" with each tile's mean and rstd loaded two row tiles
-     ahead (``BwdConfig.stats_ahead``).
 sst / fst / pst: staged defaults only: the default, "fus", "sep" with each tile's mean and rstd copied into the stage
-     with its x and dy (``BwdConfig.staged_stats``: no plain load of a statistic in the loop).
+     with its x and dy (``BwdConfig.staged_stats``: no plain load of a statistic in the loop); where the default has
+     staged_stats (above 6144 columns), "sst" is the default itself and "ust" the default with plain loads instead.
 Both run through the current kernel and launcher: the launcher caps a clustered grid at ctas_per_sm waves of the
 clusters the GPU holds at once (cuOccupancyMaxActiveClusters), for the old config as well.
 
@@ -96,15 +95,12 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
             found["fus"] = dataclasses.replace(found["new"], fused_column_sum=True)
         except ValueError:  # clustered rows, column state in shared memory
             pass
-    # Staged: each row tile's mean and rstd loaded two tiles ahead (BwdConfig.stats_ahead), with the column sum
-    # as the default has it ("sa2") and the other way ("fs2": fused, or "ss2": separate).
+    # Staged: each row tile's mean and rstd copied into the stage with x and dy (BwdConfig.staged_stats), with the
+    # column sum as the default has it ("sst") and the other way ("fst": fused, or "pst": separate); "ust": plain
+    # loads of the statistics where the default stages them.
     if found["new"].stages > 1:
-        found["sa2"] = dataclasses.replace(found["new"], stats_ahead=2, staged_stats=False)
-        if "fus" in found:
-            found["fs2"] = dataclasses.replace(found["fus"], stats_ahead=2, staged_stats=False)
-        if "sep" in found:
-            found["ss2"] = dataclasses.replace(found["sep"], stats_ahead=2, staged_stats=False)
-        # ... and with each tile's mean and rstd copied into the stage with x and dy (BwdConfig.staged_stats).
+        if found["new"].staged_stats:
+            found["ust"] = dataclasses.replace(found["new"], staged_stats=False)
         found["sst"] = dataclasses.replace(found["new"], staged_stats=True)
         if "fus" in found:
             found["fst"] = dataclasses.replace(found["fus"], staged_stats=True)

@@ -24,11 +24,13 @@
 #   bash benchmarks/gpu_visit.sh probes-e   # the sixteenth session's leads: the Triton wide forward with held chunks,
 #                                           # the Triton backward with a register prefetch
 #   bash benchmarks/gpu_visit.sh probes-f   # one short call of probes-d's and probes-e's deciding leads
+#   bash benchmarks/gpu_visit.sh probes-g   # the Triton forward at N = 8192 / 16384 against compile; ncu of the
+#                                           # Triton backward at 32768x256
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -176,19 +178,20 @@ case "$part" in
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
     # The CuTeDSL backward, fp16 against bf16, the column sum in a second launch ("sep") and fused ("fus"), and the
     # ways of loading each tile's statistics (fourteenth session's lead: fp16 "sep" 80% of the add, bf16 90%, fp16
-    # fused 91% in the twelfth session; sa2: BwdConfig.stats_ahead = 2; sst / fst / pst: BwdConfig.staged_stats).
-    timeout 180 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 --only new,fus,sst,fst,sa2 \
+    # fused 91% in the twelfth session; sst / fst / pst / ust: BwdConfig.staged_stats, the default at 8192 since the
+    # sixteenth session).
+    timeout 180 python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16,4096x8192xbf16 --only new,sep,ust \
       --repeat "${REPEAT:-3}" > "$out/cutedsl-bwd-fp16-bf16-rms.txt" 2>&1
     echo "CuTeDSL RMSNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-fp16-bf16-rms.txt"
     # Does the backward's speed follow the dtype or the data?
     timeout 120 python benchmarks/data_pattern_probe.py > "$out/data-pattern.txt" 2>&1
     echo "data pattern: rc=$?"; cat "$out/data-pattern.txt"
-    # Bit-identity of the staged variants (stats_ahead, staged_stats) to the unstaged kernel.
+    # Bit-identity of the staged variants (staged_stats) to the unstaged kernel.
     timeout 120 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k "stages_give_the_same_bits" \
       > "$out/gpu-stages-tests.log" 2>&1
-    echo "CuTeDSL staged backward tests (stats_ahead, staged_stats): rc=$? $(tail -1 "$out/gpu-stages-tests.log")"
+    echo "CuTeDSL staged backward tests (staged_stats): rc=$? $(tail -1 "$out/gpu-stages-tests.log")"
     timeout 180 python benchmarks/cutedsl_bwd_probe.py --shapes "${LN_SHAPES:-4096x8192xfp16,4096x8192xbf16,4095x5000xfp16}" \
-      --only new,sep,fus,sst,fst,pst --repeat "${REPEAT:-2}" > "$out/cutedsl-bwd-fp16-bf16-ln.txt" 2>&1
+      --only new,sep,fus,ust,sst,fst,pst --repeat "${REPEAT:-2}" > "$out/cutedsl-bwd-fp16-bf16-ln.txt" 2>&1
     echo "CuTeDSL LayerNorm backward: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-fp16-bf16-ln.txt"
     timeout 150 python -m pytest tests/layernorm/test_triton_numerics.py -q -p no:cacheprovider -k "two_row or wider_out" \
       > "$out/gpu-two-row-tests.log" 2>&1
@@ -256,6 +259,26 @@ case "$part" in
       >> "$out/triton-bwd-prefetch.txt" 2>&1
     echo "Triton backward, prefetch: rc=$?"; grep -vE "^device|^compiled|^    _layernorm|^    _sum" \
       "$out/triton-bwd-prefetch.txt" | cut -c1-150
+    ;;
+  probes-g)
+    # The seventeenth session's leads (one short call): the Triton forward at N = 16384 against torch.compile (97-98%
+    # of a copy against our 93-95%): whole rows resident (16 / 32 warps), held chunks of 4096 / 8192; at N = 8192
+    # (compile 98% against our 94-95% at 4096 rows): resident rows; then ncu on the Triton backward at 32768x256
+    # (63% of the add; not waiting on its loads: sixteenth session).
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 120 python benchmarks/triton_fwd_probe.py --repeats 2 --shapes 4096x16384xfloat16,32768x16384 \
+      --configs r1x16384w16h,r1x16384w32h,c4096w8k3h,c4096w8k2h,c8192w16k1h,c8192w8h > "$out/triton-fwd-16384.txt" 2>&1
+    echo "Triton forward N = 16384: rc=$?"; grep -vE "^device" "$out/triton-fwd-16384.txt" | cut -c1-150
+    timeout 100 python benchmarks/triton_fwd_probe.py --repeats 2 --shapes 4096x8192xfloat16,4096x8192xbfloat16 \
+      --configs r1x8192w8h,r1x8192w16h,r2x8192w16h,c4096w8h,c8192w16m2h > "$out/triton-fwd-8192.txt" 2>&1
+    echo "Triton forward N = 8192: rc=$?"; grep -vE "^device" "$out/triton-fwd-8192.txt" | cut -c1-150
+    timeout 150 ncu --clock-control none -k regex:_layernorm_bwd --launch-skip 3 --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --section MemoryWorkloadAnalysis \
+      python benchmarks/ncu_step.py --shape 32768x256xbfloat16 --backend triton > "$out/ncu-triton-bwd-256.txt" 2>&1
+    echo "ncu Triton backward 32768x256: rc=$?"; grep -E "Duration|DRAM Throughput|Memory Throughput|Achieved Occ|\
+Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Size|Grid Size" \
+      "$out/ncu-triton-bwd-256.txt" | head -20
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

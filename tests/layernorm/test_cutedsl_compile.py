@@ -162,38 +162,13 @@ def test_backward_prefetch_compiles(hidden, dtype_name, feature):
         assert _count(ptxs[1], r"ld\.global") > _count(ptxs[0], r"ld\.global")
 
 
-@pytest.mark.parametrize("hidden, rows, dtype_name, feature", [(8192, 4096, "fp16", "rms"), (8192, 4096, "bf16", "plain"),
-                                                             (4096, 4096, "fp16", "plain"), (5000, 4095, "fp16", "rms")])
-def test_backward_stats_two_tiles_ahead_compiles(hidden, rows, dtype_name, feature):
-    """BwdConfig.stats_ahead = 2 (the staged loop loads each row tile's mean and rstd two tiles ahead): one more
-    scalar load of each statistic (the second tile's, before the loop) than the default, the rest of the checks
-    unchanged, with the column sum separate or fused (4096 and 5000 are fused by default). Invalid without stages."""
-    elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
-    vec = _aligned_vec(hidden, dtype_name)
-    default = cfg.bwd_config(hidden, elem, vec, rows=rows)
-    assert default.stages > 1 and default.stats_ahead == 1
-    rms = feature == "rms"
-    ptxs = [launch.compile_bwd(dtype, hidden, cutlass.Float32, True, not rms, vec,
-                               dataclasses.replace(default, stats_ahead=ahead, staged_stats=False), ARCH,
-                               keep_ptx=True, rms=rms).__ptx__
-            for ahead in (1, 2)]
-    _check_common(ptxs[1], default.tiling, elem)
-    scalar_load = r"ld\.global" + LOAD_QUALIFIERS + r"\.(b32|f32)\s"
-    assert _count(ptxs[1], scalar_load) == _count(ptxs[0], scalar_load) + (1 if rms else 2)
-    with pytest.raises(ValueError, match="stats_ahead"):
-        dataclasses.replace(default, stages=1, stats_ahead=2, staged_stats=False)
-    with pytest.raises(ValueError, match="stats_ahead"):
-        dataclasses.replace(default, stats_ahead=3)
-
-
 @pytest.mark.parametrize("hidden, rows, dtype_name, feature", [(8192, 4096, "fp16", "rms"), (8192, 4096, "fp16", "plain"),
                                                              (5000, 4095, "bf16", "plain")])
 def test_backward_staged_stats_compiles(hidden, rows, dtype_name, feature):
     """BwdConfig.staged_stats: each row tile's rstd (and mean) comes with its x and dy as a 4-byte cp.async copy
     (cp.async.ca, one a statistic) into the stage, so no scalar global load of a statistic is left (the default has
     one a statistic before the loop and one in it); with the column sum fused (its default at 8192 and 5000) and
-    separate. The default above 6144 columns (FUSED_COLUMN_SUM_MAX_N) only. Invalid without stages or with
-    stats_ahead = 2."""
+    separate. The default above 6144 columns (FUSED_COLUMN_SUM_MAX_N) only. Invalid without stages."""
     elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
     vec = _aligned_vec(hidden, dtype_name)
     default = cfg.bwd_config(hidden, elem, vec, rows=rows)
@@ -212,8 +187,6 @@ def test_backward_staged_stats_compiles(hidden, rows, dtype_name, feature):
     assert _count(ptxs[0], stat_copy) == 0 and _count(ptxs[1], stat_copy) == default.stages * stats
     with pytest.raises(ValueError, match="staged_stats"):
         dataclasses.replace(default, stages=1, staged_stats=True)
-    with pytest.raises(ValueError, match="staged_stats"):
-        dataclasses.replace(default, stats_ahead=2, staged_stats=True)
 
 
 def test_dx_only_backward_compiles():

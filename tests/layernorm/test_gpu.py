@@ -154,9 +154,10 @@ def test_cutedsl_backward_prefetch_gives_the_same_bits(cuda_gen, rows, hidden, d
     mean, rstd = layernorm_mean_ref(x).float(), layernorm_rstd_ref(x, 1e-5).float()
     vec = cutedsl_launch.vector_width(x.element_size(), hidden, (x.stride(0),),
                                       ((x.data_ptr(), x.element_size()), (weight.data_ptr(), weight.element_size())))
-    # The register path (stages = 1), where the default stages the loads instead (BwdConfig.stages).
+    # The register path (stages = 1, so no staged statistics), where the default stages the loads instead
+    # (BwdConfig.stages).
     default = dataclasses.replace(cutedsl_config.bwd_config(hidden, x.element_size(), vec, residual=residual,
-                                                            rows=rows), stages=1)
+                                                            rows=rows), stages=1, staged_stats=False)
     results = []
     for config in (dataclasses.replace(default, prefetch=False), dataclasses.replace(default, prefetch=True)):
         dx = torch.full_like(x, float("nan"))
@@ -181,8 +182,7 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
     """The staged backward (BwdConfig.stages: x and dy of the next row tiles in flight as cp.async copies into
     shared memory) runs the same arithmetic as the kernel that loads them into registers: dx, dw and db
     bit-identical, ragged last tiles and several tiles per CTA included, with and without a weight; and so does it
-    with each tile's mean and rstd loaded two tiles ahead (BwdConfig.stats_ahead) or copied into the stage with x and
-    dy (BwdConfig.staged_stats)."""
+    with each tile's mean and rstd copied into the stage with x and dy (BwdConfig.staged_stats)."""
     if not is_cutedsl_layernorm_available():
         pytest.skip("CuTeDSL backend not available")
     from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
@@ -200,7 +200,6 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
     results = []
     plain = dataclasses.replace(default, prefetch=False, l2_hints=False, staged_stats=False)  # 8192: staged_stats
     for config in (dataclasses.replace(plain, stages=1), dataclasses.replace(plain, stages=stages),
-                   dataclasses.replace(plain, stages=stages, stats_ahead=2),
                    dataclasses.replace(plain, stages=stages, staged_stats=True)):
         dx = torch.full_like(x, float("nan"))
         grads = [None if weight is None else torch.full((hidden,), float("nan"), device="cuda", dtype=weight.dtype)

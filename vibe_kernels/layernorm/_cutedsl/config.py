@@ -131,23 +131,18 @@ class BwdConfig:
     # the grid never waits on a CTA that cannot start. Unclustered rows with partial rows in registers only; the
     # launcher falls back to the second launch where it cannot use it (one partial row, CUDA graph capture).
     fused_column_sum: bool = False
-    # With stages > 1, how many row tiles ahead the loop loads each tile's mean and rstd (plain loads into
-    # registers): 1, the next tile's, issued with its copies; 2, a second register pair, so each load has a whole
-    # iteration more to land wherever ptxas schedules it. An opt-in for probing (fourteenth session: ptxas placed
-    # the one-ahead load after the stage wait in the fp16 kernel at N = 8192, before it in bf16's; untimed).
-    stats_ahead: int = 1
     # With stages > 1: each tile's mean and rstd travel with its x and dy, as 4-byte cp.async copies into the stage
     # (each thread its own row's, into its own slots), read back after the stage wait. No plain load of a statistic
     # in the loop then, so nothing for a warp to wait on at the loop's end (fifteenth session: the fp16 RMSNorm
     # kernel at N = 8192, 80% of the add against bf16's 90%, waits on the long scoreboard 8.0 cycles an instruction
-    # against 4.5, and its only global loads in the loop are the statistics'). An opt-in for probing.
+    # against 4.5, and its only global loads in the loop are the statistics'). The default where bwd_config says.
+    # (A register pair loading the statistics two tiles ahead, ``stats_ahead``, was removed unmeasured in the
+    # seventeenth session: its registers rotate, so each iteration still waits on a load.)
     staged_stats: bool = False
 
     def __post_init__(self):
-        if self.stats_ahead not in (1, 2) or (self.stats_ahead == 2 and self.stages == 1):
-            raise ValueError(f"stats_ahead must be 1, or 2 with stages > 1: {self}")
-        if self.staged_stats and (self.stages == 1 or self.stats_ahead != 1):
-            raise ValueError(f"staged_stats needs stages > 1 and stats_ahead = 1: {self}")
+        if self.staged_stats and self.stages == 1:
+            raise ValueError(f"staged_stats needs stages > 1: {self}")
         if self.stages > 1 and (self.prefetch or self.column_tile or self.column_state_in_smem):
             raise ValueError(f"stages = {self.stages} replaces prefetch and excludes column CTAs and the column state "
                              f"in shared memory: {self}")
@@ -388,7 +383,7 @@ def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int 
     >>> bwd_config(8192, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=1), \
 ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=False, column_tile=0, stages=2, \
-fused_column_sum=True, stats_ahead=1, staged_stats=True)
+fused_column_sum=True, staged_stats=True)
     >>> bwd_config(4096, 4, 4).prefetch, bwd_config(1024, 2, 8).prefetch
     (True, True)
     >>> bwd_config(1024, 2, 8).tiling
@@ -398,11 +393,11 @@ fused_column_sum=True, stats_ahead=1, staged_stats=True)
     >>> bwd_config(262144, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16), \
 ctas_per_sm=1, column_state_in_smem=True, l2_hints=False, prefetch=True, column_tile=0, stages=1, \
-fused_column_sum=False, stats_ahead=1, staged_stats=False)
+fused_column_sum=False, staged_stats=False)
     >>> bwd_config(16384, 2, 8)
     BwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=2, rows_per_cta=1, cluster_n=2), \
 ctas_per_sm=1, column_state_in_smem=False, l2_hints=False, prefetch=True, column_tile=0, stages=1, \
-fused_column_sum=False, stats_ahead=1, staged_stats=False)
+fused_column_sum=False, staged_stats=False)
     >>> bwd_config(16384, 2, 8, residual=True).ctas_per_sm
     2
     >>> bwd_config(4096, 2, 8, rows=128).column_tile

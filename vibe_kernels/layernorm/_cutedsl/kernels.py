@@ -607,7 +607,6 @@ class LayerNormBwd(_RowKernel):
         self.dres_dtype = dres_dtype
         self.dres_in_dtype = dres_in_dtype
         self.stages = config.stages
-        self.stats_ahead = config.stats_ahead
         self.staged_stats = config.staged_stats
         full_vectors = config.tiling.vec * dtype.width == 128 and config.tiling.vec * self.dy_dtype.width == 128
         if self.stages > 1 and not (dres_dtype is None and self.column_ctas == 0 and full_vectors):
@@ -860,9 +859,6 @@ class LayerNormBwd(_RowKernel):
         # With prefetch, (mean, rstd) of the tile whose x and dy are in flight in the fragments.
         next_mean = Float32(0.0)
         next_rstd = Float32(0.0)
-        # Staged with stats_ahead = 2: (mean, rstd) of the tile after that.
-        later_mean = Float32(0.0)
-        later_rstd = Float32(0.0)
         if const_expr(self.prefetch):
             next_mean, next_rstd = self._load_tile(first_tile, rank, tiler, num_rows, thr_copy, idX, mX, mDY, mDR,
                                                    mMean, mRstd, tXrX, tXrDY, tXrDR, copy_row, copy_dy, copy_dres)
@@ -875,9 +871,6 @@ class LayerNormBwd(_RowKernel):
             if const_expr(not self.staged_stats):
                 next_mean, next_rstd = self._load_stats(first_tile, rank, tiler, num_rows, thr_copy, idX, mMean,
                                                         mRstd)
-            if const_expr(self.stats_ahead == 2):
-                later_mean, later_rstd = self._load_stats(first_tile + num_clusters, rank, tiler, num_rows, thr_copy,
-                                                          idX, mMean, mRstd)
         for tile in cutlass.range(first_tile, num_tiles, num_clusters, unroll=1):
             it = (tile - first_tile) // num_clusters
             slot = it % 2
@@ -905,11 +898,7 @@ class LayerNormBwd(_RowKernel):
                         rstd = stage_stats[first * t.num_threads + tidx]
                         if const_expr(mMean is not None):
                             mean = stage_stats[(first + 1) * t.num_threads + tidx]
-                if const_expr(self.stats_ahead == 2):
-                    next_mean, next_rstd = later_mean, later_rstd
-                    later_mean, later_rstd = self._load_stats(tile + 2 * num_clusters, rank, tiler, num_rows,
-                                                              thr_copy, idX, mMean, mRstd)
-                elif const_expr(not self.staged_stats):  # (staged: this tile's statistics came with its stage)
+                if const_expr(not self.staged_stats):  # (staged: this tile's statistics came with its stage)
                     next_mean, next_rstd = self._load_stats(tile + num_clusters, rank, tiler, num_rows, thr_copy,
                                                             idX, mMean, mRstd)
             elif const_expr(not self.prefetch):
