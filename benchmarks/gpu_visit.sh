@@ -24,8 +24,8 @@
 #   bash benchmarks/gpu_visit.sh probes-e   # the sixteenth session's leads: the Triton wide forward with held chunks,
 #                                           # the Triton backward with a register prefetch
 #   bash benchmarks/gpu_visit.sh probes-f   # one short call of probes-d's and probes-e's deciding leads
-#   bash benchmarks/gpu_visit.sh probes-g   # the Triton forward at N = 8192 / 16384 against compile; ncu of the
-#                                           # Triton backward at 32768x256
+#   bash benchmarks/gpu_visit.sh probes-g   # the Triton forward at N = 8192 / 16384 against compile, the Triton
+#                                           # backward at 16384 with held rows; ncu of the Triton backward at 32768x256
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -272,6 +272,12 @@ case "$part" in
     timeout 100 python benchmarks/triton_fwd_probe.py --repeats 2 --shapes 4096x8192xfloat16,4096x8192xbfloat16 \
       --configs r1x8192w8h,r1x8192w16h,r2x8192w16h,c4096w8h,c8192w16m2h > "$out/triton-fwd-8192.txt" 2>&1
     echo "Triton forward N = 8192: rc=$?"; grep -vE "^device" "$out/triton-fwd-8192.txt" | cut -c1-150
+    # The Triton backward at N = 16384 (fwd+bwd 83-86% of SOL, >= 88% asked) with x and dy held in registers as
+    # loaded (BwdConfig.held; 128 registers and 144 bytes of spills at 16 warps) in place of the second read.
+    timeout 120 python benchmarks/triton_bwd_probe.py --repeats 2 --shapes 4096x16384xfloat16,32768x16384 \
+      --configs default+h,1x16384w32p1h,1x16384w16p1hs2 > "$out/triton-bwd-held.txt" 2>&1
+    echo "Triton backward N = 16384, held: rc=$?"; grep -vE "^device|^compiled|^    _sum" "$out/triton-bwd-held.txt" \
+      | cut -c1-150
     timeout 150 ncu --clock-control none -k regex:_layernorm_bwd --launch-skip 3 --launch-count 1 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section MemoryWorkloadAnalysis \

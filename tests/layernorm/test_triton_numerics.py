@@ -496,9 +496,10 @@ def test_bwd_launcher_chunked_is_deterministic(gen, device, config):
 
 @pytest.mark.parametrize("rms", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=_id)
-def test_bwd_prefetch_gives_the_same_bits(gen, device, dtype, rms):
-    """BwdConfig.prefetch (the next row tile loaded before this one's reductions) changes when the loads happen, not
-    the arithmetic: dx, dw and db bit for bit as without it (21 rows in 2-row tiles: the persistent programs' last
+def test_bwd_prefetch_reread_held_give_the_same_bits(gen, device, dtype, rms):
+    """BwdConfig.prefetch (the next row tile loaded before this one's reductions), reread (x and dy loaded again for
+    dx) and held (x and dy held as loaded, converted again for dx) change when and how often the loads happen, not
+    the arithmetic: dx, dw and db bit for bit as without them (21 rows in 2-row tiles: the persistent programs' last
     prefetch falls past the rows)."""
     rows, hidden = 21, 1128
     x, weight, bias = make_inputs(gen, (rows, hidden), dtype, device, "w_b_fp32")
@@ -507,22 +508,28 @@ def test_bwd_prefetch_gives_the_same_bits(gen, device, dtype, rms):
     rstd = torch.empty(rows, device=device)
     _triton.layernorm_fwd(x, weight, None if rms else bias, EPS, torch.empty_like(x), mean, rstd, rms=rms)
     runs = []
-    for prefetch in (False, True):
-        config = dataclasses.replace(BWD_CONFIGS["resident_persistent"], prefetch=prefetch)
+    for switch in (None, "prefetch", "reread", "held"):
+        config = BWD_CONFIGS["resident_persistent"]
+        if switch is not None:
+            config = dataclasses.replace(config, **{switch: True})
         dx, dw = _poisoned((rows, hidden), dtype, device), _poisoned((hidden,), torch.float32, device)
         db = None if rms else _poisoned((hidden,), torch.float32, device)
         _triton.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=config, rms=rms)
         runs.append((dx, dw, db))
-    for plain, prefetched, name in zip(runs[0], runs[1], ("dx", "dw", "db")):
-        if plain is not None:
-            assert torch.isfinite(plain).all() and torch.equal(plain, prefetched), name
+    for other in runs[1:]:
+        for plain, got, name in zip(runs[0], other, ("dx", "dw", "db")):
+            if plain is not None:
+                assert torch.isfinite(plain).all() and torch.equal(plain, got), name
 
 
-def test_bwd_prefetch_is_checked():
+def test_bwd_prefetch_and_held_are_checked():
     for fields in (dict(chunked=True), dict(reread=True), dict(stages=2)):
         with pytest.raises(ValueError, match="prefetch"):
             _triton.BwdConfig(**{**dict(block_m=2, block_n=256, num_warps=4, chunked=False), **fields},
                               prefetch=True)
+    for fields in (dict(chunked=True), dict(reread=True), dict(prefetch=True)):
+        with pytest.raises(ValueError, match="held"):
+            _triton.BwdConfig(**{**dict(block_m=2, block_n=256, num_warps=4, chunked=False), **fields}, held=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
