@@ -261,23 +261,24 @@ case "$part" in
       "$out/triton-bwd-prefetch.txt" | cut -c1-150
     ;;
   probes-g)
-    # The seventeenth session's leads (one short call): the Triton forward at N = 16384 against torch.compile (97-98%
+    # The seventeenth session's leads (one short call, most wanted first): the Triton backward with held rows (below);
+    # the Triton forward at N = 16384 against torch.compile (97-98%
     # of a copy against our 93-95%): whole rows resident (16 / 32 warps), held chunks of 4096 / 8192; at N = 8192
     # (compile 98% against our 94-95% at 4096 rows): resident rows; then ncu on the Triton backward at 32768x256
     # (63% of the add; not waiting on its loads: sixteenth session).
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    timeout 120 python benchmarks/triton_fwd_probe.py --repeats 2 --shapes 4096x16384xfloat16,32768x16384 \
-      --configs r1x16384w16h,r1x16384w32h,c4096w8k3h,c4096w8k2h,c8192w16k1h,c8192w8h > "$out/triton-fwd-16384.txt" 2>&1
-    echo "Triton forward N = 16384: rc=$?"; grep -vE "^device" "$out/triton-fwd-16384.txt" | cut -c1-150
-    timeout 100 python benchmarks/triton_fwd_probe.py --repeats 2 --shapes 4096x8192xfloat16,4096x8192xbfloat16 \
-      --configs r1x8192w8h,r1x8192w16h,r2x8192w16h,c4096w8h,c8192w16m2h > "$out/triton-fwd-8192.txt" 2>&1
-    echo "Triton forward N = 8192: rc=$?"; grep -vE "^device" "$out/triton-fwd-8192.txt" | cut -c1-150
     # The Triton backward at N = 16384 (fwd+bwd 83-86% of SOL, >= 88% asked) with x and dy held in registers as
     # loaded (BwdConfig.held; 128 registers and 144 bytes of spills at 16 warps) in place of the second read.
     timeout 120 python benchmarks/triton_bwd_probe.py --repeats 2 --shapes 4096x16384xfloat16,32768x16384 \
       --configs default+h,1x16384w32p1h,1x16384w16p1hs2 > "$out/triton-bwd-held.txt" 2>&1
     echo "Triton backward N = 16384, held: rc=$?"; grep -vE "^device|^compiled|^    _sum" "$out/triton-bwd-held.txt" \
       | cut -c1-150
+    timeout 120 python benchmarks/triton_fwd_probe.py --repeats 2 --shapes 4096x16384xfloat16,32768x16384 \
+      --configs r1x16384w16h,r1x16384w32h,c4096w8k3h,c4096w8k2h,c8192w16k1h,c8192w8h > "$out/triton-fwd-16384.txt" 2>&1
+    echo "Triton forward N = 16384: rc=$?"; grep -vE "^device" "$out/triton-fwd-16384.txt" | cut -c1-150
+    timeout 100 python benchmarks/triton_fwd_probe.py --repeats 2 --shapes 4096x8192xfloat16,4096x8192xbfloat16 \
+      --configs r1x8192w8h,r1x8192w16h,r2x8192w16h,c4096w8h,c8192w16m2h > "$out/triton-fwd-8192.txt" 2>&1
+    echo "Triton forward N = 8192: rc=$?"; grep -vE "^device" "$out/triton-fwd-8192.txt" | cut -c1-150
     timeout 150 ncu --clock-control none -k regex:_layernorm_bwd --launch-skip 3 --launch-count 1 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section SchedulerStats --section MemoryWorkloadAnalysis \
