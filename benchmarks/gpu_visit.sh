@@ -24,8 +24,8 @@
 #   bash benchmarks/gpu_visit.sh probes-e   # the sixteenth session's leads: the Triton wide forward with held chunks,
 #                                           # the Triton backward with a register prefetch
 #   bash benchmarks/gpu_visit.sh probes-f   # one short call of probes-d's and probes-e's deciding leads
-#   bash benchmarks/gpu_visit.sh probes-g   # the Triton forward at N = 8192 / 16384 against compile, the Triton
-#                                           # backward at 16384 with held rows; ncu of the Triton backward at 32768x256
+#   bash benchmarks/gpu_visit.sh probes-g   # the Triton forward at N = 8192 / 16384 against compile; ncu of the
+#                                           # Triton backward at 32768x256
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -261,18 +261,14 @@ case "$part" in
       "$out/triton-bwd-prefetch.txt" | cut -c1-150
     ;;
   probes-g)
-    # The seventeenth session's leads (one short call, most wanted first): the Triton backward with held rows (below);
-    # the Triton forward at N = 16384 against torch.compile (97-98%
+    # The seventeenth session's leads (one short call): the Triton forward at N = 16384 against torch.compile (97-98%
     # of a copy against our 93-95%): whole rows resident (16 / 32 warps), held chunks of 4096 / 8192; at N = 8192
     # (compile 98% against our 94-95% at 4096 rows): resident rows; then ncu on the Triton backward at 32768x256
     # (63% of the add; not waiting on its loads: sixteenth session).
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    # The Triton backward at N = 16384 (fwd+bwd 83-86% of SOL, >= 88% asked) with x and dy held in registers as
-    # loaded (BwdConfig.held; 128 registers and 144 bytes of spills at 16 warps) in place of the second read.
-    timeout 120 python benchmarks/triton_bwd_probe.py --repeats 2 --shapes 4096x16384xfloat16,32768x16384 \
-      --configs default+h,1x16384w32p1h,1x16384w16p1hs2 > "$out/triton-bwd-held.txt" 2>&1
-    echo "Triton backward N = 16384, held: rc=$?"; grep -vE "^device|^compiled|^    _sum" "$out/triton-bwd-held.txt" \
-      | cut -c1-150
+    # (First in this call: the Triton backward at N = 16384 with x and dy held in registers as loaded, an opt-in
+    # BwdConfig.held of commit 63db6a0, `--configs default+h,1x16384w32p1h,1x16384w16p1hs2` at 4096x16384xfloat16 and
+    # 32768x16384: 63-70% of the add against the default's 76-77%; removed after losing, h100-2026-12-07-h/probes-g/.)
     timeout 120 python benchmarks/triton_fwd_probe.py --repeats 2 --shapes 4096x16384xfloat16,32768x16384 \
       --configs r1x16384w16h,r1x16384w32h,c4096w8k3h,c4096w8k2h,c8192w16k1h,c8192w8h > "$out/triton-fwd-16384.txt" 2>&1
     echo "Triton forward N = 16384: rc=$?"; grep -vE "^device" "$out/triton-fwd-16384.txt" | cut -c1-150

@@ -10,14 +10,13 @@ timer).
 
 ``--configs``: more configs to time beside the default, each with and without hints, as ``MxNw<warps>p<per SM>``
 (resident: block_m rows of block_n = N elements), ``MxNw<warps>p<per SM>r`` (resident, x and dy read twice:
-``BwdConfig.reread``), ``MxNw<warps>p<per SM>h`` (resident, x and dy held in registers as loaded through the row sums:
-``BwdConfig.held``) or ``MxNw<warps>p<per SM>c`` (chunked: block_m x block_n tiles), each optionally followed by
+``BwdConfig.reread``) or ``MxNw<warps>p<per SM>c`` (chunked: block_m x block_n tiles), each optionally followed by
 ``s<stages>`` (``BwdConfig.stages``, e.g. ``1x8192w16p1s3``), then ``f`` (resident only: the partial rows'
 column sum in the backward's own launch, ``BwdConfig.fused_sum``, e.g. ``1x8192w16p1s3f``) and then ``x`` (resident,
 one stage, not re-read: the next row tile loaded into registers before this one's reductions, ``BwdConfig.prefetch``,
-e.g. ``16x256w8p2x``). ``default+f`` / ``default+x`` / ``default+h``: the shape's default config with ``fused_sum`` /
-with ``prefetch`` (one stage, not re-read) / with ``held`` in place of ``reread``, timed once, with the default's
-hints, e.g. the fused column sum against the default's second launch:
+e.g. ``16x256w8p2x``). ``default+f`` / ``default+x``: the shape's default config with ``fused_sum`` / with
+``prefetch`` (one stage, not re-read), timed once, with the default's hints, e.g. the fused column sum against the
+default's second launch:
 
     python benchmarks/triton_bwd_probe.py --shapes 4096x8192xfloat16,32768x1024 --configs default+f
 """
@@ -64,9 +63,6 @@ def main() -> None:
             if text == "default+x":  # the register prefetch in place of the default's pipelining / re-reads
                 configs.append(dataclasses.replace(default, stages=1, reread=False, prefetch=True))
                 continue
-            if text == "default+h":  # x and dy held in registers in place of the default's re-reads
-                configs.append(dataclasses.replace(default, reread=False, held=True))
-                continue
             extra = _parse_config(text)
             configs += [extra, dataclasses.replace(extra, l2_hints=True)]
         launches = []
@@ -96,19 +92,16 @@ def _parse_config(text: str) -> _triton.BwdConfig:
 
     >>> _parse_config("1x8192w16p1s3f")
     BwdConfig(block_m=1, block_n=8192, num_warps=16, chunked=False, programs_per_sm=1, l2_hints=False, \
-reread=False, stages=3, fused_sum=True, prefetch=False, held=False)
-    >>> _parse_config("1x16384w16p1h").held
-    True
+reread=False, stages=3, fused_sum=True, prefetch=False)
     """
-    match = re.fullmatch(r"(\d+)x(\d+)w(\d+)p(\d+)([crh]?)(?:s(\d+))?(f?)(x?)", text)
+    match = re.fullmatch(r"(\d+)x(\d+)w(\d+)p(\d+)([cr]?)(?:s(\d+))?(f?)(x?)", text)
     if match is None:
-        raise SystemExit(f"--configs: {text!r} is not MxNw<warps>p<per SM>[c|r|h][s<stages>][f][x], default+f, "
-                         f"default+x or default+h")
+        raise SystemExit(f"--configs: {text!r} is not MxNw<warps>p<per SM>[c|r][s<stages>][f][x], default+f or "
+                         f"default+x")
     block_m, block_n, warps, per_sm = (int(g) for g in match.groups()[:4])
     try:
         return _triton.BwdConfig(block_m, block_n, warps, match.group(5) == "c", per_sm,
-                                 reread=match.group(5) == "r", held=match.group(5) == "h",
-                                 stages=int(match.group(6) or 1),
+                                 reread=match.group(5) == "r", stages=int(match.group(6) or 1),
                                  fused_sum=match.group(7) == "f", prefetch=match.group(8) == "x")
     except ValueError as exc:  # e.g. fused_sum with chunked tiles
         raise SystemExit(f"--configs: {text!r}: {exc}") from None

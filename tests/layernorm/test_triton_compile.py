@@ -80,9 +80,6 @@ def opt_in_configs(cls_name: str, dtype: str, hidden: int) -> list[dict]:
             if name == "prefetch" and not heuristic.chunked and hidden <= 8192:
                 # the register prefetch replaces the pipelined / re-read loop of the resident backward
                 configs.append(dataclasses.replace(heuristic, stages=1, reread=False, prefetch=True))
-            if name == "held" and heuristic.reread:
-                # the held rows replace the re-read ones (16-bit N = 16384)
-                configs.append(dataclasses.replace(heuristic, reread=False, held=True))
     if "stages" in {f.name for f in dataclasses.fields(cls)}:
         configs.append(dataclasses.replace(heuristic, stages=3))  # a software-pipelined loop
     if getattr(heuristic, "held_chunks", None) == 0 and heuristic.chunked and 2 * heuristic.block_n < hidden:
@@ -527,12 +524,6 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
     # The resident backward's register prefetch (BwdConfig.prefetch, an opt-in config): at N = 1024, every flag set.
     prefetched = {r["constexprs"]["N"] for r in results if r["constexprs"].get("PREFETCH", False)}
     assert bool(prefetched) == (launcher == "bwd" and part == "flags"), prefetched
-    # The resident backward's held rows (BwdConfig.held, an opt-in config): 16-bit x and dy pass through the same
-    # unfoldable permute (_unheld) before their second conversion; fp32 rows need none.
-    held_rows = [r for r in results if r["constexprs"].get("HELD", False)]
-    assert bool(held_rows) == (launcher == "bwd" and part == "flags"), "held rows compiled?"
-    for r in held_rows:
-        assert r["constexprs"]["OPAQUE_ASM"] and (r["runtime_permutes"] > 0) == (dtype != "float32"), r
     held = [r for r in results if r["constexprs"].get("HELD_CHUNKS", 0) > 0]
     # (opt-in configs in "flags" and "features"; the default of 16-bit rows of (16384, 32768] in "sizes")
     assert bool(held) == (launcher == "fwd" and (part != "sizes" or dtype != "float32")), "held chunks compiled?"

@@ -496,11 +496,10 @@ def test_bwd_launcher_chunked_is_deterministic(gen, device, config):
 
 @pytest.mark.parametrize("rms", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=_id)
-def test_bwd_prefetch_reread_held_give_the_same_bits(gen, device, dtype, rms):
-    """BwdConfig.prefetch (the next row tile loaded before this one's reductions), reread (x and dy loaded again for
-    dx) and held (x and dy held as loaded, converted again for dx) change when and how often the loads happen, not
-    the arithmetic: dx, dw and db bit for bit as without them (21 rows in 2-row tiles: the persistent programs' last
-    prefetch falls past the rows)."""
+def test_bwd_prefetch_and_reread_give_the_same_bits(gen, device, dtype, rms):
+    """BwdConfig.prefetch (the next row tile loaded before this one's reductions) and reread (x and dy loaded again
+    for dx) change when and how often the loads happen, not the arithmetic: dx, dw and db bit for bit as without
+    them (21 rows in 2-row tiles: the persistent programs' last prefetch falls past the rows)."""
     rows, hidden = 21, 1128
     x, weight, bias = make_inputs(gen, (rows, hidden), dtype, device, "w_b_fp32")
     dy = random_like(gen, x)
@@ -508,7 +507,7 @@ def test_bwd_prefetch_reread_held_give_the_same_bits(gen, device, dtype, rms):
     rstd = torch.empty(rows, device=device)
     _triton.layernorm_fwd(x, weight, None if rms else bias, EPS, torch.empty_like(x), mean, rstd, rms=rms)
     runs = []
-    for switch in (None, "prefetch", "reread", "held"):
+    for switch in (None, "prefetch", "reread"):
         config = BWD_CONFIGS["resident_persistent"]
         if switch is not None:
             config = dataclasses.replace(config, **{switch: True})
@@ -522,14 +521,11 @@ def test_bwd_prefetch_reread_held_give_the_same_bits(gen, device, dtype, rms):
                 assert torch.isfinite(plain).all() and torch.equal(plain, got), name
 
 
-def test_bwd_prefetch_and_held_are_checked():
+def test_bwd_prefetch_is_checked():
     for fields in (dict(chunked=True), dict(reread=True), dict(stages=2)):
         with pytest.raises(ValueError, match="prefetch"):
             _triton.BwdConfig(**{**dict(block_m=2, block_n=256, num_warps=4, chunked=False), **fields},
                               prefetch=True)
-    for fields in (dict(chunked=True), dict(reread=True), dict(prefetch=True)):
-        with pytest.raises(ValueError, match="held"):
-            _triton.BwdConfig(**{**dict(block_m=2, block_n=256, num_warps=4, chunked=False), **fields}, held=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

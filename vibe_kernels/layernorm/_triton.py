@@ -111,15 +111,8 @@ class BwdConfig:
     # tile computes (the CuTeDSL backward's BwdConfig.prefetch, done by hand: Triton's own pipelining, ``stages``,
     # goes through shared memory).
     prefetch: bool = False
-    # Resident only, in place of reread: x and dy are loaded once and held in registers in their own dtype (two
-    # 16-bit elements a register) through the row reduction, then converted again for dx (through ``_unheld``, so
-    # that the compilers keep the 16-bit registers, not the fp32 values), instead of being read a second time from
-    # L1/L2. The weight is loaded per tile, as with reread. An opt-in for probing (seventeenth session).
-    held: bool = False
 
     def __post_init__(self):
-        if self.held and (self.chunked or self.reread or self.prefetch):
-            raise ValueError(f"held is for the resident backward without reread or prefetch: {self}")
         if self.fused_sum and self.chunked:
             raise ValueError(f"fused_sum is for the resident backward only, not the chunked one: {self}")
         if self.prefetch and (self.chunked or self.reread or self.stages > 1):
@@ -898,9 +891,8 @@ def _layernorm_bwd_resident_kernel(
     IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
     ROW_ALIGN: tl.constexpr, SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr = False,
     REREAD: tl.constexpr = False, NUM_STAGES: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
-    HELD: tl.constexpr = False, OPAQUE_ASM: tl.constexpr = False, COLUMN_BLOCK_M: tl.constexpr = 0,
-    COLUMN_BLOCK_N: tl.constexpr = 0, COLUMN_DW: tl.constexpr = False, COLUMN_DB: tl.constexpr = False,
-    SUM_BLOCK_P: tl.constexpr = 0, SUM_BLOCK_N: tl.constexpr = 0,
+    COLUMN_BLOCK_M: tl.constexpr = 0, COLUMN_BLOCK_N: tl.constexpr = 0, COLUMN_DW: tl.constexpr = False,
+    COLUMN_DB: tl.constexpr = False, SUM_BLOCK_P: tl.constexpr = 0, SUM_BLOCK_N: tl.constexpr = 0,
 ):
     """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end,
     then go to partial row p. SHARED_PARTIALS (P = 2 x partial_rows at most): programs p and p + partial_rows add
@@ -923,10 +915,7 @@ def _layernorm_bwd_resident_kernel(
     partial rows are written, adds 1 to Counter[0] (release); each sum program waits until Counter[0] counts every
     row program (acquire), counts its departure on Counter[1], and the last to leave sets both back to 0 for the next
     launch (``_await_row_programs``). The sum programs wait only for programs of lower index, dispatched before
-    them, so the grid never waits on a program that cannot start; the row programs never wait.
-
-    HELD (``BwdConfig.held``): as REREAD, with the second read replaced by x and dy held in registers as loaded.
-    OPAQUE_ASM: see _unheld."""
+    them, so the grid never waits on a program that cannot start; the row programs never wait."""
     # Aligned before the branch: a variable may not change type inside one.
     stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
@@ -946,7 +935,7 @@ def _layernorm_bwd_resident_kernel(
                                stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
                                pid, row_programs, N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS,
                                HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES,
-                               PREFETCH, HELD, OPAQUE_ASM)
+                               PREFETCH)
     elif SUM_BLOCK_N > 0:
         SUM_PROGRAMS: tl.constexpr = (N + SUM_BLOCK_N - 1) // SUM_BLOCK_N
         row_programs = tl.num_programs(0) - SUM_PROGRAMS
@@ -959,7 +948,7 @@ def _layernorm_bwd_resident_kernel(
                                stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
                                pid, row_programs, N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS,
                                HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES,
-                               PREFETCH, HELD, OPAQUE_ASM)
+                               PREFETCH)
             # Every thread's stores and atomic adds of the partial rows come before the barrier, and the barrier
             # before the one release add (Triton runs a scalar atomic in one thread of the program): the sum
             # programs that see the count see the rows.
@@ -969,8 +958,7 @@ def _layernorm_bwd_resident_kernel(
         _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, stride_dy_row,
                            stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows, pid,
                            tl.num_programs(0), N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL,
-                           STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES, PREFETCH, HELD,
-                           OPAQUE_ASM)
+                           STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES, PREFETCH)
 
 
 @triton.jit
@@ -980,8 +968,7 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
                        HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
                        IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
                        SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr, REREAD: tl.constexpr,
-                       NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr = False, HELD: tl.constexpr = False,
-                       OPAQUE_ASM: tl.constexpr = False):
+                       NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr = False):
     """The resident backward's row tiles pid, pid + row_programs, ... (strides already aligned): see
     _layernorm_bwd_resident_kernel. PREFETCH (not with REREAD or NUM_STAGES > 1): each iteration first loads the
     next tile's x, dy, mean and rstd (masked off past the last tile), then computes on the ones loaded by the
@@ -990,7 +977,7 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
     AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    if REREAD or HELD:
+    if REREAD:
         w = 0.0  # loaded per tile by _bwd_tile_loop
     else:
         w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
@@ -1022,8 +1009,7 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
         dw_acc, db_acc = _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, stride_x_row,
                                         stride_dx_row, stride_dres_row, stride_dres_in_row, rows, pid, row_programs,
                                         w, cols, col_ok, dw_acc, db_acc, N, BLOCK_M, HAS_W, NEED_DW, NEED_DB, IS_RMS,
-                                        HAS_DRESIDUAL, STORE_DRESIDUAL_IN, L2_HINTS, REREAD, NUM_STAGES, HELD,
-                                        OPAQUE_ASM)
+                                        HAS_DRESIDUAL, STORE_DRESIDUAL_IN, L2_HINTS, REREAD, NUM_STAGES)
     _store_partials(DW_partial, DB_partial, pid % partial_rows, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB,
                     SHARED_PARTIALS)
 
@@ -1034,10 +1020,9 @@ def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, strid
                    N: tl.constexpr, BLOCK_M: tl.constexpr, HAS_W: tl.constexpr, NEED_DW: tl.constexpr,
                    NEED_DB: tl.constexpr, IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr,
                    STORE_DRESIDUAL_IN: tl.constexpr, L2_HINTS: tl.constexpr, REREAD: tl.constexpr,
-                   NUM_STAGES: tl.constexpr, HELD: tl.constexpr = False, OPAQUE_ASM: tl.constexpr = False):
+                   NUM_STAGES: tl.constexpr):
     """_bwd_resident_rows's row-tile loop without PREFETCH; returns the accumulators. ``w``: the weight's columns
-    (unused with REREAD or HELD, which load them per tile). HELD (``BwdConfig.held``): x and dy as loaded are held
-    through the row sums and converted again for dx (``_unheld``; OPAQUE_ASM as there), the arithmetic REREAD's."""
+    (unused with REREAD, which loads them per tile)."""
     ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     # Two distinct policies also keep the compiler from merging the two loads of a REREAD tile into one.
@@ -1046,19 +1031,13 @@ def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, strid
     for tile in tl.range(pid, tl.cdiv(rows, BLOCK_M), row_programs, num_stages=NUM_STAGES):
         row_idx = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = row_idx < rows
-        if REREAD or HELD:
+        if REREAD:
             tile_w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
         else:
             tile_w = w
-        if HELD:
-            x_held, dy_held, mean, rstd = _load_bwd_raw(DY, X, Mean, Rstd, stride_dy_row, stride_x_row, row_idx,
-                                                        row_ok, cols, col_ok, IS_RMS, ROW_EVICTION)
-            dy, xhat, g, rstd = _bwd_tile_values(x_held, dy_held, mean, rstd, tile_w,
-                                                 row_ok[:, None] & col_ok[None, :], HAS_W, IS_RMS)
-        else:
-            dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tile_w, stride_dy_row, stride_x_row, row_idx,
-                                               row_ok, cols, col_ok, HAS_W, IS_RMS, FIRST_EVICTION)
-        if REREAD or HELD:
+        dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tile_w, stride_dy_row, stride_x_row, row_idx, row_ok,
+                                           cols, col_ok, HAS_W, IS_RMS, FIRST_EVICTION)
+        if REREAD:
             if NEED_DW:
                 dw_acc += dy * xhat
             if NEED_DB:
@@ -1069,16 +1048,11 @@ def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, strid
             tile_w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
             dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tile_w, stride_dy_row, stride_x_row, row_idx, row_ok,
                                                cols, col_ok, HAS_W, IS_RMS, LAST_EVICTION)
-        if HELD:
-            tile_w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
-            dy, xhat, g, rstd = _bwd_tile_values(_unheld(x_held, stride_x_row, OPAQUE_ASM),
-                                                 _unheld(dy_held, stride_dy_row, OPAQUE_ASM), mean, rstd, tile_w,
-                                                 row_ok[:, None] & col_ok[None, :], HAS_W, IS_RMS)
         dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
         dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols,
                                               col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc,
-                                              NEED_DW and not (REREAD or HELD), NEED_DB and not (REREAD or HELD),
-                                              IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
+                                              NEED_DW and not REREAD, NEED_DB and not REREAD, IS_RMS,
+                                              HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
     return dw_acc, db_acc
 
 
@@ -1601,7 +1575,7 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     # 0.0262 fused).
     from_rows = (config is None and not cfg.chunked and plan.partial_rows > 1
                  and rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS and (dweight is not None or dbias is not None))
-    fused_from_rows = from_rows and not (cfg.reread or cfg.held)
+    fused_from_rows = from_rows and not cfg.reread
     weight_grads = (dweight, dbias)
     column_flags = dict(COLUMN_BLOCK_M=0, COLUMN_BLOCK_N=0, COLUMN_DW=False, COLUMN_DB=False)
     if fused_from_rows:
@@ -1655,8 +1629,7 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             *(weight_grads if fused_from_rows or counter is not None else (None, None)), counter, *residual_args[2:],
             plan.partial_rows, N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
             SHARED_PARTIALS=plan.shared_partials, L2_HINTS=cfg.l2_hints, REREAD=cfg.reread,
-            NUM_STAGES=cfg.stages, PREFETCH=cfg.prefetch, HELD=cfg.held,
-            OPAQUE_ASM=cfg.held and x.device.type == "cuda", **flags, **column_flags, **sum_flags,
+            NUM_STAGES=cfg.stages, PREFETCH=cfg.prefetch, **flags, **column_flags, **sum_flags,
         )
     if from_rows:
         if not fused_from_rows:
