@@ -69,3 +69,31 @@ def test_bwd_candidates_can_be_limited_to_one_program_per_sm(hidden):
     assert limited[0] == _triton.bwd_config(hidden, torch.bfloat16)  # the heuristic stays first, as the reference
     assert len(limited) >= 3 and all(cfg.programs_per_sm == 1 for cfg in limited[1:] if not cfg.chunked)
     assert set(limited) <= set(tune.bwd_candidates(hidden, torch.bfloat16))
+
+
+@pytest.mark.parametrize("hidden", [8192, 16384, 32768])
+def test_fwd_candidates_cover_the_defaults_families(hidden):
+    """The forward's candidates include the families the defaults took from probes (two-row chunked blocks, held
+    chunks), and every held candidate leaves part of the row to stream (the launcher refuses the rest)."""
+    candidates = tune.fwd_candidates(hidden, torch.bfloat16)
+    assert any(c.chunked and c.block_m == 2 and not c.held_chunks for c in candidates)
+    held = [c for c in candidates if c.held_chunks]
+    assert held and all(c.chunked and c.held_chunks * c.block_n < hidden for c in held)
+
+
+def test_two_row_and_held_candidates_compute_the_norm(gen, device):
+    """Each two-row or held candidate at N = 16384 runs and matches the reference (3 rows: a ragged row block)."""
+    rows, hidden = 3, 16384
+    x = torch.randn(rows, hidden, generator=gen).to(device=device, dtype=torch.bfloat16)
+    weight = torch.randn(hidden, generator=gen).to(device)
+    bias = torch.randn(hidden, generator=gen).to(device)
+    want = torch.nn.functional.layer_norm(x.float(), (hidden,), weight, bias, 1e-6)
+    picked = [c for c in tune.fwd_candidates(hidden, torch.bfloat16)
+              if c.chunked and (c.held_chunks or c.block_m == 2) and not c.l2_hints]
+    assert len(picked) >= 8
+    for config in picked:
+        out = torch.full_like(x, float("nan"))
+        mean, rstd = torch.empty(rows, device=device), torch.empty(rows, device=device)
+        _triton.layernorm_fwd(x, weight, bias, 1e-6, out, mean, rstd, config=config)
+        # one bf16 ulp of |out| <= ~5 (the interpreter truncates its bf16 conversions)
+        torch.testing.assert_close(out.float(), want, rtol=1e-2, atol=4e-2, msg=str(config))

@@ -34,8 +34,10 @@ DEFAULT_SHAPES = "32768x256,32768x1024,32768x4096,32768x8192,32768x16384,32768x3
 
 def fwd_candidates(hidden: int, dtype: torch.dtype) -> list[FwdConfig]:
     """The heuristic's config first, then resident tiles (whole rows, several per program), head+tail rows for
-    widths far from a power of two, and chunked rows (one per program, or a persistent grid); each with and without
-    L2 eviction hints."""
+    widths far from a power of two, chunked rows (one per program, or a persistent grid), and the chunked families
+    the defaults took from probes: two-row blocks (``block_m`` = 2, the 16-bit rule from N = 6144) and rows whose
+    first chunks are held in registers (``held_chunks``, the rule at (16384, 32768]); each with and without L2
+    eviction hints."""
     padded = triton.next_power_of_2(hidden)
     candidates = [_triton.fwd_config(hidden, dtype)]
     if padded > hidden >= 1024 and padded <= _triton.MAX_RESIDENT_FWD:
@@ -53,6 +55,12 @@ def fwd_candidates(hidden: int, dtype: torch.dtype) -> list[FwdConfig]:
         if chunk < hidden and chunk <= padded and 8 <= chunk // (32 * warps) <= 32 and (per_sm == 0 or wide) \
                 and (warps < 32 or wide):
             candidates.append(FwdConfig(1, chunk, warps, True, 0, per_sm))
+    for rows, chunk, warps, held in itertools.product((1, 2), (4096, 8192), (8, 16), (0, 1, 2)):
+        # (one program per row block; held chunks must leave part of the row to stream; three or four held lost
+        # wherever the sixteenth session measured them)
+        if (rows, held) != (1, 0) and chunk <= padded and held * chunk < hidden \
+                and 8 <= rows * chunk // (32 * warps) <= 32:
+            candidates.append(FwdConfig(rows, chunk, warps, True, held_chunks=held))
     return _with_and_without_l2_hints(candidates)
 
 
