@@ -26,11 +26,13 @@
 #   bash benchmarks/gpu_visit.sh probes-f   # one short call of probes-d's and probes-e's deciding leads
 #   bash benchmarks/gpu_visit.sh probes-g   # the Triton forward at N = 8192 / 16384 against compile; ncu of the
 #                                           # Triton backward at 32768x256
+#   bash benchmarks/gpu_visit.sh probes-h   # the next visit's leads: Triton fp32-out forward over the tuner's
+#                                           # candidates, 32768x32768 re-timed, the rest of probes-d
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -282,6 +284,25 @@ case "$part" in
     echo "ncu Triton backward 32768x256: rc=$?"; grep -E "Duration|DRAM Throughput|Memory Throughput|Achieved Occ|\
 Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Size|Grid Size" \
       "$out/ncu-triton-bwd-256.txt" | head -20
+    ;;
+  probes-h)
+    # The seventeenth session's leads for the next visit (one call): the Triton bf16 -> fp32 out forward at
+    # 4096x16384 / 4096x8192 (90 / 93% of the variant's SOL against compile's 95 / 99%) over the tuner's candidates,
+    # which now include two-row blocks and held chunks; the Triton forward at 32768x32768, the held two-row blocks
+    # (default) against the old one-row 4096 chunks (c4096w16h), four samples (probe 94 against 84, bench 91
+    # against 90); the rest of probes-d: the N = 8192 blocks at fewer rows, the small-M forward through the API (the
+    # data-pattern probe's question, fp16 against bf16 in the CuTeDSL backward, was answered by staged_stats).
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 240 python benchmarks/triton_residual_probe.py --shapes 4096x16384,4096x8192 --dtype bfloat16 \
+      --out-dtype float32 --top 8 > "$out/triton-fwd-out-fp32.txt" 2>&1
+    echo "Triton forward, fp32 out: rc=$?"; grep -vE "^device|Error" "$out/triton-fwd-out-fp32.txt" | cut -c1-170
+    timeout 90 python benchmarks/triton_fwd_probe.py --repeats 4 --shapes 32768x32768 --configs c4096w16h \
+      > "$out/triton-fwd-32768.txt" 2>&1
+    echo "Triton forward 32768x32768: rc=$?"; grep -vE "^device" "$out/triton-fwd-32768.txt" | cut -c1-150
+    timeout 90 python benchmarks/triton_fwd_probe.py --repeats 2 --api \
+      --shapes 128x4096,512x8192xfloat16,1024x8192xfloat16,2048x8192 > "$out/triton-fwd-small-m.txt" 2>&1
+    echo "Triton forward, fewer rows and the API path: rc=$?"; grep -vE "^device" "$out/triton-fwd-small-m.txt" \
+      | cut -c1-150
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).
