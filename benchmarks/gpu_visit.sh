@@ -299,6 +299,12 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     timeout 90 python benchmarks/triton_fwd_probe.py --repeats 4 --shapes 32768x32768 --configs c4096w16h \
       > "$out/triton-fwd-32768.txt" 2>&1
     echo "Triton forward 32768x32768: rc=$?"; grep -vE "^device" "$out/triton-fwd-32768.txt" | cut -c1-150
+    # The Triton backward at 4095x5000 fp16 runs at ~77% of the add against 87-91% at 4096² / 4096x8192 with the
+    # same one-row 8192-lane tile (39% of its lanes masked, so fewer bytes in flight a stage): a deeper pipeline (4
+    # stages, 98 KB of shared memory), a shallower one, 32 warps (64 registers). Two-row tiles spill (216-272 bytes).
+    timeout 120 python benchmarks/triton_bwd_probe.py --repeats 2 --shapes 4095x5000xfloat16 \
+      --configs 1x8192w16p1s4,1x8192w16p1s2,1x8192w32p1s3 > "$out/triton-bwd-5000.txt" 2>&1
+    echo "Triton backward 4095x5000: rc=$?"; grep -vE "^device|^compiled|^    _" "$out/triton-bwd-5000.txt" | cut -c1-150
     timeout 90 python benchmarks/triton_fwd_probe.py --repeats 2 --api \
       --shapes 128x4096,512x8192xfloat16,1024x8192xfloat16,2048x8192 > "$out/triton-fwd-small-m.txt" 2>&1
     echo "Triton forward, fewer rows and the API path: rc=$?"; grep -vE "^device" "$out/triton-fwd-small-m.txt" \
