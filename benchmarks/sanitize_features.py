@@ -7,8 +7,9 @@ its gradient flows through h too.
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --report-api-errors no \\
         python benchmarks/sanitize_features.py [--backends cutedsl,triton] [--set features|rules]
 
-``--set rules``: plain LayerNorm / RMSNorm at the shapes where the eleventh session's rules switch kernels (the
-CuTeDSL backward's staged loads, the forward's four-CTA launch bound; Triton's two-row blocks at N = 16384), with
+``--set rules``: plain LayerNorm / RMSNorm at the shapes where the eleventh and sixteenth sessions' rules switch
+kernels (the CuTeDSL backward's staged loads and staged statistics, the forward's four-CTA launch bound; Triton's
+two-row blocks at N = 16384 and held two-row blocks at N = 32768), with
 M above one wave and not a multiple of the CTA's rows. The CuTeDSL backward sums its dw/db columns in its own launch
 (the twelfth session's fused column sum) at every N <= 6144 here: 16-bit staged rows and fp32 prefetched ones.
 
@@ -36,6 +37,9 @@ RULE_CASES = [
     (1031, 5000, torch.float16, torch.float16, False, None), (300, 8192, torch.bfloat16, torch.bfloat16, False, None),
     (1031, 4096, torch.float16, torch.float16, True, None), (1031, 6144, torch.bfloat16, torch.bfloat16, False, None),
     (1031, 4096, torch.float32, torch.float32, False, None),
+    # the sixteenth session's rules: the CuTeDSL backward's staged statistics with the fused column sum above 6144
+    # columns (RMSNorm fp16 here, LayerNorm bf16 above), Triton's held two-row blocks at (16384, 32768]
+    (300, 8192, torch.float16, torch.float16, True, None), (301, 32768, torch.bfloat16, torch.bfloat16, False, None),
 ]
 
 
