@@ -12,7 +12,8 @@ old: 128..512-thread CTAs, ctas_per_sm = 1024 // threads (up to 8 CTAs, so up to
 new: one 512-thread CTA per SM (several rows per CTA for N < 8192 bf16), so at most one partial row per SM (one
      per cluster for clustered rows); w and dw/db in shared memory where a thread holds more than 32 bytes of x
      (N = 262144 bf16, N >= 131072 fp32).
-r1: one row a CTA (the default's threads per row); 64B: 64 bytes of x a thread, one row a CTA.
+r1: one row a CTA (the default's threads per row); 64B: 64 bytes of x a thread, one row a CTA; 64Bs: that with w and
+     dw/db in shared memory (clustered rows only: N = 131072 in 8-CTA clusters).
 l2: the current default with L2 eviction policies (x, dy evict_first; w evict_last).
 pf: the current default with the next row tile's loads issued while this one computes (``BwdConfig.prefetch``).
 1s / 1r: clustered rows, one CTA per SM with prefetch, w and dw/db in shared memory / in registers.
@@ -87,6 +88,10 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     wide = cfg.bwd_config(hidden, elem_bytes, vec, bytes_per_thread=64, min_cta_threads=128)
     if wide not in found.values():
         found["64B"] = wide
+        if wide.tiling.cluster_n > 1 and not wide.column_state_in_smem:
+            # ... with w and dw/db in shared memory (as the 262144-wide default): at N = 131072 an 8-CTA cluster,
+            # of which 16 fit at once (128 SMs), where the default's 16-CTA clusters fit 7 (112 SMs).
+            found["64Bs"] = dataclasses.replace(wide, column_state_in_smem=True)
     # The column sum in a second launch / in the backward's own launch, whichever the default does not.
     if found["new"].fused_column_sum:
         found["sep"] = dataclasses.replace(found["new"], fused_column_sum=False)

@@ -305,6 +305,12 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     timeout 120 python benchmarks/triton_bwd_probe.py --repeats 2 --shapes 4095x5000xfloat16 \
       --configs 1x8192w16p1s4,1x8192w16p1s2,1x8192w32p1s3 > "$out/triton-bwd-5000.txt" 2>&1
     echo "Triton backward 4095x5000: rc=$?"; grep -vE "^device|^compiled|^    _" "$out/triton-bwd-5000.txt" | cut -c1-150
+    # The CuTeDSL backward at N = 131072 (forward+backward 83%, >= 85% asked): its 16-CTA clusters fit 7 at once (112
+    # of 132 SMs); 8-CTA clusters of 64 bytes a thread with w and dw/db in shared memory ("64Bs": 128 registers, no
+    # spills) fit 16 (128 SMs).
+    timeout 120 python benchmarks/cutedsl_bwd_probe.py --shapes 16384x131072xbf16 --only new,64Bs --repeat 2 \
+      > "$out/cutedsl-bwd-131072.txt" 2>&1
+    echo "CuTeDSL backward 16384x131072: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-131072.txt"
     timeout 90 python benchmarks/triton_fwd_probe.py --repeats 2 --api \
       --shapes 128x4096,512x8192xfloat16,1024x8192xfloat16,2048x8192 > "$out/triton-fwd-small-m.txt" 2>&1
     echo "Triton forward, fewer rows and the API path: rc=$?"; grep -vE "^device" "$out/triton-fwd-small-m.txt" \
