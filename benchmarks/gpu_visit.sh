@@ -293,8 +293,8 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     # against 90); the rest of probes-d: the N = 8192 blocks at fewer rows, the small-M forward through the API (the
     # data-pattern probe's question, fp16 against bf16 in the CuTeDSL backward, was answered by staged_stats).
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    timeout 240 python benchmarks/triton_residual_probe.py --shapes 4096x16384,4096x8192 --dtype bfloat16 \
-      --out-dtype float32 --top 8 > "$out/triton-fwd-out-fp32.txt" 2>&1
+    timeout 150 python benchmarks/triton_residual_probe.py --shapes 4096x16384,4096x8192 --dtype bfloat16 \
+      --out-dtype float32 --two-row-and-held --top 8 > "$out/triton-fwd-out-fp32.txt" 2>&1
     echo "Triton forward, fp32 out: rc=$?"; grep -vE "^device|Error" "$out/triton-fwd-out-fp32.txt" | cut -c1-170
     timeout 90 python benchmarks/triton_fwd_probe.py --repeats 4 --shapes 32768x32768 --configs c4096w16h \
       > "$out/triton-fwd-32768.txt" 2>&1
@@ -311,6 +311,13 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     timeout 120 python benchmarks/cutedsl_bwd_probe.py --shapes 16384x131072xbf16 --only new,64Bs --repeat 2 \
       > "$out/cutedsl-bwd-131072.txt" 2>&1
     echo "CuTeDSL backward 16384x131072: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-131072.txt"
+    # Where the Triton backward at 32768x256 waits (probes-g: latency-bound, 25% occupancy): every stall reason and
+    # the source lines that stall most.
+    timeout 150 ncu --clock-control none -k regex:_layernorm_bwd --launch-skip 3 --launch-count 1 \
+      --section WarpStateStats --section SourceCounters --print-details all \
+      python benchmarks/ncu_step.py --shape 32768x256xbfloat16 --backend triton > "$out/ncu-triton-bwd-256-stalls.txt" 2>&1
+    echo "ncu Triton backward 32768x256, stalls: rc=$?"; grep -iE "stall|Warp Cycles" \
+      "$out/ncu-triton-bwd-256-stalls.txt" | head -24
     timeout 90 python benchmarks/triton_fwd_probe.py --repeats 2 --api \
       --shapes 128x4096,512x8192xfloat16,1024x8192xfloat16,2048x8192 > "$out/triton-fwd-small-m.txt" 2>&1
     echo "Triton forward, fewer rows and the API path: rc=$?"; grep -vE "^device" "$out/triton-fwd-small-m.txt" \

@@ -5,6 +5,7 @@ out's bytes, as the bench); the resident candidates run with weight/bias loaded 
 With --out-dtype equal to --dtype this is the plain forward. ``--l2-hints``: instead of the tuner's candidates, the
 default config with and without L2 eviction hints and the chunked candidates with them (one program a row or the
 default's grid; every grid at N >= 65536; a shape MxNxdtype in --shapes takes its own dtype).
+``--two-row-and-held`` (with --out-dtype): only the default and the chunked two-row / held-chunk candidates.
 
 Every candidate's out and h are checked against the torch composition first. GPU time (the bench's timer).
 
@@ -27,6 +28,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=6)
     parser.add_argument("--out-dtype", default=None)
     parser.add_argument("--l2-hints", action="store_true")
+    parser.add_argument("--two-row-and-held", action="store_true",
+                        help="with --out-dtype: only the default and the tuner's two-row and held-chunk candidates")
     args = parser.parse_args()
     if args.out_dtype:
         return out_dtype_probe(args)
@@ -113,6 +116,8 @@ def out_dtype_probe(args) -> None:
                 dataclasses.replace(c, l2_hints=True) for c in candidates
                 if c == default or (c.chunked and (hidden >= 65536
                                                    or c.programs_per_sm in (0, default.programs_per_sm)))))
+        elif args.two_row_and_held:
+            candidates = [c for c in candidates if c == default or (c.chunked and (c.block_m > 1 or c.held_chunks))]
         else:
             # Each resident candidate also with weight/bias loaded before the statistics.
             candidates += [dataclasses.replace(c, affine_first=True) for c in candidates if not c.chunked]
