@@ -301,9 +301,12 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     echo "Triton forward 32768x32768: rc=$?"; grep -vE "^device" "$out/triton-fwd-32768.txt" | cut -c1-150
     # The Triton backward at 4095x5000 fp16 runs at ~77% of the add against 87-91% at 4096² / 4096x8192 with the
     # same one-row 8192-lane tile (39% of its lanes masked, so fewer bytes in flight a stage): a deeper pipeline (4
-    # stages, 98 KB of shared memory), a shallower one, 32 warps (64 registers). Two-row tiles spill (216-272 bytes).
-    timeout 120 python benchmarks/triton_bwd_probe.py --repeats 2 --shapes 4095x5000xfloat16 \
-      --configs 1x8192w16p1s4,1x8192w16p1s2,1x8192w32p1s3 > "$out/triton-bwd-5000.txt" 2>&1
+    # stages, 98 KB of shared memory), 32 warps (64 registers), and the row as a 4096 head + a 1024 tail
+    # (BwdConfig.tail_n, seventeenth session: 99 registers against 128, 41 KB of shared memory at 3 stages against 65)
+    # with 3-5 stages. Two-row tiles spill (216-272 bytes padded, 64-160 as head + tail).
+    timeout 150 python benchmarks/triton_bwd_probe.py --repeats 2 --shapes 4095x5000xfloat16 \
+      --configs 1x8192w16p1s4,1x8192w32p1s3,1x4096w16p1t1024s3,1x4096w16p1t1024s5,1x4096w32p1t1024s4 \
+      > "$out/triton-bwd-5000.txt" 2>&1
     echo "Triton backward 4095x5000: rc=$?"; grep -vE "^device|^compiled|^    _" "$out/triton-bwd-5000.txt" | cut -c1-150
     # The CuTeDSL backward at N = 131072 (forward+backward 83%, >= 85% asked): its 16-CTA clusters fit 7 at once (112
     # of 132 SMs); 8-CTA clusters of 64 bytes a thread with w and dw/db in shared memory ("64Bs": 128 registers, no

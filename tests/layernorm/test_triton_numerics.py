@@ -450,6 +450,12 @@ if "reread" in {f.name for f in dataclasses.fields(_triton.BwdConfig)}:
     BWD_CONFIGS["resident_pipelined"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"], stages=3)
     BWD_CONFIGS["resident_reread_pipelined"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"], reread=True,
                                                                    stages=2)
+if "tail_n" in {f.name for f in dataclasses.fields(_triton.BwdConfig)}:
+    # 1128 as a 1024 head + a 128 tail (104 columns used), loaded once or twice, pipelined or not
+    BWD_CONFIGS["resident_head_tail"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"], block_n=1024,
+                                                            tail_n=128)
+    BWD_CONFIGS["resident_head_tail_reread_pipelined"] = dataclasses.replace(
+        BWD_CONFIGS["resident_head_tail"], reread=True, stages=2)
 for _switch in _opt_in_switches(_triton.BwdConfig):
     if _switch != "reread":
         try:
@@ -526,6 +532,19 @@ def test_bwd_prefetch_is_checked():
         with pytest.raises(ValueError, match="prefetch"):
             _triton.BwdConfig(**{**dict(block_m=2, block_n=256, num_warps=4, chunked=False), **fields},
                               prefetch=True)
+
+
+def test_bwd_head_tail_is_checked(device):
+    base = dict(block_m=2, block_n=1024, num_warps=4, chunked=False)
+    for fields in (dict(chunked=True), dict(prefetch=True), dict(tail_n=96), dict(block_n=1000)):
+        with pytest.raises(ValueError, match="tail_n"):
+            _triton.BwdConfig(**{**base, "tail_n": 128, **fields})
+    # a head and tail that do not cover the row are refused, not run
+    x = torch.zeros(3, 1200, device=device)
+    stats = torch.zeros(3, device=device)
+    with pytest.raises(ValueError, match="cover the row"):
+        _triton.layernorm_bwd(x, x, None, stats, stats, torch.empty_like(x), None, None,
+                              config=_triton.BwdConfig(**base, tail_n=128))
 
 
 # ----------------------------------------------------------------------------------------------------------------

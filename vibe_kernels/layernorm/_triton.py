@@ -111,8 +111,17 @@ class BwdConfig:
     # tile computes (the CuTeDSL backward's BwdConfig.prefetch, done by hand: Triton's own pipelining, ``stages``,
     # goes through shared memory).
     prefetch: bool = False
+    # Resident only, not with prefetch: a row is a block_n head plus a tail_n tail (both powers of two) instead of
+    # one power-of-two tile, so that rows far from a power of two (N = 5000: 4096 + 1024, where an 8192-lane tile
+    # leaves 39% of its lanes, and their registers, idle) hold fewer lanes a thread. An opt-in for probing
+    # (seventeenth session); the forward's FwdConfig.tail_n is the same split.
+    tail_n: int = 0
 
     def __post_init__(self):
+        if self.tail_n and (self.chunked or self.prefetch or self.tail_n & (self.tail_n - 1)
+                            or self.block_n & (self.block_n - 1)):
+            raise ValueError(f"tail_n is for the resident backward without prefetch, a power of two after a "
+                             f"power-of-two block_n: {self}")
         if self.fused_sum and self.chunked:
             raise ValueError(f"fused_sum is for the resident backward only, not the chunked one: {self}")
         if self.prefetch and (self.chunked or self.reread or self.stages > 1):
@@ -891,8 +900,9 @@ def _layernorm_bwd_resident_kernel(
     IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
     ROW_ALIGN: tl.constexpr, SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr = False,
     REREAD: tl.constexpr = False, NUM_STAGES: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
-    COLUMN_BLOCK_M: tl.constexpr = 0, COLUMN_BLOCK_N: tl.constexpr = 0, COLUMN_DW: tl.constexpr = False,
-    COLUMN_DB: tl.constexpr = False, SUM_BLOCK_P: tl.constexpr = 0, SUM_BLOCK_N: tl.constexpr = 0,
+    TAIL_N: tl.constexpr = 0, COLUMN_BLOCK_M: tl.constexpr = 0, COLUMN_BLOCK_N: tl.constexpr = 0,
+    COLUMN_DW: tl.constexpr = False, COLUMN_DB: tl.constexpr = False, SUM_BLOCK_P: tl.constexpr = 0,
+    SUM_BLOCK_N: tl.constexpr = 0,
 ):
     """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end,
     then go to partial row p. SHARED_PARTIALS (P = 2 x partial_rows at most): programs p and p + partial_rows add
@@ -915,7 +925,10 @@ def _layernorm_bwd_resident_kernel(
     partial rows are written, adds 1 to Counter[0] (release); each sum program waits until Counter[0] counts every
     row program (acquire), counts its departure on Counter[1], and the last to leave sets both back to 0 for the next
     launch (``_await_row_programs``). The sum programs wait only for programs of lower index, dispatched before
-    them, so the grid never waits on a program that cannot start; the row programs never wait."""
+    them, so the grid never waits on a program that cannot start; the row programs never wait.
+
+    TAIL_N > 0 (``BwdConfig.tail_n``): a row is BLOCK_N head columns plus TAIL_N tail columns (two tiles, one row
+    sum over both)."""
     # Aligned before the branch: a variable may not change type inside one.
     stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
@@ -935,7 +948,7 @@ def _layernorm_bwd_resident_kernel(
                                stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
                                pid, row_programs, N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS,
                                HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES,
-                               PREFETCH)
+                               PREFETCH, TAIL_N)
     elif SUM_BLOCK_N > 0:
         SUM_PROGRAMS: tl.constexpr = (N + SUM_BLOCK_N - 1) // SUM_BLOCK_N
         row_programs = tl.num_programs(0) - SUM_PROGRAMS
@@ -948,7 +961,7 @@ def _layernorm_bwd_resident_kernel(
                                stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
                                pid, row_programs, N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS,
                                HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES,
-                               PREFETCH)
+                               PREFETCH, TAIL_N)
             # Every thread's stores and atomic adds of the partial rows come before the barrier, and the barrier
             # before the one release add (Triton runs a scalar atomic in one thread of the program): the sum
             # programs that see the count see the rows.
@@ -958,7 +971,7 @@ def _layernorm_bwd_resident_kernel(
         _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, stride_dy_row,
                            stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows, pid,
                            tl.num_programs(0), N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL,
-                           STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES, PREFETCH)
+                           STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES, PREFETCH, TAIL_N)
 
 
 @triton.jit
@@ -968,11 +981,12 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
                        HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
                        IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
                        SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr, REREAD: tl.constexpr,
-                       NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr = False):
+                       NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr = False, TAIL_N: tl.constexpr = 0):
     """The resident backward's row tiles pid, pid + row_programs, ... (strides already aligned): see
-    _layernorm_bwd_resident_kernel. PREFETCH (not with REREAD or NUM_STAGES > 1): each iteration first loads the
-    next tile's x, dy, mean and rstd (masked off past the last tile), then computes on the ones loaded by the
-    iteration before."""
+    _layernorm_bwd_resident_kernel. PREFETCH (not with REREAD, NUM_STAGES > 1 or TAIL_N): each iteration first
+    loads the next tile's x, dy, mean and rstd (masked off past the last tile), then computes on the ones loaded by
+    the iteration before. TAIL_N > 0: the columns past BLOCK_N are a second tile of TAIL_N columns, with their own
+    weight and accumulators."""
     ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     cols = tl.arange(0, BLOCK_N)
@@ -983,6 +997,16 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
         w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
     dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # The tail (TAIL_N > 0; a one-column stand-in otherwise, never loaded or stored).
+    TAIL_COLS: tl.constexpr = TAIL_N if TAIL_N > 0 else 1
+    tail_cols = BLOCK_N + tl.arange(0, TAIL_COLS)
+    tail_ok = tail_cols < N
+    if REREAD or TAIL_N == 0:
+        w_tail = 0.0
+    else:
+        w_tail = _load_affine(W, tail_cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+    dw_tail = tl.zeros((BLOCK_M, TAIL_COLS), dtype=tl.float32)
+    db_tail = tl.zeros((BLOCK_M, TAIL_COLS), dtype=tl.float32)
     if PREFETCH:
         block_rows = tl.arange(0, BLOCK_M)
         row_idx = pid * BLOCK_M + block_rows
@@ -1006,23 +1030,29 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
                                                   cols, col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc,
                                                   db_acc, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
     else:
-        dw_acc, db_acc = _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, stride_x_row,
-                                        stride_dx_row, stride_dres_row, stride_dres_in_row, rows, pid, row_programs,
-                                        w, cols, col_ok, dw_acc, db_acc, N, BLOCK_M, HAS_W, NEED_DW, NEED_DB, IS_RMS,
-                                        HAS_DRESIDUAL, STORE_DRESIDUAL_IN, L2_HINTS, REREAD, NUM_STAGES)
+        dw_acc, db_acc, dw_tail, db_tail = _bwd_tile_loop(
+            DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row,
+            stride_dres_in_row, rows, pid, row_programs, w, cols, col_ok, dw_acc, db_acc, w_tail, tail_cols, tail_ok,
+            dw_tail, db_tail, N, BLOCK_M, HAS_W, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN,
+            L2_HINTS, REREAD, NUM_STAGES, TAIL_N)
     _store_partials(DW_partial, DB_partial, pid % partial_rows, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB,
                     SHARED_PARTIALS)
+    if TAIL_N > 0:
+        _store_partials(DW_partial, DB_partial, pid % partial_rows, tail_cols, tail_ok, dw_tail, db_tail, N, NEED_DW,
+                        NEED_DB, SHARED_PARTIALS)
 
 
 @triton.jit
 def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row,
                    stride_dres_row, stride_dres_in_row, rows, pid, row_programs, w, cols, col_ok, dw_acc, db_acc,
+                   w_tail, tail_cols, tail_ok, dw_tail, db_tail,
                    N: tl.constexpr, BLOCK_M: tl.constexpr, HAS_W: tl.constexpr, NEED_DW: tl.constexpr,
                    NEED_DB: tl.constexpr, IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr,
                    STORE_DRESIDUAL_IN: tl.constexpr, L2_HINTS: tl.constexpr, REREAD: tl.constexpr,
-                   NUM_STAGES: tl.constexpr):
-    """_bwd_resident_rows's row-tile loop without PREFETCH; returns the accumulators. ``w``: the weight's columns
-    (unused with REREAD, which loads them per tile)."""
+                   NUM_STAGES: tl.constexpr, TAIL_N: tl.constexpr = 0):
+    """_bwd_resident_rows's row-tile loop without PREFETCH; returns the accumulators (the head's, then the
+    tail's). ``w`` / ``w_tail``: the weight's head / tail columns (unused with REREAD, which loads them per tile).
+    TAIL_N > 0: the row's columns past the head are the ``tail_cols`` tile, in the same row sums."""
     ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     # Two distinct policies also keep the compiler from merging the two loads of a REREAD tile into one.
@@ -1042,8 +1072,27 @@ def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, strid
                 dw_acc += dy * xhat
             if NEED_DB:
                 db_acc += dy
-        mean_gx = tl.sum(g * xhat, axis=1) / N
-        mean_g = None if IS_RMS else tl.sum(g, axis=1) / N
+        sum_gx = tl.sum(g * xhat, axis=1)
+        if not IS_RMS:
+            sum_g = tl.sum(g, axis=1)
+        if TAIL_N > 0:
+            if REREAD:
+                tail_w = _load_affine(W, tail_cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+            else:
+                tail_w = w_tail
+            dy_t, xhat_t, g_t, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tail_w, stride_dy_row, stride_x_row,
+                                                     row_idx, row_ok, tail_cols, tail_ok, HAS_W, IS_RMS,
+                                                     FIRST_EVICTION)
+            if REREAD:
+                if NEED_DW:
+                    dw_tail += dy_t * xhat_t
+                if NEED_DB:
+                    db_tail += dy_t
+            sum_gx += tl.sum(g_t * xhat_t, axis=1)
+            if not IS_RMS:
+                sum_g += tl.sum(g_t, axis=1)
+        mean_gx = sum_gx / N
+        mean_g = None if IS_RMS else sum_g / N
         if REREAD:
             tile_w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
             dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tile_w, stride_dy_row, stride_x_row, row_idx, row_ok,
@@ -1053,7 +1102,20 @@ def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, strid
                                               col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc,
                                               NEED_DW and not REREAD, NEED_DB and not REREAD, IS_RMS,
                                               HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
-    return dw_acc, db_acc
+        if TAIL_N > 0:
+            if REREAD:
+                tail_w = _load_affine(W, tail_cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+                dy_t, xhat_t, g_t, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tail_w, stride_dy_row, stride_x_row,
+                                                         row_idx, row_ok, tail_cols, tail_ok, HAS_W, IS_RMS,
+                                                         LAST_EVICTION)
+            dres_t = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, tail_cols, tail_ok, HAS_DRESIDUAL,
+                                     ROW_EVICTION)
+            dw_tail, db_tail = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok,
+                                                    tail_cols, tail_ok, dy_t, xhat_t, g_t, rstd, mean_gx, mean_g,
+                                                    dres_t, dw_tail, db_tail, NEED_DW and not REREAD,
+                                                    NEED_DB and not REREAD, IS_RMS, HAS_DRESIDUAL,
+                                                    STORE_DRESIDUAL_IN)
+    return dw_acc, db_acc, dw_tail, db_tail
 
 
 @triton.jit
@@ -1567,6 +1629,9 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     to dx. dresidual_in (M, N) or None: a second copy of dx in another dtype (the residual input's gradient)."""
     rows, hidden = x.shape
     cfg = config or bwd_config(hidden, x.dtype, rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS)
+    if not cfg.chunked and cfg.block_n + cfg.tail_n < hidden:
+        raise ValueError(f"a resident backward config must cover the row: block_n + tail_n ({cfg.block_n} + "
+                         f"{cfg.tail_n}) is below its {hidden} elements: {cfg}")
     plan = bwd_plan(rows, hidden, cfg, _program_slots(x.device), shrink_rows=config is None)
     # Few rows, about one fp32 partial row each: no partial rows; dw/db are summed straight from the rows, by the
     # same launch's last programs while the others write dx (H100, 2026-11-25, eighth session, fwd+bwd ms, separate
@@ -1629,7 +1694,7 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             *(weight_grads if fused_from_rows or counter is not None else (None, None)), counter, *residual_args[2:],
             plan.partial_rows, N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
             SHARED_PARTIALS=plan.shared_partials, L2_HINTS=cfg.l2_hints, REREAD=cfg.reread,
-            NUM_STAGES=cfg.stages, PREFETCH=cfg.prefetch, **flags, **column_flags, **sum_flags,
+            NUM_STAGES=cfg.stages, PREFETCH=cfg.prefetch, TAIL_N=cfg.tail_n, **flags, **column_flags, **sum_flags,
         )
     if from_rows:
         if not fused_from_rows:
