@@ -307,6 +307,8 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     timeout 150 python benchmarks/triton_bwd_probe.py --repeats 2 --shapes 4095x5000xfloat16 \
       --configs 1x8192w16p1s4,1x8192w32p1s3,1x4096w16p1t1024s3,1x4096w16p1t1024s5,1x4096w32p1t1024s4 \
       > "$out/triton-bwd-5000.txt" 2>&1
+    timeout 90 python benchmarks/triton_bwd_probe.py --repeats 2 --shapes 4096x6144xfloat16 \
+      --configs 1x4096w16p1t2048s3,1x4096w16p1t2048s4 >> "$out/triton-bwd-5000.txt" 2>&1
     echo "Triton backward 4095x5000: rc=$?"; grep -vE "^device|^compiled|^    _" "$out/triton-bwd-5000.txt" | cut -c1-150
     # The CuTeDSL backward at N = 131072 (forward+backward 83%, >= 85% asked): its 16-CTA clusters fit 7 at once (112
     # of 132 SMs); 8-CTA clusters of 64 bytes a thread with w and dw/db in shared memory ("64Bs": 128 registers, no
