@@ -1043,6 +1043,48 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
 
 
 @triton.jit
+def _bwd_part_sums(DY, X, Mean, Rstd, W, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols, col_ok, dw_acc,
+                   db_acc, N: tl.constexpr, HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+                   IS_RMS: tl.constexpr, REREAD: tl.constexpr, AFFINE_EVICTION: tl.constexpr,
+                   EVICTION: tl.constexpr):
+    """The first half of a resident row tile's step for one column part (the whole row, or its head or tail,
+    ``_bwd_tile_loop``): the part's dy, xhat, g and rstd, its row sums of g * xhat and of g (0 for RMSNorm), and
+    the accumulators, to which REREAD adds the part's dy * xhat and dy now (the second read then only writes dx).
+    ``w``: the part's weight columns (REREAD: loaded here instead)."""
+    if REREAD:
+        w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+    dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols,
+                                       col_ok, HAS_W, IS_RMS, EVICTION)
+    if REREAD:
+        if NEED_DW:
+            dw_acc += dy * xhat
+        if NEED_DB:
+            db_acc += dy
+    sum_gx = tl.sum(g * xhat, axis=1)
+    sum_g = 0.0 if IS_RMS else tl.sum(g, axis=1)
+    return dy, xhat, g, rstd, sum_gx, sum_g, dw_acc, db_acc
+
+
+@triton.jit
+def _bwd_part_store(DY, X, Mean, Rstd, W, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row,
+                    stride_dres_row, stride_dres_in_row, row_idx, row_ok, cols, col_ok, dy, xhat, g, rstd, mean_gx,
+                    mean_g, dw_acc, db_acc, N: tl.constexpr, HAS_W: tl.constexpr, NEED_DW: tl.constexpr,
+                    NEED_DB: tl.constexpr, IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr,
+                    STORE_DRESIDUAL_IN: tl.constexpr, REREAD: tl.constexpr, AFFINE_EVICTION: tl.constexpr,
+                    LAST_EVICTION: tl.constexpr, ROW_EVICTION: tl.constexpr):
+    """The second half (``_bwd_part_sums``): with the row's mean(g * xhat) and mean(g), the part's dx written (x
+    and dy read again first with REREAD) and, without REREAD, its dw/db accumulated."""
+    if REREAD:
+        w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+        dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols,
+                                           col_ok, HAS_W, IS_RMS, LAST_EVICTION)
+    dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
+    return _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols, col_ok, dy,
+                                xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc, NEED_DW and not REREAD,
+                                NEED_DB and not REREAD, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
+
+
+@triton.jit
 def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row,
                    stride_dres_row, stride_dres_in_row, rows, pid, row_programs, w, cols, col_ok, dw_acc, db_acc,
                    w_tail, tail_cols, tail_ok, dw_tail, db_tail,
@@ -1061,60 +1103,28 @@ def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, strid
     for tile in tl.range(pid, tl.cdiv(rows, BLOCK_M), row_programs, num_stages=NUM_STAGES):
         row_idx = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = row_idx < rows
-        if REREAD:
-            tile_w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
-        else:
-            tile_w = w
-        dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tile_w, stride_dy_row, stride_x_row, row_idx, row_ok,
-                                           cols, col_ok, HAS_W, IS_RMS, FIRST_EVICTION)
-        if REREAD:
-            if NEED_DW:
-                dw_acc += dy * xhat
-            if NEED_DB:
-                db_acc += dy
-        sum_gx = tl.sum(g * xhat, axis=1)
-        if not IS_RMS:
-            sum_g = tl.sum(g, axis=1)
+        dy, xhat, g, rstd, sum_gx, sum_g, dw_acc, db_acc = _bwd_part_sums(
+            DY, X, Mean, Rstd, W, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols, col_ok, dw_acc, db_acc, N,
+            HAS_W, NEED_DW, NEED_DB, IS_RMS, REREAD, AFFINE_EVICTION, FIRST_EVICTION)
         if TAIL_N > 0:
-            if REREAD:
-                tail_w = _load_affine(W, tail_cols, N, AFFINE_EVICTION) if HAS_W else 0.0
-            else:
-                tail_w = w_tail
-            dy_t, xhat_t, g_t, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tail_w, stride_dy_row, stride_x_row,
-                                                     row_idx, row_ok, tail_cols, tail_ok, HAS_W, IS_RMS,
-                                                     FIRST_EVICTION)
-            if REREAD:
-                if NEED_DW:
-                    dw_tail += dy_t * xhat_t
-                if NEED_DB:
-                    db_tail += dy_t
-            sum_gx += tl.sum(g_t * xhat_t, axis=1)
-            if not IS_RMS:
-                sum_g += tl.sum(g_t, axis=1)
+            dy_t, xhat_t, g_t, rstd, tail_gx, tail_g, dw_tail, db_tail = _bwd_part_sums(
+                DY, X, Mean, Rstd, W, w_tail, stride_dy_row, stride_x_row, row_idx, row_ok, tail_cols, tail_ok,
+                dw_tail, db_tail, N, HAS_W, NEED_DW, NEED_DB, IS_RMS, REREAD, AFFINE_EVICTION, FIRST_EVICTION)
+            sum_gx += tail_gx
+            sum_g += tail_g
         mean_gx = sum_gx / N
         mean_g = None if IS_RMS else sum_g / N
-        if REREAD:
-            tile_w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
-            dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tile_w, stride_dy_row, stride_x_row, row_idx, row_ok,
-                                               cols, col_ok, HAS_W, IS_RMS, LAST_EVICTION)
-        dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
-        dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols,
-                                              col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc,
-                                              NEED_DW and not REREAD, NEED_DB and not REREAD, IS_RMS,
-                                              HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
+        dw_acc, db_acc = _bwd_part_store(
+            DY, X, Mean, Rstd, W, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row,
+            stride_dres_in_row, row_idx, row_ok, cols, col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dw_acc, db_acc, N,
+            HAS_W, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN, REREAD, AFFINE_EVICTION,
+            LAST_EVICTION, ROW_EVICTION)
         if TAIL_N > 0:
-            if REREAD:
-                tail_w = _load_affine(W, tail_cols, N, AFFINE_EVICTION) if HAS_W else 0.0
-                dy_t, xhat_t, g_t, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tail_w, stride_dy_row, stride_x_row,
-                                                         row_idx, row_ok, tail_cols, tail_ok, HAS_W, IS_RMS,
-                                                         LAST_EVICTION)
-            dres_t = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, tail_cols, tail_ok, HAS_DRESIDUAL,
-                                     ROW_EVICTION)
-            dw_tail, db_tail = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok,
-                                                    tail_cols, tail_ok, dy_t, xhat_t, g_t, rstd, mean_gx, mean_g,
-                                                    dres_t, dw_tail, db_tail, NEED_DW and not REREAD,
-                                                    NEED_DB and not REREAD, IS_RMS, HAS_DRESIDUAL,
-                                                    STORE_DRESIDUAL_IN)
+            dw_tail, db_tail = _bwd_part_store(
+                DY, X, Mean, Rstd, W, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row,
+                stride_dres_in_row, row_idx, row_ok, tail_cols, tail_ok, dy_t, xhat_t, g_t, rstd, mean_gx, mean_g,
+                dw_tail, db_tail, N, HAS_W, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN, REREAD,
+                AFFINE_EVICTION, LAST_EVICTION, ROW_EVICTION)
     return dw_acc, db_acc, dw_tail, db_tail
 
 
