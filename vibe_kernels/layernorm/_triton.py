@@ -285,6 +285,20 @@ def load_tuned_configs(path: str) -> int:
     return len(loaded)
 
 
+def head_tail_split(hidden: int) -> tuple[int, int] | None:
+    """(head, tail), two powers of two covering a row of ``hidden`` elements, where padding the row to one power of
+    two would leave more than a quarter of it idle (N = 5000: 4096 + 1024; rows of at least 1024); else None. The
+    forward's resident rows take it (FwdConfig.tail_n); the backward's is an opt-in (BwdConfig.tail_n).
+
+    >>> head_tail_split(5000), head_tail_split(6144), head_tail_split(7000), head_tail_split(1000)
+    ((4096, 1024), (4096, 2048), None, None)
+    """
+    padded = _next_power_of_2(hidden)
+    head = padded // 2
+    tail = _next_power_of_2(hidden - head) if hidden > head else 0
+    return (head, tail) if hidden >= 1024 and head + tail < padded else None
+
+
 @functools.lru_cache(maxsize=1024)
 def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave: bool = False,
                wide_out: bool = False) -> FwdConfig:
@@ -358,9 +372,9 @@ def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed
     padded = _next_power_of_2(hidden)
     if not chunked or padded <= block_n:
         # A whole row per program step; wide fp32 rows land here with the 2x-N entry.
-        head = padded // 2
-        tail = _next_power_of_2(hidden - head) if hidden > head else 0
-        if hidden >= 1024 and head + tail < padded:  # > 25% padding: hold a head + tail instead (N = 5000: 4096 + 1024)
+        split = head_tail_split(hidden)
+        if split is not None:  # hold a head + tail instead of the padded row
+            head, tail = split
             _, block_m, _, num_warps, _, _ = _ladder_row(_FWD_LADDER, head, dtype)
             return FwdConfig(block_m=block_m, block_n=head, num_warps=num_warps, chunked=False, tail_n=tail)
         return FwdConfig(block_m=block_m, block_n=padded, num_warps=num_warps, chunked=False)

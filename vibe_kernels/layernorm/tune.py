@@ -83,11 +83,11 @@ def bwd_candidates(hidden: int, dtype: torch.dtype, max_programs_per_sm: int | N
     elif padded <= _triton.MAX_RESIDENT_BWD and dtype != torch.float32:  # one row a program, loaded twice
         for warps, stages in itertools.product((16, 32), (1, 2)):
             candidates.append(BwdConfig(1, padded, warps, False, 1, reread=True, stages=stages))
-    head = padded // 2
-    tail = triton.next_power_of_2(hidden - head) if hidden > head else 0
-    if 1024 <= hidden and padded <= 8192 and head + tail < padded:
+    split = _triton.head_tail_split(hidden)
+    if split is not None and padded <= 8192:
         # rows far from a power of two as a head + a tail (BwdConfig.tail_n: N = 5000 as 4096 + 1024): fewer idle
         # lanes a thread, so room for deeper pipelines
+        head, tail = split
         for rows, warps, stages in itertools.product((1, 2), (8, 16, 32), (1, 3, 4)):
             if 4 <= rows * (head + tail) // (32 * warps) <= 16:
                 candidates.append(BwdConfig(rows, head, warps, False, 1, stages=stages, tail_n=tail))
