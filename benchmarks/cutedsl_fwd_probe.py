@@ -14,7 +14,8 @@ sum); 1024-thread CTAs with 64 bytes of x a thread, merged statistics and weight
 default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on a row, for small M); the default
 with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2"; a one-CTA row split over a
 cluster of two half-size CTAs, weight/bias late: "cl2"; the persistent kernel (``persistent``: weight/bias read once
-into shared memory, the next row's x prefetched): "persist".
+into shared memory, the next row's x prefetched): "persist"; ragged clustered rows over the fewest CTAs that cover them
+at the default's bytes a thread, clusters of any size up to 16 ("fitc", probe_common.fitted_cluster_tiling).
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -26,6 +27,7 @@ import json
 
 import torch
 
+from probe_common import fitted_cluster_tiling, parse_shape
 from vibe_kernels.layernorm._cutedsl import config as cfg
 from vibe_kernels.layernorm._cutedsl import launch
 from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
@@ -102,6 +104,12 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8)
                                                min_ctas_per_sm=0, l2_hints=False)
         # The one-cluster-a-row kernel where the default is persistent ("per-row").
         extra["per-row"] = cfg.fwd_config(hidden, elem, vec, rows=rows, affine_bytes=affine_bytes, persistent=False)
+    t = default.tiling
+    fitted = fitted_cluster_tiling(hidden, elem, vec, t.vec * t.vecs_per_thread * elem if t.cluster_n == 1 else 64)
+    if fitted is not None and fitted.cluster_n & (fitted.cluster_n - 1):
+        # No launch bound: at two CTAs per SM (64 registers) ptxas spills 148 bytes at N = 139264 bf16.
+        extra["fitc"] = dataclasses.replace(default, tiling=fitted, merged_stats=False, persistent=False,
+                                            min_ctas_per_sm=0)
     found = {"default": default}
     if previous != default:
         found["previous"] = previous
@@ -118,14 +126,19 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--min-hidden", type=int, default=1, help="only shapes with N at least this")
     parser.add_argument("--only", default="", help="comma-separated variant names to run besides the default")
-    parser.add_argument("--shapes", default="", help="comma-separated MxN to run (default: all of SHAPES)")
+    parser.add_argument("--shapes", default="", help="comma-separated MxN (SHAPES' entries of that "
+                        "size, else bf16) or MxNx<torch dtype> to run (default: all of SHAPES)")
     parser.add_argument("--affine", default="float32", choices=("float32", "bfloat16", "none"),
                         help="weight and bias dtype, or none (the bench's are float32)")
     args = parser.parse_args()
     rows_out = []
     print(f"device: {torch.cuda.get_device_name()}")
-    for rows, hidden, dtype in SHAPES:
-        if hidden < args.min_hidden or (args.shapes and f"{rows}x{hidden}" not in args.shapes.split(",")):
+    shapes = SHAPES
+    if args.shapes:  # MxN: SHAPES' entries of that size (both dtypes of 4096x8192), else bf16
+        shapes = [shape for spec in args.shapes.split(",")
+                  for shape in ([s for s in SHAPES if f"{s[0]}x{s[1]}" == spec] or [parse_shape(spec, "bfloat16")])]
+    for rows, hidden, dtype in shapes:
+        if hidden < args.min_hidden:
             continue
         gen = torch.Generator(device="cuda").manual_seed(rows + hidden)
         x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype)

@@ -28,11 +28,13 @@
 #                                           # Triton backward at 32768x256
 #   bash benchmarks/gpu_visit.sh probes-h   # the next visit's leads: Triton fp32-out forward over the tuner's
 #                                           # candidates, 32768x32768 re-timed, the rest of probes-d
+#   bash benchmarks/gpu_visit.sh probes-i   # the eighteenth session's: GPU tests of its defaults, the fp32-out
+#                                           # feature bench, ragged clustered rows against clusters of any size
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -327,6 +329,28 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
       --shapes 128x4096,512x8192xfloat16,1024x8192xfloat16,2048x8192 > "$out/triton-fwd-small-m.txt" 2>&1
     echo "Triton forward, fewer rows and the API path: rc=$?"; grep -vE "^device" "$out/triton-fwd-small-m.txt" \
       | cut -c1-150
+    ;;
+  probes-i)
+    # The eighteenth session's changes and leads (one call): the GPU tests of the new defaults (the CuTeDSL backward
+    # at N = 131072 16-bit in 8-CTA clusters, the Triton fp32-out forward blocks at (4096, 16384]); the fp32-out
+    # feature bench; ragged clustered rows (N = 139264, 200000 bf16: the default halves its cluster to 4 CTAs of
+    # 144-208 bytes of x a thread) against the fewest CTAs that cover them, clusters of any size ("fitc").
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 200 python -m pytest tests/layernorm -q -n "${WORKERS:-8}" -p no:cacheprovider -rfEs \
+      -k "wider_out or two_row_blocks or wide_backward or 131072 or out_dtype" > "$out/gpu-tests-i.log" 2>&1
+    echo "tests: rc=$? $(tail -1 "$out/gpu-tests-i.log")"
+    grep -E "^(FAILED|ERROR)" "$out/gpu-tests-i.log" | cut -c1-200 | head -20
+    timeout 110 python -m vibe_kernels.layernorm.bench --out-dtype float32 --dtype bfloat16 --shapes seed \
+      --no-host-overhead --json "$out/bench-layernorm-out-fp32.json" > "$out/bench-layernorm-out-fp32.txt" \
+      2> "$out/probes-i.err"
+    echo "bench out fp32: rc=$?"; grep -E "^\| +[0-9]+ \|" "$out/bench-layernorm-out-fp32.txt" | cut -c1-150
+    timeout 200 python benchmarks/cutedsl_bwd_probe.py --shapes 16384x36864xbf16,8192x139264xbf16,8192x151936xbf16,8192x200000xbf16 --only new,fitc \
+      --repeat 2 > "$out/cutedsl-bwd-ragged.txt" 2>> "$out/probes-i.err"
+    echo "CuTeDSL backward, ragged wide rows: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-ragged.txt"
+    timeout 120 python benchmarks/cutedsl_fwd_probe.py --shapes 16384x36864,8192x139264,8192x151936,8192x200000 --only fitc \
+      > "$out/cutedsl-fwd-ragged.txt" 2>> "$out/probes-i.err"
+    echo "CuTeDSL forward, ragged wide rows: rc=$?"; cut -c1-400 "$out/cutedsl-fwd-ragged.txt" | tail -5
+    tail -5 "$out/probes-i.err"
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

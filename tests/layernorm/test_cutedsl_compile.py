@@ -285,7 +285,8 @@ WIDE_BWD = [(n, d, w, want, False) for n in (131072, 262144) for d in ("bf16", "
 @pytest.mark.parametrize("case", WIDE_BWD, ids=_id)
 def test_wide_backward_does_not_spill(case):
     """Rows too wide for the register budget even over 16 CTAs keep w and dw/db in shared memory (conflict-free
-    16-byte slots); the kernel then fits one 512-thread CTA per SM without local memory. Clustered rows of 16
+    16-byte slots); the kernel then fits one 512-thread CTA per SM without local memory. So do 16-bit rows of
+    (122880, 131072], in 8-CTA clusters of 64 bytes a thread instead of 16-CTA ones of 32. Clustered rows of 16
     values a thread keep them in registers (one CTA per SM, the next row prefetched: 128 registers, no spills);
     only with the fused residual do they move to shared memory, to fit two CTAs per SM (``residual``)."""
     hidden, dtype_name, weight_name, want, residual = case
@@ -479,7 +480,8 @@ def test_affine_after_stats_rule(rows, hidden, elem, vec, residual, late, min_ct
     (8192, 262144, 2, 8, False, True), (None, 2048, 4, 4, False, True),  # a 16-CTA cluster; M not given
     (8192, 262144, 4, 4, False, False),  # fp32 with the column state in shared memory: ptxas spills
     (32768, 256, 2, 8, False, False),  # 32 rows a CTA
-    (32768, 16384, 2, 8, False, True), (16384, 131072, 2, 8, False, True),  # clustered, registers: one CTA/SM
+    (32768, 16384, 2, 8, False, True), (32768, 65536, 2, 8, False, True),  # clustered, registers: one CTA/SM
+    (16384, 131072, 2, 8, False, True),  # 8-CTA clusters, w and dw/db in shared memory
     (8192, 8192, 4, 4, False, False), (32768, 16384, 2, 8, True, False),  # two CTAs per SM
     (4096, 8192, 2, 8, True, False), (128, 4096, 2, 8, False, False),  # the fused residual; small M
 ])

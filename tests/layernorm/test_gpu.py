@@ -26,6 +26,7 @@ SHAPES = [  # (M, N, dtype)
     (32768, 256, torch.bfloat16),
     (4, 65536, torch.bfloat16),
     (2, 262144, torch.float16),
+    (300, 131072, torch.bfloat16),  # CuTeDSL backward: 8-CTA clusters, w and dw/db in shared memory
     (4095, 5000, torch.float16),
     (1, 4096, torch.bfloat16),  # one CTA (CuTeDSL: the fp32 dw/db written directly, no column sum)
     (7, 1024, torch.float32),  # several rows in one CTA, one partial row

@@ -309,7 +309,6 @@ BWD_CONFIGS = {
     "chunked": _triton.BwdConfig(block_m=2, block_n=256, num_warps=4, chunked=True),
     "resident_persistent": _triton.BwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False),
     "resident_prefetch": _triton.BwdConfig(block_m=2, block_n=2048, num_warps=4, chunked=False, prefetch=True),
-    "resident_head_tail": _triton.BwdConfig(block_m=2, block_n=1024, num_warps=4, chunked=False, tail_n=128),
 }
 
 

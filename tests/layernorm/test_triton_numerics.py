@@ -367,10 +367,11 @@ def _record_fwd_configs(monkeypatch) -> list:
 def test_fwd_default_two_row_blocks_from_6144_to_8192(gen, device, check, monkeypatch, dtype, hidden):
     """16-bit rows of [6144, 8192] with more rows than one wave take two-row blocks of 8192 columns and 8 warps
     (N = 7500, 6144: the one chunk ragged; an odd M leaves the last block a row short); rows of (4096, 6144) keep
-    one row a program in 1024-element chunks, rows with a wider out one row in 4096-element chunks, and rows with a
-    fused residual stay resident. (M above one wave: 7 under the interpreter's 4 program slots, 301 on an H100.)"""
+    one row a program in 1024-element chunks, rows with a wider out take the same blocks, and rows with a fused
+    residual stay resident. (M above one wave: 7 under the interpreter's 4 program slots, 301 on an H100.)"""
     assert _triton.fwd_config(5000, dtype).block_n == 1024
-    assert _triton.fwd_config(hidden, dtype, wide_out=True).block_m == 1
+    assert _triton.fwd_config(5000, dtype, wide_out=True).block_n == 1024
+    assert _triton.fwd_config(hidden, dtype, wide_out=True) == _triton.fwd_config(hidden, dtype)
     assert not _triton.fwd_config(hidden, dtype, residual=True).chunked
     rows = 7 if device == "cpu" else 301
     seen = _record_fwd_configs(monkeypatch)
@@ -386,8 +387,9 @@ def test_fwd_default_two_row_blocks_from_6144_to_8192(gen, device, check, monkey
 @pytest.mark.parametrize("hidden, expected", [(4096, (False, True)), (12000, (True, False))], ids=str)
 def test_fwd_default_configs_with_a_wider_out(gen, device, check, monkeypatch, hidden, expected):
     """bf16 x, fp32 out: resident rows load weight and bias with the rows (affine_first); rows of (8192, 16384]
-    stream one row a program instead of the two-row blocks of an out in x's dtype. (Not with a fused residual:
-    measured without one.)"""
+    stream two-row blocks of 4096-element chunks, the first held in registers, instead of the 8192-element blocks
+    of an out in x's dtype (N = 12000: one held, one full and one ragged streamed chunk). (Not with a fused
+    residual: measured without one.)"""
     assert not _triton.fwd_config(hidden, torch.bfloat16, residual=True, wide_out=True).affine_first
     rows = 7 if device == "cpu" else 301
     seen = _record_fwd_configs(monkeypatch)
@@ -396,7 +398,8 @@ def test_fwd_default_configs_with_a_wider_out(gen, device, check, monkeypatch, h
     mean, rstd = _poisoned((rows,), torch.float32, device), _poisoned((rows,), torch.float32, device)
     _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd)
     assert [(c.chunked, c.affine_first) for c in seen] == [expected]
-    assert seen[0].block_m == 1 or not seen[0].chunked
+    if seen[0].chunked:
+        assert (seen[0].block_m, seen[0].block_n, seen[0].held_chunks) == (2, 4096, 1)
     check.out(out, x, weight, bias, EPS, out_dtype=torch.float32)
     check.stats(mean, rstd, x, EPS)
 
@@ -450,12 +453,6 @@ if "reread" in {f.name for f in dataclasses.fields(_triton.BwdConfig)}:
     BWD_CONFIGS["resident_pipelined"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"], stages=3)
     BWD_CONFIGS["resident_reread_pipelined"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"], reread=True,
                                                                    stages=2)
-if "tail_n" in {f.name for f in dataclasses.fields(_triton.BwdConfig)}:
-    # 1128 as a 1024 head + a 128 tail (104 columns used), loaded once or twice, pipelined or not
-    BWD_CONFIGS["resident_head_tail"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"], block_n=1024,
-                                                            tail_n=128)
-    BWD_CONFIGS["resident_head_tail_reread_pipelined"] = dataclasses.replace(
-        BWD_CONFIGS["resident_head_tail"], reread=True, stages=2)
 for _switch in _opt_in_switches(_triton.BwdConfig):
     if _switch != "reread":
         try:
@@ -532,19 +529,6 @@ def test_bwd_prefetch_is_checked():
         with pytest.raises(ValueError, match="prefetch"):
             _triton.BwdConfig(**{**dict(block_m=2, block_n=256, num_warps=4, chunked=False), **fields},
                               prefetch=True)
-
-
-def test_bwd_head_tail_is_checked(device):
-    base = dict(block_m=2, block_n=1024, num_warps=4, chunked=False)
-    for fields in (dict(chunked=True), dict(prefetch=True), dict(tail_n=96), dict(block_n=1000)):
-        with pytest.raises(ValueError, match="tail_n"):
-            _triton.BwdConfig(**{**base, "tail_n": 128, **fields})
-    # a head and tail that do not cover the row are refused, not run
-    x = torch.zeros(3, 1200, device=device)
-    stats = torch.zeros(3, device=device)
-    with pytest.raises(ValueError, match="cover the row"):
-        _triton.layernorm_bwd(x, x, None, stats, stats, torch.empty_like(x), None, None,
-                              config=_triton.BwdConfig(**base, tail_n=128))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -111,17 +111,8 @@ class BwdConfig:
     # tile computes (the CuTeDSL backward's BwdConfig.prefetch, done by hand: Triton's own pipelining, ``stages``,
     # goes through shared memory).
     prefetch: bool = False
-    # Resident only, not with prefetch: a row is a block_n head plus a tail_n tail (both powers of two) instead of
-    # one power-of-two tile, so that rows far from a power of two (N = 5000: 4096 + 1024, where an 8192-lane tile
-    # leaves 39% of its lanes, and their registers, idle) hold fewer lanes a thread. An opt-in for probing
-    # (seventeenth session); the forward's FwdConfig.tail_n is the same split.
-    tail_n: int = 0
 
     def __post_init__(self):
-        if self.tail_n and (self.chunked or self.prefetch or self.tail_n & (self.tail_n - 1)
-                            or self.block_n & (self.block_n - 1)):
-            raise ValueError(f"tail_n is for the resident backward without prefetch, a power of two after a "
-                             f"power-of-two block_n: {self}")
         if self.fused_sum and self.chunked:
             raise ValueError(f"fused_sum is for the resident backward only, not the chunked one: {self}")
         if self.prefetch and (self.chunked or self.reread or self.stages > 1):
@@ -220,6 +211,12 @@ FWD_ROW_BLOCK_16BIT = (8192, 16384)
 # program in 4096-element chunks; 90% in the fourteenth session's bench) -> 94 / 94; one 4096 chunk held in the
 # one-row config 90 / 91, two or four 62-71. At 16384 columns holding lost (32768x16384 94 -> 77%).
 FWD_HELD_16BIT = (16384, 32768)
+# fp32 out from fp16/bf16 x (wide_out), no residual, more rows than one wave: rows of (4096, 8192] take the plain
+# rows' two-row 8192-element blocks (1024-element chunks where 4096 would leave most of a chunk idle, as there), and
+# rows of (8192, 16384] two-row blocks of 4096-element chunks with the first chunk held in registers, instead of one
+# row a program in 4096- / 8192-element chunks. Measured (triton_residual_probe.py --out-dtype float32
+# --two-row-and-held, H100, 2026-12-07, eighteenth session, h100-2026-12-07-i/triton-fwd-out-fp32.txt, one sample, %
+# of the variant's SOL): 4096x8192 bf16 93 -> 95%, 4096x16384 bf16 90 -> 93% (two held chunks 92%, one-row held 91%).
 # With out wider than x (fp16/bf16 in, fp32 out), two things measured the other way round (triton_residual_probe.py
 # --out-dtype float32, same run, triton-out-fp32.txt, % of the same-bytes SOL; no residual): resident rows load weight
 # and bias with the rows (affine_first: 4096x4096 bf16 -> fp32 96 -> 105-106%), and (8192, 16384] keeps one row a
@@ -285,20 +282,6 @@ def load_tuned_configs(path: str) -> int:
     return len(loaded)
 
 
-def head_tail_split(hidden: int) -> tuple[int, int] | None:
-    """(head, tail), two powers of two covering a row of ``hidden`` elements, where padding the row to one power of
-    two would leave more than a quarter of it idle (N = 5000: 4096 + 1024; rows of at least 1024); else None. The
-    forward's resident rows take it (FwdConfig.tail_n); the backward's is an opt-in (BwdConfig.tail_n).
-
-    >>> head_tail_split(5000), head_tail_split(6144), head_tail_split(7000), head_tail_split(1000)
-    ((4096, 1024), (4096, 2048), None, None)
-    """
-    padded = _next_power_of_2(hidden)
-    head = padded // 2
-    tail = _next_power_of_2(hidden - head) if hidden > head else 0
-    return (head, tail) if hidden >= 1024 and head + tail < padded else None
-
-
 @functools.lru_cache(maxsize=1024)
 def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave: bool = False,
                wide_out: bool = False) -> FwdConfig:
@@ -332,11 +315,11 @@ l2_hints=False, held_chunks=0)
     FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True, \
 l2_hints=False, held_chunks=0)
     >>> fwd_config(8192, torch.bfloat16, wide_out=True)
-    FwdConfig(block_m=1, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
+    FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
 l2_hints=True, held_chunks=0)
     >>> fwd_config(4096, torch.bfloat16, wide_out=True).affine_first, fwd_config(16384, torch.bfloat16, wide_out=True)
-    (True, FwdConfig(block_m=1, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, \
-affine_first=False, l2_hints=True, held_chunks=0))
+    (True, FwdConfig(block_m=2, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, \
+affine_first=False, l2_hints=True, held_chunks=1))
     """
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
@@ -351,17 +334,18 @@ def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed
                        wide_out: bool = False) -> FwdConfig:
     streamed_16bit = streamed and dtype != torch.float32 and not residual
     row_blocks = streamed_16bit and not wide_out
+    if streamed_16bit and wide_out and FWD_ROW_BLOCK_16BIT[0] < hidden <= FWD_ROW_BLOCK_16BIT[1]:
+        # fp32 out from 16-bit x (the comment below FWD_HELD_16BIT): two rows a program in 4096-element chunks, the
+        # first held in registers through both passes.
+        return FwdConfig(block_m=2, block_n=4096, num_warps=8, chunked=True, held_chunks=1)
     if streamed_16bit and FWD_STREAMED_16BIT[0] < hidden <= FWD_STREAMED_16BIT[1]:
-        # One row per program in two passes over 4096-element chunks (the second from L1/L2); 1024-element chunks
-        # when 4096-element ones would leave most of the last chunk idle (N = 5000); else, out in x's dtype, two
-        # rows a program in one 8192-element chunk (FWD_STREAMED_16BIT's comment). Not with a residual: both passes
-        # would read x and r (measured resident there, 94-95% at 4096x8192).
-        block_n, num_warps = 4096, 8
-        if -hidden % block_n > block_n // 2:
-            block_n, num_warps = 1024, 4
-        elif row_blocks:
-            return FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True)
-        return FwdConfig(block_m=1, block_n=block_n, num_warps=num_warps, chunked=True)
+        # One row per program in two passes over 1024-element chunks (the second from L1/L2) where 4096-element ones
+        # would leave most of the last chunk idle (N = 5000); else two rows a program in one 8192-element chunk
+        # (FWD_STREAMED_16BIT's comment; for fp32 out, the comment below FWD_HELD_16BIT). Not with a residual: both
+        # passes would read x and r (measured resident there, 94-95% at 4096x8192).
+        if -hidden % 4096 > 2048:
+            return FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True)
+        return FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True)
     if dtype != torch.float32 and residual and FWD_STREAMED_16BIT[1] < hidden <= FWD_RESIDUAL_RESIDENT_16BIT:
         return FwdConfig(block_m=1, block_n=_next_power_of_2(hidden), num_warps=16, chunked=False)
     if row_blocks and FWD_ROW_BLOCK_16BIT[0] < hidden <= FWD_ROW_BLOCK_16BIT[1]:
@@ -372,9 +356,9 @@ def _ladder_fwd_config(hidden: int, dtype: torch.dtype, residual: bool, streamed
     padded = _next_power_of_2(hidden)
     if not chunked or padded <= block_n:
         # A whole row per program step; wide fp32 rows land here with the 2x-N entry.
-        split = head_tail_split(hidden)
-        if split is not None:  # hold a head + tail instead of the padded row
-            head, tail = split
+        head = padded // 2
+        tail = _next_power_of_2(hidden - head) if hidden > head else 0
+        if hidden >= 1024 and head + tail < padded:  # > 25% padding: hold a head + tail instead (N = 5000: 4096 + 1024)
             _, block_m, _, num_warps, _, _ = _ladder_row(_FWD_LADDER, head, dtype)
             return FwdConfig(block_m=block_m, block_n=head, num_warps=num_warps, chunked=False, tail_n=tail)
         return FwdConfig(block_m=block_m, block_n=padded, num_warps=num_warps, chunked=False)
@@ -914,9 +898,8 @@ def _layernorm_bwd_resident_kernel(
     IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
     ROW_ALIGN: tl.constexpr, SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr = False,
     REREAD: tl.constexpr = False, NUM_STAGES: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
-    TAIL_N: tl.constexpr = 0, COLUMN_BLOCK_M: tl.constexpr = 0, COLUMN_BLOCK_N: tl.constexpr = 0,
-    COLUMN_DW: tl.constexpr = False, COLUMN_DB: tl.constexpr = False, SUM_BLOCK_P: tl.constexpr = 0,
-    SUM_BLOCK_N: tl.constexpr = 0,
+    COLUMN_BLOCK_M: tl.constexpr = 0, COLUMN_BLOCK_N: tl.constexpr = 0, COLUMN_DW: tl.constexpr = False,
+    COLUMN_DB: tl.constexpr = False, SUM_BLOCK_P: tl.constexpr = 0, SUM_BLOCK_N: tl.constexpr = 0,
 ):
     """Persistent: program p handles row tiles p, p + P, ...; its dw/db partials stay in registers until the end,
     then go to partial row p. SHARED_PARTIALS (P = 2 x partial_rows at most): programs p and p + partial_rows add
@@ -939,10 +922,7 @@ def _layernorm_bwd_resident_kernel(
     partial rows are written, adds 1 to Counter[0] (release); each sum program waits until Counter[0] counts every
     row program (acquire), counts its departure on Counter[1], and the last to leave sets both back to 0 for the next
     launch (``_await_row_programs``). The sum programs wait only for programs of lower index, dispatched before
-    them, so the grid never waits on a program that cannot start; the row programs never wait.
-
-    TAIL_N > 0 (``BwdConfig.tail_n``): a row is BLOCK_N head columns plus TAIL_N tail columns (two tiles, one row
-    sum over both)."""
+    them, so the grid never waits on a program that cannot start; the row programs never wait."""
     # Aligned before the branch: a variable may not change type inside one.
     stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
@@ -962,7 +942,7 @@ def _layernorm_bwd_resident_kernel(
                                stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
                                pid, row_programs, N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS,
                                HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES,
-                               PREFETCH, TAIL_N)
+                               PREFETCH)
     elif SUM_BLOCK_N > 0:
         SUM_PROGRAMS: tl.constexpr = (N + SUM_BLOCK_N - 1) // SUM_BLOCK_N
         row_programs = tl.num_programs(0) - SUM_PROGRAMS
@@ -975,7 +955,7 @@ def _layernorm_bwd_resident_kernel(
                                stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows,
                                pid, row_programs, N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS,
                                HAS_DRESIDUAL, STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES,
-                               PREFETCH, TAIL_N)
+                               PREFETCH)
             # Every thread's stores and atomic adds of the partial rows come before the barrier, and the barrier
             # before the one release add (Triton runs a scalar atomic in one thread of the program): the sum
             # programs that see the count see the rows.
@@ -985,7 +965,7 @@ def _layernorm_bwd_resident_kernel(
         _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, stride_dy_row,
                            stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows, partial_rows, pid,
                            tl.num_programs(0), N, BLOCK_M, BLOCK_N, HAS_W, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL,
-                           STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES, PREFETCH, TAIL_N)
+                           STORE_DRESIDUAL_IN, SHARED_PARTIALS, L2_HINTS, REREAD, NUM_STAGES, PREFETCH)
 
 
 @triton.jit
@@ -995,12 +975,11 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
                        HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
                        IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
                        SHARED_PARTIALS: tl.constexpr, L2_HINTS: tl.constexpr, REREAD: tl.constexpr,
-                       NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr = False, TAIL_N: tl.constexpr = 0):
+                       NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr = False):
     """The resident backward's row tiles pid, pid + row_programs, ... (strides already aligned): see
-    _layernorm_bwd_resident_kernel. PREFETCH (not with REREAD, NUM_STAGES > 1 or TAIL_N): each iteration first
-    loads the next tile's x, dy, mean and rstd (masked off past the last tile), then computes on the ones loaded by
-    the iteration before. TAIL_N > 0: the columns past BLOCK_N are a second tile of TAIL_N columns, with their own
-    weight and accumulators."""
+    _layernorm_bwd_resident_kernel. PREFETCH (not with REREAD or NUM_STAGES > 1): each iteration first loads the
+    next tile's x, dy, mean and rstd (masked off past the last tile), then computes on the ones loaded by the
+    iteration before."""
     ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     cols = tl.arange(0, BLOCK_N)
@@ -1011,16 +990,6 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
         w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
     dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # The tail (TAIL_N > 0; a one-column stand-in otherwise, never loaded or stored).
-    TAIL_COLS: tl.constexpr = TAIL_N if TAIL_N > 0 else 1
-    tail_cols = BLOCK_N + tl.arange(0, TAIL_COLS)
-    tail_ok = tail_cols < N
-    if REREAD or TAIL_N == 0:
-        w_tail = 0.0
-    else:
-        w_tail = _load_affine(W, tail_cols, N, AFFINE_EVICTION) if HAS_W else 0.0
-    dw_tail = tl.zeros((BLOCK_M, TAIL_COLS), dtype=tl.float32)
-    db_tail = tl.zeros((BLOCK_M, TAIL_COLS), dtype=tl.float32)
     if PREFETCH:
         block_rows = tl.arange(0, BLOCK_M)
         row_idx = pid * BLOCK_M + block_rows
@@ -1044,71 +1013,23 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
                                                   cols, col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc,
                                                   db_acc, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
     else:
-        dw_acc, db_acc, dw_tail, db_tail = _bwd_tile_loop(
-            DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row,
-            stride_dres_in_row, rows, pid, row_programs, w, cols, col_ok, dw_acc, db_acc, w_tail, tail_cols, tail_ok,
-            dw_tail, db_tail, N, BLOCK_M, HAS_W, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN,
-            L2_HINTS, REREAD, NUM_STAGES, TAIL_N)
+        dw_acc, db_acc = _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, stride_x_row,
+                                        stride_dx_row, stride_dres_row, stride_dres_in_row, rows, pid, row_programs,
+                                        w, cols, col_ok, dw_acc, db_acc, N, BLOCK_M, HAS_W, NEED_DW, NEED_DB, IS_RMS,
+                                        HAS_DRESIDUAL, STORE_DRESIDUAL_IN, L2_HINTS, REREAD, NUM_STAGES)
     _store_partials(DW_partial, DB_partial, pid % partial_rows, cols, col_ok, dw_acc, db_acc, N, NEED_DW, NEED_DB,
                     SHARED_PARTIALS)
-    if TAIL_N > 0:
-        _store_partials(DW_partial, DB_partial, pid % partial_rows, tail_cols, tail_ok, dw_tail, db_tail, N, NEED_DW,
-                        NEED_DB, SHARED_PARTIALS)
-
-
-@triton.jit
-def _bwd_part_sums(DY, X, Mean, Rstd, W, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols, col_ok, dw_acc,
-                   db_acc, N: tl.constexpr, HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-                   IS_RMS: tl.constexpr, REREAD: tl.constexpr, AFFINE_EVICTION: tl.constexpr,
-                   EVICTION: tl.constexpr):
-    """The first half of a resident row tile's step for one column part (the whole row, or its head or tail,
-    ``_bwd_tile_loop``): the part's dy, xhat, g and rstd, its row sums of g * xhat and of g (0 for RMSNorm), and
-    the accumulators, to which REREAD adds the part's dy * xhat and dy now (the second read then only writes dx).
-    ``w``: the part's weight columns (REREAD: loaded here instead)."""
-    if REREAD:
-        w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
-    dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols,
-                                       col_ok, HAS_W, IS_RMS, EVICTION)
-    if REREAD:
-        if NEED_DW:
-            dw_acc += dy * xhat
-        if NEED_DB:
-            db_acc += dy
-    sum_gx = tl.sum(g * xhat, axis=1)
-    sum_g = 0.0 if IS_RMS else tl.sum(g, axis=1)
-    return dy, xhat, g, rstd, sum_gx, sum_g, dw_acc, db_acc
-
-
-@triton.jit
-def _bwd_part_store(DY, X, Mean, Rstd, W, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row,
-                    stride_dres_row, stride_dres_in_row, row_idx, row_ok, cols, col_ok, dy, xhat, g, rstd, mean_gx,
-                    mean_g, dw_acc, db_acc, N: tl.constexpr, HAS_W: tl.constexpr, NEED_DW: tl.constexpr,
-                    NEED_DB: tl.constexpr, IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr,
-                    STORE_DRESIDUAL_IN: tl.constexpr, REREAD: tl.constexpr, AFFINE_EVICTION: tl.constexpr,
-                    LAST_EVICTION: tl.constexpr, ROW_EVICTION: tl.constexpr):
-    """The second half (``_bwd_part_sums``): with the row's mean(g * xhat) and mean(g), the part's dx written (x
-    and dy read again first with REREAD) and, without REREAD, its dw/db accumulated."""
-    if REREAD:
-        w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
-        dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols,
-                                           col_ok, HAS_W, IS_RMS, LAST_EVICTION)
-    dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
-    return _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols, col_ok, dy,
-                                xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc, NEED_DW and not REREAD,
-                                NEED_DB and not REREAD, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
 
 
 @triton.jit
 def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row,
                    stride_dres_row, stride_dres_in_row, rows, pid, row_programs, w, cols, col_ok, dw_acc, db_acc,
-                   w_tail, tail_cols, tail_ok, dw_tail, db_tail,
                    N: tl.constexpr, BLOCK_M: tl.constexpr, HAS_W: tl.constexpr, NEED_DW: tl.constexpr,
                    NEED_DB: tl.constexpr, IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr,
                    STORE_DRESIDUAL_IN: tl.constexpr, L2_HINTS: tl.constexpr, REREAD: tl.constexpr,
-                   NUM_STAGES: tl.constexpr, TAIL_N: tl.constexpr = 0):
-    """_bwd_resident_rows's row-tile loop without PREFETCH; returns the accumulators (the head's, then the
-    tail's). ``w`` / ``w_tail``: the weight's head / tail columns (unused with REREAD, which loads them per tile).
-    TAIL_N > 0: the row's columns past the head are the ``tail_cols`` tile, in the same row sums."""
+                   NUM_STAGES: tl.constexpr):
+    """_bwd_resident_rows's row-tile loop without PREFETCH; returns the accumulators. ``w``: the weight's columns
+    (unused with REREAD, which loads them per tile)."""
     ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     # Two distinct policies also keep the compiler from merging the two loads of a REREAD tile into one.
@@ -1117,29 +1038,29 @@ def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, strid
     for tile in tl.range(pid, tl.cdiv(rows, BLOCK_M), row_programs, num_stages=NUM_STAGES):
         row_idx = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = row_idx < rows
-        dy, xhat, g, rstd, sum_gx, sum_g, dw_acc, db_acc = _bwd_part_sums(
-            DY, X, Mean, Rstd, W, w, stride_dy_row, stride_x_row, row_idx, row_ok, cols, col_ok, dw_acc, db_acc, N,
-            HAS_W, NEED_DW, NEED_DB, IS_RMS, REREAD, AFFINE_EVICTION, FIRST_EVICTION)
-        if TAIL_N > 0:
-            dy_t, xhat_t, g_t, rstd, tail_gx, tail_g, dw_tail, db_tail = _bwd_part_sums(
-                DY, X, Mean, Rstd, W, w_tail, stride_dy_row, stride_x_row, row_idx, row_ok, tail_cols, tail_ok,
-                dw_tail, db_tail, N, HAS_W, NEED_DW, NEED_DB, IS_RMS, REREAD, AFFINE_EVICTION, FIRST_EVICTION)
-            sum_gx += tail_gx
-            sum_g += tail_g
-        mean_gx = sum_gx / N
-        mean_g = None if IS_RMS else sum_g / N
-        dw_acc, db_acc = _bwd_part_store(
-            DY, X, Mean, Rstd, W, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row,
-            stride_dres_in_row, row_idx, row_ok, cols, col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dw_acc, db_acc, N,
-            HAS_W, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN, REREAD, AFFINE_EVICTION,
-            LAST_EVICTION, ROW_EVICTION)
-        if TAIL_N > 0:
-            dw_tail, db_tail = _bwd_part_store(
-                DY, X, Mean, Rstd, W, DX, DRES, DRES_IN, stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row,
-                stride_dres_in_row, row_idx, row_ok, tail_cols, tail_ok, dy_t, xhat_t, g_t, rstd, mean_gx, mean_g,
-                dw_tail, db_tail, N, HAS_W, NEED_DW, NEED_DB, IS_RMS, HAS_DRESIDUAL, STORE_DRESIDUAL_IN, REREAD,
-                AFFINE_EVICTION, LAST_EVICTION, ROW_EVICTION)
-    return dw_acc, db_acc, dw_tail, db_tail
+        if REREAD:
+            tile_w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+        else:
+            tile_w = w
+        dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tile_w, stride_dy_row, stride_x_row, row_idx, row_ok,
+                                           cols, col_ok, HAS_W, IS_RMS, FIRST_EVICTION)
+        if REREAD:
+            if NEED_DW:
+                dw_acc += dy * xhat
+            if NEED_DB:
+                db_acc += dy
+        mean_gx = tl.sum(g * xhat, axis=1) / N
+        mean_g = None if IS_RMS else tl.sum(g, axis=1) / N
+        if REREAD:
+            tile_w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
+            dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tile_w, stride_dy_row, stride_x_row, row_idx, row_ok,
+                                               cols, col_ok, HAS_W, IS_RMS, LAST_EVICTION)
+        dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
+        dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok, cols,
+                                              col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc, db_acc,
+                                              NEED_DW and not REREAD, NEED_DB and not REREAD, IS_RMS,
+                                              HAS_DRESIDUAL, STORE_DRESIDUAL_IN)
+    return dw_acc, db_acc
 
 
 @triton.jit
@@ -1653,9 +1574,6 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     to dx. dresidual_in (M, N) or None: a second copy of dx in another dtype (the residual input's gradient)."""
     rows, hidden = x.shape
     cfg = config or bwd_config(hidden, x.dtype, rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS)
-    if not cfg.chunked and cfg.block_n + cfg.tail_n < hidden:
-        raise ValueError(f"a resident backward config must cover the row: block_n + tail_n ({cfg.block_n} + "
-                         f"{cfg.tail_n}) is below its {hidden} elements: {cfg}")
     plan = bwd_plan(rows, hidden, cfg, _program_slots(x.device), shrink_rows=config is None)
     # Few rows, about one fp32 partial row each: no partial rows; dw/db are summed straight from the rows, by the
     # same launch's last programs while the others write dx (H100, 2026-11-25, eighth session, fwd+bwd ms, separate
@@ -1718,7 +1636,7 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
             *(weight_grads if fused_from_rows or counter is not None else (None, None)), counter, *residual_args[2:],
             plan.partial_rows, N=hidden, BLOCK_M=plan.block_m, BLOCK_N=cfg.block_n, ROW_ALIGN=row_align,
             SHARED_PARTIALS=plan.shared_partials, L2_HINTS=cfg.l2_hints, REREAD=cfg.reread,
-            NUM_STAGES=cfg.stages, PREFETCH=cfg.prefetch, TAIL_N=cfg.tail_n, **flags, **column_flags, **sum_flags,
+            NUM_STAGES=cfg.stages, PREFETCH=cfg.prefetch, **flags, **column_flags, **sum_flags,
         )
     if from_rows:
         if not fused_from_rows:

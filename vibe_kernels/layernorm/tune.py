@@ -66,9 +66,8 @@ def fwd_candidates(hidden: int, dtype: torch.dtype) -> list[FwdConfig]:
 
 def bwd_candidates(hidden: int, dtype: torch.dtype, max_programs_per_sm: int | None = None) -> list[BwdConfig]:
     """The heuristic's config first, then persistent resident tiles (rows of up to 8192 elements: held in
-    registers, with and without a pipelined row loop, and as a head + tail where the padding would waste more than
-    a quarter of the lanes; 16-bit rows up to MAX_RESIDENT_BWD: loaded twice) and, for wide rows, the chunked
-    path's tiles.
+    registers, with and without a pipelined row loop; 16-bit rows up to MAX_RESIDENT_BWD: loaded twice) and, for
+    wide rows, the chunked path's tiles.
     ``max_programs_per_sm`` drops the resident tiles with more programs per SM (the heuristic stays first, as the
     reference): one per SM keeps the dw/db workspace within SMs x N x 8 bytes."""
     padded = triton.next_power_of_2(hidden)
@@ -83,14 +82,6 @@ def bwd_candidates(hidden: int, dtype: torch.dtype, max_programs_per_sm: int | N
     elif padded <= _triton.MAX_RESIDENT_BWD and dtype != torch.float32:  # one row a program, loaded twice
         for warps, stages in itertools.product((16, 32), (1, 2)):
             candidates.append(BwdConfig(1, padded, warps, False, 1, reread=True, stages=stages))
-    split = _triton.head_tail_split(hidden)
-    if split is not None and padded <= 8192:
-        # rows far from a power of two as a head + a tail (BwdConfig.tail_n: N = 5000 as 4096 + 1024): fewer idle
-        # lanes a thread, so room for deeper pipelines
-        head, tail = split
-        for rows, warps, stages in itertools.product((1, 2), (8, 16, 32), (1, 3, 4)):
-            if 4 <= rows * (head + tail) // (32 * warps) <= 16:
-                candidates.append(BwdConfig(rows, head, warps, False, 1, stages=stages, tail_n=tail))
     if padded >= 8192:
         for rows, chunk, warps, per_sm in itertools.product((2, 4), (512, 1024, 2048), (4, 8), (2, 4)):
             if chunk <= padded and 4 <= rows * chunk // (32 * warps) <= 32:
