@@ -30,11 +30,12 @@
 #                                           # candidates, 32768x32768 re-timed, the rest of probes-d
 #   bash benchmarks/gpu_visit.sh probes-i   # the eighteenth session's: GPU tests of its defaults, the fp32-out
 #                                           # feature bench, ragged clustered rows against clusters of any size
+#   bash benchmarks/gpu_visit.sh probes-j   # the fitted clusters as defaults: test_gpu.py, probes at ragged N
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -351,6 +352,22 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
       > "$out/cutedsl-fwd-ragged.txt" 2>> "$out/probes-i.err"
     echo "CuTeDSL forward, ragged wide rows: rc=$?"; cut -c1-400 "$out/cutedsl-fwd-ragged.txt" | tail -5
     tail -5 "$out/probes-i.err"
+    ;;
+  probes-j)
+    # The fitted clusters for ragged rows (config._row_tiling, eighteenth session): the GPU tests of test_gpu.py (its
+    # shapes now include 139264 bf16 and 36864 fp16), the new defaults against the probes' variants at the shapes
+    # probes-i measured, and the 3-CTA persistent forward at 36864 against one cluster a row ("per-row").
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 250 python -m pytest tests/layernorm/test_gpu.py -q -n "${WORKERS:-8}" -p no:cacheprovider -rfEs \
+      > "$out/gpu-tests-j.log" 2>&1
+    echo "tests: rc=$? $(tail -1 "$out/gpu-tests-j.log")"
+    grep -E "^(FAILED|ERROR)" "$out/gpu-tests-j.log" | cut -c1-200 | head -20
+    timeout 150 python benchmarks/cutedsl_bwd_probe.py --shapes 16384x36864xbf16,8192x139264xbf16,8192x151936xbf16,8192x200000xbf16 \
+      --only new,64B --repeat 2 > "$out/cutedsl-bwd-fitted.txt" 2>&1
+    echo "CuTeDSL backward, fitted clusters: rc=$?"; grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-fitted.txt" | tail -16
+    timeout 150 python benchmarks/cutedsl_fwd_probe.py --shapes 16384x36864,8192x139264,8192x151936,8192x200000 \
+      --only rows2,per-row,fitc,late32,t1024late,late+2cta > "$out/cutedsl-fwd-fitted.txt" 2>&1
+    echo "CuTeDSL forward, fitted clusters: rc=$?"; cut -c1-400 "$out/cutedsl-fwd-fitted.txt" | tail -5
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

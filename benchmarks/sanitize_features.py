@@ -7,9 +7,10 @@ its gradient flows through h too.
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --report-api-errors no \\
         python benchmarks/sanitize_features.py [--backends cutedsl,triton] [--set features|rules]
 
-``--set rules``: plain LayerNorm / RMSNorm at the shapes where the eleventh and sixteenth sessions' rules switch
-kernels (the CuTeDSL backward's staged loads and staged statistics, the forward's four-CTA launch bound; Triton's
-two-row blocks at N = 16384 and held two-row blocks at N = 32768), with
+``--set rules``: plain LayerNorm / RMSNorm at the shapes where the eleventh, sixteenth and eighteenth sessions' rules
+switch kernels (the CuTeDSL backward's staged loads and staged statistics, the forward's four-CTA launch bound,
+clusters of any size for ragged rows; Triton's two-row blocks at N = 16384, held two-row blocks at N = 32768 and the
+fp32-out blocks), with
 M above one wave and not a multiple of the CTA's rows. The CuTeDSL backward sums its dw/db columns in its own launch
 (the twelfth session's fused column sum) at every N <= 6144 here: 16-bit staged rows and fp32 prefetched ones.
 
@@ -40,6 +41,12 @@ RULE_CASES = [
     # the sixteenth session's rules: the CuTeDSL backward's staged statistics with the fused column sum above 6144
     # columns (RMSNorm fp16 here, LayerNorm bf16 above), Triton's held two-row blocks at (16384, 32768]
     (300, 8192, torch.float16, torch.float16, True, None), (301, 32768, torch.bfloat16, torch.bfloat16, False, None),
+    # the eighteenth session's: CuTeDSL clusters of the fewest CTAs that cover a ragged row (12 at N = 139264 bf16,
+    # the last ragged; 3 / 5 at 36864, the forward persistent; 13 fp32 vectors of 4), the backward's 8-CTA clusters
+    # at N = 131072 16-bit; Triton's fp32-out two-row blocks at (4096, 16384]
+    (37, 139264, torch.bfloat16, torch.bfloat16, False, None), (301, 36864, torch.float16, torch.float16, False, None),
+    (3, 151936, torch.float32, torch.float32, True, None), (37, 131072, torch.bfloat16, torch.bfloat16, False, None),
+    (301, 12288, torch.bfloat16, torch.float32, False, None), (301, 8192, torch.bfloat16, torch.float32, True, None),
 ]
 
 

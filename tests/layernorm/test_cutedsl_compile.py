@@ -312,6 +312,49 @@ def test_wide_backward_does_not_spill(case):
     assert usage["registers"] * t.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
 
 
+@pytest.mark.parametrize("dtype_name", ["bf16", "fp32"])
+@pytest.mark.parametrize("vec_kind", ["aligned", "scalar"])
+def test_clustered_rows_take_the_fewest_ctas_that_cover_them(dtype_name, vec_kind):
+    """Every CTA of a cluster owns columns, and a ragged row's cluster is the fewest CTAs that cover it at the
+    tiling's vectors a thread (any size up to 16), so a thread never holds more than it would in a full 16-CTA
+    cluster: halving the cluster instead left 4 CTAs of 9 vectors at N = 139264 bf16 (thousands of bytes spilled)."""
+    elem = ELEM_BYTES[dtype_name]
+    for hidden in list(range(8200, cfg.MAX_N + 1, 4104)) + [36864, 139264, 151936, 200000, 65537, 100003, cfg.MAX_N]:
+        vec = 1 if vec_kind == "scalar" else 16 // elem
+        for config in (cfg.fwd_config(hidden, elem, vec, rows=8192), cfg.bwd_config(hidden, elem, vec)):
+            t = config.tiling
+            nvec = -(-hidden // vec)
+            assert 1 <= t.cluster_n <= cfg.MAX_CLUSTER, (hidden, t)
+            assert (t.cluster_n - 1) * t.threads_per_row * t.vecs_per_thread < nvec, (hidden, t)
+            assert nvec <= t.cluster_n * t.threads_per_row * t.vecs_per_thread, (hidden, t)
+            if t.cluster_n > 1:
+                # No fewer vectors a thread would cover the row in this many CTAs.
+                assert t.cluster_n * t.threads_per_row * (t.vecs_per_thread - 1) < nvec, (hidden, t)
+                # At most what a full cluster of 512-thread CTAs needs, or the config's bytes a thread.
+                full = -(-nvec // (cfg.MAX_CLUSTER * cfg.MAX_CTA_THREADS))
+                assert t.vecs_per_thread <= max(full, 64 // (vec * elem)), (hidden, t)
+
+
+@pytest.mark.parametrize("case", [(139264, "bf16"), (200000, "bf16"), (36864, "fp16"), (151936, "fp32")], ids=_id)
+def test_ragged_clustered_rows_compile_without_spills(case):
+    """Clusters of other sizes than powers of two (N = 139264 bf16: 12 CTAs, the last one ragged): both kernels
+    compile with the cluster's shared-memory exchange, without local memory (the halved clusters they replace
+    spilled 1-12 KB a thread)."""
+    hidden, dtype_name = case
+    elem = ELEM_BYTES[dtype_name]
+    vec = _aligned_vec(hidden, dtype_name)
+    fwd = cfg.fwd_config(hidden, elem, vec, rows=8192, affine_bytes=8)
+    bwd = cfg.bwd_config(hidden, elem, vec)
+    assert bwd.tiling.cluster_n > 1 and fwd.tiling.cluster_n > 1
+    for ptx in (launch.compile_fwd(DTYPES[dtype_name], hidden, cutlass.Float32, cutlass.Float32, True, vec, fwd,
+                                   ARCH, keep_ptx=True).__ptx__,
+                launch.compile_bwd(DTYPES[dtype_name], hidden, cutlass.Float32, True, True, vec, bwd, ARCH,
+                                   keep_ptx=True).__ptx__):
+        assert "mapa.shared::cluster" in ptx or "st.async" in ptx or "shared::cluster" in ptx
+        usage = _ptxas_usage(ptx)
+        assert usage["spill_stores"] == 0 and usage["stack"] == 0, usage
+
+
 @pytest.mark.parametrize("hidden", [256, 1024, 4096, 8192, 16384, 32768])
 def test_backward_registers_fit_the_config(hidden):
     """The default backward configs run ctas_per_sm CTAs of num_threads per SM: their registers must allow it,

@@ -215,10 +215,14 @@ def _row_tiling(hidden: int, vec: int, bytes_per_thread: int, elem_bytes: int, m
         # Past the largest cluster, each thread holds more instead.
         cluster_n = min(cluster_n, MAX_CLUSTER)
     vecs_per_thread = _ceil_div(nvec, threads * cluster_n)
-    # Every CTA of the cluster must own at least one column: shrink the cluster if the tail CTA would be empty.
-    while cluster_n > 1 and (cluster_n - 1) * threads * vecs_per_thread * vec >= hidden:
-        cluster_n //= 2
-        vecs_per_thread = _ceil_div(nvec, threads * cluster_n)
+    # Every CTA of the cluster must own at least one column: where the last ones would hold none, the fewest CTAs
+    # that cover the row at this many vectors a thread (a cluster of any size: 12 CTAs of 3 vectors at N = 139264
+    # 16-bit). Halving the cluster instead (until the eighteenth session) left 4 CTAs of 9 vectors a thread there,
+    # which spilled thousands of bytes. Measured (cutedsl_bwd_probe.py / cutedsl_fwd_probe.py "fitc", H100,
+    # 2026-12-07, eighteenth session, h100-2026-12-07-i/probes-i/, % of the add / copy, halved -> fitted): backward
+    # bf16 16384x36864 5 -> 90, 8192 x 139264 / 151936 / 200000 4 / 7 / 3 -> 58 / 62 / 64; forward 20 -> 76, 10 / 20
+    # / 6 -> 30 / 30 / 35.
+    cluster_n = _ceil_div(nvec, threads * vecs_per_thread)
     rows_per_cta = max(1, min_cta_threads // threads)
     return RowTiling(vec, threads, vecs_per_thread, rows_per_cta, cluster_n)
 
@@ -357,8 +361,11 @@ persistent=False)
     four_alone = (late and fits_alone and tiling.num_threads == 256 and elem_bytes == 2 and vec * elem_bytes == 16
                   and not residual and (widest_elem_bytes or elem_bytes) == elem_bytes
                   and tiling.vecs_per_thread * vec * elem_bytes <= 48)
+    # The launch bound not for clusters of other sizes than powers of two (ragged rows, _row_tiling): ptxas spills
+    # under it there (148 bytes at N = 139264 bf16 with fp32 weight and bias); measured without it.
+    two_bound = late and bounded and tiling.cluster_n & (tiling.cluster_n - 1) == 0
     return FwdConfig(tiling, affine_after_stats=late,
-                     min_ctas_per_sm=2 if late and bounded else 4 if four_alone else 0,
+                     min_ctas_per_sm=2 if two_bound else 4 if four_alone else 0,
                      merged_stats=tiling.cluster_n > 1 and fills_tiling,
                      l2_hints=_l2_hints(tiling, hidden, elem_bytes, residual, rows))
 
