@@ -1017,6 +1017,7 @@ def test_persistent_forward_grid(monkeypatch):
     (32768, 32768, 2, 8, 4, False, False),  # 128 KB of weight and bias a row: one cluster a row
     (32768, 65536, 2, 8, 0, False, False), (8192, 262144, 2, 8, 0, False, False),  # no weight or bias
     (32768, 16384, 2, 8, 8, False, False),  # one CTA a row
+    (16384, 36864, 2, 8, 8, False, False),  # a 3-CTA cluster: one cluster a row (measured faster there)
     (8192, 262144, 2, 8, 8, True, False),  # the fused residual
     (4096, 100003, 2, 1, 8, False, False),  # a ragged row (two-pass statistics)
     (256, 65536, 2, 8, 8, False, False), (1, 262144, 2, 8, 8, False, False),  # small M
@@ -1030,6 +1031,6 @@ def test_persistent_forward_rule(rows, hidden, elem, vec, affine, residual, pers
         assert config.merged_stats and config.tiling.cluster_n > 1 and config.tiling.rows_per_cta == 1
         assert not config.affine_after_stats and config.min_ctas_per_sm == 0 and not config.l2_hints
         assert not cfg.fwd_config(hidden, elem, vec, rows=rows, affine_bytes=affine, persistent=False).persistent
-    elif residual or hidden % 8 or hidden == 16384:
+    elif residual or hidden % 8 or hidden in (16384, 36864):
         with pytest.raises(ValueError, match="persistent"):
             cfg.fwd_config(hidden, elem, vec, rows=rows, residual=residual, persistent=True)

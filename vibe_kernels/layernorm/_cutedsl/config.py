@@ -344,7 +344,12 @@ persistent=False)
     bounded = tiling.num_threads == 512 and full_vectors and not residual
     late = many_rows and (fits_alone or bounded)
     fills_tiling = tiling.tile_n * tiling.cluster_n == hidden
-    can_persist = tiling.cluster_n > 1 and fills_tiling and tiling.rows_per_cta == 1 and not residual
+    # Clusters of powers of two only: at N = 36864 16-bit (3 CTAs of 3 vectors, _row_tiling) the persistent kernel
+    # measured 60% of a copy against 79% for one cluster a row (cutedsl_fwd_probe.py "rows2", H100, 2026-12-07,
+    # eighteenth session, h100-2026-12-07-i/probes-j/cutedsl-fwd-fitted.txt).
+    pow2_cluster = tiling.cluster_n & (tiling.cluster_n - 1) == 0
+    can_persist = (tiling.cluster_n > 1 and pow2_cluster and fills_tiling and tiling.rows_per_cta == 1
+                   and not residual)
     if persistent is None:
         persistent = (can_persist and hidden * affine_bytes >= PERSISTENT_MIN_AFFINE_ROW_BYTES
                       and (rows is None or rows > SMALL_M_ROWS))
@@ -363,7 +368,7 @@ persistent=False)
                   and tiling.vecs_per_thread * vec * elem_bytes <= 48)
     # The launch bound not for clusters of other sizes than powers of two (ragged rows, _row_tiling): ptxas spills
     # under it there (148 bytes at N = 139264 bf16 with fp32 weight and bias); measured without it.
-    two_bound = late and bounded and tiling.cluster_n & (tiling.cluster_n - 1) == 0
+    two_bound = late and bounded and pow2_cluster
     return FwdConfig(tiling, affine_after_stats=late,
                      min_ctas_per_sm=2 if two_bound else 4 if four_alone else 0,
                      merged_stats=tiling.cluster_n > 1 and fills_tiling,
