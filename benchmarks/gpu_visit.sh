@@ -31,11 +31,12 @@
 #   bash benchmarks/gpu_visit.sh probes-i   # the eighteenth session's: GPU tests of its defaults, the fp32-out
 #                                           # feature bench, ragged clustered rows against clusters of any size
 #   bash benchmarks/gpu_visit.sh probes-j   # the fitted clusters as defaults: test_gpu.py, probes at ragged N
+#   bash benchmarks/gpu_visit.sh probes-k   # the ragged clustered forward in 8-CTA clusters ("c8"), 36864
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -368,6 +369,15 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     timeout 150 python benchmarks/cutedsl_fwd_probe.py --shapes 16384x36864,8192x139264,8192x151936,8192x200000 \
       --only rows2,per-row,fitc,late32,t1024late,late+2cta > "$out/cutedsl-fwd-fitted.txt" 2>&1
     echo "CuTeDSL forward, fitted clusters: rc=$?"; cut -c1-400 "$out/cutedsl-fwd-fitted.txt" | tail -5
+    ;;
+  probes-k)
+    # The nineteenth session's leads: the ragged clustered forward (fitted 12-13-CTA clusters: 30-35% of a copy) in
+    # 8-CTA clusters of more bytes a thread ("c8": 127 registers, no spills at 139264 / 151936; 200000 spills), and
+    # the 36864 forward's new default (one 3-CTA cluster a row, not persistent) against the persistent kernel.
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 150 python benchmarks/cutedsl_fwd_probe.py --shapes 16384x36864,8192x139264,8192x151936,8192x200000 \
+      --only c8,persist,fitc > "$out/cutedsl-fwd-ragged-c8.txt" 2>&1
+    echo "CuTeDSL forward, ragged rows in 8-CTA clusters: rc=$?"; cut -c1-400 "$out/cutedsl-fwd-ragged-c8.txt" | tail -5
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).
