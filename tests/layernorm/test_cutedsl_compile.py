@@ -335,7 +335,21 @@ def test_clustered_rows_take_the_fewest_ctas_that_cover_them(dtype_name, vec_kin
                 assert t.vecs_per_thread <= max(full, 64 // (vec * elem)), (hidden, t)
 
 
-@pytest.mark.parametrize("case", [(139264, "bf16"), (200000, "bf16"), (36864, "fp16"), (151936, "fp32")], ids=_id)
+def test_backward_keeps_16bit_rows_up_to_131072_in_clusters_of_at_most_8():
+    """16-bit rows the 32-byte tiling would spread over 9-16 CTAs (N in (65536, 131072]) take 64 bytes a thread in
+    clusters of at most 8 CTAs (two fit a GPC), with w and dw/db in shared memory; wider rows, fp32 rows and the fused
+    residual keep their tiling."""
+    for hidden in range(65536 + 8, 131072 + 1, 1016):
+        config = cfg.bwd_config(hidden, 2, 8)
+        assert config.tiling.cluster_n <= 8 and config.column_state_in_smem, (hidden, config)
+        assert config.tiling.vecs_per_thread * 16 <= 64 and config.prefetch, (hidden, config)
+    assert cfg.bwd_config(139264, 2, 8).tiling.cluster_n == 12
+    assert cfg.bwd_config(131072, 2, 8, residual=True).tiling.cluster_n == 16
+    assert cfg.bwd_config(65536 + 4096, 4, 4).tiling.cluster_n > 8
+
+
+@pytest.mark.parametrize("case", [(139264, "bf16"), (200000, "bf16"), (36864, "fp16"), (151936, "fp32"), (70000, "bf16"),
+                                  (100000, "fp16")], ids=_id)
 def test_ragged_clustered_rows_compile_without_spills(case):
     """Clusters of other sizes than powers of two (N = 139264 bf16: 12 CTAs, the last one ragged): both kernels
     compile with the cluster's shared-memory exchange, without local memory (the halved clusters they replace

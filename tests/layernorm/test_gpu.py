@@ -28,7 +28,8 @@ SHAPES = [  # (M, N, dtype)
     (2, 262144, torch.float16),
     (300, 131072, torch.bfloat16),  # CuTeDSL backward: 8-CTA clusters, w and dw/db in shared memory
     (100, 139264, torch.bfloat16),  # CuTeDSL: a 12-CTA cluster (the fewest that cover the row), its last CTA ragged
-    (300, 36864, torch.float16),  # CuTeDSL: 3-CTA clusters (the forward persistent), the backward's 5 ragged
+    (300, 36864, torch.float16),  # CuTeDSL: 3-CTA clusters (one a row forward), the backward's 5 ragged
+    (64, 100000, torch.float16),  # CuTeDSL backward: 7 CTAs of 64 bytes a thread, w and dw/db in shared memory
     (4095, 5000, torch.float16),
     (1, 4096, torch.bfloat16),  # one CTA (CuTeDSL: the fp32 dw/db written directly, no column sum)
     (7, 1024, torch.float32),  # several rows in one CTA, one partial row

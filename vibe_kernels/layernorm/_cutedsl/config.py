@@ -423,16 +423,18 @@ fused_column_sum=False, staged_stats=False)
     if rows is not None and rows < tiling.rows_per_cta:
         # Fewer rows than a CTA holds (M = 1): a CTA of one row, instead of one whose other thread rows idle.
         tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, tiling.threads_per_row)
-    # 16-bit rows the 32-byte tiling spreads over a full 16-CTA cluster (N in (122880, 131072]; narrower rows shrink
-    # to 8 CTAs of more bytes a thread by themselves) take 64 bytes a thread in 8-CTA clusters, with w and dw/db in
-    # shared memory: 16 such clusters run at once (128 SMs) against 7 of 16 CTAs (112 SMs). Measured
-    # (cutedsl_bwd_probe.py "64Bs", H100, 2026-12-07, eighteenth session, h100-2026-12-07-i/cutedsl-bwd-131072.txt,
-    # two samples, % of the add): 16384x131072 bf16 77 / 77 -> 99 / 99. Not measured for fp32 rows (no prefetch
-    # with shared-memory column state there) nor with the fused residual: unchanged.
-    if (tiling.cluster_n == MAX_CLUSTER and bytes_per_thread == 32 and elem_bytes == 2 and not residual
+    # 16-bit rows the 32-byte tiling spreads over more than 8 CTAs (N in (65536, 131072]) take 64 bytes a thread in
+    # clusters of at most 8, with w and dw/db in shared memory: two such clusters fit a GPC, where one of 9-16 CTAs
+    # leaves the rest of it idle (16 clusters of 8 run at once on the H100, 128 SMs, against 7 of 16 CTAs, 112 SMs).
+    # Measured (cutedsl_bwd_probe.py "64Bs", H100, 2026-12-07, eighteenth session, h100-2026-12-07-i/
+    # cutedsl-bwd-131072.txt, two samples, % of the add): 16384x131072 bf16 77 / 77 -> 99 / 99; the 12-13-CTA
+    # clusters of wider ragged rows read 57-64 (probes-j). Below 122880 this is the tiling the cluster halving gave
+    # before the eighteenth session (8 CTAs of 48-64 bytes). Not for fp32 rows (no prefetch with shared-memory column
+    # state there) nor with the fused residual: unmeasured.
+    if (tiling.cluster_n > 8 and bytes_per_thread == 32 and elem_bytes == 2 and not residual
             and column_state_in_smem is None and ctas_per_sm is None):
         wider = _row_tiling(hidden, vec, 64, elem_bytes, max_cta_threads, min_cta_threads)
-        if (wider.cluster_n < tiling.cluster_n and wider.vec * elem_bytes == 16
+        if (wider.cluster_n <= 8 and wider.vec * elem_bytes == 16
                 and BwdConfig(wider, 1, True).smem_bytes() <= BWD_SMEM_BUDGET):
             tiling, column_state_in_smem = wider, True
     column_state_in_smem_given = column_state_in_smem
