@@ -1013,6 +1013,31 @@ def test_persistent_forward_refuses_what_it_cannot_run():
                            residual_dtype=cutlass.BFloat16)
 
 
+def test_occupancy_query_binds_the_primary_context_where_none_is_current(monkeypatch):
+    """Autograd's backward thread may have no current CUDA context when the launcher first asks how many clusters fit
+    at once: the query binds the device's primary context (torch's) first, and leaves a current one alone."""
+    import types
+
+    calls = []
+    ok = object()
+
+    def fake_driver(current: int):
+        return types.SimpleNamespace(
+            CUresult=types.SimpleNamespace(CUDA_SUCCESS=ok),
+            cuCtxGetCurrent=lambda: (ok, current),
+            cuDeviceGet=lambda index: calls.append(("get", index)) or (ok, f"dev{index}"),
+            cuDevicePrimaryCtxRetain=lambda device: calls.append(("retain", device)) or (ok, f"primary-{device}"),
+            cuCtxSetCurrent=lambda ctx: calls.append(("set", ctx)) or (ok,))
+
+    monkeypatch.setattr(launch, "cuda", fake_driver(0))
+    launch._bind_primary_context(1)
+    assert calls == [("get", 1), ("retain", "dev1"), ("set", "primary-dev1")]
+    calls.clear()
+    monkeypatch.setattr(launch, "cuda", fake_driver(0x7F00))
+    launch._bind_primary_context(1)
+    assert calls == []
+
+
 def test_persistent_forward_grid(monkeypatch):
     """One cluster a row up to the clusters resident at once (the occupancy query, else SMs / cluster size); the
     other forward kernels ignore the argument (1)."""

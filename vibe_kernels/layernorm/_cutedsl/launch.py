@@ -362,6 +362,22 @@ def _run(compile_fn, compile_args: tuple, compile_kwargs: dict, tvm_args: tuple,
         compiled(*ptr_args(), cuda.CUstream(stream))
 
 
+def _bind_primary_context(device_index: int) -> None:
+    """Make the device's primary context (torch's) current in this thread if none is. Autograd runs the backward in
+    a thread of its own, where torch's runtime calls need not have bound a context before this driver-level query:
+    it then failed with CUDA_ERROR_INVALID_CONTEXT (a warning in GPU test logs since 2026-11-25) and the launcher fell
+    back to SMs / cluster size, which can exceed the clusters that fit at once. Capture-safe: no synchronization."""
+    err, current = cuda.cuCtxGetCurrent()
+    if err == cuda.CUresult.CUDA_SUCCESS and int(current) != 0:
+        return
+    err, device = cuda.cuDeviceGet(device_index)
+    if err != cuda.CUresult.CUDA_SUCCESS:
+        return
+    err, primary = cuda.cuDevicePrimaryCtxRetain(device)
+    if err == cuda.CUresult.CUDA_SUCCESS:
+        cuda.cuCtxSetCurrent(primary)
+
+
 @functools.lru_cache(maxsize=64)
 def _resident_clusters(device_index: int, cluster_n: int) -> int | None:
     """How many clusters of ``cluster_n`` one-CTA-per-SM CTAs (all of an SM's shared memory each) the GPU runs at
@@ -371,6 +387,7 @@ def _resident_clusters(device_index: int, cluster_n: int) -> int | None:
         from cutlass.utils import HardwareInfo
 
         with torch.cuda.device(device_index), _lock:  # the query compiles a placeholder kernel
+            _bind_primary_context(device_index)
             return int(HardwareInfo(device_index).get_max_active_clusters(cluster_n))
     except Exception as exc:  # noqa: BLE001 - an occupancy query must not break the call
         warnings.warn(f"CuTeDSL layernorm: cluster occupancy query failed ({exc!r}); assuming SMs / cluster size")
