@@ -14,8 +14,6 @@ new: one 512-thread CTA per SM (several rows per CTA for N < 8192 bf16), so at m
      (N = 262144 bf16, N >= 131072 fp32).
 r1: one row a CTA (the default's threads per row); 64B: 64 bytes of x a thread, one row a CTA; 64Bs: that with w and
      dw/db in shared memory (clustered rows only; the default at N in (122880, 131072] 16-bit).
-fitc: ragged clustered rows over the fewest CTAs that cover them at 32 bytes a thread, clusters of any size up to 16
-     (probe_common.fitted_cluster_tiling), one CTA per SM, w and dw/db in shared memory above 32 bytes a thread.
 l2: the current default with L2 eviction policies (x, dy evict_first; w evict_last).
 pf: the current default with the next row tile's loads issued while this one computes (``BwdConfig.prefetch``).
 1s / 1r: clustered rows, one CTA per SM with prefetch, w and dw/db in shared memory / in registers.
@@ -46,10 +44,6 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from probe_common import fitted_cluster_tiling  # noqa: E402
 
 from vibe_kernels.layernorm._cutedsl import config as cfg  # noqa: E402
 
@@ -130,14 +124,6 @@ def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
             one = cfg.BwdConfig(t, 1, column_state_in_smem=smem, prefetch=True)
             if one not in found.values():
                 found[name] = one
-    # Ragged clustered rows over the fewest CTAs that cover them at the default's 32 bytes a thread, clusters of any
-    # size ("fitc": 12 CTAs of 48 bytes at N = 139264 bf16, where the default halves to 4 CTAs of 144 bytes), one CTA
-    # per SM, w and dw/db in shared memory where a thread holds more than 32 bytes, the next row prefetched.
-    fitted = fitted_cluster_tiling(hidden, elem_bytes, vec, 32)
-    if fitted is not None and fitted.cluster_n & (fitted.cluster_n - 1):
-        smem = fitted.vec * fitted.vecs_per_thread * elem_bytes > 32
-        found["fitc"] = cfg.BwdConfig(fitted, 1, column_state_in_smem=smem,
-                                      prefetch=not (smem and elem_bytes == 4))
     # The default's loads staged through shared memory (BwdConfig.stages: cp.async, 2 or 3 tiles in flight), where
     # the kernel takes them (the column state in registers).
     base = found["new"]

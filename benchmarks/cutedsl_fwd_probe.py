@@ -14,9 +14,8 @@ sum); 1024-thread CTAs with 64 bytes of x a thread, merged statistics and weight
 default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on a row, for small M); the default
 with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2"; a one-CTA row split over a
 cluster of two half-size CTAs, weight/bias late: "cl2"; the persistent kernel (``persistent``: weight/bias read once
-into shared memory, the next row's x prefetched): "persist"; ragged clustered rows over the fewest CTAs that cover them
-at the default's bytes a thread, clusters of any size up to 16 ("fitc", probe_common.fitted_cluster_tiling); rows over
-more than 8 CTAs in 8-CTA clusters of more bytes a thread ("c8").
+into shared memory, the next row's x prefetched): "persist"; rows over more than 8 CTAs in 8-CTA clusters of more bytes
+a thread ("c8").
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -28,7 +27,7 @@ import json
 
 import torch
 
-from probe_common import fitted_cluster_tiling, parse_shape
+from probe_common import parse_shape
 from vibe_kernels.layernorm._cutedsl import config as cfg
 from vibe_kernels.layernorm._cutedsl import launch
 from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
@@ -105,12 +104,6 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8)
                                                min_ctas_per_sm=0, l2_hints=False)
         # The one-cluster-a-row kernel where the default is persistent ("per-row").
         extra["per-row"] = cfg.fwd_config(hidden, elem, vec, rows=rows, affine_bytes=affine_bytes, persistent=False)
-    t = default.tiling
-    fitted = fitted_cluster_tiling(hidden, elem, vec, t.vec * t.vecs_per_thread * elem if t.cluster_n == 1 else 64)
-    if fitted is not None and fitted.cluster_n & (fitted.cluster_n - 1):
-        # No launch bound: at two CTAs per SM (64 registers) ptxas spills 148 bytes at N = 139264 bf16.
-        extra["fitc"] = dataclasses.replace(default, tiling=fitted, merged_stats=False, persistent=False,
-                                            min_ctas_per_sm=0)
     # Rows over more than 8 CTAs in 8-CTA clusters of more bytes a thread, no launch bound ("c8": two such clusters
     # fit a GPC, where one of 9-16 CTAs leaves the rest of it idle; at N = 151936 bf16 the old halved tiling, 8 CTAs
     # of 80 bytes, read 57% of a copy against 30% for the fitted 13-CTA cluster).

@@ -2,7 +2,6 @@
 (GPU time, L2 flushed: the bench's timer) and printing each against the shape's yardstick."""
 import torch
 
-from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
 from vibe_kernels.layernorm.bench import gpu_ms_host_hidden
 
 
@@ -27,19 +26,3 @@ def print_config_times(configs, times, yardstick_ms: float, default) -> None:
         cells = " ".join(f"{ms:.4f} ({100 * yardstick_ms / ms:.0f}%)" for ms in samples)
         print(f"    {cells}  {config}{'  (default)' if config is default else ''}")
 
-
-def fitted_cluster_tiling(hidden: int, elem_bytes: int, vec: int, bytes_per_thread: int):
-    """A clustered row over the fewest 512-thread CTAs that cover it at about ``bytes_per_thread`` of x a thread,
-    clusters of any size up to 16 (3 vectors a thread over 12 CTAs at N = 139264 bf16), where the default tiling
-    halves a cluster whose last CTA would hold no column (4 CTAs of 9 vectors a thread there); None for rows that
-    fit one CTA."""
-    cfg = cutedsl_config
-    nvec = -(-hidden // vec)
-    vecs = max(1, bytes_per_thread // (vec * elem_bytes))
-    threads = 1 << max(0, (-(-nvec // vecs) - 1).bit_length())
-    if threads <= cfg.MAX_CTA_THREADS:
-        return None
-    cluster = min(threads // cfg.MAX_CTA_THREADS, cfg.MAX_CLUSTER)
-    vecs = -(-nvec // (cfg.MAX_CTA_THREADS * cluster))
-    cluster = -(-nvec // (cfg.MAX_CTA_THREADS * vecs))
-    return cfg.RowTiling(vec, cfg.MAX_CTA_THREADS, vecs, 1, cluster)

@@ -218,10 +218,10 @@ def _row_tiling(hidden: int, vec: int, bytes_per_thread: int, elem_bytes: int, m
     # Every CTA of the cluster must own at least one column: where the last ones would hold none, the fewest CTAs
     # that cover the row at this many vectors a thread (a cluster of any size: 12 CTAs of 3 vectors at N = 139264
     # 16-bit). Halving the cluster instead (until the eighteenth session) left 4 CTAs of 9 vectors a thread there,
-    # which spilled thousands of bytes. Measured (cutedsl_bwd_probe.py / cutedsl_fwd_probe.py "fitc", H100,
-    # 2026-12-07, eighteenth session, h100-2026-12-07-i/probes-i/, % of the add / copy, halved -> fitted): backward
-    # bf16 16384x36864 5 -> 90, 8192 x 139264 / 151936 / 200000 4 / 7 / 3 -> 58 / 62 / 64; forward 20 -> 76, 10 / 20
-    # / 6 -> 30 / 30 / 35.
+    # which spilled thousands of bytes. Measured (the probes' "fitc" variants, since removed, H100, 2026-12-07,
+    # eighteenth session, h100-2026-12-07-i/probes-i/, % of the add / copy, halved -> fitted): backward bf16
+    # 16384x36864 5 -> 90, 8192 x 139264 / 151936 / 200000 4 / 7 / 3 -> 58 / 62 / 64; forward 20 -> 76, 10 / 20 / 6
+    # -> 30 / 30 / 35.
     cluster_n = _ceil_div(nvec, threads * vecs_per_thread)
     rows_per_cta = max(1, min_cta_threads // threads)
     return RowTiling(vec, threads, vecs_per_thread, rows_per_cta, cluster_n)
