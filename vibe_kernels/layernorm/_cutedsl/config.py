@@ -11,6 +11,8 @@ rows when one row needs fewer threads than a CTA should have.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 from .._backends import WEIGHT_GRADS_FROM_ROWS_MAX_ROWS
@@ -282,6 +284,8 @@ def rows_class(rows: int) -> tuple:
 PERSISTENT_MIN_AFFINE_ROW_BYTES = 256 * 1024
 
 
+# Cached: the launchers ask for the default config on every call (5-10 µs of rules each time).
+@functools.lru_cache(maxsize=1024)
 def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = None, bytes_per_thread: int | None = None,
                max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MIN_CTA_THREADS,
                residual: bool = False, widest_elem_bytes: int | None = None, affine_bytes: int = 0,
@@ -375,6 +379,8 @@ persistent=False)
                      l2_hints=_l2_hints(tiling, hidden, elem_bytes, residual, rows))
 
 
+# Cached: the launchers ask for the default config on every call (5-10 µs of rules each time).
+@functools.lru_cache(maxsize=1024)
 def bwd_config(hidden: int, elem_bytes: int, vec: int, *, bytes_per_thread: int = 32,
                max_cta_threads: int = MAX_CTA_THREADS, min_cta_threads: int = MAX_CTA_THREADS,
                ctas_per_sm: int | None = None, column_state_in_smem: bool | None = None,
