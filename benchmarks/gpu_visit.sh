@@ -32,7 +32,8 @@
 #                                           # feature bench, ragged clustered rows against clusters of any size
 #   bash benchmarks/gpu_visit.sh probes-j   # the fitted clusters as defaults: test_gpu.py, probes at ragged N
 #   bash benchmarks/gpu_visit.sh probes-k   # the ragged clustered forward in 8-CTA clusters ("c8"), 36864
-#   bash benchmarks/gpu_visit.sh probes-l   # the Triton forward at N >= 65536 in split rows ("s")
+#   bash benchmarks/gpu_visit.sh probes-l   # the Triton split rows at N >= 65536: GPU tests, forward and
+#                                           # backward probes
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -387,6 +388,9 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     # chunked rows: 70 / 67% of a copy at 131072 / 262144 in the eighteenth session's bench; the backward's
     # row-statistics pass then (row group x column chunk) tiles, x and dy read twice).
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 100 python -m pytest tests/layernorm/test_gpu.py -v -p no:cacheprovider -rfEs -k split_rows \
+      > "$out/gpu-tests-split.log" 2>&1
+    echo "split-row GPU tests: rc=$? $(tail -1 "$out/gpu-tests-split.log")"
     timeout 240 python benchmarks/triton_fwd_probe.py --shapes 32768x65536,16384x131072,8192x262144,16384x100000 \
       --configs s16384w16h,s16384w32h,s8192w8p2h,s8192w16h,s16384w16 > "$out/triton-fwd-split.txt" 2>&1
     echo "Triton forward, split rows: rc=$?"; cut -c1-200 "$out/triton-fwd-split.txt" | grep -v "^device" | tail -28

@@ -517,3 +517,73 @@ def test_forward_launch_plans_separate_alignments(check, cuda_gen, backend):
                 bias = torch.randn(hidden, generator=cuda_gen, device="cuda").to(dtype)
                 check.out(layernorm(x, weight, bias, backend=backend), x, weight, bias, 1e-6)
     assert len(plans_module._fwd_plans) == 2 * len(views)
+
+
+@pytest.mark.parametrize("rows, hidden, dtype, block_n, warps, per_sm, variant", [
+    (300, 131072, torch.bfloat16, 16384, 16, 1, "plain"),  # 8 pieces, 16 lanes of 132 SMs: many turns each
+    (300, 131072, torch.bfloat16, 8192, 8, 2, "plain"),  # 16 pieces, two programs an SM
+    (64, 262144, torch.float16, 16384, 16, 1, "plain"),  # 16 pieces, 8 lanes
+    (200, 100000, torch.float16, 16384, 16, 1, "rms"),  # 7 pieces, the last ragged (1696 columns)
+    (257, 65536, torch.float32, 8192, 16, 1, "plain"),  # fp32 rows
+    (100, 131072, torch.bfloat16, 16384, 16, 1, "residual"),  # h = x + r stored, dresidual added to dx
+    (3, 131072, torch.bfloat16, 16384, 16, 1, "plain"),  # fewer rows than lanes: one lane a row
+], ids=str)
+def test_triton_split_rows(check, cuda_gen, rows, hidden, dtype, block_n, warps, per_sm, variant):
+    """Rows split into pieces of one program each (FwdConfig / BwdConfig.split: the pieces' statistics exchanged
+    through global memory, programs waiting on per-lane arrival counters) on a GPU, where the interpreter cannot
+    run them in one launch: out, mean, rstd, dx, dw and db against the fp64 reference, outputs poisoned; a second
+    run gives the same bits (the counters are fresh each launch); the same under CUDA graph capture and replay."""
+    rms, residual = variant == "rms", variant == "residual"
+    x, weight, bias = _inputs(cuda_gen, rows, hidden, dtype)
+    bias = None if rms else bias
+    r = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype) if residual else None
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
+    dres = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype) if residual else None
+    fwd = _triton.FwdConfig(1, block_n, warps, False, programs_per_sm=per_sm, l2_hints=True, split=True)
+    bwd = _triton.BwdConfig(1, block_n // 2, warps, False, per_sm, l2_hints=True, split=True)
+
+    def run():
+        out = torch.full_like(x, float("nan"))
+        h = torch.full_like(x, float("nan")) if residual else None
+        mean = None if rms else torch.full((rows,), float("nan"), device="cuda")
+        rstd = torch.full((rows,), float("nan"), device="cuda")
+        _triton.layernorm_fwd(x, weight, bias, 1e-5, out, mean, rstd, config=fwd, rms=rms, residual=r,
+                              residual_out=h)
+        normed = h if residual else x
+        dx = torch.full_like(x, float("nan"))
+        dw = torch.full_like(weight, float("nan"))
+        db = None if rms else torch.full_like(bias, float("nan"))
+        _triton.layernorm_bwd(dy, normed, weight, mean, rstd, dx, dw, db, config=bwd, rms=rms, dresidual=dres)
+        return [t for t in (out, h, mean, rstd, dx, dw, db) if t is not None]
+
+    first = run()
+    torch.cuda.synchronize()
+    values = dict(zip([n for n, on in (("out", 1), ("h", residual), ("mean", not rms), ("rstd", 1), ("dx", 1),
+                                        ("dw", 1), ("db", not rms)) if on], first))
+    normed = (x.float() + r.float()).to(dtype) if residual else x
+    if residual:
+        assert torch.equal(values["h"], normed)
+    check.out(values["out"], normed, weight, bias, 1e-5, rms=rms)
+    check.stats(values.get("mean"), values["rstd"], normed, 1e-5, rms=rms)
+    check.grads(normed, weight, bias, dy, 1e-5, None if residual else values["dx"], values["dw"], values.get("db"),
+                rms=rms)
+    if residual:  # dx = the normalization's gradient + dresidual: the former checked through a fresh backward
+        plain = torch.full_like(x, float("nan"))
+        _triton.layernorm_bwd(dy, normed, weight, values.get("mean"), values["rstd"], plain, None, None, config=bwd,
+                              rms=rms)
+        check.grads(normed, weight, bias, dy, 1e-5, plain, None, None, rms=rms)
+        torch.testing.assert_close(values["dx"].float(), (plain.float() + dres.float()).to(dtype).float(),
+                                   rtol=0, atol=0.02)
+    again = run()
+    for name, a, b in zip(values, first, again):
+        assert torch.equal(a, b), f"{name}: a second run gave other bits"
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    for t in captured:
+        t.fill_(float("nan"))
+    graph.replay()
+    graph.replay()
+    torch.cuda.synchronize()
+    for name, a, b in zip(values, first, captured):
+        assert torch.equal(a, b), f"{name}: the replayed graph gave other bits"
