@@ -392,10 +392,10 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
       > "$out/gpu-tests-split.log" 2>&1
     echo "split-row GPU tests: rc=$? $(tail -1 "$out/gpu-tests-split.log")"
     timeout 240 python benchmarks/triton_fwd_probe.py --shapes 32768x65536,16384x131072,8192x262144,16384x100000 \
-      --configs s16384w16h,s16384w32h,s8192w8p2h,s8192w16h,s16384w16 > "$out/triton-fwd-split.txt" 2>&1
+      --configs s8192w16h,s8192w8p2h,s16384w32h,s16384w16h,s8192w16 > "$out/triton-fwd-split.txt" 2>&1
     echo "Triton forward, split rows: rc=$?"; cut -c1-200 "$out/triton-fwd-split.txt" | grep -v "^device" | tail -28
     timeout 240 python benchmarks/triton_bwd_probe.py --shapes 32768x65536,16384x131072,8192x262144 \
-      --configs 1x8192w16p1d,1x4096w8p2d,1x4096w16p1d > "$out/triton-bwd-split.txt" 2>&1
+      --configs 1x4096w16p1d,1x8192w16p1d,1x2048w8p2d > "$out/triton-bwd-split.txt" 2>&1
     echo "Triton backward, split rows: rc=$?"; cut -c1-200 "$out/triton-bwd-split.txt" | grep -v "^device" | tail -24
     ;;
   features)

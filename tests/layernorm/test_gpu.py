@@ -520,13 +520,16 @@ def test_forward_launch_plans_separate_alignments(check, cuda_gen, backend):
 
 
 @pytest.mark.parametrize("rows, hidden, dtype, block_n, warps, per_sm, variant", [
-    (300, 131072, torch.bfloat16, 16384, 16, 1, "plain"),  # 8 pieces, 16 lanes of 132 SMs: many turns each
-    (300, 131072, torch.bfloat16, 8192, 8, 2, "plain"),  # 16 pieces, two programs an SM
-    (64, 262144, torch.float16, 16384, 16, 1, "plain"),  # 16 pieces, 8 lanes
+    (300, 131072, torch.bfloat16, 16384, 16, 1, "plain"),  # 8 pieces (16 backward), 16 lanes (8): many turns each
+    (64, 262144, torch.float16, 16384, 16, 1, "plain"),  # 16 pieces (32), 8 lanes (4)
     (200, 100000, torch.float16, 16384, 16, 1, "rms"),  # 7 pieces, the last ragged (1696 columns)
     (257, 65536, torch.float32, 8192, 16, 1, "plain"),  # fp32 rows
     (100, 131072, torch.bfloat16, 16384, 16, 1, "residual"),  # h = x + r stored, dresidual added to dx
     (3, 131072, torch.bfloat16, 16384, 16, 1, "plain"),  # fewer rows than lanes: one lane a row
+    (300, 131072, torch.bfloat16, 4096, 4, 2, "plain"),  # 32 pieces (64), two programs an SM
+    # Two programs an SM asked, one resident (the backward's 185 registers of 256 threads): the lanes past the
+    # resident ones start as earlier lanes finish (blocks dispatch in index order), slower but no deadlock.
+    (300, 131072, torch.bfloat16, 8192, 8, 2, "plain"),
 ], ids=str)
 def test_triton_split_rows(check, cuda_gen, rows, hidden, dtype, block_n, warps, per_sm, variant):
     """Rows split into pieces of one program each (FwdConfig / BwdConfig.split: the pieces' statistics exchanged

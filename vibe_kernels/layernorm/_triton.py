@@ -811,27 +811,49 @@ def _split_piece_stats(x, piece_ok, piece_count, IS_RMS: tl.constexpr):
 
 
 @triton.jit
-def _split_publish(Partials, Arrivals, slot, piece, lane, first, second, PIECES_PAD: tl.constexpr,
-                   PHASE: tl.constexpr):
+def _split_slot(lane, row, turn, PHASE: tl.constexpr):
+    """The statistics slot (and, in one launch, the arrival counter) of a split row: the lane's row number ``turn``
+    (0-based) takes slot turn % 4 of the lane's four on a GPU (PHASE 0); under the interpreter a slot a row. Four:
+    a program publishes row t + 1 before it reads row t's statistics, so a slot is reused (row t + 4) only after
+    every peer has published row t + 2, and each peer reads row t's statistics before it publishes t + 2."""
+    if PHASE == 0:
+        slot = lane * 4 + turn % 4
+    else:
+        slot = row
+    return slot
+
+
+@triton.jit
+def _split_publish(Partials, Arrivals, slot, piece, first, second, PIECES_PAD: tl.constexpr, PHASE: tl.constexpr):
     """A split row's piece (``_layernorm_fwd_split_kernel``): stores the piece's two statistics ``first`` and
-    ``second`` in ``Partials`` [slot, piece] and, in one launch (PHASE 0), counts its arrival on Arrivals[lane]:
+    ``second`` in ``Partials`` [slot, piece] and, in one launch (PHASE 0), counts its arrival on Arrivals[slot]:
     every thread's stores come before the barrier, the barrier before the one release add (one thread runs a scalar
     atomic), so a peer that sees the count sees the statistics."""
     tl.store(Partials + (slot * PIECES_PAD + piece) * 2, first)
     tl.store(Partials + (slot * PIECES_PAD + piece) * 2 + 1, second)
     if PHASE == 0:
         tl.debug_barrier()
-        tl.atomic_add(Arrivals + lane, 1, sem="release", scope="gpu")
+        tl.atomic_add(Arrivals + slot, 1, sem="release", scope="gpu")
 
 
 @triton.jit
-def _split_await(Arrivals, lane, turn, PIECES: tl.constexpr):
-    """Waits (acquire) until the lane's PIECES programs have all arrived for its row number ``turn`` (0-based), so
-    that their statistics are visible. Polls with an acquire add of 0 (see ``_await_row_programs``)."""
-    target = (turn + 1) * PIECES
-    arrived = tl.atomic_add(Arrivals + lane, 0, sem="acquire", scope="gpu")
+def _split_await(Arrivals, slot, turn, PIECES: tl.constexpr):
+    """Waits (acquire) until Arrivals[slot] counts the lane's PIECES programs for its row number ``turn`` (the
+    slot's turn // 4 + 1-th row), so that their statistics are visible. A peer's arrival for the slot's next row
+    (turn + 4) cannot come first: it publishes that row only after every peer has published turn + 2. Polls with an
+    acquire add of 0 (see ``_await_row_programs``)."""
+    target = (turn // 4 + 1) * PIECES
+    arrived = tl.atomic_add(Arrivals + slot, 0, sem="acquire", scope="gpu")
     while arrived < target:
-        arrived = tl.atomic_add(Arrivals + lane, 0, sem="acquire", scope="gpu")
+        arrived = tl.atomic_add(Arrivals + slot, 0, sem="acquire", scope="gpu")
+
+
+@triton.jit
+def _split_load(P, row64, stride, cols, rows, N: tl.constexpr, EVICTION: tl.constexpr):
+    """A split row's piece at ``cols`` of row ``row64`` as stored (0 outside the row, all 0 past the last row).
+    (The mask as cols < a scalar bound: the interpreter rejects a mask anded with a scalar condition.)"""
+    return tl.load(P + row64 * stride + cols, mask=cols < tl.where(row64 < rows, N, 0), other=0.0,
+                   eviction_policy=EVICTION)
 
 
 @triton.jit
@@ -861,6 +883,22 @@ def _split_row_stats(Partials, slot, N: tl.constexpr, BLOCK_N: tl.constexpr, PIE
 
 
 @triton.jit
+def _split_fwd_input(x_raw, r_raw, H, row64, stride_h_row, cols, rows, N: tl.constexpr, X_DTYPE: tl.constexpr,
+                     HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr):
+    """A split row's piece to normalize, in fp32, from its loads: x, or h = x + r rounded to x's dtype unless
+    RESIDUAL_IN_FP32, stored through H when STORE_RESIDUAL (nothing past the last row)."""
+    x = x_raw.to(tl.float32)
+    if HAS_RESIDUAL:
+        x += r_raw.to(tl.float32)
+        if not RESIDUAL_IN_FP32:
+            x = x.to(X_DTYPE).to(tl.float32)
+        if STORE_RESIDUAL:
+            tl.store(H + row64 * stride_h_row + cols, x.to(H.dtype.element_ty),
+                     mask=cols < tl.where(row64 < rows, N, 0))
+    return x
+
+
+@triton.jit
 def _layernorm_fwd_split_kernel(
     X, Y, W, B, Mean, Rstd, R, H, Partials, Arrivals,
     stride_x_row, stride_y_row, stride_r_row, stride_h_row, rows, eps,
@@ -870,19 +908,19 @@ def _layernorm_fwd_split_kernel(
     ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False, PHASE: tl.constexpr = 0,
 ):
     """Rows too wide for one program, read once: each row is split into PIECES pieces of BLOCK_N columns, one program
-    each. The grid is lanes x PIECES programs, all resident at once (the launcher sizes it to the SMs); programs
-    lane * PIECES + piece handle piece ``piece`` of rows lane, lane + lanes, ... A program loads its piece (held in
-    registers), publishes the piece's statistics (``_split_piece_stats``) to ``Partials`` and counts its arrival on
-    ``Arrivals[lane]`` (release), loads its piece of the lane's next row, waits (acquire) until the lane's PIECES
-    programs have arrived for this row, combines their statistics (``_split_row_stats``), normalizes its piece and
-    writes it. Partials has two slots per lane, for even and odd rows of the lane: a program can be at most one row
-    ahead of its slowest peer (it waits for that peer's arrival on the row before), so it never overwrites a slot
-    a peer still reads. Arrivals must be zero at launch.
+    each. The grid is lanes x PIECES programs, sized to be resident at once (``_split_grid``); programs
+    lane * PIECES + piece handle piece ``piece`` of rows lane, lane + lanes, ... Each piece's statistics
+    (``_split_piece_stats``) go to a slot of ``Partials`` (``_split_slot``) and the program counts its arrival on
+    the slot's counter (release, ``_split_publish``); a program combines a row's statistics
+    (``_split_row_stats``) once all PIECES have arrived (acquire, ``_split_await``). Pipelined one row ahead, so
+    that the exchange is off the critical path: with row t's piece held in registers, a program publishes row
+    t + 1's statistics and issues row t + 2's loads, and only then waits for row t's peers, normalizes its piece of
+    row t and writes it. Arrivals (four a lane) must be zero at launch.
 
     PHASE (the interpreter, which runs programs one after another, so a program cannot wait for a later one): 1
     publishes every row's statistics (a slot per row) and stops; 2, a second launch, reads them and normalizes.
-    0 (a GPU) does both in one launch. L2_HINTS: the rows' single read and the output write evict_first; the weight
-    and bias (read again for every row) evict_last."""
+    0 (a GPU) does both in one launch. L2_HINTS: the rows' single read evict_first; the weight and bias (read again
+    for every row) evict_last."""
     ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
@@ -898,38 +936,39 @@ def _layernorm_fwd_split_kernel(
     cols = tl.max_contiguous(tl.multiple_of(cols, BLOCK_N), BLOCK_N)
     piece_ok = cols < N
     piece_count = tl.minimum(N - piece * BLOCK_N, BLOCK_N).to(tl.float32)
-    # The first row's piece; each iteration loads the next row's before it waits.
+    # Prologue: the lane's first row loaded and published, its second row's loads issued.
     row64 = tl.cast(lane, tl.int64)
-    # (Masks as cols < a scalar bound: the interpreter rejects a mask anded with a scalar condition.)
-    load_ok = cols < tl.where(lane < rows, N, 0)
-    x_raw = tl.load(X + row64 * stride_x_row + cols, mask=load_ok, other=0.0, eviction_policy=ROW_EVICTION)
+    x_raw = _split_load(X, row64, stride_x_row, cols, rows, N, ROW_EVICTION)
     r_raw = x_raw
     if HAS_RESIDUAL:
-        r_raw = tl.load(R + row64 * stride_r_row + cols, mask=load_ok, other=0.0, eviction_policy=ROW_EVICTION)
+        r_raw = _split_load(R, row64, stride_r_row, cols, rows, N, ROW_EVICTION)
+    x = _split_fwd_input(x_raw, r_raw, H, row64, stride_h_row, cols, rows, N, X.dtype.element_ty, HAS_RESIDUAL,
+                         STORE_RESIDUAL and PHASE != 2, RESIDUAL_IN_FP32)
+    if PHASE != 2 and lane < rows:
+        piece_mean, piece_sq = _split_piece_stats(x, piece_ok, piece_count, IS_RMS)
+        _split_publish(Partials, Arrivals, _split_slot(lane, lane, 0, PHASE), piece, piece_mean, piece_sq,
+                       PIECES_PAD, PHASE)
+    x_raw = _split_load(X, row64 + lanes, stride_x_row, cols, rows, N, ROW_EVICTION)
+    if HAS_RESIDUAL:
+        r_raw = _split_load(R, row64 + lanes, stride_r_row, cols, rows, N, ROW_EVICTION)
     turn = 0
     for row in range(lane, rows, lanes):
         row64 = tl.cast(row, tl.int64)
-        x = x_raw.to(tl.float32)
-        if HAS_RESIDUAL:
-            x += r_raw.to(tl.float32)
-            if not RESIDUAL_IN_FP32:
-                x = x.to(X.dtype.element_ty).to(tl.float32)
-            if STORE_RESIDUAL and PHASE != 2:
-                tl.store(H + row64 * stride_h_row + cols, x.to(H.dtype.element_ty), mask=piece_ok)
-        if PHASE == 0:
-            slot = lane * 2 + turn % 2
-        else:
-            slot = row
-        if PHASE != 2:
-            piece_mean, piece_sq = _split_piece_stats(x, piece_ok, piece_count, IS_RMS)
-            _split_publish(Partials, Arrivals, slot, piece, lane, piece_mean, piece_sq, PIECES_PAD, PHASE)
         next64 = row64 + lanes
-        load_ok = cols < tl.where(next64 < rows, N, 0)
-        x_raw = tl.load(X + next64 * stride_x_row + cols, mask=load_ok, other=0.0, eviction_policy=ROW_EVICTION)
+        # Row t + 1: published (its loads were issued an iteration ago); row t + 2: loads issued.
+        x_next = _split_fwd_input(x_raw, r_raw, H, next64, stride_h_row, cols, rows, N, X.dtype.element_ty,
+                                  HAS_RESIDUAL, STORE_RESIDUAL and PHASE != 2, RESIDUAL_IN_FP32)
+        if PHASE != 2 and next64 < rows:
+            piece_mean, piece_sq = _split_piece_stats(x_next, piece_ok, piece_count, IS_RMS)
+            _split_publish(Partials, Arrivals, _split_slot(lane, next64, turn + 1, PHASE), piece, piece_mean,
+                           piece_sq, PIECES_PAD, PHASE)
+        x_raw = _split_load(X, next64 + lanes, stride_x_row, cols, rows, N, ROW_EVICTION)
         if HAS_RESIDUAL:
-            r_raw = tl.load(R + next64 * stride_r_row + cols, mask=load_ok, other=0.0, eviction_policy=ROW_EVICTION)
+            r_raw = _split_load(R, next64 + lanes, stride_r_row, cols, rows, N, ROW_EVICTION)
+        # Row t: its peers awaited, normalized and written.
+        slot = _split_slot(lane, row, turn, PHASE)
         if PHASE == 0:
-            _split_await(Arrivals, lane, turn, PIECES)
+            _split_await(Arrivals, slot, turn, PIECES)
         if PHASE != 1:
             mean, var = _split_row_stats(Partials, slot, N, BLOCK_N, PIECES, PIECES_PAD, IS_RMS)
             rstd = tl.math.rsqrt(var + eps)
@@ -947,8 +986,8 @@ def _layernorm_fwd_split_kernel(
                     tl.store(Mean + row, mean)
                 if STORE_RSTD:
                     tl.store(Rstd + row, rstd)
+        x = x_next
         turn += 1
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Backward kernels
@@ -1403,6 +1442,33 @@ def _sum_partials_kernel(
 
 
 @triton.jit
+def _split_bwd_values(x_raw, dy_raw, w, mean, rstd, piece_ok, HAS_W: tl.constexpr, IS_RMS: tl.constexpr):
+    """A split row's piece in the backward, in fp32: dy, xhat = (x - mean) * rstd (x * rstd for RMSNorm; 0 outside
+    the piece) and g = dy * w."""
+    dy = dy_raw.to(tl.float32)
+    if IS_RMS:
+        xhat = x_raw.to(tl.float32) * rstd
+    else:
+        xhat = tl.where(piece_ok, (x_raw.to(tl.float32) - mean) * rstd, 0.0)
+    if HAS_W:
+        g = dy * w
+    else:
+        g = dy
+    return dy, xhat, g
+
+
+@triton.jit
+def _split_bwd_stats(Mean, Rstd, row64, rows, IS_RMS: tl.constexpr):
+    """A split row's mean and rstd (RMSNorm: rstd twice); past the last row, the last row's (unused)."""
+    stat_row = tl.minimum(row64, rows - 1)
+    rstd = tl.load(Rstd + stat_row)
+    mean = rstd
+    if not IS_RMS:
+        mean = tl.load(Mean + stat_row)
+    return mean, rstd
+
+
+@triton.jit
 def _layernorm_bwd_split_kernel(
     DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, Partials, Arrivals,
     stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows,
@@ -1412,12 +1478,12 @@ def _layernorm_bwd_split_kernel(
     ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False, PHASE: tl.constexpr = 0,
 ):
     """The backward of rows too wide for one program, x and dy read once (the forward's split rows, see
-    ``_layernorm_fwd_split_kernel``: lanes x PIECES resident programs, the same slots, counters and PHASE). Program
-    (lane, piece) holds its piece's weight and dw/db accumulators in registers for all its rows (the columns never
-    change); per row it loads x and dy, publishes the piece's sums of g * xhat and g (g = dy * w), loads the lane's
-    next row, waits for the lane's other pieces, and writes dx = rstd * (g - xhat * mean(g * xhat) - mean(g)). At the
-    end each program writes its accumulators to its columns of partial row ``lane`` (summed over lanes by the
-    next launch, ``sum_partials``). L2_HINTS: x, dy and the residual's gradient (read once) evict_first."""
+    ``_layernorm_fwd_split_kernel``: lanes x PIECES resident programs, the same slots, counters, one-row-ahead
+    pipeline and PHASE). Program (lane, piece) holds its piece's weight and dw/db accumulators in registers for all
+    its rows (the columns never change); per row it publishes the piece's sums of g * xhat and g (g = dy * w), and
+    once the lane's pieces have all arrived writes dx = rstd * (g - xhat * mean(g * xhat) - mean(g)). At the end each
+    program writes its accumulators to its columns of partial row ``lane`` (summed over lanes by the next launch,
+    ``sum_partials``). L2_HINTS: x, dy and the residual's gradient (read once) evict_first."""
     EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
     stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
     stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
@@ -1432,54 +1498,42 @@ def _layernorm_bwd_split_kernel(
     cols = piece * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.max_contiguous(tl.multiple_of(cols, BLOCK_N), BLOCK_N)
     piece_ok = cols < N
+    w = 1.0
     if HAS_W:
         w = tl.load(W + cols, mask=piece_ok, other=0.0).to(tl.float32)
     dw_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    # The first row's piece and statistics; each iteration loads the next row's before it waits. (Masks as cols <
-    # a scalar bound, the statistics' row index clamped: the interpreter rejects a mask anded with a scalar.)
+    # Prologue: the lane's first row loaded and published, its second row's loads issued.
     row64 = tl.cast(lane, tl.int64)
-    load_ok = cols < tl.where(row64 < rows, N, 0)
-    x_raw = tl.load(X + row64 * stride_x_row + cols, mask=load_ok, other=0.0, eviction_policy=EVICTION)
-    dy_raw = tl.load(DY + row64 * stride_dy_row + cols, mask=load_ok, other=0.0, eviction_policy=EVICTION)
-    stat_row = tl.minimum(row64, rows - 1)
-    rstd_next = tl.load(Rstd + stat_row)
-    mean_next = rstd_next
-    if not IS_RMS:
-        mean_next = tl.load(Mean + stat_row)
+    x_raw = _split_load(X, row64, stride_x_row, cols, rows, N, EVICTION)
+    dy_raw = _split_load(DY, row64, stride_dy_row, cols, rows, N, EVICTION)
+    mean, rstd = _split_bwd_stats(Mean, Rstd, row64, rows, IS_RMS)
+    if PHASE != 2 and lane < rows:
+        _, xhat, g = _split_bwd_values(x_raw, dy_raw, w, mean, rstd, piece_ok, HAS_W, IS_RMS)
+        _split_publish(Partials, Arrivals, _split_slot(lane, lane, 0, PHASE), piece, tl.sum(g * xhat, axis=0),
+                       tl.sum(g, axis=0), PIECES_PAD, PHASE)
+    x_next_raw = _split_load(X, row64 + lanes, stride_x_row, cols, rows, N, EVICTION)
+    dy_next_raw = _split_load(DY, row64 + lanes, stride_dy_row, cols, rows, N, EVICTION)
+    mean_next, rstd_next = _split_bwd_stats(Mean, Rstd, row64 + lanes, rows, IS_RMS)
     turn = 0
     for row in range(lane, rows, lanes):
         row64 = tl.cast(row, tl.int64)
-        x = x_raw.to(tl.float32)
-        dy = dy_raw.to(tl.float32)
-        mean, rstd = mean_next, rstd_next
-        if IS_RMS:
-            xhat = x * rstd
-        else:
-            xhat = tl.where(piece_ok, (x - mean) * rstd, 0.0)
-        if HAS_W:
-            g = dy * w
-        else:
-            g = dy
-        if PHASE == 0:
-            slot = lane * 2 + turn % 2
-        else:
-            slot = row
-        if PHASE != 2:
-            _split_publish(Partials, Arrivals, slot, piece, lane, tl.sum(g * xhat, axis=0), tl.sum(g, axis=0),
-                           PIECES_PAD, PHASE)
         next64 = row64 + lanes
-        load_ok = cols < tl.where(next64 < rows, N, 0)
-        x_raw = tl.load(X + next64 * stride_x_row + cols, mask=load_ok, other=0.0, eviction_policy=EVICTION)
-        dy_raw = tl.load(DY + next64 * stride_dy_row + cols, mask=load_ok, other=0.0, eviction_policy=EVICTION)
-        stat_row = tl.minimum(next64, rows - 1)
-        rstd_next = tl.load(Rstd + stat_row)
-        mean_next = rstd_next
-        if not IS_RMS:
-            mean_next = tl.load(Mean + stat_row)
+        # Row t + 1: published (its loads were issued an iteration ago); row t + 2: loads issued.
+        if PHASE != 2 and next64 < rows:
+            _, xhat, g = _split_bwd_values(x_next_raw, dy_next_raw, w, mean_next, rstd_next, piece_ok, HAS_W,
+                                           IS_RMS)
+            _split_publish(Partials, Arrivals, _split_slot(lane, next64, turn + 1, PHASE), piece,
+                           tl.sum(g * xhat, axis=0), tl.sum(g, axis=0), PIECES_PAD, PHASE)
+        x_later_raw = _split_load(X, next64 + lanes, stride_x_row, cols, rows, N, EVICTION)
+        dy_later_raw = _split_load(DY, next64 + lanes, stride_dy_row, cols, rows, N, EVICTION)
+        mean_later, rstd_later = _split_bwd_stats(Mean, Rstd, next64 + lanes, rows, IS_RMS)
+        # Row t: its peers awaited, dx written, dw / db accumulated.
+        slot = _split_slot(lane, row, turn, PHASE)
         if PHASE == 0:
-            _split_await(Arrivals, lane, turn, PIECES)
+            _split_await(Arrivals, slot, turn, PIECES)
         if PHASE != 1:
+            dy, xhat, g = _split_bwd_values(x_raw, dy_raw, w, mean, rstd, piece_ok, HAS_W, IS_RMS)
             sum_gx, sum_g = _split_load_partials(Partials, slot, PIECES, PIECES_PAD)
             mean_gx = tl.sum(sum_gx, axis=0) / N
             if IS_RMS:
@@ -1496,13 +1550,14 @@ def _layernorm_bwd_split_kernel(
                 dw_acc += dy * xhat
             if NEED_DB:
                 db_acc += dy
+        x_raw, dy_raw, mean, rstd = x_next_raw, dy_next_raw, mean_next, rstd_next
+        x_next_raw, dy_next_raw, mean_next, rstd_next = x_later_raw, dy_later_raw, mean_later, rstd_later
         turn += 1
     if PHASE != 1:
         if NEED_DW:
             tl.store(DW_partial + lane * N + cols, dw_acc, mask=piece_ok)
         if NEED_DB:
             tl.store(DB_partial + lane * N + cols, db_acc, mask=piece_ok)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Fast launch: the compiled kernel per specialization, launched without the JIT's per-call argument binding
@@ -1734,13 +1789,13 @@ def _split_grid(cfg, rows: int, hidden: int, device: torch.device) -> tuple[int,
 
 
 def _split_workspace(lanes: int, pieces_pad: int, rows: int, device: torch.device):
-    """A split-row launch's (statistics slots, arrival counters): on a GPU two slots a lane and a zeroed counter a
-    lane (the slots need no zeroing: a piece's slot is written before its lane's count lets it be read); under the
-    interpreter a slot a row and no counters (``_launch_fwd_split``)."""
+    """A split-row launch's (statistics slots, arrival counters): on a GPU four slots a lane (``_split_slot``), each
+    with a zeroed counter (the slots need no zeroing: a piece's statistics are written before its count lets them be
+    read); under the interpreter a slot a row and no counters (``_launch_split``)."""
     if device.type != "cuda":
         return torch.zeros(rows * pieces_pad * 2, dtype=torch.float32, device=device), None
-    return (torch.empty(lanes * 2 * pieces_pad * 2, dtype=torch.float32, device=device),
-            torch.zeros(lanes, dtype=torch.int32, device=device))
+    return (torch.empty(lanes * 4 * pieces_pad * 2, dtype=torch.float32, device=device),
+            torch.zeros(lanes * 4, dtype=torch.int32, device=device))
 
 
 def _launch_split(kernel, cfg, grid: tuple, device: torch.device, args: tuple, constexprs: dict) -> None:
