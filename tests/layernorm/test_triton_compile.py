@@ -531,13 +531,14 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
         for r in results:
             ops = r["counter_ops"]
             if r in split:
-                # Rows split into pieces (FwdConfig.split): per row one arrival (a release add, one thread), and the
-                # acquire polls of its lane's counter: before the wait loop and in it.
+                # Rows split into pieces (FwdConfig / BwdConfig.split): the arrivals (release adds, one thread) of
+                # the lane's first row and, in the row loop, of the row after; the acquire polls of a row's counter,
+                # before the wait loop and in it.
                 assert all(op.startswith("@%p") for op in ops), f"an unpredicated counter access: {ops}"
                 arrivals = [op for op in ops if re.search(r"(red|atom)\.global\.gpu\.release\.add\.u32", op)]
                 polls = [op for op in ops
                          if re.search(r"ld\.global\.gpu\.acquire\.b32|atom\.global\.gpu\.acquire\.add", op)]
-                assert len(arrivals) == 1 and len(polls) == 2 and len(ops) == 3, ops
+                assert len(arrivals) == 2 and len(polls) == 2 and len(ops) == 4, ops
                 piece_bytes = r["constexprs"]["BLOCK_N"] * {"float32": 4}.get(dtype, 2) // (32 * r["num_warps"])
                 assert r["v4_loads"] > 0 or piece_bytes < 16, r  # a piece of 16 bytes a thread or more: v4 loads
                 continue
