@@ -388,14 +388,14 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     # chunked rows: 70 / 67% of a copy at 131072 / 262144 in the eighteenth session's bench; the backward's
     # row-statistics pass then (row group x column chunk) tiles, x and dy read twice).
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    timeout 100 python -m pytest tests/layernorm/test_gpu.py -v -p no:cacheprovider -rfEs -k split_rows \
+    timeout 90 python -m pytest tests/layernorm/test_gpu.py -v -p no:cacheprovider -rfEs -k split_rows \
       > "$out/gpu-tests-split.log" 2>&1
     echo "split-row GPU tests: rc=$? $(tail -1 "$out/gpu-tests-split.log")"
-    timeout 240 python benchmarks/triton_fwd_probe.py --shapes 32768x65536,16384x131072,8192x262144,16384x100000 \
-      --configs s8192w16h,s8192w8p2h,s16384w32h,s16384w16h,s8192w16 > "$out/triton-fwd-split.txt" 2>&1
+    timeout 150 python benchmarks/triton_fwd_probe.py --shapes 32768x65536,16384x131072,8192x262144 \
+      --configs s8192w16h,s8192w8p2h,s16384w32h > "$out/triton-fwd-split.txt" 2>&1
     echo "Triton forward, split rows: rc=$?"; cut -c1-200 "$out/triton-fwd-split.txt" | grep -v "^device" | tail -28
-    timeout 240 python benchmarks/triton_bwd_probe.py --shapes 32768x65536,16384x131072,8192x262144 \
-      --configs 1x4096w16p1d,1x8192w16p1d,1x2048w8p2d > "$out/triton-bwd-split.txt" 2>&1
+    timeout 150 python benchmarks/triton_bwd_probe.py --shapes 32768x65536,16384x131072,8192x262144 \
+      --configs 1x4096w16p1d,1x2048w8p2d > "$out/triton-bwd-split.txt" 2>&1
     echo "Triton backward, split rows: rc=$?"; cut -c1-200 "$out/triton-bwd-split.txt" | grep -v "^device" | tail -24
     ;;
   features)
