@@ -32,13 +32,11 @@
 #                                           # feature bench, ragged clustered rows against clusters of any size
 #   bash benchmarks/gpu_visit.sh probes-j   # the fitted clusters as defaults: test_gpu.py, probes at ragged N
 #   bash benchmarks/gpu_visit.sh probes-k   # the ragged clustered forward in 8-CTA clusters ("c8"), 36864
-#   bash benchmarks/gpu_visit.sh probes-l   # the Triton split rows at N >= 65536: GPU tests, forward and
-#                                           # backward probes
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-l}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -381,22 +379,6 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     timeout 150 python benchmarks/cutedsl_fwd_probe.py --shapes 16384x36864,8192x139264,8192x151936,8192x200000 \
       --only c8,persist > "$out/cutedsl-fwd-ragged-c8.txt" 2>&1
     echo "CuTeDSL forward, ragged rows in 8-CTA clusters: rc=$?"; cut -c1-400 "$out/cutedsl-fwd-ragged-c8.txt" | tail -5
-    ;;
-  probes-l)
-    # The Triton forward and backward at N >= 65536 with rows split into pieces of one program each ("s" / "d":
-    # FwdConfig / BwdConfig.split, statistics exchanged through global memory), against the defaults (two-pass
-    # chunked rows: 70 / 67% of a copy at 131072 / 262144 in the eighteenth session's bench; the backward's
-    # row-statistics pass then (row group x column chunk) tiles, x and dy read twice).
-    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
-    timeout 90 python -m pytest tests/layernorm/test_gpu.py -v -p no:cacheprovider -rfEs -k split_rows \
-      > "$out/gpu-tests-split.log" 2>&1
-    echo "split-row GPU tests: rc=$? $(tail -1 "$out/gpu-tests-split.log")"
-    timeout 150 python benchmarks/triton_fwd_probe.py --shapes 32768x65536,16384x131072,8192x262144 \
-      --configs s8192w16h,s8192w8p2h,s16384w32h > "$out/triton-fwd-split.txt" 2>&1
-    echo "Triton forward, split rows: rc=$?"; cut -c1-200 "$out/triton-fwd-split.txt" | grep -v "^device" | tail -28
-    timeout 150 python benchmarks/triton_bwd_probe.py --shapes 32768x65536,16384x131072,8192x262144 \
-      --configs 1x4096w16p1d,1x2048w8p2d > "$out/triton-bwd-split.txt" 2>&1
-    echo "Triton backward, split rows: rc=$?"; cut -c1-200 "$out/triton-bwd-split.txt" | grep -v "^device" | tail -24
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

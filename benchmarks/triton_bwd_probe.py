@@ -10,8 +10,7 @@ timer).
 
 ``--configs``: more configs to time beside the default, each with and without hints, as ``MxNw<warps>p<per SM>``
 (resident: block_m rows of block_n = N elements), ``MxNw<warps>p<per SM>r`` (resident, x and dy read twice:
-``BwdConfig.reread``), ``MxNw<warps>p<per SM>c`` (chunked: block_m x block_n tiles) or ``1xNw<warps>p<per SM>d``
-(rows split into block_n pieces, one program each: ``BwdConfig.split``), each optionally followed by
+``BwdConfig.reread``) or ``MxNw<warps>p<per SM>c`` (chunked: block_m x block_n tiles), each optionally followed by
 ``s<stages>`` (``BwdConfig.stages``, e.g. ``1x8192w16p1s3``), then ``f`` (resident only: the partial rows'
 column sum in the backward's own launch, ``BwdConfig.fused_sum``, e.g. ``1x8192w16p1s3f``) and then ``x`` (resident,
 one stage, not re-read: the next row tile loaded into registers before this one's reductions, ``BwdConfig.prefetch``,
@@ -93,18 +92,17 @@ def _parse_config(text: str) -> _triton.BwdConfig:
 
     >>> _parse_config("1x8192w16p1s3f")
     BwdConfig(block_m=1, block_n=8192, num_warps=16, chunked=False, programs_per_sm=1, l2_hints=False, \
-reread=False, stages=3, fused_sum=True, prefetch=False, split=False)
+reread=False, stages=3, fused_sum=True, prefetch=False)
     """
-    match = re.fullmatch(r"(\d+)x(\d+)w(\d+)p(\d+)([crd]?)(?:s(\d+))?(f?)(x?)", text)
+    match = re.fullmatch(r"(\d+)x(\d+)w(\d+)p(\d+)([cr]?)(?:s(\d+))?(f?)(x?)", text)
     if match is None:
-        raise SystemExit(f"--configs: {text!r} is not MxNw<warps>p<per SM>[c|r|d][s<stages>][f][x], default+f or "
+        raise SystemExit(f"--configs: {text!r} is not MxNw<warps>p<per SM>[c|r][s<stages>][f][x], default+f or "
                          f"default+x")
     block_m, block_n, warps, per_sm = (int(g) for g in match.groups()[:4])
     try:
         return _triton.BwdConfig(block_m, block_n, warps, match.group(5) == "c", per_sm,
                                  reread=match.group(5) == "r", stages=int(match.group(6) or 1),
-                                 fused_sum=match.group(7) == "f", prefetch=match.group(8) == "x",
-                                 split=match.group(5) == "d")
+                                 fused_sum=match.group(7) == "f", prefetch=match.group(8) == "x")
     except ValueError as exc:  # e.g. fused_sum with chunked tiles
         raise SystemExit(f"--configs: {text!r}: {exc}") from None
 

@@ -4,13 +4,14 @@
     python benchmarks/triton_fwd_probe.py --shapes 4096x16384xfloat16 --configs c8192w8m2h,r1x8192w8h
 
 Configs: ``c<block_n>w<warps>[m<rows a block>][p<programs per SM>][k<held chunks>][h]`` (chunked; h: L2 hints) or
-``r<block_m>x<block_n>w<warps>[h][a]`` (resident rows; a: weight and bias loaded with the rows, ``affine_first``)
-or ``s<block_n>w<warps>[p<programs per SM>][h]`` (rows split into block_n pieces, one program each, ``split``).
+``r<block_m>x<block_n>w<warps>[h][a]`` (resident rows; a: weight and bias loaded with the rows, ``affine_first``).
 The default runs as a caller gets it (``config=None``: at small M the launcher also narrows its row blocks to give
 every SM work). Removed after losing: an ``s<stages>`` suffix for a pipelined chunk loop (eighth session,
 ``benchmarks/results/h100-2026-11-25-h/probes/triton-fwd-stages.txt``: 35-63% of a copy against 88-94%) and a
 ``g<programs>`` grid cap for the wide forward (thirteenth session, ``h100-2026-12-06-e/probes/
-triton-fwd-capped-grid.txt``: 43-75% against 66-85%).
+triton-fwd-capped-grid.txt``: 43-75% against 66-85%), and an ``s<block_n>w<warps>[p<per SM>][h]`` split-row config
+(``FwdConfig.split``, nineteenth session, commit 62a3ff5, ``h200-2026-12-07-j/probes-l/triton-fwd-split.txt``: 30-51%
+against 62-69% at N = 65536-262144).
 
 ``--api`` adds two lines after the configs: the default launch without the mean / rstd stores, and the public
 ``layernorm(..., backend="triton")`` under ``torch.no_grad()`` (the bench's forward), to place a gap between the
@@ -32,11 +33,6 @@ def _parse(text: str) -> _triton.FwdConfig:
         block_n, warps, block_m, per_sm, held, hints = chunked.groups()
         return _triton.FwdConfig(int(block_m or 1), int(block_n), int(warps), True, programs_per_sm=int(per_sm or 0),
                                  l2_hints=bool(hints), held_chunks=int(held or 0))
-    split = re.fullmatch(r"s(\d+)w(\d+)(?:p(\d+))?(h?)", text)
-    if split:
-        block_n, warps, per_sm, hints = split.groups()
-        return _triton.FwdConfig(1, int(block_n), int(warps), False, programs_per_sm=int(per_sm or 1),
-                                 l2_hints=bool(hints), split=True)
     resident = re.fullmatch(r"r(\d+)x(\d+)w(\d+)(h?)(a?)", text)
     if resident:
         block_m, block_n, warps, hints, affine_first = resident.groups()

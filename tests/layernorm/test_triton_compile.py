@@ -77,9 +77,6 @@ def opt_in_configs(cls_name: str, dtype: str, hidden: int) -> list[dict]:
         try:
             configs.append(dataclasses.replace(heuristic, **{name: True}))
         except ValueError:  # a switch this config cannot take (fused_sum in the chunked backward)
-            if name == "split":  # rows in four pieces, one program each
-                configs.append(cls(1, max(hidden // 4, 16), 16 if hidden > 4096 else 4, False, programs_per_sm=1,
-                                   l2_hints=True, split=True))
             if name == "prefetch" and not heuristic.chunked and hidden <= 8192:
                 # the register prefetch replaces the pipelined / re-read loop of the resident backward
                 configs.append(dataclasses.replace(heuristic, stages=1, reread=False, prefetch=True))
@@ -141,19 +138,12 @@ HELD_CONFIG = {"cls": "FwdConfig", "fields": dict(block_m=1, block_n=8192, num_w
                                                   held_chunks=2)}
 
 
-# Rows split into pieces of one program each (FwdConfig.split) at N = 100000: seven pieces, the last one ragged.
-SPLIT_CONFIG = {"cls": "FwdConfig", "fields": dict(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0,
-                                                   programs_per_sm=1, affine_first=False, l2_hints=True,
-                                                   held_chunks=0, split=True)}
-
-
 def fwd_feature_scenarios(dtype: str) -> list[dict]:
     scenarios = []
-    for hidden, config in ((1024, None), (5000, None), (16384, None), (65536, None), (65536, HELD_CONFIG),
-                           (100000, SPLIT_CONFIG)):
+    for hidden, config in ((1024, None), (5000, None), (16384, None), (65536, None), (65536, HELD_CONFIG)):
         # 16384: resident with a residual, chunked without. Held chunks: the sets that change what is held (h in
-        # x's dtype or fp32, stored or not) and the output dtype. Split rows: every set.
-        sets = FWD_FEATURE_SETS if config is not HELD_CONFIG else [FWD_FEATURE_SETS[i] for i in (1, 2, 4, 5, 8)]
+        # x's dtype or fp32, stored or not) and the output dtype.
+        sets = FWD_FEATURE_SETS if config is None else [FWD_FEATURE_SETS[i] for i in (1, 2, 4, 5, 8)]
         for rms, residual, store, in_fp32, out in sets:
             residual_out = ("float32" if in_fp32 else "x") if store else None
             scenarios.append(dict(
@@ -176,19 +166,13 @@ BWD_FEATURE_SETS = [
 ]
 
 
-# The split backward (BwdConfig.split) at N = 100000: thirteen 8192-wide pieces, the last ragged.
-BWD_SPLIT_CONFIG = {"cls": "BwdConfig", "fields": dict(block_m=1, block_n=8192, num_warps=16, chunked=False,
-                                                       programs_per_sm=1, l2_hints=True, split=True)}
-
-
 def bwd_feature_scenarios(dtype: str) -> list[dict]:
     other = _other_float(dtype)
     spec = lambda s: other if s == "other" else s  # noqa: E731
     return [dict(launcher="bwd", dtype=dtype, rows=LARGE_M, hidden=hidden, weight="x", dweight=True,
-                 dbias=None if rms else "float32", config=config, rms=rms, x=spec(h), dy=spec(dy),
+                 dbias=None if rms else "float32", config=None, rms=rms, x=spec(h), dy=spec(dy),
                  dresidual=dres, dresidual_in=dres_in)
-            for hidden, config in ((1024, None), (16384, None), (32768, None), (100000, BWD_SPLIT_CONFIG))
-            for rms, h, dy, dres, dres_in in BWD_FEATURE_SETS]
+            for hidden in (1024, 16384, 32768) for rms, h, dy, dres, dres_in in BWD_FEATURE_SETS]
 
 
 BWD_FLAG_SETS = [  # (weight, dweight wanted, dbias dtype or None): every set the API can ask for
@@ -418,7 +402,6 @@ FEATURE_FLAGS = {"fwd": ("IS_RMS", "HAS_RESIDUAL", "STORE_RESIDUAL", "RESIDUAL_I
                  "bwd": ("IS_RMS", "HAS_DRESIDUAL", "STORE_DRESIDUAL_IN")}
 FLAGS = {"fwd": ("HAS_W", "HAS_B", "STORE_MEAN", "STORE_RSTD"), "bwd": ("HAS_W", "NEED_DW", "NEED_DB")}
 RESIDENT = ("_layernorm_fwd_resident_kernel", "_layernorm_bwd_resident_kernel")
-SPLIT_KERNELS = ("_layernorm_fwd_split_kernel", "_layernorm_bwd_split_kernel")
 
 
 def test_every_kernel_is_launched_by_some_scenario():
@@ -505,8 +488,7 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
                 expected = ["evict_first", "evict_last"]
             elif not hinted:
                 expected = []
-            elif r["kernel"] == "_layernorm_fwd_chunked_kernel" or (kept and r["kernel"] != SPLIT_KERNELS[1]):
-                # (the split backward loads its weight once a program, without a policy)
+            elif r["kernel"] == "_layernorm_fwd_chunked_kernel" or kept:
                 expected = ["evict_first", "evict_last"]
             else:
                 expected = ["evict_first"]
@@ -516,9 +498,8 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
             else:
                 assert r["l2_policies"] == expected, r
         hinted = {r["kernel"] for r in results if r["constexprs"].get("L2_HINTS", False)}
-        assert hinted == ({"_layernorm_fwd_resident_kernel", "_layernorm_fwd_chunked_kernel", SPLIT_KERNELS[0]}
-                          if launcher == "fwd"
-                          else {"_layernorm_bwd_resident_kernel", "_layernorm_bwd_tiled_kernel", SPLIT_KERNELS[1]}), hinted
+        assert hinted == ({"_layernorm_fwd_resident_kernel", "_layernorm_fwd_chunked_kernel"} if launcher == "fwd"
+                          else {"_layernorm_bwd_resident_kernel", "_layernorm_bwd_tiled_kernel"}), hinted
 
         # The fused column sum (BwdConfig.fused_sum, an opt-in config): a scalar atomic runs in one thread of the
         # program (Triton predicates it on thread 0), so each program makes one arrival (a release add), the sum
@@ -526,22 +507,8 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
         # (a relaxed add). No other kernel variant touches a counter.
         fused = [r for r in results if r["constexprs"].get("SUM_BLOCK_N", 0) > 0]
         assert bool(fused) == (launcher == "bwd"), "no fused column sum variant compiled"
-        split = [r for r in results if r["kernel"] in SPLIT_KERNELS]
-        assert split, "no split-row variant compiled"
         for r in results:
             ops = r["counter_ops"]
-            if r in split:
-                # Rows split into pieces (FwdConfig / BwdConfig.split): the arrivals (release adds, one thread) of
-                # the lane's first row and, in the row loop, of the row after; the acquire polls of a row's counter,
-                # before the wait loop and in it.
-                assert all(op.startswith("@%p") for op in ops), f"an unpredicated counter access: {ops}"
-                arrivals = [op for op in ops if re.search(r"(red|atom)\.global\.gpu\.release\.add\.u32", op)]
-                polls = [op for op in ops
-                         if re.search(r"ld\.global\.gpu\.acquire\.b32|atom\.global\.gpu\.acquire\.add", op)]
-                assert len(arrivals) == 2 and len(polls) == 2 and len(ops) == 4, ops
-                piece_bytes = r["constexprs"]["BLOCK_N"] * {"float32": 4}.get(dtype, 2) // (32 * r["num_warps"])
-                assert r["v4_loads"] > 0 or piece_bytes < 16, r  # a piece of 16 bytes a thread or more: v4 loads
-                continue
             if r not in fused:
                 assert not ops, r
                 continue

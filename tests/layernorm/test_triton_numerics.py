@@ -304,18 +304,10 @@ FWD_CONFIGS["chunked_held"] = lambda hidden: _triton.FwdConfig(
 FWD_CONFIGS["chunked_held_all_but_tail"] = lambda hidden: _triton.FwdConfig(
     block_m=1, block_n=256, num_warps=4, chunked=True, programs_per_sm=1, held_chunks=4)
 
-# Rows split into pieces of one program each (FwdConfig.split; the interpreter runs it as two launches): 1128 in five
-# 256-wide pieces (the last ragged) on 3 x 4 CPU slots, two lanes over 5 rows; and one piece wider than the row.
-FWD_CONFIGS["split"] = lambda hidden: _triton.FwdConfig(
-    block_m=1, block_n=256, num_warps=4, chunked=False, programs_per_sm=3, split=True)
-FWD_CONFIGS["split_single_piece"] = lambda hidden: _triton.FwdConfig(
-    block_m=1, block_n=2048, num_warps=4, chunked=False, programs_per_sm=1, split=True)
-
 # Each opt-in switch on top of the small chunked configs (paths that a switch reserves for CUDA fall back here).
 for _switch in _opt_in_switches(_triton.FwdConfig):
-    if _switch != "split":  # not with chunked rows: above
-        FWD_CONFIGS[f"chunked_{_switch}"] = (
-            lambda hidden, _s=_switch: dataclasses.replace(FWD_CONFIGS["chunked"](hidden), **{_s: True}))
+    FWD_CONFIGS[f"chunked_{_switch}"] = (
+        lambda hidden, _s=_switch: dataclasses.replace(FWD_CONFIGS["chunked"](hidden), **{_s: True}))
 
 
 @pytest.mark.parametrize("stats", ["mean_rstd", "rstd", "none"])
@@ -461,11 +453,8 @@ if "reread" in {f.name for f in dataclasses.fields(_triton.BwdConfig)}:
     BWD_CONFIGS["resident_pipelined"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"], stages=3)
     BWD_CONFIGS["resident_reread_pipelined"] = dataclasses.replace(BWD_CONFIGS["resident_persistent"], reread=True,
                                                                    stages=2)
-# Rows split into pieces (BwdConfig.split): five pieces of 1128 on 3 x 4 CPU slots, two lanes over 21 rows.
-BWD_CONFIGS["resident_split"] = _triton.BwdConfig(block_m=1, block_n=256, num_warps=4, chunked=False,
-                                                  programs_per_sm=3, split=True)
 for _switch in _opt_in_switches(_triton.BwdConfig):
-    if _switch not in ("reread", "split"):
+    if _switch != "reread":
         try:
             BWD_CONFIGS[f"chunked_{_switch}"] = dataclasses.replace(BWD_CONFIGS["chunked"], **{_switch: True})
         except ValueError:  # a resident-only switch (fused_sum): on the persistent tile (shared partial rows)

@@ -6,9 +6,6 @@ time. So every kernel is organised around reading each input once from HBM:
 
 * rows that fit in registers (the common case) are loaded once, reduced on chip (corrected two-pass variance), and
   written once; several rows per program for small N so each program has enough bytes in flight;
-* rows too wide for one program's registers (N > 65536 16-bit) are split into pieces, one program each, which hold
-  their piece in registers and exchange the pieces' statistics through global memory (a persistent grid of
-  resident programs that wait on per-row-lane arrival counters): each element read once;
 * rows too wide for registers stream through chunks: a statistics pass (sums around a pivot, the first chunk's
   mean), then a second pass that re-reads the row in reverse chunk order, so the most recently loaded chunks are
   still in L2;
@@ -79,18 +76,10 @@ class FwdConfig:
     # likeliest to have left L2. The default for 16-bit rows of (16384, 32768] (FWD_HELD_16BIT); it lost at N >=
     # 131072, where holding costs the occupancy that keeps the bandwidth up.
     held_chunks: int = 0
-    # Rows split into cdiv(N, block_n) pieces of block_n columns, one program each, that hold their piece in
-    # registers and exchange its statistics through global memory (_layernorm_fwd_split_kernel): each element read
-    # once. A persistent grid of programs_per_sm (at least 1) programs per SM, all resident at once; block_m 1.
-    split: bool = False
 
     def __post_init__(self):
         if self.held_chunks and not (self.chunked and 0 < self.held_chunks <= MAX_HELD_CHUNKS):
             raise ValueError(f"held_chunks must be 0, or 1 to {MAX_HELD_CHUNKS} with chunked=True: {self}")
-        if self.split and (self.chunked or self.block_m != 1 or self.tail_n or self.affine_first
-                           or self.programs_per_sm < 1):
-            raise ValueError(f"split needs chunked=False, block_m=1, no tail_n or affine_first, and "
-                             f"programs_per_sm >= 1: {self}")
 
 
 @dataclass(frozen=True)
@@ -122,15 +111,8 @@ class BwdConfig:
     # tile computes (the CuTeDSL backward's BwdConfig.prefetch, done by hand: Triton's own pipelining, ``stages``,
     # goes through shared memory).
     prefetch: bool = False
-    # Rows split into cdiv(N, block_n) pieces, one program each, as the forward's FwdConfig.split
-    # (_layernorm_bwd_split_kernel): x and dy read once; programs_per_sm resident programs per SM, block_m 1.
-    split: bool = False
 
     def __post_init__(self):
-        if self.split and (self.chunked or self.block_m != 1 or self.reread or self.stages > 1 or self.fused_sum
-                           or self.prefetch or self.programs_per_sm < 1):
-            raise ValueError(f"split needs chunked=False, block_m=1, no reread, stages, fused_sum or prefetch, and "
-                             f"programs_per_sm >= 1: {self}")
         if self.fused_sum and self.chunked:
             raise ValueError(f"fused_sum is for the resident backward only, not the chunked one: {self}")
         if self.prefetch and (self.chunked or self.reread or self.stages > 1):
@@ -316,28 +298,28 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave
 
     >>> fwd_config(256, torch.bfloat16)
     FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, held_chunks=0, split=False)
+l2_hints=True, held_chunks=0)
     >>> fwd_config(5000, torch.float16)
     FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, held_chunks=0, split=False)
+l2_hints=True, held_chunks=0)
     >>> fwd_config(8192, torch.bfloat16)
     FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, held_chunks=0, split=False)
+l2_hints=True, held_chunks=0)
     >>> fwd_config(16384, torch.bfloat16)
     FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, held_chunks=0, split=False)
+l2_hints=True, held_chunks=0)
     >>> fwd_config(16384, torch.float16, residual=True)
     FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=False, held_chunks=0, split=False)
+l2_hints=False, held_chunks=0)
     >>> fwd_config(8192, torch.bfloat16, one_wave=True)
     FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True, \
-l2_hints=False, held_chunks=0, split=False)
+l2_hints=False, held_chunks=0)
     >>> fwd_config(8192, torch.bfloat16, wide_out=True)
     FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, held_chunks=0, split=False)
+l2_hints=True, held_chunks=0)
     >>> fwd_config(4096, torch.bfloat16, wide_out=True).affine_first, fwd_config(16384, torch.bfloat16, wide_out=True)
     (True, FwdConfig(block_m=2, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, \
-affine_first=False, l2_hints=True, held_chunks=1, split=False))
+affine_first=False, l2_hints=True, held_chunks=1))
     """
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
@@ -799,196 +781,6 @@ def _layernorm_fwd_chunked_kernel(
             tl.store(Rstd + row, rstd, mask=row < rows)
 
 
-@triton.jit
-def _split_piece_stats(x, piece_ok, piece_count, IS_RMS: tl.constexpr):
-    """One piece's statistics: its mean and the sum of its squared deviations from it (RMSNorm: 0 and the sum of
-    squares). ``x``: the piece in fp32, 0 outside ``piece_ok``; ``piece_count``: its elements."""
-    if IS_RMS:
-        return 0.0, tl.sum(x * x, axis=0)
-    mean = tl.sum(x, axis=0) / piece_count
-    deviation = tl.where(piece_ok, x - mean, 0.0)
-    return mean, tl.sum(deviation * deviation, axis=0)
-
-
-@triton.jit
-def _split_slot(lane, row, turn, PHASE: tl.constexpr):
-    """The statistics slot (and, in one launch, the arrival counter) of a split row: the lane's row number ``turn``
-    (0-based) takes slot turn % 4 of the lane's four on a GPU (PHASE 0); under the interpreter a slot a row. Four:
-    a program publishes row t + 1 before it reads row t's statistics, so a slot is reused (row t + 4) only after
-    every peer has published row t + 2, and each peer reads row t's statistics before it publishes t + 2."""
-    if PHASE == 0:
-        slot = lane * 4 + turn % 4
-    else:
-        slot = row
-    return slot
-
-
-@triton.jit
-def _split_publish(Partials, Arrivals, slot, piece, first, second, PIECES_PAD: tl.constexpr, PHASE: tl.constexpr):
-    """A split row's piece (``_layernorm_fwd_split_kernel``): stores the piece's two statistics ``first`` and
-    ``second`` in ``Partials`` [slot, piece] and, in one launch (PHASE 0), counts its arrival on Arrivals[slot]:
-    every thread's stores come before the barrier, the barrier before the one release add (one thread runs a scalar
-    atomic), so a peer that sees the count sees the statistics."""
-    tl.store(Partials + (slot * PIECES_PAD + piece) * 2, first)
-    tl.store(Partials + (slot * PIECES_PAD + piece) * 2 + 1, second)
-    if PHASE == 0:
-        tl.debug_barrier()
-        tl.atomic_add(Arrivals + slot, 1, sem="release", scope="gpu")
-
-
-@triton.jit
-def _split_await(Arrivals, slot, turn, PIECES: tl.constexpr):
-    """Waits (acquire) until Arrivals[slot] counts the lane's PIECES programs for its row number ``turn`` (the
-    slot's turn // 4 + 1-th row), so that their statistics are visible. A peer's arrival for the slot's next row
-    (turn + 4) cannot come first: it publishes that row only after every peer has published turn + 2. Polls with an
-    acquire add of 0 (see ``_await_row_programs``)."""
-    target = (turn // 4 + 1) * PIECES
-    arrived = tl.atomic_add(Arrivals + slot, 0, sem="acquire", scope="gpu")
-    while arrived < target:
-        arrived = tl.atomic_add(Arrivals + slot, 0, sem="acquire", scope="gpu")
-
-
-@triton.jit
-def _split_load(P, row64, stride, cols, rows, N: tl.constexpr, EVICTION: tl.constexpr):
-    """A split row's piece at ``cols`` of row ``row64`` as stored (0 outside the row, all 0 past the last row).
-    (The mask as cols < a scalar bound: the interpreter rejects a mask anded with a scalar condition.)"""
-    return tl.load(P + row64 * stride + cols, mask=cols < tl.where(row64 < rows, N, 0), other=0.0,
-                   eviction_policy=EVICTION)
-
-
-@triton.jit
-def _split_load_partials(Partials, slot, PIECES: tl.constexpr, PIECES_PAD: tl.constexpr):
-    """A split row's PIECES pairs of statistics at ``Partials`` [slot], as two [PIECES_PAD] vectors (0 past
-    PIECES). Loaded from L2 (``.cg``): this SM may hold the slot's lines of two rows ago in L1."""
-    pieces = tl.arange(0, PIECES_PAD)
-    base = Partials + (slot * PIECES_PAD + pieces) * 2
-    first = tl.load(base, mask=pieces < PIECES, other=0.0, cache_modifier=".cg")
-    second = tl.load(base + 1, mask=pieces < PIECES, other=0.0, cache_modifier=".cg")
-    return first, second
-
-
-@triton.jit
-def _split_row_stats(Partials, slot, N: tl.constexpr, BLOCK_N: tl.constexpr, PIECES: tl.constexpr,
-                     PIECES_PAD: tl.constexpr, IS_RMS: tl.constexpr):
-    """A row's mean and biased variance from its pieces' (mean, squared deviations) (Chan et al.'s pairwise
-    update, summed in piece order: every piece's program computes the same bits)."""
-    piece_mean, piece_sq = _split_load_partials(Partials, slot, PIECES, PIECES_PAD)
-    if IS_RMS:
-        return 0.0, tl.sum(piece_sq, axis=0) / N
-    pieces = tl.arange(0, PIECES_PAD)
-    counts = tl.where(pieces < PIECES, tl.minimum(N - pieces * BLOCK_N, BLOCK_N).to(tl.float32), 0.0)
-    mean = tl.sum(piece_mean * counts, axis=0) / N
-    spread = piece_mean - mean
-    return mean, (tl.sum(piece_sq, axis=0) + tl.sum(counts * spread * spread, axis=0)) / N
-
-
-@triton.jit
-def _split_fwd_input(x_raw, r_raw, H, row64, stride_h_row, cols, rows, N: tl.constexpr, X_DTYPE: tl.constexpr,
-                     HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr):
-    """A split row's piece to normalize, in fp32, from its loads: x, or h = x + r rounded to x's dtype unless
-    RESIDUAL_IN_FP32, stored through H when STORE_RESIDUAL (nothing past the last row)."""
-    x = x_raw.to(tl.float32)
-    if HAS_RESIDUAL:
-        x += r_raw.to(tl.float32)
-        if not RESIDUAL_IN_FP32:
-            x = x.to(X_DTYPE).to(tl.float32)
-        if STORE_RESIDUAL:
-            tl.store(H + row64 * stride_h_row + cols, x.to(H.dtype.element_ty),
-                     mask=cols < tl.where(row64 < rows, N, 0))
-    return x
-
-
-@triton.jit
-def _layernorm_fwd_split_kernel(
-    X, Y, W, B, Mean, Rstd, R, H, Partials, Arrivals,
-    stride_x_row, stride_y_row, stride_r_row, stride_h_row, rows, eps,
-    N: tl.constexpr, BLOCK_N: tl.constexpr, PIECES: tl.constexpr, PIECES_PAD: tl.constexpr,
-    HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
-    IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
-    ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False, PHASE: tl.constexpr = 0,
-):
-    """Rows too wide for one program, read once: each row is split into PIECES pieces of BLOCK_N columns, one program
-    each. The grid is lanes x PIECES programs, sized to be resident at once (``_split_grid``); programs
-    lane * PIECES + piece handle piece ``piece`` of rows lane, lane + lanes, ... Each piece's statistics
-    (``_split_piece_stats``) go to a slot of ``Partials`` (``_split_slot``) and the program counts its arrival on
-    the slot's counter (release, ``_split_publish``); a program combines a row's statistics
-    (``_split_row_stats``) once all PIECES have arrived (acquire, ``_split_await``). Pipelined one row ahead, so
-    that the exchange is off the critical path: with row t's piece held in registers, a program publishes row
-    t + 1's statistics and issues row t + 2's loads, and only then waits for row t's peers, normalizes its piece of
-    row t and writes it. Arrivals (four a lane) must be zero at launch.
-
-    PHASE (the interpreter, which runs programs one after another, so a program cannot wait for a later one): 1
-    publishes every row's statistics (a slot per row) and stops; 2, a second launch, reads them and normalizes.
-    0 (a GPU) does both in one launch. L2_HINTS: the rows' single read evict_first; the weight and bias (read again
-    for every row) evict_last."""
-    ROW_EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
-    AFFINE_EVICTION: tl.constexpr = "evict_last" if L2_HINTS else ""
-    stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
-    stride_y_row = _aligned_stride(stride_y_row, ROW_ALIGN)
-    if HAS_RESIDUAL:
-        stride_r_row = _aligned_stride(stride_r_row, ROW_ALIGN)
-    if STORE_RESIDUAL:
-        stride_h_row = _aligned_stride(stride_h_row, ROW_ALIGN)
-    lanes = tl.num_programs(0) // PIECES
-    lane = tl.program_id(0) // PIECES
-    piece = tl.program_id(0) % PIECES
-    cols = piece * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.max_contiguous(tl.multiple_of(cols, BLOCK_N), BLOCK_N)
-    piece_ok = cols < N
-    piece_count = tl.minimum(N - piece * BLOCK_N, BLOCK_N).to(tl.float32)
-    # Prologue: the lane's first row loaded and published, its second row's loads issued.
-    row64 = tl.cast(lane, tl.int64)
-    x_raw = _split_load(X, row64, stride_x_row, cols, rows, N, ROW_EVICTION)
-    r_raw = x_raw
-    if HAS_RESIDUAL:
-        r_raw = _split_load(R, row64, stride_r_row, cols, rows, N, ROW_EVICTION)
-    x = _split_fwd_input(x_raw, r_raw, H, row64, stride_h_row, cols, rows, N, X.dtype.element_ty, HAS_RESIDUAL,
-                         STORE_RESIDUAL and PHASE != 2, RESIDUAL_IN_FP32)
-    if PHASE != 2 and lane < rows:
-        piece_mean, piece_sq = _split_piece_stats(x, piece_ok, piece_count, IS_RMS)
-        _split_publish(Partials, Arrivals, _split_slot(lane, lane, 0, PHASE), piece, piece_mean, piece_sq,
-                       PIECES_PAD, PHASE)
-    x_raw = _split_load(X, row64 + lanes, stride_x_row, cols, rows, N, ROW_EVICTION)
-    if HAS_RESIDUAL:
-        r_raw = _split_load(R, row64 + lanes, stride_r_row, cols, rows, N, ROW_EVICTION)
-    turn = 0
-    for row in range(lane, rows, lanes):
-        row64 = tl.cast(row, tl.int64)
-        next64 = row64 + lanes
-        # Row t + 1: published (its loads were issued an iteration ago); row t + 2: loads issued.
-        x_next = _split_fwd_input(x_raw, r_raw, H, next64, stride_h_row, cols, rows, N, X.dtype.element_ty,
-                                  HAS_RESIDUAL, STORE_RESIDUAL and PHASE != 2, RESIDUAL_IN_FP32)
-        if PHASE != 2 and next64 < rows:
-            piece_mean, piece_sq = _split_piece_stats(x_next, piece_ok, piece_count, IS_RMS)
-            _split_publish(Partials, Arrivals, _split_slot(lane, next64, turn + 1, PHASE), piece, piece_mean,
-                           piece_sq, PIECES_PAD, PHASE)
-        x_raw = _split_load(X, next64 + lanes, stride_x_row, cols, rows, N, ROW_EVICTION)
-        if HAS_RESIDUAL:
-            r_raw = _split_load(R, next64 + lanes, stride_r_row, cols, rows, N, ROW_EVICTION)
-        # Row t: its peers awaited, normalized and written.
-        slot = _split_slot(lane, row, turn, PHASE)
-        if PHASE == 0:
-            _split_await(Arrivals, slot, turn, PIECES)
-        if PHASE != 1:
-            mean, var = _split_row_stats(Partials, slot, N, BLOCK_N, PIECES, PIECES_PAD, IS_RMS)
-            rstd = tl.math.rsqrt(var + eps)
-            if IS_RMS:
-                y = x * rstd
-            else:
-                y = (x - mean) * rstd
-            if HAS_W:
-                y = y * _load_affine(W, cols, N, AFFINE_EVICTION)
-            if HAS_B:
-                y = y + _load_affine(B, cols, N, AFFINE_EVICTION)
-            tl.store(Y + row64 * stride_y_row + cols, y.to(Y.dtype.element_ty), mask=piece_ok)
-            if piece == 0:
-                if STORE_MEAN:
-                    tl.store(Mean + row, mean)
-                if STORE_RSTD:
-                    tl.store(Rstd + row, rstd)
-        x = x_next
-        turn += 1
-
 # ----------------------------------------------------------------------------------------------------------------
 # Backward kernels
 # ----------------------------------------------------------------------------------------------------------------
@@ -1441,124 +1233,6 @@ def _sum_partials_kernel(
                          NEED_DW, NEED_DB)
 
 
-@triton.jit
-def _split_bwd_values(x_raw, dy_raw, w, mean, rstd, piece_ok, HAS_W: tl.constexpr, IS_RMS: tl.constexpr):
-    """A split row's piece in the backward, in fp32: dy, xhat = (x - mean) * rstd (x * rstd for RMSNorm; 0 outside
-    the piece) and g = dy * w."""
-    dy = dy_raw.to(tl.float32)
-    if IS_RMS:
-        xhat = x_raw.to(tl.float32) * rstd
-    else:
-        xhat = tl.where(piece_ok, (x_raw.to(tl.float32) - mean) * rstd, 0.0)
-    if HAS_W:
-        g = dy * w
-    else:
-        g = dy
-    return dy, xhat, g
-
-
-@triton.jit
-def _split_bwd_stats(Mean, Rstd, row64, rows, IS_RMS: tl.constexpr):
-    """A split row's mean and rstd (RMSNorm: rstd twice); past the last row, the last row's (unused)."""
-    stat_row = tl.minimum(row64, rows - 1)
-    rstd = tl.load(Rstd + stat_row)
-    mean = rstd
-    if not IS_RMS:
-        mean = tl.load(Mean + stat_row)
-    return mean, rstd
-
-
-@triton.jit
-def _layernorm_bwd_split_kernel(
-    DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, DRES_IN, Partials, Arrivals,
-    stride_dy_row, stride_x_row, stride_dx_row, stride_dres_row, stride_dres_in_row, rows,
-    N: tl.constexpr, BLOCK_N: tl.constexpr, PIECES: tl.constexpr, PIECES_PAD: tl.constexpr,
-    HAS_W: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-    IS_RMS: tl.constexpr, HAS_DRESIDUAL: tl.constexpr, STORE_DRESIDUAL_IN: tl.constexpr,
-    ROW_ALIGN: tl.constexpr, L2_HINTS: tl.constexpr = False, PHASE: tl.constexpr = 0,
-):
-    """The backward of rows too wide for one program, x and dy read once (the forward's split rows, see
-    ``_layernorm_fwd_split_kernel``: lanes x PIECES resident programs, the same slots, counters, one-row-ahead
-    pipeline and PHASE). Program (lane, piece) holds its piece's weight and dw/db accumulators in registers for all
-    its rows (the columns never change); per row it publishes the piece's sums of g * xhat and g (g = dy * w), and
-    once the lane's pieces have all arrived writes dx = rstd * (g - xhat * mean(g * xhat) - mean(g)). At the end each
-    program writes its accumulators to its columns of partial row ``lane`` (summed over lanes by the next launch,
-    ``sum_partials``). L2_HINTS: x, dy and the residual's gradient (read once) evict_first."""
-    EVICTION: tl.constexpr = "evict_first" if L2_HINTS else ""
-    stride_dy_row = _aligned_stride(stride_dy_row, ROW_ALIGN)
-    stride_x_row = _aligned_stride(stride_x_row, ROW_ALIGN)
-    stride_dx_row = _aligned_stride(stride_dx_row, ROW_ALIGN)
-    if HAS_DRESIDUAL:
-        stride_dres_row = _aligned_stride(stride_dres_row, ROW_ALIGN)
-    if STORE_DRESIDUAL_IN:
-        stride_dres_in_row = _aligned_stride(stride_dres_in_row, ROW_ALIGN)
-    lanes = tl.num_programs(0) // PIECES
-    lane = tl.program_id(0) // PIECES
-    piece = tl.program_id(0) % PIECES
-    cols = piece * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.max_contiguous(tl.multiple_of(cols, BLOCK_N), BLOCK_N)
-    piece_ok = cols < N
-    w = 1.0
-    if HAS_W:
-        w = tl.load(W + cols, mask=piece_ok, other=0.0).to(tl.float32)
-    dw_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    db_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    # Prologue: the lane's first row loaded and published, its second row's loads issued.
-    row64 = tl.cast(lane, tl.int64)
-    x_raw = _split_load(X, row64, stride_x_row, cols, rows, N, EVICTION)
-    dy_raw = _split_load(DY, row64, stride_dy_row, cols, rows, N, EVICTION)
-    mean, rstd = _split_bwd_stats(Mean, Rstd, row64, rows, IS_RMS)
-    if PHASE != 2 and lane < rows:
-        _, xhat, g = _split_bwd_values(x_raw, dy_raw, w, mean, rstd, piece_ok, HAS_W, IS_RMS)
-        _split_publish(Partials, Arrivals, _split_slot(lane, lane, 0, PHASE), piece, tl.sum(g * xhat, axis=0),
-                       tl.sum(g, axis=0), PIECES_PAD, PHASE)
-    x_next_raw = _split_load(X, row64 + lanes, stride_x_row, cols, rows, N, EVICTION)
-    dy_next_raw = _split_load(DY, row64 + lanes, stride_dy_row, cols, rows, N, EVICTION)
-    mean_next, rstd_next = _split_bwd_stats(Mean, Rstd, row64 + lanes, rows, IS_RMS)
-    turn = 0
-    for row in range(lane, rows, lanes):
-        row64 = tl.cast(row, tl.int64)
-        next64 = row64 + lanes
-        # Row t + 1: published (its loads were issued an iteration ago); row t + 2: loads issued.
-        if PHASE != 2 and next64 < rows:
-            _, xhat, g = _split_bwd_values(x_next_raw, dy_next_raw, w, mean_next, rstd_next, piece_ok, HAS_W,
-                                           IS_RMS)
-            _split_publish(Partials, Arrivals, _split_slot(lane, next64, turn + 1, PHASE), piece,
-                           tl.sum(g * xhat, axis=0), tl.sum(g, axis=0), PIECES_PAD, PHASE)
-        x_later_raw = _split_load(X, next64 + lanes, stride_x_row, cols, rows, N, EVICTION)
-        dy_later_raw = _split_load(DY, next64 + lanes, stride_dy_row, cols, rows, N, EVICTION)
-        mean_later, rstd_later = _split_bwd_stats(Mean, Rstd, next64 + lanes, rows, IS_RMS)
-        # Row t: its peers awaited, dx written, dw / db accumulated.
-        slot = _split_slot(lane, row, turn, PHASE)
-        if PHASE == 0:
-            _split_await(Arrivals, slot, turn, PIECES)
-        if PHASE != 1:
-            dy, xhat, g = _split_bwd_values(x_raw, dy_raw, w, mean, rstd, piece_ok, HAS_W, IS_RMS)
-            sum_gx, sum_g = _split_load_partials(Partials, slot, PIECES, PIECES_PAD)
-            mean_gx = tl.sum(sum_gx, axis=0) / N
-            if IS_RMS:
-                dx = (g - xhat * mean_gx) * rstd
-            else:
-                dx = (g - xhat * mean_gx - tl.sum(sum_g, axis=0) / N) * rstd
-            if HAS_DRESIDUAL:
-                dx += tl.load(DRES + row64 * stride_dres_row + cols, mask=piece_ok, other=0.0,
-                              eviction_policy=EVICTION).to(tl.float32)
-            tl.store(DX + row64 * stride_dx_row + cols, dx.to(DX.dtype.element_ty), mask=piece_ok)
-            if STORE_DRESIDUAL_IN:
-                tl.store(DRES_IN + row64 * stride_dres_in_row + cols, dx.to(DRES_IN.dtype.element_ty), mask=piece_ok)
-            if NEED_DW:
-                dw_acc += dy * xhat
-            if NEED_DB:
-                db_acc += dy
-        x_raw, dy_raw, mean, rstd = x_next_raw, dy_next_raw, mean_next, rstd_next
-        x_next_raw, dy_next_raw, mean_next, rstd_next = x_later_raw, dy_later_raw, mean_later, rstd_later
-        turn += 1
-    if PHASE != 1:
-        if NEED_DW:
-            tl.store(DW_partial + lane * N + cols, dw_acc, mask=piece_ok)
-        if NEED_DB:
-            tl.store(DB_partial + lane * N + cols, db_acc, mask=piece_ok)
-
 # ----------------------------------------------------------------------------------------------------------------
 # Fast launch: the compiled kernel per specialization, launched without the JIT's per-call argument binding
 # ----------------------------------------------------------------------------------------------------------------
@@ -1749,9 +1423,6 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         RESIDUAL_IN_FP32=has_residual and (bool(residual_in_fp32) or x.dtype == torch.float32),
     )
     flags["ROW_ALIGN"] = _row_align(*args[8:12])
-    if cfg.split:
-        _launch_fwd_split(cfg, rows, hidden, x.device, args, flags)
-        return  # no plan: every launch takes a fresh zeroed workspace
     if cfg.chunked:
         if cfg.held_chunks * cfg.block_n >= hidden:
             raise ValueError(f"held_chunks x block_n ({cfg.held_chunks} x {cfg.block_n}) must be below the row's "
@@ -1774,47 +1445,6 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         if len(_fwd_plans) >= MAX_FWD_PLANS:
             _fwd_plans.clear()
         _fwd_plans[plan_key] = (grid, entry)
-
-
-def _split_grid(cfg, rows: int, hidden: int, device: torch.device) -> tuple[int, int, int]:
-    """(pieces, pieces rounded up to a power of two, lanes) of a split-row launch (FwdConfig / BwdConfig.split): a
-    row in cdiv(hidden, block_n) pieces, and as many lanes of that many programs as programs_per_sm x SMs hold (at
-    most one a row), so that every program is resident at once."""
-    pieces = _cdiv(hidden, cfg.block_n)
-    programs = cfg.programs_per_sm * _program_slots(device)
-    if pieces > programs:
-        raise ValueError(f"a row of {hidden} in pieces of {cfg.block_n} needs {pieces} resident programs, more than "
-                         f"the {programs} this device runs at once: {cfg}")
-    return pieces, _next_power_of_2(pieces), max(1, min(programs // pieces, rows))
-
-
-def _split_workspace(lanes: int, pieces_pad: int, rows: int, device: torch.device):
-    """A split-row launch's (statistics slots, arrival counters): on a GPU four slots a lane (``_split_slot``), each
-    with a zeroed counter (the slots need no zeroing: a piece's statistics are written before its count lets them be
-    read); under the interpreter a slot a row and no counters (``_launch_split``)."""
-    if device.type != "cuda":
-        return torch.zeros(rows * pieces_pad * 2, dtype=torch.float32, device=device), None
-    return (torch.empty(lanes * 4 * pieces_pad * 2, dtype=torch.float32, device=device),
-            torch.zeros(lanes * 4, dtype=torch.int32, device=device))
-
-
-def _launch_split(kernel, cfg, grid: tuple, device: torch.device, args: tuple, constexprs: dict) -> None:
-    """One launch of a split-row kernel on a GPU; under the interpreter (one program after another: a program
-    cannot wait for a later one) two, a slot per row: statistics (PHASE 1), then the rest (PHASE 2)."""
-    for phase in ((0,) if device.type == "cuda" else (1, 2)):
-        _launch(kernel, grid, cfg.num_warps, *args, PHASE=phase, **constexprs)
-
-
-def _launch_fwd_split(cfg: FwdConfig, rows: int, hidden: int, device: torch.device, args: tuple,
-                      flags: dict) -> None:
-    """The split forward (``FwdConfig.split``): lanes x pieces programs, all resident at once (a program waits for
-    its lane's other pieces; ``_split_grid``), with a fresh workspace (``_split_workspace``)."""
-    pieces, pieces_pad, lanes = _split_grid(cfg, rows, hidden, device)
-    partials, arrivals = _split_workspace(lanes, pieces_pad, rows, device)
-    _launch_split(_layernorm_fwd_split_kernel, cfg, (lanes * pieces,), device,
-                  args[:8] + (partials, arrivals) + args[8:],
-                  dict(N=hidden, BLOCK_N=cfg.block_n, PIECES=pieces, PIECES_PAD=pieces_pad, L2_HINTS=cfg.l2_hints,
-                       **flags))
 
 
 def sum_partials(dw_partial, db_partial, dweight, dbias) -> None:
@@ -1935,32 +1565,6 @@ def _partial_rows(grad, plan: BwdPlan, hidden: int):
     return new_partials((plan.partial_rows, hidden), dtype=torch.float32, device=grad.device)
 
 
-def _launch_bwd_split(cfg: BwdConfig, dy, x, weight, mean, rstd, dx, dweight, dbias, rms, dresidual,
-                      dresidual_in) -> None:
-    """The split backward (``BwdConfig.split``): as the split forward's launch, and one dw/db partial row per lane,
-    summed over the lanes by ``sum_partials``."""
-    rows, hidden = x.shape
-    pieces, pieces_pad, lanes = _split_grid(cfg, rows, hidden, x.device)
-    plan = BwdPlan((lanes * pieces,), 1, 0, lanes, False)
-    dw_partial, db_partial = _partial_rows(dweight, plan, hidden), _partial_rows(dbias, plan, hidden)
-    partials, arrivals = _split_workspace(lanes, pieces_pad, rows, x.device)
-    strides = (dy.stride(0), x.stride(0), dx.stride(0), dresidual.stride(0) if dresidual is not None else None,
-               dresidual_in.stride(0) if dresidual_in is not None else None)
-    _launch_split(
-        _layernorm_bwd_split_kernel, cfg, plan.grid, x.device,
-        (dy, x, weight, mean, rstd, dx, dw_partial, db_partial, dresidual, dresidual_in, partials, arrivals)
-        + strides + (rows,),
-        dict(N=hidden, BLOCK_N=cfg.block_n, PIECES=pieces, PIECES_PAD=pieces_pad, HAS_W=weight is not None,
-             NEED_DW=dweight is not None, NEED_DB=dbias is not None, IS_RMS=bool(rms),
-             HAS_DRESIDUAL=dresidual is not None, STORE_DRESIDUAL_IN=dresidual_in is not None,
-             ROW_ALIGN=_row_align(*strides), L2_HINTS=cfg.l2_hints))
-    dw_partial = None if dw_partial is dweight else dw_partial
-    db_partial = None if db_partial is dbias else db_partial
-    if dw_partial is not None or db_partial is not None:
-        sum_partials(dw_partial, db_partial, dweight if dw_partial is not None else None,
-                     dbias if db_partial is not None else None)
-
-
 def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConfig | None = None, *,
                   rms: bool = False, dresidual=None, dresidual_in=None) -> None:
     """dy, x (M, N) unit column stride (x: the normalized input, h with a residual); dx (M, N); dweight/dbias (N,)
@@ -1970,9 +1574,6 @@ def layernorm_bwd(dy, x, weight, mean, rstd, dx, dweight, dbias, config: BwdConf
     to dx. dresidual_in (M, N) or None: a second copy of dx in another dtype (the residual input's gradient)."""
     rows, hidden = x.shape
     cfg = config or bwd_config(hidden, x.dtype, rows <= WEIGHT_GRADS_FROM_ROWS_MAX_ROWS)
-    if cfg.split:
-        _launch_bwd_split(cfg, dy, x, weight, mean, rstd, dx, dweight, dbias, rms, dresidual, dresidual_in)
-        return
     plan = bwd_plan(rows, hidden, cfg, _program_slots(x.device), shrink_rows=config is None)
     # Few rows, about one fp32 partial row each: no partial rows; dw/db are summed straight from the rows, by the
     # same launch's last programs while the others write dx (H100, 2026-11-25, eighth session, fwd+bwd ms, separate
