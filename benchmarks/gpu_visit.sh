@@ -31,7 +31,8 @@
 #   bash benchmarks/gpu_visit.sh probes-i   # the eighteenth session's: GPU tests of its defaults, the fp32-out
 #                                           # feature bench, ragged clustered rows against clusters of any size
 #   bash benchmarks/gpu_visit.sh probes-j   # the fitted clusters as defaults: test_gpu.py, probes at ragged N
-#   bash benchmarks/gpu_visit.sh probes-k   # the ragged clustered forward in 8-CTA clusters ("c8"), 36864
+#   bash benchmarks/gpu_visit.sh probes-k   # the no-growth check alone; the ragged clustered forward in 8-CTA
+#                                           # clusters ("c8"), 36864
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -375,6 +376,11 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     # The nineteenth session's leads: the ragged clustered forward (fitted 12-13-CTA clusters: 30-35% of a copy) in
     # 8-CTA clusters of more bytes a thread ("c8": 127 registers, no spills at 139264 / 151936; 200000 spills), and
     # the 36864 forward's new default (one 3-CTA cluster a row, not persistent) against the persistent kernel.
+    # First the memory-growth check that failed on the nineteenth session's H200 run (8192 B more allocated after
+    # 10,000 CuTeDSL calls), alone: on growth it names the allocation sites of the blocks that stayed.
+    timeout 120 python -m pytest tests/layernorm/test_reliability_gpu.py -v -p no:cacheprovider -rfEs -k no_growth \
+      > "$out/gpu-tests-no-growth.log" 2>&1
+    echo "no-growth check: rc=$? $(tail -1 "$out/gpu-tests-no-growth.log")"; grep -m3 "grew by" "$out/gpu-tests-no-growth.log"
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
     timeout 150 python benchmarks/cutedsl_fwd_probe.py --shapes 16384x36864,8192x139264,8192x151936,8192x200000 \
       --only c8,persist > "$out/cutedsl-fwd-ragged-c8.txt" 2>&1
