@@ -196,7 +196,7 @@ def _allocation_sites(step, start: int, calls: int = 140) -> str:
     recording Python stacks, then the blocks in use afterwards that were not before, each with the frames of its
     allocation in this repository (a diagnosis for the failure message; the 2026-12-07 H200 run saw 8192 B stay
     with the cutedsl backend and could not say where from)."""
-    torch.cuda.memory._record_memory_history(max_entries=100_000)
+    torch.cuda.memory._record_memory_history(stacks="python", max_entries=100_000)  # no slow C++ symbolizing
     try:
         before = _live_blocks()
         for i in range(start, start + calls):
