@@ -15,7 +15,7 @@ default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on 
 with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2"; a one-CTA row split over a
 cluster of two half-size CTAs, weight/bias late: "cl2"; the persistent kernel (``persistent``: weight/bias read once
 into shared memory, the next row's x prefetched): "persist"; rows over more than 8 CTAs in 8-CTA clusters of more bytes
-a thread ("c8").
+a thread ("c8"), and in 1024-thread CTAs ("c8t1024").
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -114,6 +114,11 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8)
         eight = cfg.RowTiling(vec, t.threads_per_row, vecs, 1, -(-nvec // (t.threads_per_row * vecs)))
         extra["c8"] = dataclasses.replace(default, tiling=eight, persistent=False, min_ctas_per_sm=0,
                                           merged_stats=eight.tile_n * eight.cluster_n == hidden)
+        # The same in 1024-thread CTAs ("c8t1024": half the bytes a thread, at most 64 registers).
+        vecs = -(-nvec // (1024 * 8))
+        wide = cfg.RowTiling(vec, 1024, vecs, 1, -(-nvec // (1024 * vecs)))
+        extra["c8t1024"] = dataclasses.replace(default, tiling=wide, persistent=False, min_ctas_per_sm=0,
+                                               merged_stats=wide.tile_n * wide.cluster_n == hidden)
     found = {"default": default}
     if previous != default:
         found["previous"] = previous

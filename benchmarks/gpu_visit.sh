@@ -33,11 +33,13 @@
 #   bash benchmarks/gpu_visit.sh probes-j   # the fitted clusters as defaults: test_gpu.py, probes at ragged N
 #   bash benchmarks/gpu_visit.sh probes-k   # the no-growth check alone; the ragged clustered forward in 8-CTA
 #                                           # clusters ("c8"), 36864
+#   bash benchmarks/gpu_visit.sh probes-m   # clusters of at most 8 for the ragged forward at 6 vectors, fp32 and
+#                                           # 1024-thread CTAs; the Triton fp32-out forward at 4096x6144 / 12288
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -385,6 +387,21 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     timeout 150 python benchmarks/cutedsl_fwd_probe.py --shapes 16384x36864,8192x139264,8192x151936,8192x200000 \
       --only c8,persist > "$out/cutedsl-fwd-ragged-c8.txt" 2>&1
     echo "CuTeDSL forward, ragged rows in 8-CTA clusters: rc=$?"; cut -c1-400 "$out/cutedsl-fwd-ragged-c8.txt" | tail -5
+    ;;
+  probes-m)
+    # The twentieth session's leads. The ragged clustered forward in clusters of at most 8 CTAs: "c8" (512 threads,
+    # more bytes a thread) read 49 / 51% of a copy at 139264 / 151936 bf16 (5 vectors a thread) against the fitted
+    # 12-13-CTA clusters' 31%, and 14% at 200000 (7 vectors: spills); here 6 vectors (180000 bf16), fp32 rows (5 and 7
+    # vectors of 4 values), and 1024-thread CTAs ("c8t1024"). Then the Triton fp32-out forward at the edges of its
+    # two-row rule (4096x6144 / 12288).
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 200 python benchmarks/cutedsl_fwd_probe.py \
+      --shapes 8192x139264,8192x151936,8192x180000,8192x200000,8192x75000xfloat32,8192x100000xfloat32 \
+      --only c8,c8t1024 > "$out/cutedsl-fwd-c8.txt" 2>&1
+    echo "CuTeDSL forward, clusters of at most 8: rc=$?"; cut -c1-330 "$out/cutedsl-fwd-c8.txt" | tail -7
+    timeout 150 python benchmarks/triton_residual_probe.py --shapes 4096x6144,4096x12288 --dtype bfloat16 \
+      --out-dtype float32 --two-row-and-held --top 4 > "$out/triton-fwd-out-fp32-edges.txt" 2>&1
+    echo "Triton forward, fp32 out: rc=$?"; grep -vE "^device|Error" "$out/triton-fwd-out-fp32-edges.txt" | cut -c1-170
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

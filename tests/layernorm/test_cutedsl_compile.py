@@ -330,9 +330,12 @@ def test_clustered_rows_take_the_fewest_ctas_that_cover_them(dtype_name, vec_kin
             if t.cluster_n > 1:
                 # No fewer vectors a thread would cover the row in this many CTAs.
                 assert t.cluster_n * t.threads_per_row * (t.vecs_per_thread - 1) < nvec, (hidden, t)
-                # At most what a full cluster of 512-thread CTAs needs, or the config's bytes a thread.
+                # At most what a full cluster of 512-thread CTAs needs, or the config's bytes a thread; the
+                # forward's ragged 16-bit rows in clusters of at most 8 (_cluster_of_eight) at most 80 bytes.
                 full = -(-nvec // (cfg.MAX_CLUSTER * cfg.MAX_CTA_THREADS))
-                assert t.vecs_per_thread <= max(full, 64 // (vec * elem)), (hidden, t)
+                eight = isinstance(config, cfg.FwdConfig) and t.cluster_n <= 8 and elem == 2 and vec == 8
+                limit = cfg.CLUSTER_OF_EIGHT_MAX_VECS if eight else 64 // (vec * elem)
+                assert t.vecs_per_thread <= max(full, limit), (hidden, t)
 
 
 def test_backward_keeps_16bit_rows_up_to_131072_in_clusters_of_at_most_8():
@@ -348,8 +351,42 @@ def test_backward_keeps_16bit_rows_up_to_131072_in_clusters_of_at_most_8():
     assert cfg.bwd_config(65536 + 4096, 4, 4).tiling.cluster_n > 8
 
 
+def test_forward_runs_ragged_16bit_rows_over_9_to_15_ctas_in_clusters_of_at_most_8():
+    """16-bit rows the fitted tiling spreads over 9-15 CTAs (N in (131072, 262144) off the powers of two) run the
+    forward at M >= 1024 in clusters of at most 8 CTAs of at most 5 vectors a thread, weight and bias after the
+    statistics, no launch bound, not persistent; where that would need more vectors, the fitted cluster with weight
+    and bias before the statistics. fp32 rows, the fused residual, M < 1024 and the powers of two keep their
+    configs."""
+    eight = early = 0
+    for hidden in range(131072 + 8, 262144, 2056):
+        fitted = cfg.fwd_config(hidden, 2, 8, rows=512, affine_bytes=8)
+        config = cfg.fwd_config(hidden, 2, 8, rows=8192, affine_bytes=8)
+        t = config.tiling
+        if not 8 < fitted.tiling.cluster_n < cfg.MAX_CLUSTER:
+            assert t == fitted.tiling, hidden
+            continue
+        assert not config.persistent and config.min_ctas_per_sm == 0 and not config.l2_hints, (hidden, config)
+        if t.cluster_n <= 8:
+            eight += 1
+            assert t.vecs_per_thread <= cfg.CLUSTER_OF_EIGHT_MAX_VECS and config.affine_after_stats, (hidden, config)
+            assert t.threads_per_row == 512 and t.rows_per_cta == 1, (hidden, config)
+            assert t.cluster_n * 512 * t.vecs_per_thread * 8 >= hidden > (t.cluster_n - 1) * 512 * t.vecs_per_thread * 8
+            assert config.merged_stats == (t.tile_n * t.cluster_n == hidden)
+        else:
+            early += 1
+            assert t == fitted.tiling and not config.affine_after_stats, (hidden, config)
+            assert -(-hidden // (8 * 512 * 8)) > cfg.CLUSTER_OF_EIGHT_MAX_VECS, hidden
+        assert cfg.fwd_config(hidden, 2, 8, rows=8192, affine_bytes=8, residual=True).tiling == fitted.tiling
+    assert eight > 5 and early > 5, (eight, early)
+    assert cfg.fwd_config(139264, 2, 8, rows=8192).tiling == cfg.RowTiling(8, 512, 5, 1, 7)
+    assert cfg.fwd_config(151936, 2, 8, rows=8192).tiling == cfg.RowTiling(8, 512, 5, 1, 8)
+    assert cfg.fwd_config(139264, 2, 8, rows=1000).tiling.cluster_n == 12
+    assert cfg.fwd_config(100000, 4, 4, rows=8192).tiling.cluster_n == 13  # fp32: the fitted cluster
+    assert cfg.fwd_config(262144, 2, 8, rows=8192, affine_bytes=8).persistent  # a full 16-CTA cluster: unchanged
+
+
 @pytest.mark.parametrize("case", [(139264, "bf16"), (200000, "bf16"), (36864, "fp16"), (151936, "fp32"), (70000, "bf16"),
-                                  (100000, "fp16")], ids=_id)
+                                  (100000, "fp16"), (151936, "bf16"), (163840, "fp16")], ids=_id)
 def test_ragged_clustered_rows_compile_without_spills(case):
     """Clusters of other sizes than powers of two (N = 139264 bf16: 12 CTAs, the last one ragged): both kernels
     compile with the cluster's shared-memory exchange, without local memory (the halved clusters they replace

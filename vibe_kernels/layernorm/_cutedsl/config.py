@@ -263,6 +263,28 @@ SINGLE_ROW_MAX_BYTES = 16384
 L2_HINTS_MAX_ROW_BYTES = 16384
 
 
+# Ragged 16-bit rows that the fitted tiling (_row_tiling) spreads over 9-15 CTAs of 512 threads (N in (131072, 262144)
+# off the powers of two) run the forward in clusters of at most 8 CTAs of up to this many 16-byte vectors a thread
+# (80 bytes): two such clusters fit a GPC, where one of 9-15 CTAs leaves the rest of it idle. Measured
+# (cutedsl_fwd_probe.py "c8", H100, 2026-12-07, twentieth session, h100-2026-12-07-k/probes-k and probes-m, % of a
+# copy, bf16 x, fp32 weight and bias, two runs): 8192x139264 (12 -> 7 CTAs of 5 vectors) 31 / 30 -> 49 / 49,
+# 8192x151936 (13 -> 8 CTAs of 5) 31 / 30 -> 51 / 50. At 6 vectors a thread (180000) 31 -> 37, at 7 (200000: ptxas
+# spills) 35 -> 14; 1024-thread CTAs of half the bytes ("c8t1024") 10-34; fp32 rows of 5 and 7 vectors 76 -> 64
+# (75000) and 67 -> 71 (100000): not for fp32.
+CLUSTER_OF_EIGHT_MAX_VECS = 5
+
+
+def _cluster_of_eight(tiling: RowTiling, hidden: int) -> RowTiling | None:
+    """The tiling of at most 8 CTAs a row for a ragged row the fitted tiling spreads over 9-15 CTAs (or None)."""
+    if not 8 < tiling.cluster_n < MAX_CLUSTER or tiling.rows_per_cta != 1:
+        return None
+    nvec = _ceil_div(hidden, tiling.vec)
+    vecs = _ceil_div(nvec, tiling.threads_per_row * 8)
+    if vecs > CLUSTER_OF_EIGHT_MAX_VECS:
+        return None
+    return RowTiling(tiling.vec, tiling.threads_per_row, vecs, 1, _ceil_div(nvec, tiling.threads_per_row * vecs))
+
+
 def _l2_hints(tiling: RowTiling, hidden: int, elem_bytes: int, residual: bool, rows: int | None) -> bool:
     return (elem_bytes == 2 and tiling.cluster_n == 1 and hidden * elem_bytes <= L2_HINTS_MAX_ROW_BYTES
             and not residual and (rows is None or rows > SMALL_M_ROWS))
@@ -347,6 +369,18 @@ persistent=False)
     full_vectors = vec * max(elem_bytes, widest_elem_bytes or 0) == 16
     bounded = tiling.num_threads == 512 and full_vectors and not residual
     late = many_rows and (fits_alone or bounded)
+    # Ragged 16-bit rows over 9-15 CTAs: at most 8 CTAs of more bytes a thread (CLUSTER_OF_EIGHT_MAX_VECS), as measured:
+    # weight and bias after the statistics, no launch bound, never persistent. Where that would take more vectors,
+    # weight and bias load before the statistics (probe "previous", same runs, % of a copy): 8192x180000 bf16 31 ->
+    # 40, 8192x200000 35 -> 35; 139264 / 151936 30-31 -> 33-36 (there the 8-CTA clusters do better still). Not for
+    # fp32 rows (75000 / 100000: 76 / 67 -> 65 / 48).
+    ragged_wide = (8 < tiling.cluster_n < MAX_CLUSTER and elem_bytes == 2 and late and bounded
+                   and bytes_per_thread == 64 and not persistent)
+    eight = _cluster_of_eight(tiling, hidden) if ragged_wide else None
+    if eight is not None:
+        return FwdConfig(eight, affine_after_stats=True, merged_stats=eight.tile_n * eight.cluster_n == hidden)
+    if ragged_wide:
+        late = False
     fills_tiling = tiling.tile_n * tiling.cluster_n == hidden
     # Clusters of powers of two only: at N = 36864 16-bit (3 CTAs of 3 vectors, _row_tiling) the persistent kernel
     # measured 60% of a copy against 79% for one cluster a row (cutedsl_fwd_probe.py "rows2", H100, 2026-12-07,
