@@ -15,7 +15,8 @@ default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on 
 with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2"; a one-CTA row split over a
 cluster of two half-size CTAs, weight/bias late: "cl2"; the persistent kernel (``persistent``: weight/bias read once
 into shared memory, the next row's x prefetched): "persist"; rows over more than 8 CTAs in 8-CTA clusters of more bytes
-a thread ("c8"), and in 1024-thread CTAs ("c8t1024").
+a thread ("c8"), and in 1024-thread CTAs ("c8t1024"); the fitted 9-15-CTA clusters with weight and bias late
+("fitted", the ragged default before the twentieth session).
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
@@ -119,9 +120,15 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8)
         wide = cfg.RowTiling(vec, 1024, vecs, 1, -(-nvec // (1024 * vecs)))
         extra["c8t1024"] = dataclasses.replace(default, tiling=wide, persistent=False, min_ctas_per_sm=0,
                                                merged_stats=wide.tile_n * wide.cluster_n == hidden)
+    # The fitted tiling of ragged wide rows (9-15 CTAs), weight and bias late: the default until the twentieth session
+    # ("fitted").
+    fitted = cfg.FwdConfig(cfg._row_tiling(hidden, vec, 64, elem, cfg.MAX_CTA_THREADS, cfg.MIN_CTA_THREADS),
+                           affine_after_stats=True)
     found = {"default": default}
     if previous != default:
         found["previous"] = previous
+    if 8 < fitted.tiling.cluster_n < cfg.MAX_CLUSTER and fitted.tiling.rows_per_cta == 1 and fitted != default:
+        found["fitted"] = fitted
     for name, config in (("early", early), ("late", late), ("late32", late32), ("t1024", t1024),
                          ("t1024late", t1024_late), *hinted.items(), *two_ctas.items(), *multi_row.items(),
                          *extra.items()):

@@ -35,11 +35,13 @@
 #                                           # clusters ("c8"), 36864
 #   bash benchmarks/gpu_visit.sh probes-m   # clusters of at most 8 for the ragged forward at 6 vectors, fp32 and
 #                                           # 1024-thread CTAs; the Triton fp32-out forward at 4096x6144 / 12288
+#   bash benchmarks/gpu_visit.sh probes-n   # the ragged forward rule: GPU tests and timed against the fitted
+#                                           # clusters; the Triton fp32-out forward at 4096 x 10240-14336
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -402,6 +404,26 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     timeout 150 python benchmarks/triton_residual_probe.py --shapes 4096x6144,4096x12288 --dtype bfloat16 \
       --out-dtype float32 --two-row-and-held --top 4 > "$out/triton-fwd-out-fp32-edges.txt" 2>&1
     echo "Triton forward, fp32 out: rc=$?"; grep -vE "^device|Error" "$out/triton-fwd-out-fp32-edges.txt" | cut -c1-170
+    ;;
+  probes-n)
+    # The twentieth session's ragged forward rule (clusters of at most 8 CTAs of 5 vectors; weight and bias early
+    # where that needs more): its GPU tests, then timed against the fitted clusters it replaced ("fitted"), and the
+    # "previous" variant (weight and bias early). The Triton fp32-out forward between 8192 and 16384 (4096x12288:
+    # the two-row default 90% against one-row held chunks 94%, one sample each), two samples.
+    timeout 200 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -rfEs -k "151936 or 180000" \
+      > "$out/gpu-tests-ragged.log" 2>&1
+    echo "GPU tests, ragged wide rows: rc=$? $(tail -1 "$out/gpu-tests-ragged.log")"
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 200 python benchmarks/cutedsl_fwd_probe.py \
+      --shapes 8192x139264,8192x151936,8192x163840,8192x180000,8192x200000,4096x139264xfloat16 \
+      --only fitted > "$out/cutedsl-fwd-eight.txt" 2>&1
+    echo "CuTeDSL forward, ragged rule: rc=$?"; cut -c1-330 "$out/cutedsl-fwd-eight.txt" | tail -6
+    for sample in 1 2; do
+      timeout 100 python benchmarks/triton_residual_probe.py --shapes 4096x10240,4096x12288,4096x14336 \
+        --dtype bfloat16 --out-dtype float32 --two-row-and-held --top 3 >> "$out/triton-fwd-out-fp32-mid.txt" 2>&1
+      echo "Triton forward, fp32 out, sample $sample: rc=$?"
+    done
+    grep -vE "^device|Error" "$out/triton-fwd-out-fp32-mid.txt" | cut -c1-150
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

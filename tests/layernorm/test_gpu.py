@@ -28,6 +28,8 @@ SHAPES = [  # (M, N, dtype)
     (2, 262144, torch.float16),
     (300, 131072, torch.bfloat16),  # CuTeDSL backward: 8-CTA clusters, w and dw/db in shared memory
     (100, 139264, torch.bfloat16),  # CuTeDSL: a 12-CTA cluster (the fewest that cover the row), its last CTA ragged
+    (1024, 151936, torch.bfloat16),  # CuTeDSL forward at M >= 1024: 8 CTAs of 5 vectors a thread instead of 13 of 3
+    (1024, 180000, torch.float16),  # CuTeDSL forward at M >= 1024: 15 CTAs, weight and bias before the statistics
     (300, 36864, torch.float16),  # CuTeDSL: 3-CTA clusters (one a row forward), the backward's 5 ragged
     (64, 100000, torch.float16),  # CuTeDSL backward: 7 CTAs of 64 bytes a thread, w and dw/db in shared memory
     (4095, 5000, torch.float16),
