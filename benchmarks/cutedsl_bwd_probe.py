@@ -4,6 +4,12 @@
     python benchmarks/cutedsl_bwd_probe.py --ptxas    # anywhere (no GPU): ptxas -v registers / spills per config
     python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16   # RMSNorm's backward (no mean, no db)
     python benchmarks/cutedsl_bwd_probe.py --shapes 4096x4096xfp16 --only new,sep --repeat 3   # interleaved repeats
+    python benchmarks/cutedsl_bwd_probe.py --residual --shapes 4096x4096xfp16   # the fused residual's backward
+
+--residual: the backward of the fused pre-norm residual (the gradient dh flowing into h added to dx, as the bench's
+residual variant); its own variants: new (the residual default: no prefetch, no stages), st2 / st3 (x, dy and dh
+staged through shared memory, BwdConfig.stages), sst (st2 with the statistics staged too) and fst (sst with the
+column sum in the same launch).
 
 old: 128..512-thread CTAs, ctas_per_sm = 1024 // threads (up to 8 CTAs, so up to 8 dw/db partial rows, per SM),
      w and the dw/db accumulators in registers (N = 262144 then spills: 704-byte stack frame).
@@ -54,6 +60,7 @@ SHAPES = [(32768, 256, "bf16"), (32768, 1024, "bf16"), (32768, 4096, "bf16"), (3
 ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 HOST_HIDDEN = False  # --host-hidden
 RMS = False  # --rms: RMSNorm's backward (no mean, no db)
+RESIDUAL = False  # --residual: the fused residual's backward (dh added to dx)
 ONLY: list[str] = []  # --only: these variants alone
 REPEAT = 1  # --repeat: time every variant of a shape this many times, interleaved
 
@@ -66,7 +73,21 @@ def old_bwd_config(hidden: int, elem_bytes: int, vec: int) -> cfg.BwdConfig:
     return cfg.BwdConfig(tiling, max(1, 1024 // tiling.num_threads), column_state_in_smem=False)
 
 
+def residual_configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
+    """--residual: the residual default and its loads staged through shared memory (where the kernel takes them)."""
+    base = cfg.bwd_config(hidden, elem_bytes, 16 // elem_bytes, residual=True)
+    found = {"new": base}
+    if not (base.prefetch or base.column_state_in_smem or base.column_tile):
+        found.update(st2=dataclasses.replace(base, stages=2), st3=dataclasses.replace(base, stages=3),
+                     sst=dataclasses.replace(base, stages=2, staged_stats=True))
+        if base.tiling.cluster_n == 1:
+            found["fst"] = dataclasses.replace(base, stages=2, staged_stats=True, fused_column_sum=True)
+    return found
+
+
 def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
+    if RESIDUAL:
+        return residual_configs(hidden, elem_bytes)
     vec = 16 // elem_bytes  # contiguous, 16-byte-aligned tensors
     found = {"old": old_bwd_config(hidden, elem_bytes, vec), "new": cfg.bwd_config(hidden, elem_bytes, vec)}
     # Clustered rows: two CTAs per SM (the launch bound: 64 registers) with w and dw/db in shared memory, if two
@@ -218,6 +239,7 @@ def gpu_probe() -> None:
         gen = torch.Generator(device=device).manual_seed(rows + hidden)
         x = torch.randn(rows, hidden, device=device, dtype=dtype, generator=gen)
         dy = torch.randn(rows, hidden, device=device, dtype=dtype, generator=gen)
+        dres = torch.randn(rows, hidden, device=device, dtype=dtype, generator=gen) if RESIDUAL else None
         weight = 1 + 0.5 * torch.randn(hidden, device=device, generator=gen)
         dx = torch.empty_like(x)
         dw = torch.empty(hidden, device=device)
@@ -226,7 +248,14 @@ def gpu_probe() -> None:
         mean = None if RMS else torch.cat([layernorm_mean_ref(x[i:i + chunk]) for i in range(0, rows, chunk)])
         rstd_ref = rmsnorm_rstd_ref if RMS else layernorm_rstd_ref
         rstd = torch.cat([rstd_ref(x[i:i + chunk], 1e-5) for i in range(0, rows, chunk)]).float()
-        t_add = bench(lambda: torch.add(x, dy, out=dx))
+        if RESIDUAL:
+            # The same bytes (h, dy and dh read, dx written): a copy of half of them into the other half.
+            src = torch.empty(2 * rows * hidden, device=device, dtype=dtype)
+            dst = torch.empty_like(src)
+            t_add = bench(lambda: dst.copy_(src))
+            del src, dst
+        else:
+            t_add = bench(lambda: torch.add(x, dy, out=dx))
         bound = sms * hidden * 8
         variants = [(name, c) for name, c in configs(hidden, x.element_size()).items() if not ONLY or name in ONLY]
         for name, c in variants * REPEAT:
@@ -234,15 +263,17 @@ def gpu_probe() -> None:
             check = min(rows, max(64, 3 * c.max_partial_rows(sms) * c.tiling.rows_per_cta + 5))
             check_mean = None if RMS else mean[:check]
             ref_dx, ref_dw, ref_db = norm_bwd_ref_fp32(dy[:check], x[:check], weight, check_mean, rstd[:check])
+            if RESIDUAL:
+                ref_dx = ref_dx.float() + dres[:check].float()
             launch.layernorm_bwd(dy[:check], x[:check], weight, check_mean, rstd[:check], dx[:check], dw, db,
-                                 config=c, rms=RMS)
+                                 config=c, rms=RMS, dresidual=None if dres is None else dres[:check])
             err = max(float((dx[:check].float() - ref_dx.float()).abs().max()),
                       float((dw - ref_dw).abs().max() / max(1.0, float(ref_dw.abs().max()))),
                       0.0 if RMS else float((db - ref_db).abs().max() / max(1.0, float(ref_db.abs().max()))))
             del ref_dx, ref_dw, ref_db
 
             def run(c=c):
-                launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=c, rms=RMS)
+                launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, dw, db, config=c, rms=RMS, dresidual=dres)
 
             run()
             torch.cuda.synchronize()
@@ -255,12 +286,12 @@ def gpu_probe() -> None:
             ms = bench(run)
             ok = err < (0.1 if dtype != torch.float32 else 1e-3)
             line = (f"{rows}x{hidden} {dtype_name} {name:3} [{describe(c)}]: {ms:.4f} ms, "
-                    f"{100 * t_add / ms:.0f}% of add ({t_add:.4f} ms), max err {err:.2e}{'' if ok else ' WRONG'}, "
+                    f"{100 * t_add / ms:.0f}% of {'the 4-tensor copy' if RESIDUAL else 'add'} ({t_add:.4f} ms), max err {err:.2e}{'' if ok else ' WRONG'}, "
                     f"workspace {workspace / 2**20:.2f} MiB (peak {peak / 2**20:.2f}) vs bound {bound / 2**20:.2f} "
                     f"MiB{'' if workspace <= bound else ' OVER'}")
             print(line, flush=True)
             table.append((f"{rows}x{hidden} {dtype_name}", name, ms, 100 * t_add / ms, err, ok, workspace / bound))
-        del x, dy, dx, mean, rstd
+        del x, dy, dx, mean, rstd, dres
         torch.cuda.empty_cache()
     print(f"\n[{time.perf_counter() - start:.0f} s]  workspace = partial rows x N x 8 B, as a multiple of "
           "SMs x N x 8 B")
@@ -276,13 +307,14 @@ def main() -> int:
     parser.add_argument("--max-hidden", type=int, default=1 << 30, help="only shapes with N at most this")
     parser.add_argument("--shapes", default="", help="MxNxdtype,... instead of SHAPES (e.g. 128x4096xbf16)")
     parser.add_argument("--rms", action="store_true", help="RMSNorm's backward (no mean, no db)")
+    parser.add_argument("--residual", action="store_true", help="the fused residual's backward (dh added to dx)")
     parser.add_argument("--only", default="", help="comma-separated variant names (e.g. new,sep) to run alone")
     parser.add_argument("--repeat", type=int, default=1, help="time each variant this many times, interleaved")
     parser.add_argument("--host-hidden", action="store_true",
                         help="time with the bench's timer (host dispatch hidden behind a spin kernel): for small M")
     args = parser.parse_args()
-    global HOST_HIDDEN, RMS, REPEAT
-    HOST_HIDDEN, RMS, REPEAT = args.host_hidden, args.rms, max(1, args.repeat)
+    global HOST_HIDDEN, RMS, REPEAT, RESIDUAL
+    HOST_HIDDEN, RMS, REPEAT, RESIDUAL = args.host_hidden, args.rms, max(1, args.repeat), args.residual
     ONLY[:] = [name for name in args.only.split(",") if name]
     if args.shapes:
         SHAPES[:] = [(int(m), int(n), d) for m, n, d in (spec.split("x") for spec in args.shapes.split(","))]

@@ -407,12 +407,18 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     ;;
   probes-n)
     # The twentieth session's ragged forward rule (clusters of at most 8 CTAs of 5 vectors; weight and bias early
-    # where that needs more): its GPU tests, then timed against the fitted clusters it replaced ("fitted"), and the
+    # where that needs more): its GPU tests (and the staged residual backward's), then timed against the fitted clusters it replaced ("fitted"), and the
     # "previous" variant (weight and bias early). The Triton fp32-out forward between 8192 and 16384 (4096x12288:
     # the two-row default 90% against one-row held chunks 94%, one sample each), two samples.
-    timeout 200 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -rfEs -k "151936 or 180000" \
-      > "$out/gpu-tests-ragged.log" 2>&1
-    echo "GPU tests, ragged wide rows: rc=$? $(tail -1 "$out/gpu-tests-ragged.log")"
+    timeout 200 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -rfEs \
+      -k "151936 or 180000 or residual_backward_stages" > "$out/gpu-tests-ragged.log" 2>&1
+    echo "GPU tests, ragged wide rows and the staged residual backward: rc=$? $(tail -1 "$out/gpu-tests-ragged.log")"
+    # The fused residual's backward staged through shared memory (an opt-in; the residual default has neither
+    # prefetch nor stages: the register prefetch spills there), % of a same-bytes copy.
+    timeout 120 python benchmarks/cutedsl_bwd_probe.py --residual --repeat 2 \
+      --shapes 4096x4096xfp16,4096x8192xfp16,4095x5000xfp16,32768x4096xbf16,4096x4096xfp32 \
+      > "$out/cutedsl-bwd-residual-staged.txt" 2>&1
+    echo "CuTeDSL residual backward, staged: rc=$?"; grep -A40 "^shape" "$out/cutedsl-bwd-residual-staged.txt"
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
     timeout 200 python benchmarks/cutedsl_fwd_probe.py \
       --shapes 8192x139264,8192x151936,8192x163840,8192x180000,8192x200000,4096x139264xfloat16 \

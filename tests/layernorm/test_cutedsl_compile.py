@@ -610,6 +610,25 @@ def test_staged_backward_compiles_to_cp_async(hidden, dtype_name, stages):
     assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
 
 
+@pytest.mark.parametrize("hidden, dtype_name, stages", [(4096, "fp16", 2), (5000, "fp16", 3), (1024, "bf16", 2),
+                                                     (4096, "fp32", 2)], ids=str)
+def test_staged_residual_backward_compiles_to_cp_async(hidden, dtype_name, stages):
+    """The fused residual's backward staged (an opt-in: BwdConfig.stages on the residual default): x, dy and the
+    residual's gradient dh all go through 16-byte cp.async.cg copies into shared memory, without spills at the
+    default's one CTA per SM."""
+    elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
+    vec = _aligned_vec(hidden, dtype_name)
+    config = dataclasses.replace(cfg.bwd_config(hidden, elem, vec, residual=True, rows=4096), stages=stages)
+    ptx = launch.compile_bwd(dtype, hidden, cutlass.Float32, True, True, vec, config, ARCH, keep_ptx=True,
+                             dres_dtype=dtype).__ptx__
+    copies = re.findall(r"cp\.async\.(c[ag])\.shared\.global \[[^]]+\], \[[^]]+\], (\d+)", ptx)
+    assert len(copies) == 3 * config.tiling.vecs_per_thread * stages, copies
+    assert set(copies) == {("cg", "16")}
+    usage = _ptxas_usage(ptx)
+    assert usage["spill_stores"] == 0 and usage["stack"] == 0, usage
+    assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
+
+
 @pytest.mark.parametrize("rows, hidden, elem, vec, residual, stages", [
     (4096, 8192, 2, 8, False, 2), (4095, 5000, 2, 8, False, 2), (32768, 4096, 2, 8, False, 2),  # 1-2 rows a tile
     (None, 6144, 2, 8, False, 2), (1024, 3000, 2, 8, False, 2),
@@ -631,9 +650,9 @@ def test_staged_backward_refuses_what_it_does_not_cover():
         dataclasses.replace(config, stages=2)  # prefetch is on by default here
     staged = cfg.bwd_config(8192, 2, 8)
     assert staged.stages == 2
-    with pytest.raises(ValueError, match="stages"):  # the fused residual
+    with pytest.raises(ValueError, match="16-byte"):  # a residual gradient of wider vectors than 16 bytes
         launch.compile_bwd(cutlass.BFloat16, 8192, cutlass.Float32, True, True, 8, staged, ARCH,
-                           dres_dtype=cutlass.BFloat16)
+                           dres_dtype=cutlass.Float32)
     narrow = dataclasses.replace(cfg.bwd_config(769, 2, 1), prefetch=False, stages=2)
     with pytest.raises(ValueError, match="16-byte"):  # 2-byte vectors: cp.async copies 4, 8 or 16 bytes (.cg: 16)
         launch.compile_bwd(cutlass.BFloat16, 769, cutlass.Float32, True, True, 1, narrow, ARCH)

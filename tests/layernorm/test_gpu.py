@@ -220,6 +220,50 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
             assert torch.equal(reference, got)
 
 
+@pytest.mark.parametrize("rows, hidden, dtype, rms, dres_in", [
+    (4096, 4096, torch.float16, False, None), (4095, 5000, torch.float16, False, None),
+    (1000, 8192, torch.bfloat16, True, None), (2049, 1024, torch.bfloat16, False, None),
+    (777, 4096, torch.float32, False, torch.bfloat16),
+], ids=str)
+def test_cutedsl_residual_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtype, rms, dres_in):
+    """The fused residual's backward with x, dy and dh staged through shared memory (BwdConfig.stages with a
+    residual, an opt-in; with the statistics staged too, and with the column sum in the same launch) gives the
+    unstaged residual default's bits: dx (= the norm's gradient + dh), the residual input's gradient in its own dtype,
+    dw and db; ragged last tiles and several tiles per CTA included."""
+    if not is_cutedsl_layernorm_available():
+        pytest.skip("CuTeDSL backend not available")
+    from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
+    from vibe_kernels.layernorm._cutedsl import launch as cutedsl_launch
+
+    x, weight, _ = _inputs(cuda_gen, rows, hidden, dtype)
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
+    dres = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
+    mean = None if rms else layernorm_mean_ref(x).float()
+    rstd = (torch.rsqrt(x.double().square().mean(-1) + 1e-5) if rms else layernorm_rstd_ref(x, 1e-5)).float()
+    vec = cutedsl_launch.vector_width(x.element_size(), hidden, (x.stride(0),), ((x.data_ptr(), x.element_size()),))
+    base = cutedsl_config.bwd_config(hidden, x.element_size(), vec, residual=True, rows=rows)
+    assert base.stages == 1 and not base.prefetch
+    results = []
+    for config in (base, dataclasses.replace(base, stages=2), dataclasses.replace(base, stages=3, staged_stats=True),
+                   dataclasses.replace(base, stages=2, staged_stats=True, fused_column_sum=True)):
+        dx = torch.full_like(x, float("nan"))
+        dx_in = None if dres_in is None else torch.full(x.shape, float("nan"), device="cuda", dtype=dres_in)
+        grads = [torch.full((hidden,), float("nan"), device="cuda") for _ in range(2)]
+        if rms:
+            grads[1] = None
+        cutedsl_launch.layernorm_bwd(dy, x, weight, mean, rstd, dx, *grads, config=config, rms=rms, dresidual=dres,
+                                     dresidual_in=dx_in)
+        results.append([t for t in (dx, dx_in, *grads) if t is not None])
+    for reference, got in zip(results[0], results[1]):
+        assert not reference.isnan().any()
+        assert torch.equal(reference, got)
+    for other in results[2:]:  # the staged statistics / the fused sum: dx exact, dw / db within summation order
+        assert torch.equal(results[0][0], other[0])
+        for reference, got in zip(results[0][1:], other[1:]):
+            assert not got.isnan().any()
+            assert torch.allclose(reference.float(), got.float(), rtol=1e-5, atol=1e-4)
+
+
 def _check_fused_column_sum(run, x, dy, mean, rstd, rms):
     """What both backends' fused column sums must do. ``run(fused, stream=None)`` runs one backward (outputs
     poisoned) and returns [dx, dw, db] (None where not wanted): dx bit-identical to the two-launch path, dw and db

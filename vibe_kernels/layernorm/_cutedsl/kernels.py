@@ -608,10 +608,11 @@ class LayerNormBwd(_RowKernel):
         self.dres_in_dtype = dres_in_dtype
         self.stages = config.stages
         self.staged_stats = config.staged_stats
-        full_vectors = config.tiling.vec * dtype.width == 128 and config.tiling.vec * self.dy_dtype.width == 128
-        if self.stages > 1 and not (dres_dtype is None and self.column_ctas == 0 and full_vectors):
-            raise ValueError(f"stages = {self.stages}: only with 16-byte vectors of x and dy (cp.async.cg), not with "
-                             f"the fused residual or column CTAs (N = {hidden}, {config})")
+        full_vectors = (config.tiling.vec * dtype.width == 128 and config.tiling.vec * self.dy_dtype.width == 128
+                        and (dres_dtype is None or config.tiling.vec * dres_dtype.width == 128))
+        if self.stages > 1 and not (self.column_ctas == 0 and full_vectors):
+            raise ValueError(f"stages = {self.stages}: only with 16-byte vectors of x, dy and the residual's gradient "
+                             f"(cp.async.cg), not with column CTAs (N = {hidden}, {config})")
 
     @cute.jit
     def __call__(
@@ -820,8 +821,10 @@ class LayerNormBwd(_RowKernel):
         staged = const_expr(self.stages > 1)
         stage_x = None
         stage_dy = None
+        stage_dr = None  # with the fused residual: its gradient dh, staged with x and dy
         g2s_x = None
         g2s_dy = None
+        g2s_dr = None
         stage_stats = None  # staged_stats: per stage, each thread's rstd (and mean) slot
         g2s_stat = None
         if const_expr(staged):
@@ -836,6 +839,11 @@ class LayerNormBwd(_RowKernel):
             g2s_dy = partial(cute.copy, cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(
                 cute.nvgpu.LoadCacheMode.GLOBAL), self.dy_dtype,
                 num_bits_per_copy=min(128, t.vec * self.dy_dtype.width)), pred=pred)
+            if const_expr(mDR is not None):
+                stage_dr = smem.allocate_tensor(self.dres_dtype, cute.make_layout(self.stages * stage_size),
+                                                byte_alignment=16)
+                g2s_dr = partial(cute.copy, cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(
+                    cute.nvgpu.LoadCacheMode.GLOBAL), self.dres_dtype, num_bits_per_copy=128), pred=pred)
             if const_expr(self.staged_stats):
                 stage_stats = smem.allocate_tensor(
                     Float32, cute.make_layout(self.stages * self._stats_count() * t.num_threads), byte_alignment=16)
@@ -847,6 +855,8 @@ class LayerNormBwd(_RowKernel):
                 for k in cutlass.range_constexpr(self.stages):
                     _store_slots(_stage_slots(stage_x, k, tidx, t), cute.full(tXgX0.shape, 0.0, self.dtype))
                     _store_slots(_stage_slots(stage_dy, k, tidx, t), cute.full(tXgX0.shape, 0.0, self.dy_dtype))
+                    if const_expr(mDR is not None):
+                        _store_slots(_stage_slots(stage_dr, k, tidx, t), cute.full(tXgX0.shape, 0.0, self.dres_dtype))
 
         if const_expr(t.cluster_n > 1):
             cute.arch.cluster_wait()
@@ -866,7 +876,8 @@ class LayerNormBwd(_RowKernel):
             # The first stages - 1 tiles in flight, one cp.async group each; this tile's statistics a tile ahead.
             for k in cutlass.range_constexpr(self.stages - 1):
                 self._issue_stage(first_tile + k * num_clusters, k, rank, tiler, num_rows, thr_copy, idX, mX, mDY,
-                                  stage_x, stage_dy, g2s_x, g2s_dy, mMean, mRstd, stage_stats, g2s_stat)
+                                  stage_x, stage_dy, g2s_x, g2s_dy, mMean, mRstd, stage_stats, g2s_stat, mDR,
+                                  stage_dr, g2s_dr)
                 cute.arch.cp_async_commit_group()
             if const_expr(not self.staged_stats):
                 next_mean, next_rstd = self._load_stats(first_tile, rank, tiler, num_rows, thr_copy, idX, mMean,
@@ -885,7 +896,7 @@ class LayerNormBwd(_RowKernel):
                 # group (the oldest) is waited for, and its stage read into the fragments (zeros past M).
                 self._issue_stage(tile + (self.stages - 1) * num_clusters, (it + self.stages - 1) % self.stages,
                                   rank, tiler, num_rows, thr_copy, idX, mX, mDY, stage_x, stage_dy, g2s_x, g2s_dy,
-                                  mMean, mRstd, stage_stats, g2s_stat)
+                                  mMean, mRstd, stage_stats, g2s_stat, mDR, stage_dr, g2s_dr)
                 cute.arch.cp_async_commit_group()
                 cute.arch.cp_async_wait_group(self.stages - 1)
                 tXrX.fill(0.0)
@@ -893,6 +904,8 @@ class LayerNormBwd(_RowKernel):
                 if row < num_rows:
                     tXrX.store(_load_slots(_stage_slots(stage_x, it % self.stages, tidx, t), tXrX))
                     tXrDY.store(_load_slots(_stage_slots(stage_dy, it % self.stages, tidx, t), tXrDY))
+                    if const_expr(mDR is not None):
+                        tXrDR.store(_load_slots(_stage_slots(stage_dr, it % self.stages, tidx, t), tXrDR))
                     if const_expr(self.staged_stats):  # (past M: mean, rstd stay next_mean, next_rstd = 0)
                         first = (it % self.stages) * self._stats_count()
                         rstd = stage_stats[first * t.num_threads + tidx]
@@ -1138,11 +1151,12 @@ class LayerNormBwd(_RowKernel):
 
     @cute.jit
     def _issue_stage(self, tile, stage, rank, tiler: cutlass.Constexpr, num_rows, thr_copy, idX, mX, mDY, stage_x,
-                     stage_dy, g2s_x, g2s_dy, mMean, mRstd, stage_stats, g2s_stat):
+                     stage_dy, g2s_x, g2s_dy, mMean, mRstd, stage_stats, g2s_stat, mDR, stage_dr, g2s_dr):
         """cp.async copies (``g2s_x`` / ``g2s_dy``: cute.copy with the atom and the lanes' predicate) of row tile
-        ``tile``'s x and dy (this thread's vectors) into its slots of ``stage``; with ``stage_stats`` (staged_stats)
-        also its row's rstd and mean (``g2s_stat``: a 4-byte copy atom) into its slots there (rstd first); nothing
-        past M (those rows are read as zeros)."""
+        ``tile``'s x and dy (this thread's vectors) into its slots of ``stage``, and of the residual's gradient
+        (``mDR``, into ``stage_dr``) with a fused residual; with ``stage_stats`` (staged_stats) also its row's rstd
+        and mean (``g2s_stat``: a 4-byte copy atom) into its slots there (rstd first); nothing past M (those rows
+        are read as zeros)."""
         tidx, _, _ = cute.arch.thread_idx()
         row = thr_copy.partition_S(cute.local_tile(idX, tiler, (tile, rank)))[0][0]
         if row < num_rows:
@@ -1150,6 +1164,9 @@ class LayerNormBwd(_RowKernel):
                   _stage_slots(stage_x, stage, tidx, self.tiling))
             g2s_dy(thr_copy.partition_S(cute.local_tile(mDY, tiler, (tile, rank))),
                    _stage_slots(stage_dy, stage, tidx, self.tiling))
+            if const_expr(mDR is not None):
+                g2s_dr(thr_copy.partition_S(cute.local_tile(mDR, tiler, (tile, rank))),
+                       _stage_slots(stage_dr, stage, tidx, self.tiling))
             if const_expr(stage_stats is not None):
                 nt = const_expr(self.tiling.num_threads)
                 first = stage * self._stats_count()
