@@ -36,12 +36,13 @@
 #   bash benchmarks/gpu_visit.sh probes-m   # clusters of at most 8 for the ragged forward at 6 vectors, fp32 and
 #                                           # 1024-thread CTAs; the Triton fp32-out forward at 4096x6144 / 12288
 #   bash benchmarks/gpu_visit.sh probes-n   # the ragged forward rule: GPU tests and timed against the fitted
-#                                           # clusters; the Triton fp32-out forward at 4096 x 10240-14336
+#                                           # clusters; the staged residual backward; Triton fp32-out 10240-14336
+#   bash benchmarks/gpu_visit.sh probes-o   # the staged residual backward as the default: its GPU tests
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n|probes-o}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -430,6 +431,14 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
       echo "Triton forward, fp32 out, sample $sample: rc=$?"
     done
     grep -vE "^device|Error" "$out/triton-fwd-out-fp32-mid.txt" | cut -c1-150
+    ;;
+  probes-o)
+    # The staged residual backward as the 16-bit default (twentieth session): the GPU tests of the fused residual
+    # through the API on CuTeDSL and the staged bit-identity test, then its probe row at 4096x4096 fp16.
+    timeout 110 python -m pytest tests/layernorm/test_features_gpu.py tests/layernorm/test_gpu.py -q -n 8 \
+      -p no:cacheprovider -rfEs -k "(residual and (cutedsl or auto)) or residual_backward_stages" \
+      > "$out/gpu-tests-residual.log" 2>&1
+    echo "GPU tests, fused residual: rc=$? $(tail -1 "$out/gpu-tests-residual.log")"
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

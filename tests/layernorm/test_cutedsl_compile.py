@@ -458,7 +458,8 @@ def test_fused_column_sum_compiles_with_its_handshake(hidden, dtype_name, grads)
 
 def test_fused_column_sum_rule():
     """Where the fused column sum is the default: unclustered rows of at most 6144 columns (or staged with the
-    statistics in the stage, above) with partial rows in registers, without the fused residual, and not with the register prefetch of 16-bit rows (ptxas spills there);
+    statistics in the stage, above) with partial rows in registers, with the fused residual only where it stages
+    its 16-bit rows, and not with the register prefetch of 16-bit rows (ptxas spills there);
     never with column CTAs (few rows), clustered rows or the column state in shared memory, which the config
     refuses."""
     assert cfg.bwd_config(4096, 2, 8, rows=4096).fused_column_sum  # staged
@@ -469,7 +470,10 @@ def test_fused_column_sum_rule():
     assert cfg.bwd_config(256, 2, 8, rows=32768).fused_column_sum  # no prefetch (32 rows a tile)
     assert cfg.bwd_config(1024, 4, 4, rows=32768).fused_column_sum  # fp32, prefetched
     assert not cfg.bwd_config(1024, 2, 8, rows=32768).fused_column_sum  # 16-bit, prefetched
-    assert not cfg.bwd_config(4096, 2, 8, rows=4096, residual=True).fused_column_sum
+    # The fused residual: only with its staged 16-bit rows (the unstaged fp32 residual spilled 48 bytes with it).
+    assert cfg.bwd_config(4096, 2, 8, rows=4096, residual=True).fused_column_sum
+    assert not cfg.bwd_config(4096, 4, 4, rows=4096, residual=True).fused_column_sum
+    assert not cfg.bwd_config(1024, 2, 8, rows=4096, residual=True).fused_column_sum  # 8 rows a tile: unstaged
     assert not cfg.bwd_config(16384, 2, 8, rows=4096).fused_column_sum  # clustered
     assert not cfg.bwd_config(4096, 2, 8, rows=128).fused_column_sum  # column CTAs
     clustered = cfg.bwd_config(16384, 2, 8, rows=4096)
@@ -613,12 +617,13 @@ def test_staged_backward_compiles_to_cp_async(hidden, dtype_name, stages):
 @pytest.mark.parametrize("hidden, dtype_name, stages", [(4096, "fp16", 2), (5000, "fp16", 3), (1024, "bf16", 2),
                                                      (4096, "fp32", 2)], ids=str)
 def test_staged_residual_backward_compiles_to_cp_async(hidden, dtype_name, stages):
-    """The fused residual's backward staged (an opt-in: BwdConfig.stages on the residual default): x, dy and the
-    residual's gradient dh all go through 16-byte cp.async.cg copies into shared memory, without spills at the
+    """The fused residual's backward staged (BwdConfig.stages; the residual default for 16-bit rows of one or two rows a
+    tile, with staged statistics and the fused column sum): x, dy and the residual's gradient dh all go through 16-byte cp.async.cg copies into shared memory, without spills at the
     default's one CTA per SM."""
     elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
     vec = _aligned_vec(hidden, dtype_name)
-    config = dataclasses.replace(cfg.bwd_config(hidden, elem, vec, residual=True, rows=4096), stages=stages)
+    config = dataclasses.replace(cfg.bwd_config(hidden, elem, vec, residual=True, rows=4096), stages=stages,
+                                 staged_stats=False, fused_column_sum=False)
     ptx = launch.compile_bwd(dtype, hidden, cutlass.Float32, True, True, vec, config, ARCH, keep_ptx=True,
                              dres_dtype=dtype).__ptx__
     copies = re.findall(r"cp\.async\.(c[ag])\.shared\.global \[[^]]+\], \[[^]]+\], (\d+)", ptx)
@@ -635,13 +640,17 @@ def test_staged_residual_backward_compiles_to_cp_async(hidden, dtype_name, stage
     (32768, 1024, 2, 8, False, 1), (32768, 256, 2, 8, False, 1),  # 8 and 32 rows a tile: the register path
     (32768, 16384, 2, 8, False, 1), (32768, 32768, 2, 8, False, 1),  # clustered rows (32768²: 94 -> 76% staged)
     (4096, 8192, 4, 4, False, 1), (4096, 8192, 2, 4, False, 1),  # fp32 rows (not measured); 8-byte vectors
-    (4096, 8192, 2, 8, True, 1), (128, 8192, 2, 8, False, 1), (1024, 4096, 2, 8, False, 2),  # residual; few rows
+    (4096, 8192, 2, 8, True, 2), (128, 8192, 2, 8, False, 1), (1024, 4096, 2, 8, False, 2),  # residual; few rows
+    (4096, 4096, 2, 8, True, 2), (4096, 1024, 2, 8, True, 1), (4096, 16384, 2, 8, True, 1),  # residual: 1-2 rows a
+    (4096, 4096, 4, 4, True, 1), (4096, 4096, 2, 4, True, 1), (128, 4096, 2, 8, True, 1),  # tile, 16-bit, above 256
 ])
 def test_backward_stages_rule(rows, hidden, elem, vec, residual, stages):
     config = cfg.bwd_config(hidden, elem, vec, residual=residual, rows=rows)
     assert config.stages == stages
     if stages > 1:
         assert not config.prefetch and not config.column_tile and config.ctas_per_sm == 1
+        if residual:  # the statistics staged too, the column sum in the same launch
+            assert config.staged_stats and config.fused_column_sum
 
 
 def test_staged_backward_refuses_what_it_does_not_cover():
@@ -911,7 +920,10 @@ def test_residual_backward_compiles(case):
     h_name = h_name or x_name
     dres_in = DTYPES[r_name] if r_name != x_name else None
     vec = _residual_vec(hidden, x_name, r_name, h_name)
-    config = cfg.bwd_config(hidden, ELEM_BYTES[h_name], vec, residual=True)
+    # Unstaged: the staged default (16-bit rows of 1-2 rows a tile) copies h, dy and dh with cp.async instead
+    # (test_staged_residual_backward_compiles_to_cp_async).
+    config = dataclasses.replace(cfg.bwd_config(hidden, ELEM_BYTES[h_name], vec, residual=True), stages=1,
+                                 staged_stats=False, fused_column_sum=False)
     compile_one = partial(launch.compile_bwd, DTYPES[h_name], hidden, cutlass.Float32, True, True, vec, config, ARCH,
                           keep_ptx=True, rms=rms, dx_dtype=DTYPES[x_name])
     plain = compile_one().__ptx__

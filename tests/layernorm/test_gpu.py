@@ -223,12 +223,12 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
 @pytest.mark.parametrize("rows, hidden, dtype, rms, dres_in", [
     (4096, 4096, torch.float16, False, None), (4095, 5000, torch.float16, False, None),
     (1000, 8192, torch.bfloat16, True, None), (2049, 1024, torch.bfloat16, False, None),
-    (777, 4096, torch.float32, False, torch.bfloat16),
+    (777, 4096, torch.float32, False, torch.bfloat16), (1000, 4096, torch.float16, False, torch.bfloat16),
 ], ids=str)
 def test_cutedsl_residual_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtype, rms, dres_in):
     """The fused residual's backward with x, dy and dh staged through shared memory (BwdConfig.stages with a
-    residual, an opt-in; with the statistics staged too, and with the column sum in the same launch) gives the
-    unstaged residual default's bits: dx (= the norm's gradient + dh), the residual input's gradient in its own dtype,
+    residual; with the statistics staged too, and with the column sum in the same launch: the 16-bit default) gives
+    the unstaged kernel's bits: dx (= the norm's gradient + dh), the residual input's gradient in its own dtype,
     dw and db; ragged last tiles and several tiles per CTA included."""
     if not is_cutedsl_layernorm_available():
         pytest.skip("CuTeDSL backend not available")
@@ -241,8 +241,9 @@ def test_cutedsl_residual_backward_stages_give_the_same_bits(cuda_gen, rows, hid
     mean = None if rms else layernorm_mean_ref(x).float()
     rstd = (torch.rsqrt(x.double().square().mean(-1) + 1e-5) if rms else layernorm_rstd_ref(x, 1e-5)).float()
     vec = cutedsl_launch.vector_width(x.element_size(), hidden, (x.stride(0),), ((x.data_ptr(), x.element_size()),))
-    base = cutedsl_config.bwd_config(hidden, x.element_size(), vec, residual=True, rows=rows)
-    assert base.stages == 1 and not base.prefetch
+    default = cutedsl_config.bwd_config(hidden, x.element_size(), vec, residual=True, rows=rows)
+    assert default.stages == (2 if dtype != torch.float32 else 1) and not default.prefetch
+    base = dataclasses.replace(default, stages=1, staged_stats=False, fused_column_sum=False)
     results = []
     for config in (base, dataclasses.replace(base, stages=2), dataclasses.replace(base, stages=3, staged_stats=True),
                    dataclasses.replace(base, stages=2, staged_stats=True, fused_column_sum=True)):
