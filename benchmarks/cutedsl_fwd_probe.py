@@ -20,7 +20,7 @@ a thread ("c8"), and in 1024-thread CTAs ("c8t1024"); the fitted 9-15-CTA cluste
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).
 
-    python benchmarks/cutedsl_fwd_probe.py [--json PATH]
+    python benchmarks/cutedsl_fwd_probe.py [--json PATH] [--stats]   # --stats: timed with mean and rstd stored
 """
 import argparse
 import dataclasses
@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated variant names to run besides the default")
     parser.add_argument("--shapes", default="", help="comma-separated MxN (SHAPES' entries of that "
                         "size, else bf16) or MxNx<torch dtype> to run (default: all of SHAPES)")
+    parser.add_argument("--stats", action="store_true",
+                        help="time with mean and rstd stored (the training forward) instead of without")
     parser.add_argument("--affine", default="float32", choices=("float32", "bfloat16", "none"),
                         help="weight and bias dtype, or none (the bench's are float32)")
     args = parser.parse_args()
@@ -188,7 +190,8 @@ def main() -> None:
                 err = (out.float() - ref).abs().max().item()
                 stat_err = max(((mean - ref_mean) / ref_std).abs().max().item(),
                                ((rstd - ref_rstd) / ref_rstd).abs().max().item())
-                ms = gpu_ms_host_hidden(lambda: launch.layernorm_fwd(x, w, b, 1e-6, out, None, None, config=config),
+                stats = (mean, rstd) if args.stats else (None, None)
+                ms = gpu_ms_host_hidden(lambda: launch.layernorm_fwd(x, w, b, 1e-6, out, *stats, config=config),
                                         25, 100)
                 line[name] = {"ms": ms, "pct": 100 * copy_ms / ms, "max_err": err, "stat_err": stat_err,
                               "tiling": dataclasses.asdict(config.tiling)}
@@ -211,7 +214,8 @@ def main() -> None:
             return f"{k} {v['ms']:.4f} ({v['pct']:.0f}%, err {v['max_err']:.1e}{stats})"
 
         cells = "  ".join(cell(k, v) for k, v in line.items() if isinstance(v, dict))
-        print(f"{rows}x{hidden} {line['dtype']} affine {args.affine}: copy {copy_ms:.4f}  {cells}", flush=True)
+        stored = ", stats stored" if args.stats else ""
+        print(f"{rows}x{hidden} {line['dtype']} affine {args.affine}{stored}: copy {copy_ms:.4f}  {cells}", flush=True)
         del x, out, ref, ref_var, ref_mean, ref_std, ref_rstd
     if args.json:
         with open(args.json, "w") as f:

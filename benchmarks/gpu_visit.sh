@@ -37,7 +37,8 @@
 #                                           # 1024-thread CTAs; the Triton fp32-out forward at 4096x6144 / 12288
 #   bash benchmarks/gpu_visit.sh probes-n   # the ragged forward rule: GPU tests and timed against the fitted
 #                                           # clusters; the staged residual backward; Triton fp32-out 10240-14336
-#   bash benchmarks/gpu_visit.sh probes-o   # the staged residual backward as the default: its GPU tests
+#   bash benchmarks/gpu_visit.sh probes-o   # the staged residual backward as the default: its GPU tests; the
+#                                           # ragged forward's 8-CTA clusters with weight and bias early
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -434,11 +435,22 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
     ;;
   probes-o)
     # The staged residual backward as the 16-bit default (twentieth session): the GPU tests of the fused residual
-    # through the API on CuTeDSL and the staged bit-identity test, then its probe row at 4096x4096 fp16.
+    # through the API on CuTeDSL and the staged bit-identity test.
     timeout 110 python -m pytest tests/layernorm/test_features_gpu.py tests/layernorm/test_gpu.py -q -n 8 \
       -p no:cacheprovider -rfEs -k "(residual and (cutedsl or auto)) or residual_backward_stages" \
       > "$out/gpu-tests-residual.log" 2>&1
     echo "GPU tests, fused residual: rc=$? $(tail -1 "$out/gpu-tests-residual.log")"
+    # The ragged forward's 8-CTA clusters with weight and bias early ("previous": 53-60% of a copy against the
+    # default's 49-54%, timed without statistics; ptxas spills 40-112 bytes there), timed with the statistics stored
+    # (the training forward) and without.
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    for stats in --stats ""; do
+      # shellcheck disable=SC2086
+      timeout 100 python benchmarks/cutedsl_fwd_probe.py --shapes 8192x139264,8192x151936,8192x163840 \
+        --only previous $stats >> "$out/cutedsl-fwd-eight-early.txt" 2>&1
+      echo "CuTeDSL forward, 8-CTA clusters early ($stats): rc=$?"
+    done
+    grep -E "^[0-9]+x" "$out/cutedsl-fwd-eight-early.txt" | cut -c1-260
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).
