@@ -285,8 +285,9 @@ def gpu_probe() -> None:
             workspace = launch.bwd_grid_clusters(c, rows, device.index or 0) * hidden * 8
             ms = bench(run)
             ok = err < (0.1 if dtype != torch.float32 else 1e-3)
+            sol_name = "the 4-tensor copy" if RESIDUAL else "add"
             line = (f"{rows}x{hidden} {dtype_name} {name:3} [{describe(c)}]: {ms:.4f} ms, "
-                    f"{100 * t_add / ms:.0f}% of {'the 4-tensor copy' if RESIDUAL else 'add'} ({t_add:.4f} ms), max err {err:.2e}{'' if ok else ' WRONG'}, "
+                    f"{100 * t_add / ms:.0f}% of {sol_name} ({t_add:.4f} ms), max err {err:.2e}{'' if ok else ' WRONG'}, "
                     f"workspace {workspace / 2**20:.2f} MiB (peak {peak / 2**20:.2f}) vs bound {bound / 2**20:.2f} "
                     f"MiB{'' if workspace <= bound else ' OVER'}")
             print(line, flush=True)

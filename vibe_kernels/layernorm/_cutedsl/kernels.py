@@ -34,6 +34,12 @@ def _copy_atom(dtype, vec: int):
     return cute.make_copy_atom(cute.nvgpu.CopyUniversalOp(), dtype, num_bits_per_copy=min(128, vec * dtype.width))
 
 
+def _async_copy_atom(dtype, vec: int):
+    """A cp.async.cg copy of ``vec`` elements from global to shared memory (L2 only: 16 bytes)."""
+    return cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cute.nvgpu.LoadCacheMode.GLOBAL), dtype,
+                               num_bits_per_copy=min(128, vec * dtype.width))
+
+
 def _load_atom(dtype, vec: int, l1_priority=None, l2_policy: bool = False):
     """A global load of ``vec`` elements; ``l1_priority`` (a cute.nvgpu.CacheEvictionPriority, or None: no hint) says
     how the L1 keeps the line: NO_ALLOCATE for data read once (the rows), EVICT_LAST for data every row reads again
@@ -833,17 +839,12 @@ class LayerNormBwd(_RowKernel):
             stage_dy = smem.allocate_tensor(self.dy_dtype, cute.make_layout(self.stages * stage_size),
                                             byte_alignment=16)
             # 16-byte cp.async.cg (L2 only), predicated to the lanes within N.
-            g2s_x = partial(cute.copy, cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(
-                cute.nvgpu.LoadCacheMode.GLOBAL), self.dtype, num_bits_per_copy=min(128, t.vec * self.dtype.width)),
-                pred=pred)
-            g2s_dy = partial(cute.copy, cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(
-                cute.nvgpu.LoadCacheMode.GLOBAL), self.dy_dtype,
-                num_bits_per_copy=min(128, t.vec * self.dy_dtype.width)), pred=pred)
+            g2s_x = partial(cute.copy, _async_copy_atom(self.dtype, t.vec), pred=pred)
+            g2s_dy = partial(cute.copy, _async_copy_atom(self.dy_dtype, t.vec), pred=pred)
             if const_expr(mDR is not None):
                 stage_dr = smem.allocate_tensor(self.dres_dtype, cute.make_layout(self.stages * stage_size),
                                                 byte_alignment=16)
-                g2s_dr = partial(cute.copy, cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(
-                    cute.nvgpu.LoadCacheMode.GLOBAL), self.dres_dtype, num_bits_per_copy=128), pred=pred)
+                g2s_dr = partial(cute.copy, _async_copy_atom(self.dres_dtype, t.vec), pred=pred)
             if const_expr(self.staged_stats):
                 stage_stats = smem.allocate_tensor(
                     Float32, cute.make_layout(self.stages * self._stats_count() * t.num_threads), byte_alignment=16)
