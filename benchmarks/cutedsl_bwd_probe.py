@@ -5,11 +5,13 @@
     python benchmarks/cutedsl_bwd_probe.py --rms --shapes 4096x8192xfp16   # RMSNorm's backward (no mean, no db)
     python benchmarks/cutedsl_bwd_probe.py --shapes 4096x4096xfp16 --only new,sep --repeat 3   # interleaved repeats
     python benchmarks/cutedsl_bwd_probe.py --residual --shapes 4096x4096xfp16   # the fused residual's backward
+    python benchmarks/cutedsl_bwd_probe.py --residual --shapes 4096x4096xfp32 --grad-dtype bf16   # bf16 dy and dh
 
 --residual: the backward of the fused pre-norm residual (the gradient dh flowing into h added to dx, as the bench's
-residual variant); its own variants: new (the residual default: no prefetch, no stages), st2 / st3 (x, dy and dh
-staged through shared memory, BwdConfig.stages), sst (st2 with the statistics staged too) and fst (sst with the
-column sum in the same launch).
+residual variant); its own variants: new (the residual default), old (its loads unstaged: no prefetch, no stages, the
+default before the twentieth session, where the default stages them), st2 / st3 (x, dy and dh staged through shared
+memory, BwdConfig.stages), sst (st2 with the statistics staged too) and fst (sst with the column sum in the same
+launch; the default for unclustered rows of one or two a tile).
 
 old: 128..512-thread CTAs, ctas_per_sm = 1024 // threads (up to 8 CTAs, so up to 8 dw/db partial rows, per SM),
      w and the dw/db accumulators in registers (N = 262144 then spills: 704-byte stack frame).
@@ -61,6 +63,7 @@ ELEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 HOST_HIDDEN = False  # --host-hidden
 RMS = False  # --rms: RMSNorm's backward (no mean, no db)
 RESIDUAL = False  # --residual: the fused residual's backward (dh added to dx)
+GRAD_DTYPE = ""  # --grad-dtype: dy (and dh) in this dtype instead of x's (e.g. bf16 out from fp32 x)
 ONLY: list[str] = []  # --only: these variants alone
 REPEAT = 1  # --repeat: time every variant of a shape this many times, interleaved
 
@@ -75,8 +78,11 @@ def old_bwd_config(hidden: int, elem_bytes: int, vec: int) -> cfg.BwdConfig:
 
 def residual_configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     """--residual: the residual default and its loads staged through shared memory (where the kernel takes them)."""
-    base = cfg.bwd_config(hidden, elem_bytes, 16 // elem_bytes, residual=True)
-    found = {"new": base}
+    default = cfg.bwd_config(hidden, elem_bytes, 16 // elem_bytes, residual=True)
+    found = {"new": default}
+    base = dataclasses.replace(default, stages=1, staged_stats=False, fused_column_sum=False)
+    if base != default:
+        found["old"] = base
     if not (base.prefetch or base.column_state_in_smem or base.column_tile):
         found.update(st2=dataclasses.replace(base, stages=2), st3=dataclasses.replace(base, stages=3),
                      sst=dataclasses.replace(base, stages=2, staged_stats=True))
@@ -238,8 +244,9 @@ def gpu_probe() -> None:
         dtype = torch_dtypes[dtype_name]
         gen = torch.Generator(device=device).manual_seed(rows + hidden)
         x = torch.randn(rows, hidden, device=device, dtype=dtype, generator=gen)
-        dy = torch.randn(rows, hidden, device=device, dtype=dtype, generator=gen)
-        dres = torch.randn(rows, hidden, device=device, dtype=dtype, generator=gen) if RESIDUAL else None
+        grad_dtype = torch_dtypes[GRAD_DTYPE] if GRAD_DTYPE else dtype  # --grad-dtype: dy and dh in another dtype
+        dy = torch.randn(rows, hidden, device=device, dtype=grad_dtype, generator=gen)
+        dres = torch.randn(rows, hidden, device=device, dtype=grad_dtype, generator=gen) if RESIDUAL else None
         weight = 1 + 0.5 * torch.randn(hidden, device=device, generator=gen)
         dx = torch.empty_like(x)
         dw = torch.empty(hidden, device=device)
@@ -250,7 +257,8 @@ def gpu_probe() -> None:
         rstd = torch.cat([rstd_ref(x[i:i + chunk], 1e-5) for i in range(0, rows, chunk)]).float()
         if RESIDUAL:
             # The same bytes (h, dy and dh read, dx written): a copy of half of them into the other half.
-            src = torch.empty(2 * rows * hidden, device=device, dtype=dtype)
+            src = torch.empty(rows * hidden * (dtype.itemsize + grad_dtype.itemsize) // 2, device=device,
+                              dtype=torch.float16)
             dst = torch.empty_like(src)
             t_add = bench(lambda: dst.copy_(src))
             del src, dst
@@ -309,13 +317,16 @@ def main() -> int:
     parser.add_argument("--shapes", default="", help="MxNxdtype,... instead of SHAPES (e.g. 128x4096xbf16)")
     parser.add_argument("--rms", action="store_true", help="RMSNorm's backward (no mean, no db)")
     parser.add_argument("--residual", action="store_true", help="the fused residual's backward (dh added to dx)")
+    parser.add_argument("--grad-dtype", default="", choices=("", "bf16", "fp16", "fp32"),
+                        help="dy and dh in this dtype instead of x's")
     parser.add_argument("--only", default="", help="comma-separated variant names (e.g. new,sep) to run alone")
     parser.add_argument("--repeat", type=int, default=1, help="time each variant this many times, interleaved")
     parser.add_argument("--host-hidden", action="store_true",
                         help="time with the bench's timer (host dispatch hidden behind a spin kernel): for small M")
     args = parser.parse_args()
-    global HOST_HIDDEN, RMS, REPEAT, RESIDUAL
+    global HOST_HIDDEN, RMS, REPEAT, RESIDUAL, GRAD_DTYPE
     HOST_HIDDEN, RMS, REPEAT, RESIDUAL = args.host_hidden, args.rms, max(1, args.repeat), args.residual
+    GRAD_DTYPE = args.grad_dtype
     ONLY[:] = [name for name in args.only.split(",") if name]
     if args.shapes:
         SHAPES[:] = [(int(m), int(n), d) for m, n, d in (spec.split("x") for spec in args.shapes.split(","))]

@@ -39,11 +39,12 @@
 #                                           # clusters; the staged residual backward; Triton fp32-out 10240-14336
 #   bash benchmarks/gpu_visit.sh probes-o   # the staged residual backward as the default: its GPU tests; the
 #                                           # ragged forward's 8-CTA clusters with weight and bias early
+#   bash benchmarks/gpu_visit.sh probes-p   # the fp32 staged residual backward, fp32 and bf16 dy / dh
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n|probes-o}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n|probes-o|probes-p}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -451,6 +452,17 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
       echo "CuTeDSL forward, 8-CTA clusters early ($stats): rc=$?"
     done
     grep -E "^[0-9]+x" "$out/cutedsl-fwd-eight-early.txt" | cut -c1-260
+    ;;
+  probes-p)
+    # The twenty-first session's fp32 staged residual backward, with dy and dh in fp32 and in bf16 (8-byte cp.async.ca
+    # copies beside x's 16-byte ones), against the unstaged kernel ("old"), two interleaved samples each.
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    for grad in "" bf16; do
+      timeout 120 python benchmarks/cutedsl_bwd_probe.py --residual --shapes 4096x4096xfp32,8192x3072xfp32 \
+        --only new,old --repeat 2 ${grad:+--grad-dtype $grad} >> "$out/cutedsl-bwd-residual-fp32.txt" 2>&1
+      echo "CuTeDSL residual backward, fp32 x, grads ${grad:-fp32}: rc=$?"
+    done
+    grep -E "^[0-9]+x" "$out/cutedsl-bwd-residual-fp32.txt" | cut -c1-200
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).

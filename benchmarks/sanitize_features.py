@@ -7,10 +7,11 @@ its gradient flows through h too.
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --report-api-errors no \\
         python benchmarks/sanitize_features.py [--backends cutedsl,triton] [--set features|rules]
 
-``--set rules``: plain LayerNorm / RMSNorm at the shapes where the eleventh, sixteenth and eighteenth sessions' rules
-switch kernels (the CuTeDSL backward's staged loads and staged statistics, the forward's four-CTA launch bound,
-clusters of any size for ragged rows; Triton's two-row blocks at N = 16384, held two-row blocks at N = 32768 and the
-fp32-out blocks), with
+``--set rules``: LayerNorm / RMSNorm at the shapes where the eleventh, sixteenth, eighteenth, twentieth and
+twenty-first sessions' rules switch kernels (the CuTeDSL backward's staged loads and staged statistics, the forward's
+four-CTA launch bound, clusters of any size for ragged rows and of at most 8 for the ragged forward, the fused
+residual's staged backward; Triton's two-row blocks at N = 16384, held two-row blocks at N = 32768 and the fp32-out
+blocks), with
 M above one wave and not a multiple of the CTA's rows. The CuTeDSL backward sums its dw/db columns in its own launch
 (the twelfth session's fused column sum) at every N <= 6144 here: 16-bit staged rows and fp32 prefetched ones.
 
@@ -48,6 +49,10 @@ RULE_CASES = [
     (3, 151936, torch.float32, torch.float32, True, None), (37, 131072, torch.bfloat16, torch.bfloat16, False, None),
     (301, 12288, torch.bfloat16, torch.float32, False, None), (301, 8192, torch.bfloat16, torch.float32, True, None),
     (37, 100000, torch.float16, torch.float16, False, None),  # the backward in 7 CTAs of 64 bytes (N <= 131072)
+    # the twentieth and twenty-first sessions': the CuTeDSL ragged forward in clusters of at most 8 CTAs (M >= 1024),
+    # the fused residual's staged backward (16-bit; fp32 x with a bf16 dy: 8-byte cp.async.ca copies)
+    (1025, 139264, torch.bfloat16, torch.bfloat16, False, None), (1031, 4096, torch.float16, torch.float16, False, "x"),
+    (1031, 5000, torch.float16, torch.float16, True, "x"), (1031, 3072, torch.float32, torch.bfloat16, False, "x"),
 ]
 
 

@@ -470,9 +470,10 @@ def test_fused_column_sum_rule():
     assert cfg.bwd_config(256, 2, 8, rows=32768).fused_column_sum  # no prefetch (32 rows a tile)
     assert cfg.bwd_config(1024, 4, 4, rows=32768).fused_column_sum  # fp32, prefetched
     assert not cfg.bwd_config(1024, 2, 8, rows=32768).fused_column_sum  # 16-bit, prefetched
-    # The fused residual: only with its staged 16-bit rows (the unstaged fp32 residual spilled 48 bytes with it).
+    # The fused residual: only with its staged rows (the unstaged fp32 residual spilled 48 bytes with it).
     assert cfg.bwd_config(4096, 2, 8, rows=4096, residual=True).fused_column_sum
-    assert not cfg.bwd_config(4096, 4, 4, rows=4096, residual=True).fused_column_sum
+    assert cfg.bwd_config(4096, 4, 4, rows=4096, residual=True).fused_column_sum
+    assert not cfg.bwd_config(1024, 4, 4, rows=4096, residual=True).fused_column_sum  # fp32, 4 rows a tile: unstaged
     assert not cfg.bwd_config(1024, 2, 8, rows=4096, residual=True).fused_column_sum  # 8 rows a tile: unstaged
     assert not cfg.bwd_config(16384, 2, 8, rows=4096).fused_column_sum  # clustered
     assert not cfg.bwd_config(4096, 2, 8, rows=128).fused_column_sum  # column CTAs
@@ -614,21 +615,29 @@ def test_staged_backward_compiles_to_cp_async(hidden, dtype_name, stages):
     assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
 
 
-@pytest.mark.parametrize("hidden, dtype_name, stages", [(4096, "fp16", 2), (5000, "fp16", 3), (1024, "bf16", 2),
-                                                     (4096, "fp32", 2)], ids=str)
-def test_staged_residual_backward_compiles_to_cp_async(hidden, dtype_name, stages):
-    """The fused residual's backward staged (BwdConfig.stages; the residual default for 16-bit rows of one or two rows a
-    tile, with staged statistics and the fused column sum): x, dy and the residual's gradient dh all go through 16-byte cp.async.cg copies into shared memory, without spills at the
-    default's one CTA per SM."""
+@pytest.mark.parametrize("hidden, dtype_name, stages, grad_name", [
+    (4096, "fp16", 2, None), (5000, "fp16", 3, None), (1024, "bf16", 2, None), (4096, "fp32", 2, None),
+    (3000, "fp32", 2, "bf16"), (4096, "fp32", 2, "fp16"),
+], ids=str)
+def test_staged_residual_backward_compiles_to_cp_async(hidden, dtype_name, stages, grad_name):
+    """The fused residual's backward staged (BwdConfig.stages; the residual default for rows of one or two a tile,
+    with staged statistics and the fused column sum): x, dy and the residual's gradient dh all go through cp.async
+    copies into shared memory, 16-byte .cg ones, or 8-byte .ca ones for dy and dh narrower than x (``grad_name``: bf16
+    out from fp32 x), without spills at the default's one CTA per SM."""
     elem, dtype = ELEM_BYTES[dtype_name], DTYPES[dtype_name]
+    grad_dtype = DTYPES[grad_name or dtype_name]
     vec = _aligned_vec(hidden, dtype_name)
     config = dataclasses.replace(cfg.bwd_config(hidden, elem, vec, residual=True, rows=4096), stages=stages,
                                  staged_stats=False, fused_column_sum=False)
     ptx = launch.compile_bwd(dtype, hidden, cutlass.Float32, True, True, vec, config, ARCH, keep_ptx=True,
-                             dres_dtype=dtype).__ptx__
+                             dy_dtype=grad_dtype, dres_dtype=grad_dtype).__ptx__
     copies = re.findall(r"cp\.async\.(c[ag])\.shared\.global \[[^]]+\], \[[^]]+\], (\d+)", ptx)
     assert len(copies) == 3 * config.tiling.vecs_per_thread * stages, copies
-    assert set(copies) == {("cg", "16")}
+    per_tensor = config.tiling.vecs_per_thread * stages
+    if grad_name is None:
+        assert copies == [("cg", "16")] * len(copies)
+    else:  # x's copies 16 bytes (.cg), dy's and dh's 8 (.ca)
+        assert sorted(copies) == sorted([("cg", "16")] * per_tensor + [("ca", "8")] * 2 * per_tensor), copies
     usage = _ptxas_usage(ptx)
     assert usage["spill_stores"] == 0 and usage["stack"] == 0, usage
     assert usage["registers"] * config.tiling.num_threads * config.ctas_per_sm <= REGISTERS_PER_SM, usage
@@ -642,7 +651,8 @@ def test_staged_residual_backward_compiles_to_cp_async(hidden, dtype_name, stage
     (4096, 8192, 4, 4, False, 1), (4096, 8192, 2, 4, False, 1),  # fp32 rows (not measured); 8-byte vectors
     (4096, 8192, 2, 8, True, 2), (128, 8192, 2, 8, False, 1), (1024, 4096, 2, 8, False, 2),  # residual; few rows
     (4096, 4096, 2, 8, True, 2), (4096, 1024, 2, 8, True, 1), (4096, 16384, 2, 8, True, 1),  # residual: 1-2 rows a
-    (4096, 4096, 4, 4, True, 1), (4096, 4096, 2, 4, True, 1), (128, 4096, 2, 8, True, 1),  # tile, 16-bit, above 256
+    (4096, 4096, 4, 4, True, 2), (4096, 4096, 2, 4, True, 1), (128, 4096, 2, 8, True, 1),  # tile, above 256 rows
+    (4096, 3072, 4, 4, True, 2), (4096, 8192, 4, 4, True, 1), (4096, 1024, 4, 4, True, 1),  # fp32 residual
 ])
 def test_backward_stages_rule(rows, hidden, elem, vec, residual, stages):
     config = cfg.bwd_config(hidden, elem, vec, residual=residual, rows=rows)

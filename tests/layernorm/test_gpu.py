@@ -220,29 +220,33 @@ def test_cutedsl_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtyp
             assert torch.equal(reference, got)
 
 
-@pytest.mark.parametrize("rows, hidden, dtype, rms, dres_in", [
-    (4096, 4096, torch.float16, False, None), (4095, 5000, torch.float16, False, None),
-    (1000, 8192, torch.bfloat16, True, None), (2049, 1024, torch.bfloat16, False, None),
-    (777, 4096, torch.float32, False, torch.bfloat16), (1000, 4096, torch.float16, False, torch.bfloat16),
+@pytest.mark.parametrize("rows, hidden, dtype, rms, dres_in, grad_dtype", [
+    (4096, 4096, torch.float16, False, None, None), (4095, 5000, torch.float16, False, None, None),
+    (1000, 8192, torch.bfloat16, True, None, None), (2049, 1024, torch.bfloat16, False, None, None),
+    (777, 4096, torch.float32, False, torch.bfloat16, None), (1000, 4096, torch.float16, False, torch.bfloat16, None),
+    (1000, 3000, torch.float32, False, None, torch.bfloat16), (513, 4096, torch.float32, True, torch.float16,
+                                                                torch.float16),
 ], ids=str)
-def test_cutedsl_residual_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtype, rms, dres_in):
+def test_cutedsl_residual_backward_stages_give_the_same_bits(cuda_gen, rows, hidden, dtype, rms, dres_in,
+                                                             grad_dtype):
     """The fused residual's backward with x, dy and dh staged through shared memory (BwdConfig.stages with a
-    residual; with the statistics staged too, and with the column sum in the same launch: the 16-bit default) gives
-    the unstaged kernel's bits: dx (= the norm's gradient + dh), the residual input's gradient in its own dtype,
-    dw and db; ragged last tiles and several tiles per CTA included."""
+    residual; with the statistics staged too, and with the column sum in the same launch: the default for rows of
+    one or two a tile) gives the unstaged kernel's bits: dx (= the norm's gradient + dh), the residual input's
+    gradient in its own dtype, dw and db; ragged last tiles, several tiles per CTA, and dy and dh narrower than x
+    (``grad_dtype``: 8-byte cp.async.ca copies beside x's 16-byte ones) included."""
     if not is_cutedsl_layernorm_available():
         pytest.skip("CuTeDSL backend not available")
     from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
     from vibe_kernels.layernorm._cutedsl import launch as cutedsl_launch
 
     x, weight, _ = _inputs(cuda_gen, rows, hidden, dtype)
-    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
-    dres = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(dtype)
+    dy = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(grad_dtype or dtype)
+    dres = torch.randn(x.shape, generator=cuda_gen, device="cuda").to(grad_dtype or dtype)
     mean = None if rms else layernorm_mean_ref(x).float()
     rstd = (torch.rsqrt(x.double().square().mean(-1) + 1e-5) if rms else layernorm_rstd_ref(x, 1e-5)).float()
     vec = cutedsl_launch.vector_width(x.element_size(), hidden, (x.stride(0),), ((x.data_ptr(), x.element_size()),))
     default = cutedsl_config.bwd_config(hidden, x.element_size(), vec, residual=True, rows=rows)
-    assert default.stages == (2 if dtype != torch.float32 else 1) and not default.prefetch
+    assert (default.stages == 2 or default.tiling.rows_per_cta > 2) and not default.prefetch  # 1024: 8 rows a tile
     base = dataclasses.replace(default, stages=1, staged_stats=False, fused_column_sum=False)
     results = []
     for config in (base, dataclasses.replace(base, stages=2), dataclasses.replace(base, stages=3, staged_stats=True),

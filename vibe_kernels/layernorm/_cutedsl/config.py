@@ -560,9 +560,9 @@ fused_column_sum=False, staged_stats=False)
     # (cutedsl_bwd_probe.py --residual, H100, 2026-12-07, twentieth session, h100-2026-12-07-k/probes-n/
     # cutedsl-bwd-residual-staged.txt, two samples, % of a copy of the same bytes, default -> this): 4096² fp16 81 /
     # 81 -> 86 / 85, 4096x8192 fp16 85 / 85 -> 90 / 90, 4095x5000 fp16 74 / 74 -> 85 / 85, 32768x4096 bf16 96 / 96
-    # -> 100 / 100 (two stages alone 81 / 87 / 85 / 101, three 84-85 / 87 / 84 / 98-99). fp32 rows gained too (4096²
-    # 89 -> 93-94) but are left out: a narrower dy (bf16 out from fp32 x) would leave the stage 8-byte vectors.
-    staged_residual = (residual and tiling.cluster_n == 1 and tiling.rows_per_cta <= 2 and elem_bytes == 2
+    # -> 100 / 100 (two stages alone 81 / 87 / 85 / 101, three 84-85 / 87 / 84 / 98-99); fp32 rows 4096² 89 -> 93 / 94
+    # (fp32 dy). A narrower dy or dh than x (bf16 out from fp32 x) is staged in 8-byte cp.async.ca copies.
+    staged_residual = (residual and tiling.cluster_n == 1 and tiling.rows_per_cta <= 2
                        and full_vectors and not column_state_in_smem and column_tile == 0 and ctas_per_sm == 1
                        and (rows is None or rows > SMALL_M_ROWS))
     if staged_residual:

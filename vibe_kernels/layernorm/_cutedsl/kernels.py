@@ -35,9 +35,11 @@ def _copy_atom(dtype, vec: int):
 
 
 def _async_copy_atom(dtype, vec: int):
-    """A cp.async.cg copy of ``vec`` elements from global to shared memory (L2 only: 16 bytes)."""
-    return cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(cute.nvgpu.LoadCacheMode.GLOBAL), dtype,
-                               num_bits_per_copy=min(128, vec * dtype.width))
+    """A cp.async copy of ``vec`` elements from global to shared memory: .cg (L2 only) for 16 bytes, .ca for the
+    narrower vectors of a tensor narrower than the widest row tensor (.cg copies 16 bytes only)."""
+    bits = min(128, vec * dtype.width)
+    mode = cute.nvgpu.LoadCacheMode.GLOBAL if bits == 128 else cute.nvgpu.LoadCacheMode.ALWAYS
+    return cute.make_copy_atom(cute.nvgpu.cpasync.CopyG2SOp(mode), dtype, num_bits_per_copy=bits)
 
 
 def _load_atom(dtype, vec: int, l1_priority=None, l2_policy: bool = False):
@@ -614,11 +616,13 @@ class LayerNormBwd(_RowKernel):
         self.dres_in_dtype = dres_in_dtype
         self.stages = config.stages
         self.staged_stats = config.staged_stats
-        full_vectors = (config.tiling.vec * dtype.width == 128 and config.tiling.vec * self.dy_dtype.width == 128
-                        and (dres_dtype is None or config.tiling.vec * dres_dtype.width == 128))
-        if self.stages > 1 and not (self.column_ctas == 0 and full_vectors):
-            raise ValueError(f"stages = {self.stages}: only with 16-byte vectors of x, dy and the residual's gradient "
-                             f"(cp.async.cg), not with column CTAs (N = {hidden}, {config})")
+        # cp.async copies 16 bytes of x (.cg) and 4, 8 or 16 of dy and dh (.ca below 16: a narrower out dtype).
+        stage_vectors = (config.tiling.vec * dtype.width == 128
+                         and all(config.tiling.vec * d.width in (32, 64, 128)
+                                 for d in (self.dy_dtype, dres_dtype) if d is not None))
+        if self.stages > 1 and not (self.column_ctas == 0 and stage_vectors):
+            raise ValueError(f"stages = {self.stages}: only with 16-byte vectors of x and 4-16-byte ones of dy and the "
+                             f"residual's gradient (cp.async), not with column CTAs (N = {hidden}, {config})")
 
     @cute.jit
     def __call__(
@@ -838,7 +842,7 @@ class LayerNormBwd(_RowKernel):
             stage_x = smem.allocate_tensor(self.dtype, cute.make_layout(self.stages * stage_size), byte_alignment=16)
             stage_dy = smem.allocate_tensor(self.dy_dtype, cute.make_layout(self.stages * stage_size),
                                             byte_alignment=16)
-            # 16-byte cp.async.cg (L2 only), predicated to the lanes within N.
+            # cp.async (16-byte .cg, L2 only, where the vectors allow), predicated to the lanes within N.
             g2s_x = partial(cute.copy, _async_copy_atom(self.dtype, t.vec), pred=pred)
             g2s_dy = partial(cute.copy, _async_copy_atom(self.dy_dtype, t.vec), pred=pred)
             if const_expr(mDR is not None):
