@@ -123,8 +123,9 @@ class BwdConfig:
     column_tile: int = 0
     # Software pipelining through shared memory (1: off): x and dy of the next ``stages - 1`` row tiles are in flight
     # as cp.async copies into per-thread shared-memory slots while this tile computes (each thread reads back only
-    # what it copied: no barrier). Instead of ``prefetch``; only with 16-byte vectors of x and dy (cp.async.cg), not
-    # with the fused residual, column CTAs or the column state in shared memory (bwd_config says where it is on).
+    # what it copied: no barrier); with the fused residual its gradient dh too. Instead of ``prefetch``; only with
+    # 16-byte vectors of x (cp.async.cg) and 4-16-byte ones of dy and dh (.ca below 16), not with column CTAs or the
+    # column state in shared memory (bwd_config says where it is on).
     stages: int = 1
     # The column sum of the partial rows in the same launch (no second kernel): ``sum_ctas(N)`` CTAs follow the row
     # CTAs in the grid; each waits until every row CTA has written its partial rows and announced it on a global
@@ -556,7 +557,8 @@ fused_column_sum=False, staged_stats=False)
                          staged_stats=staged_stats)
     # The fused residual's backward (its default until then: no prefetch, which spills 96-144 bytes with the residual,
     # no stages) stages x, dy and the residual's gradient dh with each tile's statistics, and sums its partial rows
-    # in the same launch, for unclustered 16-bit rows of one or two rows a tile above small M. Measured
+    # in the same launch, for unclustered rows of one or two a tile above small M (16-bit; fp32 since the twenty-first
+    # session, its dy and dh in 4-8-byte cp.async.ca copies where narrower than x). Measured
     # (cutedsl_bwd_probe.py --residual, H100, 2026-12-07, twentieth session, h100-2026-12-07-k/probes-n/
     # cutedsl-bwd-residual-staged.txt, two samples, % of a copy of the same bytes, default -> this): 4096² fp16 81 /
     # 81 -> 86 / 85, 4096x8192 fp16 85 / 85 -> 90 / 90, 4095x5000 fp16 74 / 74 -> 85 / 85, 32768x4096 bf16 96 / 96
