@@ -66,6 +66,7 @@ RESIDUAL = False  # --residual: the fused residual's backward (dh added to dx)
 GRAD_DTYPE = ""  # --grad-dtype: dy (and dh) in this dtype instead of x's (e.g. bf16 out from fp32 x)
 ONLY: list[str] = []  # --only: these variants alone
 REPEAT = 1  # --repeat: time every variant of a shape this many times, interleaved
+TILINGS: list[str] = []  # --tilings: extra variants, the default with another row tiling (see tiling_variant)
 
 
 def old_bwd_config(hidden: int, elem_bytes: int, vec: int) -> cfg.BwdConfig:
@@ -91,7 +92,34 @@ def residual_configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     return found
 
 
+def tiling_variant(spec: str, default: cfg.BwdConfig) -> tuple[str, cfg.BwdConfig]:
+    """``--tilings`` item THREADSxVECSxROWS[sSTAGES][cCTAS]: the default config with rows of THREADS threads (any
+    multiple of 32 for a multi-warp row, not only powers of two) x VECS vectors, ROWS rows a CTA, and optionally
+    another pipeline depth and CTAs per SM; named tTHREADSvVECSrROWS[sS][cC].
+
+    >>> d = cfg.bwd_config(5000, 2, 8)
+    >>> name, c = tiling_variant("640x1x1s3", d)
+    >>> name, c.tiling.num_threads, c.tiling.tile_n, c.stages, c.ctas_per_sm
+    ('t640v1r1s3', 640, 5120, 3, 1)
+    """
+    match = re.fullmatch(r"(\d+)x(\d+)x(\d+)(?:s(\d+))?(?:c(\d+))?", spec)
+    if match is None:
+        raise SystemExit(f"--tilings: {spec!r} is not THREADSxVECSxROWS[sSTAGES][cCTAS]")
+    threads, vecs, rows, stages, ctas = match.groups()
+    tiling = cfg.RowTiling(default.tiling.vec, int(threads), int(vecs), int(rows), default.tiling.cluster_n)
+    config = dataclasses.replace(default, tiling=tiling, stages=int(stages or default.stages),
+                                 ctas_per_sm=int(ctas or default.ctas_per_sm))
+    name = f"t{threads}v{vecs}r{rows}" + (f"s{stages}" if stages else "") + (f"c{ctas}" if ctas else "")
+    return name, config
+
+
 def configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
+    found = _configs(hidden, elem_bytes)
+    found.update(tiling_variant(spec, found["new"]) for spec in TILINGS)
+    return found
+
+
+def _configs(hidden: int, elem_bytes: int) -> dict[str, cfg.BwdConfig]:
     if RESIDUAL:
         return residual_configs(hidden, elem_bytes)
     vec = 16 // elem_bytes  # contiguous, 16-byte-aligned tensors
@@ -265,7 +293,9 @@ def gpu_probe() -> None:
         else:
             t_add = bench(lambda: torch.add(x, dy, out=dx))
         bound = sms * hidden * 8
-        variants = [(name, c) for name, c in configs(hidden, x.element_size()).items() if not ONLY or name in ONLY]
+        # --only filters the named variants; the --tilings ones always run.
+        variants = [(name, c) for name, c in configs(hidden, x.element_size()).items()
+                    if not ONLY or name in ONLY or re.fullmatch(r"t\d+v\d+r\d+(s\d+)?(c\d+)?", name)]
         for name, c in variants * REPEAT:
             # Check on the first rows: enough for several persistent iterations and a ragged last tile.
             check = min(rows, max(64, 3 * c.max_partial_rows(sms) * c.tiling.rows_per_cta + 5))
@@ -304,9 +334,9 @@ def gpu_probe() -> None:
         torch.cuda.empty_cache()
     print(f"\n[{time.perf_counter() - start:.0f} s]  workspace = partial rows x N x 8 B, as a multiple of "
           "SMs x N x 8 B")
-    print(f"{'shape':22} {'cfg':4} {'ms':>9} {'%add':>5} {'max err':>9} {'ws/bound':>8}")
+    print(f"{'shape':22} {'cfg':10} {'ms':>9} {'%add':>5} {'max err':>9} {'ws/bound':>8}")
     for shape, name, ms, pct, err, ok, ratio in table:
-        print(f"{shape:22} {name:4} {ms:9.4f} {pct:5.0f} {err:9.2e}{'' if ok else '!'} {ratio:8.2f}")
+        print(f"{shape:22} {name:10} {ms:9.4f} {pct:5.0f} {err:9.2e}{'' if ok else '!'} {ratio:8.2f}")
 
 
 def main() -> int:
@@ -319,7 +349,11 @@ def main() -> int:
     parser.add_argument("--residual", action="store_true", help="the fused residual's backward (dh added to dx)")
     parser.add_argument("--grad-dtype", default="", choices=("", "bf16", "fp16", "fp32"),
                         help="dy and dh in this dtype instead of x's")
-    parser.add_argument("--only", default="", help="comma-separated variant names (e.g. new,sep) to run alone")
+    parser.add_argument("--only", default="",
+                        help="comma-separated variant names (e.g. new,sep) to run alone (with the --tilings ones)")
+    parser.add_argument("--tilings", default="",
+                        help="extra variants: the default with other row tilings, THREADSxVECSxROWS[sSTAGES][cCTAS],... "
+                             "(e.g. 640x1x1s3: 640 threads of one vector a row, one row a CTA, 3 stages)")
     parser.add_argument("--repeat", type=int, default=1, help="time each variant this many times, interleaved")
     parser.add_argument("--host-hidden", action="store_true",
                         help="time with the bench's timer (host dispatch hidden behind a spin kernel): for small M")
@@ -327,6 +361,7 @@ def main() -> int:
     global HOST_HIDDEN, RMS, REPEAT, RESIDUAL, GRAD_DTYPE
     HOST_HIDDEN, RMS, REPEAT, RESIDUAL = args.host_hidden, args.rms, max(1, args.repeat), args.residual
     GRAD_DTYPE = args.grad_dtype
+    TILINGS[:] = [spec for spec in args.tilings.split(",") if spec]
     ONLY[:] = [name for name in args.only.split(",") if name]
     if args.shapes:
         SHAPES[:] = [(int(m), int(n), d) for m, n, d in (spec.split("x") for spec in args.shapes.split(","))]

@@ -40,11 +40,12 @@
 #   bash benchmarks/gpu_visit.sh probes-o   # the staged residual backward as the default: its GPU tests; the
 #                                           # ragged forward's 8-CTA clusters with weight and bias early
 #   bash benchmarks/gpu_visit.sh probes-p   # the fp32 staged residual backward, fp32 and bf16 dy / dh
+#   bash benchmarks/gpu_visit.sh probes-q   # the CuTeDSL backward's row tilings at 4095x5000, 4096² and 32768x256
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n|probes-o|probes-p}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n|probes-o|probes-p|probes-q}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -463,6 +464,22 @@ Theoretical Occ|Warp Cycles Per Issued|No Eligible|Registers Per|Stall|Block Siz
       echo "CuTeDSL residual backward, fp32 x, grads ${grad:-fp32}: rc=$?"
     done
     grep -E "^[0-9]+x" "$out/cutedsl-bwd-residual-fp32.txt" | cut -c1-200
+    ;;
+  probes-q)
+    # The twenty-second session's lead: the CuTeDSL backward at the three forward+backward shapes still under 92% of
+    # SOL (4095x5000 86, 4096² 91, 32768x256 89) with other row tilings than the default (cutedsl_bwd_probe.py
+    # --tilings THREADSxVECSxROWS[sSTAGES][cCTAS]): fewer idle lanes at 5000 (the default's 512 x 2 vectors cover
+    # 8192 columns; 640 x 1 and 320 x 2 cover 5120), one row a CTA and deeper stages at 4096, more warps at 256.
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    for spec in "4095x5000xfp16 640x1x1,640x1x1s3,320x2x1,320x2x1s3,256x3x1" \
+                "4096x4096xfp16 512x1x1,512x1x1s3,256x2x1c2,256x2x2s3" \
+                "32768x256xbf16 16x2x32s2,32x1x16,32x1x16s2,32x1x16c2,16x2x16c2"; do
+      set -- $spec
+      timeout 150 python benchmarks/cutedsl_bwd_probe.py --shapes "$1" --only new --tilings "$2" --repeat 2 \
+        >> "$out/cutedsl-bwd-tilings.txt" 2>&1
+      echo "CuTeDSL backward tilings $1: rc=$?"
+    done
+    grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-bwd-tilings.txt" | grep -v "\[" | cut -c1-120
     ;;
   features)
     # One text and one stderr file for the five runs (the device tool returns at most 8 files a call).
