@@ -14,7 +14,8 @@ sum); 1024-thread CTAs with 64 bytes of x a thread, merged statistics and weight
 default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on a row, for small M); the default
 with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2"; a one-CTA row split over a
 cluster of two half-size CTAs, weight/bias late: "cl2"; the persistent kernel (``persistent``: weight/bias read once
-into shared memory, the next row's x prefetched): "persist"; rows over more than 8 CTAs in 8-CTA clusters of more bytes
+into shared memory, the next row's x prefetched): "persist", and for unclustered rows with 2-4 CTAs per SM:
+"persist2".."persist4"; rows over more than 8 CTAs in 8-CTA clusters of more bytes
 a thread ("c8"), and in 1024-thread CTAs ("c8t1024"); the fitted 9-15-CTA clusters with weight and bias late
 ("fitted", the ragged default before the twentieth session).
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
@@ -103,6 +104,12 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8)
     if t.rows_per_cta == 1 and t.tile_n * t.cluster_n == hidden:
         extra["persist"] = dataclasses.replace(default, persistent=True, merged_stats=True, affine_after_stats=False,
                                                min_ctas_per_sm=0, l2_hints=False)
+        # Unclustered rows: 2-4 persistent CTAs per SM under a launch bound ("persist2".."persist4",
+        # FwdConfig.persistent_ctas_per_sm), where their weight and bias slots fit in shared memory together.
+        if t.cluster_n == 1:
+            for ctas in (2, 3, 4):
+                if ctas * t.tile_n * affine_bytes <= 200 * 1024:
+                    extra[f"persist{ctas}"] = dataclasses.replace(extra["persist"], persistent_ctas_per_sm=ctas)
         # The one-cluster-a-row kernel where the default is persistent ("per-row").
         extra["per-row"] = cfg.fwd_config(hidden, elem, vec, rows=rows, affine_bytes=affine_bytes, persistent=False)
     # Rows over more than 8 CTAs in 8-CTA clusters of more bytes a thread, no launch bound ("c8": two such clusters

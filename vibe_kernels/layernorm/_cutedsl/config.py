@@ -89,7 +89,10 @@ class FwdConfig:
     persistent: a grid of at most the clusters the GPU holds at once (one CTA per SM), each striding over the rows,
     with weight and bias read once into shared memory and the next row's x loaded while this row is reduced and
     written (LayerNormFwd.kernel_persistent). Needs one-row CTAs over rows that fill the tiling exactly, merged
-    statistics (or RMSNorm) and no residual; affine_after_stats, min_ctas_per_sm and the hints do not apply."""
+    statistics (or RMSNorm) and no residual; affine_after_stats, min_ctas_per_sm and the hints do not apply.
+
+    persistent_ctas_per_sm: the persistent grid's CTAs per SM for unclustered rows (opt-in, 1 by default; clusters
+    keep one CTA per SM), with a launch bound of that many CTAs."""
 
     tiling: RowTiling
     affine_after_stats: bool = False
@@ -98,6 +101,11 @@ class FwdConfig:
     merged_stats: bool = False
     l2_hints: bool = False
     persistent: bool = False
+    persistent_ctas_per_sm: int = 1
+
+    def __post_init__(self):
+        if self.persistent_ctas_per_sm != 1 and (not self.persistent or self.tiling.cluster_n != 1):
+            raise ValueError(f"persistent_ctas_per_sm needs the persistent kernel over unclustered rows: {self}")
 
 
 @dataclass(frozen=True)
@@ -358,7 +366,7 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     >>> fwd_config(16384, 2, 8, rows=4096)
     FwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=1), \
 affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2, merged_stats=False, l2_hints=False, \
-persistent=False)
+persistent=False, persistent_ctas_per_sm=1)
     """
     if bytes_per_thread is None:
         row_bytes = hidden * elem_bytes

@@ -230,6 +230,7 @@ class LayerNormFwd(_RowKernel):
         self.residual_out_dtype = residual_out_dtype
         self.round_residual = round_residual
         self.persistent = config.persistent
+        self.persistent_ctas_per_sm = config.persistent_ctas_per_sm
         if self.persistent:
             t = config.tiling
             if not (self.even_n and t.rows_per_cta == 1 and residual_dtype is None and (self.merged_stats or rms)):
@@ -289,6 +290,7 @@ class LayerNormFwd(_RowKernel):
                 block=[t.num_threads, 1, 1],
                 cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
                 stream=stream,
+                **_launch_bounds(self.persistent_ctas_per_sm if self.persistent_ctas_per_sm > 1 else 0),
             )
         else:
             self.kernel(mX, mW, mB, mO, mMean, mRstd, mR, mH, eps, tiled_copy).launch(
