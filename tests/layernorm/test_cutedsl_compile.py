@@ -1127,6 +1127,33 @@ def test_persistent_forward_grid(monkeypatch):
     assert launch._fwd_grid_clusters(dataclasses.replace(config, persistent=False), 8192, 0) == 1
 
 
+def test_persistent_forward_over_unclustered_rows_at_several_ctas_per_sm(monkeypatch):
+    """``persistent_ctas_per_sm`` (opt-in): the persistent kernel over unclustered rows with that many CTAs per SM in
+    the grid and as the launch bound (.minnctapersm); refused for the other kernels and for clusters."""
+    monkeypatch.setattr(launch, "_sm_count", lambda index: H100_SMS)
+    base = dataclasses.replace(cfg.fwd_config(8192, 2, 8, rows=4096, affine_bytes=8), persistent=True,
+                               merged_stats=True, affine_after_stats=False, l2_hints=False)
+    assert base.tiling.cluster_n == 1
+    two = dataclasses.replace(base, persistent_ctas_per_sm=2)
+    assert launch._fwd_grid_clusters(base, 4096, 0) == H100_SMS
+    assert launch._fwd_grid_clusters(two, 4096, 0) == 2 * H100_SMS
+    assert launch._fwd_grid_clusters(two, 100, 0) == 100
+    ptx = launch.compile_fwd(cutlass.Float16, 8192, cutlass.Float32, cutlass.Float32, True, 8, two, ARCH,
+                             keep_ptx=True).__ptx__
+    assert re.search(r"\.minnctapersm\s+2", ptx)
+    usage = _ptxas_usage(ptx)
+    assert usage["spill_stores"] == 0 and usage["registers"] <= 128, usage
+    # One CTA per SM (the default): no launch bound.
+    plain = launch.compile_fwd(cutlass.Float16, 8192, cutlass.Float32, cutlass.Float32, True, 8, base, ARCH,
+                               keep_ptx=True).__ptx__
+    assert not re.search(r"\.minnctapersm", plain)
+    with pytest.raises(ValueError, match="persistent_ctas_per_sm"):
+        dataclasses.replace(base, persistent=False, persistent_ctas_per_sm=2)
+    clustered = cfg.fwd_config(262144, 2, 8, rows=8192, persistent=True)
+    with pytest.raises(ValueError, match="persistent_ctas_per_sm"):
+        dataclasses.replace(clustered, persistent_ctas_per_sm=2)
+
+
 @pytest.mark.parametrize("rows, hidden, elem, vec, affine, residual, persistent", [
     (32768, 65536, 2, 8, 8, False, True), (16384, 131072, 2, 8, 8, False, True), (8192, 262144, 2, 8, 8, False, True),
     (32768, 32768, 2, 8, 8, False, True), (4096, 65536, 4, 4, 8, False, True), (None, 262144, 2, 8, 8, False, True),
