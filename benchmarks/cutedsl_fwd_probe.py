@@ -103,7 +103,7 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8)
     t = default.tiling
     if t.rows_per_cta == 1 and t.tile_n * t.cluster_n == hidden:
         extra["persist"] = dataclasses.replace(default, persistent=True, merged_stats=True, affine_after_stats=False,
-                                               min_ctas_per_sm=0, l2_hints=False)
+                                               min_ctas_per_sm=0, l2_hints=False, persistent_ctas_per_sm=1)
         # Unclustered rows: 2-4 persistent CTAs per SM under a launch bound ("persist2".."persist4",
         # FwdConfig.persistent_ctas_per_sm), where their weight and bias slots fit in shared memory together.
         if t.cluster_n == 1:

@@ -120,7 +120,7 @@ case "$part" in
     grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-fwd-persist-unclustered.txt" | sed -E 's/, err [^)]*//g' | cut -c1-260
     ;;
   racecheck-late)
-    # racecheck of the CuTeDSL rule cases from index 16 on (the twentieth and twenty-first sessions' rules), which
+    # racecheck of the CuTeDSL rule cases from index 16 on (the twentieth to twenty-second sessions' rules), which
     # sanitize-rules' 170 s racecheck did not reach in the twenty-second session.
     log="$out/racecheck-late.log"
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 400 compute-sanitizer --tool racecheck --report-api-errors no \

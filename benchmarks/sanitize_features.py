@@ -7,10 +7,10 @@ its gradient flows through h too.
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --report-api-errors no \\
         python benchmarks/sanitize_features.py [--backends cutedsl,triton] [--set features|rules]
 
-``--set rules``: LayerNorm / RMSNorm at the shapes where the eleventh, sixteenth, eighteenth, twentieth and
-twenty-first sessions' rules switch kernels (the CuTeDSL backward's staged loads and staged statistics, the forward's
-four-CTA launch bound, clusters of any size for ragged rows and of at most 8 for the ragged forward, the fused
-residual's staged backward; Triton's two-row blocks at N = 16384, held two-row blocks at N = 32768 and the fp32-out
+``--set rules``: LayerNorm / RMSNorm at the shapes where the eleventh, sixteenth, eighteenth, twentieth, twenty-first
+and twenty-second sessions' rules switch kernels (the CuTeDSL backward's staged loads and staged statistics, the
+forward's four-CTA launch bound, clusters of any size for ragged rows and of at most 8 for the ragged forward, the
+fused residual's staged backward, the persistent forward over unclustered rows (with a bias); Triton's two-row blocks at N = 16384, held two-row blocks at N = 32768 and the fp32-out
 blocks), with
 M above one wave and not a multiple of the CTA's rows. The CuTeDSL backward sums its dw/db columns in its own launch
 (the twelfth session's fused column sum) at every N <= 6144 here: 16-bit staged rows and fp32 prefetched ones.
@@ -53,13 +53,19 @@ RULE_CASES = [
     # the fused residual's staged backward (16-bit; fp32 x with a bf16 dy: 8-byte cp.async.ca copies)
     (1025, 139264, torch.bfloat16, torch.bfloat16, False, None), (1031, 4096, torch.float16, torch.float16, False, "x"),
     (1031, 5000, torch.float16, torch.float16, True, "x"), (1031, 3072, torch.float32, torch.bfloat16, False, "x"),
+    # the twenty-second session's: the persistent forward over unclustered rows, 4 / 2 / 1 CTAs per SM (fp32 weight
+    # and bias: the last item asks for a bias)
+    (1031, 4096, torch.bfloat16, torch.bfloat16, False, None, True),
+    (1031, 8192, torch.float16, torch.float16, False, None, True),
+    (1031, 16384, torch.bfloat16, torch.bfloat16, False, None, True),
 ]
 
 
-def run(backend: str, rows: int, hidden: int, dtype, out_dtype, rms: bool, residual) -> bool:
+def run(backend: str, rows: int, hidden: int, dtype, out_dtype, rms: bool, residual, bias: bool = False) -> bool:
     gen = torch.Generator(device="cuda").manual_seed(rows * hidden)
     x = torch.randn(rows, hidden, device="cuda", generator=gen).to(dtype).requires_grad_()
     w = (1 + 0.1 * torch.randn(hidden, device="cuda", generator=gen)).requires_grad_()
+    b = (0.1 * torch.randn(hidden, device="cuda", generator=gen)).requires_grad_() if bias else None
     fn, ref_fn = (rmsnorm, rmsnorm_ref) if rms else (layernorm, layernorm_ref)
     kwargs = {"out_dtype": out_dtype}
     r = None
@@ -67,7 +73,7 @@ def run(backend: str, rows: int, hidden: int, dtype, out_dtype, rms: bool, resid
         r_dtype = torch.float32 if residual == "fp32" else dtype
         r = torch.randn(rows, hidden, device="cuda", generator=gen).to(r_dtype).requires_grad_()
         kwargs.update(residual=r, residual_in_fp32=residual == "fp32", return_residual=True)
-    result = fn(x, w, eps=1e-5, backend=backend, **kwargs)
+    result = fn(x, w, b, eps=1e-5, backend=backend, **kwargs)
     out, h = result if residual is not None else (result, None)
     grads = [torch.randn(out.shape, device="cuda", generator=gen).to(out.dtype)]
     outputs = [out]
@@ -76,11 +82,12 @@ def run(backend: str, rows: int, hidden: int, dtype, out_dtype, rms: bool, resid
         grads.append(torch.randn(h.shape, device="cuda", generator=gen).to(h.dtype))
     torch.autograd.backward(outputs, grads)
     normed = (h if h is not None else x).detach().cpu().double()
-    ref = ref_fn(normed, w.detach().cpu().double(), None, 1e-5)
+    ref = ref_fn(normed, w.detach().cpu().double(), None if b is None else b.detach().cpu().double(), 1e-5)
     err = (out.detach().cpu().double() - ref).abs().max().item()
-    finite = all(torch.isfinite(t.grad).all().item() for t in (x, w) + ((r,) if r is not None else ()))
+    finite = all(torch.isfinite(t.grad).all().item() for t in (x, w, b, r) if t is not None)
     ok = err < 5e-2 and finite
-    print(f"{backend} M={rows} N={hidden} {dtype} -> {out_dtype} rms={rms} residual={residual}: max err {err:.2e} "
+    print(f"{backend} M={rows} N={hidden} {dtype} -> {out_dtype} rms={rms} residual={residual} bias={bias}: "
+          f"max err {err:.2e} "
           f"{'ok' if ok else 'FAIL'}", flush=True)
     return ok
 

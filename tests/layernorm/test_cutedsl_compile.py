@@ -1131,10 +1131,9 @@ def test_persistent_forward_over_unclustered_rows_at_several_ctas_per_sm(monkeyp
     """``persistent_ctas_per_sm`` (opt-in): the persistent kernel over unclustered rows with that many CTAs per SM in
     the grid and as the launch bound (.minnctapersm); refused for the other kernels and for clusters."""
     monkeypatch.setattr(launch, "_sm_count", lambda index: H100_SMS)
-    base = dataclasses.replace(cfg.fwd_config(8192, 2, 8, rows=4096, affine_bytes=8), persistent=True,
-                               merged_stats=True, affine_after_stats=False, l2_hints=False)
-    assert base.tiling.cluster_n == 1
-    two = dataclasses.replace(base, persistent_ctas_per_sm=2)
+    two = cfg.fwd_config(8192, 2, 8, rows=4096, affine_bytes=8)  # the default there (PERSISTENT_UNCLUSTERED_N)
+    assert two.persistent and two.persistent_ctas_per_sm == 2 and two.tiling.cluster_n == 1
+    base = dataclasses.replace(two, persistent_ctas_per_sm=1)
     assert launch._fwd_grid_clusters(base, 4096, 0) == H100_SMS
     assert launch._fwd_grid_clusters(two, 4096, 0) == 2 * H100_SMS
     assert launch._fwd_grid_clusters(two, 100, 0) == 100
@@ -1152,6 +1151,31 @@ def test_persistent_forward_over_unclustered_rows_at_several_ctas_per_sm(monkeyp
     clustered = cfg.fwd_config(262144, 2, 8, rows=8192, persistent=True)
     with pytest.raises(ValueError, match="persistent_ctas_per_sm"):
         dataclasses.replace(clustered, persistent_ctas_per_sm=2)
+
+
+@pytest.mark.parametrize("hidden, dtype", [(4096, cutlass.Float16), (8192, cutlass.BFloat16),
+                                           (16384, cutlass.Float16)])
+def test_persistent_unclustered_defaults_compile_without_spills(hidden, dtype):
+    """The unclustered persistent defaults (4 / 2 / 1 CTAs of 128 / 256 / 512 threads per SM at N = 4096 / 8192 /
+    16384, fp32 weight and bias) compile with their launch bound and spill nothing, with and without the statistics;
+    outside their M range, with other weight bytes or other N the rule leaves the per-row kernel."""
+    config = cfg.fwd_config(hidden, 2, 8, rows=4096, affine_bytes=8)
+    assert config.persistent and config.merged_stats
+    assert config.persistent_ctas_per_sm * config.tiling.num_threads == cfg.MAX_CTA_THREADS
+    for store_stats in (False, True):
+        ptx = launch.compile_fwd(dtype, hidden, cutlass.Float32, cutlass.Float32, store_stats, 8, config, ARCH,
+                                 keep_ptx=True).__ptx__
+        if config.persistent_ctas_per_sm > 1:
+            assert re.search(rf"\.minnctapersm\s+{config.persistent_ctas_per_sm}", ptx)
+        usage = _ptxas_usage(ptx)
+        assert usage["spill_stores"] == 0, usage
+        assert usage["registers"] * config.tiling.num_threads * config.persistent_ctas_per_sm <= 65536, usage
+    for rows, affine in ((512, 8), (16384, 8), (4096, 4), (4096, 0)):
+        assert not cfg.fwd_config(hidden, 2, 8, rows=rows, affine_bytes=affine).persistent
+    assert not cfg.fwd_config(hidden, 2, 8, rows=4096, affine_bytes=8, residual=True).persistent
+    assert not cfg.fwd_config(hidden, 2, 4, rows=4096, affine_bytes=8, widest_elem_bytes=4).persistent
+    assert not cfg.fwd_config(hidden * 3 // 4, 2, 8, rows=4096, affine_bytes=8).persistent
+    assert cfg.rows_class(8192) != cfg.rows_class(8193)
 
 
 @pytest.mark.parametrize("rows, hidden, elem, vec, affine, residual, persistent", [

@@ -468,12 +468,15 @@ def test_cutedsl_backward_column_ctas_at_few_rows(cuda_gen, rows, hidden, dtype,
     (600, 65536, torch.bfloat16, "plain"), (129, 262144, torch.bfloat16, "plain"), (300, 32768, torch.float16, "w16"),
     (70, 131072, torch.float32, "plain"), (200, 65536, torch.bfloat16, "rms"), (1, 65536, torch.bfloat16, "plain"),
     (5, 262144, torch.float16, "none"), (400, 65536, torch.bfloat16, "out fp32"), (33, 16384, torch.bfloat16, "plain"),
+    # unclustered rows at several CTAs per SM (the twenty-second session's defaults at N = 4096 / 8192 / 16384)
+    (4096, 8192, torch.float16, "plain"), (2049, 4096, torch.bfloat16, "plain"), (1031, 16384, torch.float16, "plain"),
+    (3000, 8192, torch.bfloat16, "rms"),
 ], ids=str)
 def test_cutedsl_persistent_forward_gives_the_same_bits(cuda_gen, rows, hidden, dtype, variant):
     """The persistent forward (FwdConfig.persistent: weight/bias once into shared memory, the next row prefetched,
     the exchange's buffers alternating by row parity) runs the arithmetic of the one-cluster-a-row kernel with
     merged statistics: out, mean and rstd bit-identical, and out right against the reference; M from 1 to many
-    rows per cluster."""
+    rows per cluster; unclustered rows with 512 threads' worth of CTAs per SM."""
     if not is_cutedsl_layernorm_available():
         pytest.skip("CuTeDSL backend not available")
     from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
@@ -490,8 +493,9 @@ def test_cutedsl_persistent_forward_gives_the_same_bits(cuda_gen, rows, hidden, 
     vec = 16 // widest
     per_row = cutedsl_config.fwd_config(hidden, x.element_size(), vec, rows=rows, widest_elem_bytes=widest,
                                         persistent=False)
+    ctas = cutedsl_config.MAX_CTA_THREADS // per_row.tiling.num_threads if per_row.tiling.cluster_n == 1 else 1
     persistent = dataclasses.replace(per_row, persistent=True, merged_stats=True, affine_after_stats=False,
-                                     min_ctas_per_sm=0, l2_hints=False)
+                                     min_ctas_per_sm=0, l2_hints=False, persistent_ctas_per_sm=ctas)
     results = []
     for config in (dataclasses.replace(per_row, merged_stats=True), persistent):
         out = torch.full(x.shape, float("nan"), device="cuda", dtype=out_dtype)

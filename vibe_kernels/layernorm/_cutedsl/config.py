@@ -303,7 +303,8 @@ def _l2_hints(tiling: RowTiling, hidden: int, elem_bytes: int, residual: bool, r
 
 def rows_class(rows: int) -> tuple:
     """What of M the forward config depends on (a launch plan keyed on it may serve any M of the same class)."""
-    return rows == 1, rows <= SMALL_M_ROWS, rows >= AFFINE_AFTER_STATS_MIN_ROWS
+    return (rows == 1, rows <= SMALL_M_ROWS, rows >= AFFINE_AFTER_STATS_MIN_ROWS,
+            rows <= PERSISTENT_UNCLUSTERED_MAX_ROWS)
 
 
 # The persistent forward (FwdConfig.persistent): for clustered rows whose weight and bias take at least this many
@@ -315,6 +316,18 @@ def rows_class(rows: int) -> tuple:
 # / 81 -> 95 / 95 / 96 / 89; none 100 / 100 / 99 / 94 -> 96 / 95 / 96 / 94. So the L2 bytes a row re-reads decide:
 # persistent from 256 KB of weight and bias a row (fp32 from N = 32768, 16-bit from 65536), never without them.
 PERSISTENT_MIN_AFFINE_ROW_BYTES = 256 * 1024
+
+# The persistent forward over unclustered rows too, 512 threads' worth of CTAs per SM (persistent_ctas_per_sm: 4 of
+# 128 threads at N = 4096, 2 of 256 at 8192, 1 of 512 at 16384), for 16-bit x of those N with fp32 weight and bias
+# (8 bytes a column re-read for every row, against the row's own 4), at AFFINE_AFTER_STATS_MIN_ROWS to this many rows.
+# Measured (cutedsl_fwd_probe.py "persist2".."persist4", NVIDIA H200, 2026-12-07, twenty-second session,
+# h200-2026-12-07-n/probes-r/, one sample, % of a copy, default -> persistent): 4096x8192 fp16 / bf16 90 / 91 -> 91 /
+# 91 without the statistics stored and 85 / 84 -> 91 / 91 with them (the training forward); 4096² fp16 91 -> 92 and
+# 90 -> 92; 4096x16384 fp16 84 -> 87 and 81 -> 88; but 32768x4096 bf16 91 -> 90 either way, hence the bound on M.
+# Three CTAs of 256 threads spill (ptxas: 24 bytes) and read 80-85%; one 128- or 256-thread CTA per SM 53-73%.
+# Not yet measured on the H100 nor at other M; not for other N (unmeasured) nor 16-bit weight and bias.
+PERSISTENT_UNCLUSTERED_MAX_ROWS = 8192
+PERSISTENT_UNCLUSTERED_N = (4096, 8192, 16384)
 
 
 # Cached: the launchers ask for the default config on every call (5-10 µs of rules each time).
@@ -340,8 +353,10 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     accesses; 8-24 with a residual).
 
     ``affine_bytes``: the bytes of weight and bias a column (8 for fp32 weight and bias, 0 without): clustered rows
-    whose weight and bias take ``PERSISTENT_MIN_AFFINE_ROW_BYTES`` or more run the persistent kernel (``persistent``
-    None: by that rule; True / False: forced).
+    whose weight and bias take ``PERSISTENT_MIN_AFFINE_ROW_BYTES`` or more run the persistent kernel, and so do
+    unclustered 16-bit rows of ``PERSISTENT_UNCLUSTERED_N`` with fp32 weight and bias at 1024 to
+    ``PERSISTENT_UNCLUSTERED_MAX_ROWS`` rows, several CTAs per SM (``persistent`` None: by those rules; True / False:
+    forced; a forced one runs one CTA per SM).
 
     Rows split over a cluster get LayerNorm's mean and variance in one exchange (``merged_stats``) where N fills the
     tiling: each exchange between a cluster's CTAs is a round of distributed shared memory stores and an mbarrier
@@ -355,10 +370,14 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=16)
     >>> fwd_config(262144, 2, 8).merged_stats
     True
-    >>> [fwd_config(n, 2, 8, rows=8192, affine_bytes=8).persistent for n in (16384, 32768, 262144)]
+    >>> [fwd_config(n, 2, 8, rows=16384, affine_bytes=8).persistent for n in (16384, 32768, 262144)]
     [False, True, True]
     >>> fwd_config(32768, 2, 8, rows=8192, affine_bytes=4).persistent, fwd_config(262144, 2, 8, rows=8192).persistent
     (False, False)
+    >>> [fwd_config(n, 2, 8, rows=4096, affine_bytes=8).persistent_ctas_per_sm for n in (4096, 8192, 16384)]
+    [4, 2, 1]
+    >>> [fwd_config(8192, 2, 8, rows=m, affine_bytes=8).persistent for m in (512, 1024, 8192, 8193)]
+    [False, True, True, False]
     >>> fwd_config(256, 2, 8).tiling
     RowTiling(vec=8, threads_per_row=16, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
     >>> fwd_config(1024, 2, 8, rows=128).tiling
@@ -399,6 +418,14 @@ persistent=False, persistent_ctas_per_sm=1)
     pow2_cluster = tiling.cluster_n & (tiling.cluster_n - 1) == 0
     can_persist = (tiling.cluster_n > 1 and pow2_cluster and fills_tiling and tiling.rows_per_cta == 1
                    and not residual)
+    unclustered_persist = (persistent is None and tiling.cluster_n == 1 and fills_tiling and tiling.rows_per_cta == 1
+                           and hidden in PERSISTENT_UNCLUSTERED_N and elem_bytes == 2 and affine_bytes == 8
+                           and full_vectors and (widest_elem_bytes or elem_bytes) == elem_bytes and not residual
+                           and rows is not None
+                           and AFFINE_AFTER_STATS_MIN_ROWS <= rows <= PERSISTENT_UNCLUSTERED_MAX_ROWS)
+    if unclustered_persist:
+        return FwdConfig(tiling, merged_stats=True, persistent=True,
+                         persistent_ctas_per_sm=MAX_CTA_THREADS // tiling.num_threads)
     if persistent is None:
         persistent = (can_persist and hidden * affine_bytes >= PERSISTENT_MIN_AFFINE_ROW_BYTES
                       and (rows is None or rows > SMALL_M_ROWS))
