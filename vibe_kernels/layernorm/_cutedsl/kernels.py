@@ -290,7 +290,7 @@ class LayerNormFwd(_RowKernel):
                 block=[t.num_threads, 1, 1],
                 cluster=[1, t.cluster_n, 1] if const_expr(t.cluster_n > 1) else None,
                 stream=stream,
-                **_launch_bounds(self.persistent_ctas_per_sm if self.persistent_ctas_per_sm > 1 else 0),
+                **_launch_bounds(self.persistent_ctas_per_sm),
             )
         else:
             self.kernel(mX, mW, mB, mO, mMean, mRstd, mR, mH, eps, tiled_copy).launch(
