@@ -112,11 +112,18 @@ case "$part" in
     # weight and bias a column. The persistent kernel reads them once into shared memory; over unclustered rows it
     # runs 1-4 CTAs per SM (FwdConfig.persistent_ctas_per_sm). Without and with stored statistics.
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    # Since that session the default there is persistent: "per-row" is the one-CTA-a-row kernel it replaced.
     for stats in "" --stats; do
       timeout 150 python benchmarks/cutedsl_fwd_probe.py --shapes 4096x8192,4096x4096,4096x16384,32768x4096 \
-        --only persist,persist2,persist3,persist4 $stats >> "$out/cutedsl-fwd-persist-unclustered.txt" 2>&1
+        --only per-row,persist,persist2,persist3,persist4 $stats >> "$out/cutedsl-fwd-persist-unclustered.txt" 2>&1
       echo "persistent unclustered forward ${stats:-no stats}: rc=$?"
     done
+    # Above 8192 rows the one-CTA-a-row kernel stays: with statistics stored ptxas gives it 80 registers at N = 8192
+    # (fp32 weight and bias; 64 without them), three CTAs per SM instead of four. "+64r": a 4-CTA launch bound (64
+    # registers, 8 bytes spilled).
+    timeout 120 python benchmarks/cutedsl_fwd_probe.py --shapes 32768x8192,16384x8192 --only default+64r,persist2 \
+      --stats >> "$out/cutedsl-fwd-persist-unclustered.txt" 2>&1
+    echo "forward with statistics above 8192 rows: rc=$?"
     grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-fwd-persist-unclustered.txt" | sed -E 's/, err [^)]*//g' | cut -c1-260
     ;;
   racecheck-late)
