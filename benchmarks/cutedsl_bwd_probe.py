@@ -294,8 +294,9 @@ def gpu_probe() -> None:
             t_add = bench(lambda: torch.add(x, dy, out=dx))
         bound = sms * hidden * 8
         # --only filters the named variants; the --tilings ones always run.
-        variants = [(name, c) for name, c in configs(hidden, x.element_size()).items()
-                    if not ONLY or name in ONLY or re.fullmatch(r"t\d+v\d+r\d+(s\d+)?(c\d+)?", name)]
+        found = configs(hidden, x.element_size())
+        wanted = set(ONLY) | {tiling_variant(spec, found["new"])[0] for spec in TILINGS}
+        variants = [(name, c) for name, c in found.items() if not ONLY or name in wanted]
         for name, c in variants * REPEAT:
             # Check on the first rows: enough for several persistent iterations and a ragged last tile.
             check = min(rows, max(64, 3 * c.max_partial_rows(sms) * c.tiling.rows_per_cta + 5))

@@ -15,8 +15,8 @@ default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on 
 with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2"; a one-CTA row split over a
 cluster of two half-size CTAs, weight/bias late: "cl2"; the persistent kernel (``persistent``: weight/bias read once
 into shared memory, the next row's x prefetched): "persist", and for unclustered rows with 2-4 CTAs per SM:
-"persist2".."persist4"; rows over more than 8 CTAs in 8-CTA clusters of more bytes
-a thread ("c8"), and in 1024-thread CTAs ("c8t1024"); the fitted 9-15-CTA clusters with weight and bias late
+"persist2".."persist4"; rows over more than 8 CTAs in 8-CTA clusters of more bytes a thread ("c8"), and in
+1024-thread CTAs ("c8t1024"); the fitted 9-15-CTA clusters with weight and bias late
 ("fitted", the ragged default before the twentieth session).
 Every variant's output is checked against torch's layer_norm first. GPU time (the bench's timer: L2 flushed, host
 dispatch hidden behind a spin kernel).

@@ -10,9 +10,9 @@ its gradient flows through h too.
 ``--set rules``: LayerNorm / RMSNorm at the shapes where the eleventh, sixteenth, eighteenth, twentieth, twenty-first
 and twenty-second sessions' rules switch kernels (the CuTeDSL backward's staged loads and staged statistics, the
 forward's four-CTA launch bound, clusters of any size for ragged rows and of at most 8 for the ragged forward, the
-fused residual's staged backward, the persistent forward over unclustered rows (with a bias); Triton's two-row blocks at N = 16384, held two-row blocks at N = 32768 and the fp32-out
-blocks), with
-M above one wave and not a multiple of the CTA's rows. The CuTeDSL backward sums its dw/db columns in its own launch
+fused residual's staged backward, the persistent forward over unclustered rows (with a bias); Triton's two-row
+blocks at N = 16384, held two-row blocks at N = 32768 and the fp32-out blocks), with M above one wave and not a
+multiple of the CTA's rows. The CuTeDSL backward sums its dw/db columns in its own launch
 (the twelfth session's fused column sum) at every N <= 6144 here: 16-bit staged rows and fp32 prefetched ones.
 
 The reference runs on the CPU (torch's own GPU reductions would show up in racecheck's report), and
@@ -87,8 +87,7 @@ def run(backend: str, rows: int, hidden: int, dtype, out_dtype, rms: bool, resid
     finite = all(torch.isfinite(t.grad).all().item() for t in (x, w, b, r) if t is not None)
     ok = err < 5e-2 and finite
     print(f"{backend} M={rows} N={hidden} {dtype} -> {out_dtype} rms={rms} residual={residual} bias={bias}: "
-          f"max err {err:.2e} "
-          f"{'ok' if ok else 'FAIL'}", flush=True)
+          f"max err {err:.2e} {'ok' if ok else 'FAIL'}", flush=True)
     return ok
 
 
