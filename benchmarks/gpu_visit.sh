@@ -121,7 +121,7 @@ case "$part" in
     # Above 8192 rows the one-CTA-a-row kernel stays: with statistics stored ptxas gives it 80 registers at N = 8192
     # (fp32 weight and bias; 64 without them), three CTAs per SM instead of four. "+64r": a 4-CTA launch bound (64
     # registers, 8 bytes spilled).
-    timeout 120 python benchmarks/cutedsl_fwd_probe.py --shapes 32768x8192,16384x8192 --only default+64r,persist2 \
+    timeout 120 python benchmarks/cutedsl_fwd_probe.py --shapes 32768x8192,16384x8192 --only default,default+64r,persist2 \
       --stats >> "$out/cutedsl-fwd-persist-unclustered.txt" 2>&1
     echo "forward with statistics above 8192 rows: rc=$?"
     grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-fwd-persist-unclustered.txt" | sed -E 's/, err [^)]*//g' | cut -c1-260
