@@ -42,11 +42,13 @@
 #   bash benchmarks/gpu_visit.sh probes-p   # the fp32 staged residual backward, fp32 and bf16 dy / dh
 #   bash benchmarks/gpu_visit.sh probes-q   # the CuTeDSL backward's row tilings at 4095x5000, 4096² and 32768x256
 #   bash benchmarks/gpu_visit.sh probes-r   # the persistent CuTeDSL forward over unclustered rows, 1-4 CTAs per SM
+#   bash benchmarks/gpu_visit.sh probes-s   # that forward against the per-row kernel at 4096x8192 and other M;
+#                                           # memcheck / initcheck of its rule cases
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n|probes-o|probes-p|probes-q|probes-r|racecheck-late}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n|probes-o|probes-p|probes-q|probes-r|probes-s|racecheck-late}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -125,6 +127,26 @@ case "$part" in
       --stats >> "$out/cutedsl-fwd-persist-unclustered.txt" 2>&1
     echo "forward with statistics above 8192 rows: rc=$?"
     grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-fwd-persist-unclustered.txt" | sed -E 's/, err [^)]*//g' | cut -c1-260
+    ;;
+  probes-s)
+    # The twenty-third session's leads. The persistent unclustered forward (the default at N = 4096 / 8192 / 16384,
+    # 16-bit x, fp32 weight and bias, 1024-8192 rows) against the per-row kernel it replaced, at 4096x8192 (the
+    # probe's duplicate filter dropped per-row there in probes-r) and at the rule's other M, with and without the
+    # statistics stored; then memcheck and initcheck of its three rule cases (racecheck ran: 0 hazards).
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    for stats in --stats ""; do
+      timeout 170 python benchmarks/cutedsl_fwd_probe.py --only per-row \
+        --shapes 4096x8192xfloat16,1024x8192,2048x8192,8192x8192,2048x4096,8192x4096,2048x16384,8192x16384 $stats \
+        >> "$out/cutedsl-fwd-persist-m.txt" 2>&1
+      echo "persistent forward over M ${stats:-no stats}: rc=$?"
+    done
+    grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-fwd-persist-m.txt" | sed -E 's/, err [^)]*//g' | cut -c1-200
+    for tool in memcheck initcheck; do
+      log="$out/sanitize-new-$tool.log"
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 120 compute-sanitizer --tool "$tool" --report-api-errors no \
+        --error-exitcode 86 python benchmarks/sanitize_features.py --set rules --backends cutedsl --first 20 > "$log" 2>&1
+      echo "new rule cases $tool: rc=$? $(grep -E 'ERROR SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
+    done
     ;;
   racecheck-late)
     # racecheck of the CuTeDSL rule cases from index 16 on (the twentieth to twenty-second sessions' rules), which
