@@ -157,8 +157,9 @@ def main() -> None:
                         "size, else bf16) or MxNx<torch dtype> to run (default: all of SHAPES)")
     parser.add_argument("--stats", action="store_true",
                         help="time with mean and rstd stored (the training forward) instead of without")
-    parser.add_argument("--affine", default="float32", choices=("float32", "bfloat16", "none"),
-                        help="weight and bias dtype, or none (the bench's are float32)")
+    parser.add_argument("--affine", default="float32", choices=("float32", "bfloat16", "weight", "none"),
+                        help="weight and bias dtype, weight (an fp32 weight, no bias: 4 bytes a column, as the "
+                        "bench's bias-free rows), or none (the bench's are float32)")
     args = parser.parse_args()
     rows_out = []
     print(f"device: {torch.cuda.get_device_name()}")
@@ -175,6 +176,8 @@ def main() -> None:
         b = 0.1 * torch.randn(hidden, device="cuda", generator=gen)
         if args.affine == "bfloat16":
             w, b = w.bfloat16(), b.bfloat16()
+        elif args.affine == "weight":
+            b = None
         elif args.affine == "none":
             w = b = None
         out = torch.empty_like(x)

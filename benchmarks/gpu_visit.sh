@@ -140,6 +140,11 @@ case "$part" in
         >> "$out/cutedsl-fwd-persist-m.txt" 2>&1
       echo "persistent forward over M ${stats:-no stats}: rc=$?"
     done
+    # The bias-free rows (an fp32 weight only, 4 bytes a column: the bench's 4096x16384 fp16 and 4096x8192 bf16),
+    # outside the rule: the default there is the per-row kernel.
+    timeout 120 python benchmarks/cutedsl_fwd_probe.py --only persist,persist2,persist3,persist4 --affine weight \
+      --shapes 4096x16384xfloat16,4096x8192xbfloat16,4096x4096xbfloat16 --stats >> "$out/cutedsl-fwd-persist-m.txt" 2>&1
+    echo "persistent forward, weight only: rc=$?"
     grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-fwd-persist-m.txt" | sed -E 's/, err [^)]*//g' | cut -c1-200
     for tool in memcheck initcheck; do
       log="$out/sanitize-new-$tool.log"
