@@ -43,7 +43,9 @@
 #   bash benchmarks/gpu_visit.sh probes-q   # the CuTeDSL backward's row tilings at 4095x5000, 4096² and 32768x256
 #   bash benchmarks/gpu_visit.sh probes-r   # the persistent CuTeDSL forward over unclustered rows, 1-4 CTAs per SM
 #   bash benchmarks/gpu_visit.sh probes-s   # that forward against the per-row kernel at 4096x8192 and other M;
-#                                           # memcheck / initcheck of its rule cases
+#                                           # weight only; every variant at 32768x1024; memcheck / initcheck of
+#                                           # its rule cases (not yet run: ~500 s estimated, its steps' limits
+#                                           # add up past 600 s, so the sanitizers, last, may be cut)
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
