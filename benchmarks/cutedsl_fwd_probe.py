@@ -101,7 +101,8 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8,
     # The persistent kernel (weight/bias read once into shared memory, the next row's x loaded during this row's
     # exchange), for one-row CTAs over rows that fill the tiling ("persist"; merged statistics).
     t = default.tiling
-    if t.rows_per_cta == 1 and t.tile_n * t.cluster_n == hidden:
+    if (t.rows_per_cta == 1 or t.cluster_n == 1) and t.tile_n * t.cluster_n == hidden:
+        # (Unclustered CTAs of several rows too: one row's weight and bias slots, twenty-third session.)
         extra["persist"] = dataclasses.replace(default, persistent=True, merged_stats=True, affine_after_stats=False,
                                                min_ctas_per_sm=0, l2_hints=False, persistent_ctas_per_sm=1)
         # Unclustered rows: 2-4 persistent CTAs per SM under a launch bound ("persist2".."persist4",
@@ -112,6 +113,19 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8,
                     extra[f"persist{ctas}"] = dataclasses.replace(extra["persist"], persistent_ctas_per_sm=ctas)
         # The one-cluster-a-row kernel where the default is persistent ("per-row").
         extra["per-row"] = cfg.fwd_config(hidden, elem, vec, rows=rows, affine_bytes=affine_bytes, persistent=False)
+        # Narrow unclustered rows: persistent over tilings of 16 / 32 bytes of x a thread ("persist16B8": 16 bytes,
+        # 8 CTAs per SM). ptxas (N = 1024 bf16, fp32 weight and bias, statistics stored): 16 bytes, 128 threads, 53
+        # registers at 4 and 8 CTAs per SM (16: 52 bytes spilled); 32 bytes, 2 rows of 64 threads, 86 registers at 4
+        # (8: 16 bytes spilled). The default tiling (64 bytes, 4 rows of 32 threads) spills from 4 CTAs per SM.
+        if t.cluster_n == 1:
+            for per_thread, ctas in ((16, 4), (16, 8), (32, 4)):
+                narrow = cfg.fwd_config(hidden, elem, vec, rows=rows, bytes_per_thread=per_thread)
+                nt = narrow.tiling
+                if (nt.cluster_n == 1 and nt.tile_n == hidden and ctas * nt.num_threads <= 2048
+                        and ctas * nt.tile_n * affine_bytes <= 200 * 1024):
+                    extra[f"persist{per_thread}B{ctas}"] = dataclasses.replace(
+                        narrow, persistent=True, merged_stats=True, affine_after_stats=False, min_ctas_per_sm=0,
+                        l2_hints=False, persistent_ctas_per_sm=ctas)
     # Rows over more than 8 CTAs in 8-CTA clusters of more bytes a thread, no launch bound ("c8": two such clusters
     # fit a GPC, where one of 9-16 CTAs leaves the rest of it idle; at N = 151936 bf16 the old halved tiling, 8 CTAs
     # of 80 bytes, read 57% of a copy against 30% for the fitted 13-CTA cluster).

@@ -148,7 +148,11 @@ case "$part" in
       --shapes 4096x16384xfloat16,4096x8192xbfloat16,4096x4096xbfloat16 --stats >> "$out/cutedsl-fwd-persist-m.txt" 2>&1
     echo "persistent forward, weight only: rc=$?"
     # The forward misses at 32768x1024 (96%, 97 asked; Triton 98): every probe variant there, with the statistics
-    # stored and without (four 32-thread rows a CTA, weight and bias early: each warp re-reads 8 KB of them a row).
+    # stored and without (four 32-thread rows a CTA, weight and bias early: each warp re-reads 8 KB of them a row),
+    # the persistent kernel over several rows a CTA and over 16 / 32-byte tilings included ("persist16B8" ...).
+    timeout 120 python -m pytest tests/layernorm/test_gpu.py -q -p no:cacheprovider -k persistent_forward_gives \
+      > "$out/gpu-persistent.log" 2>&1
+    echo "persistent forward bit-identity (several rows a CTA included): rc=$? $(tail -1 "$out/gpu-persistent.log")"
     for stats in "" --stats; do
       timeout 150 python benchmarks/cutedsl_fwd_probe.py --shapes 32768x1024 $stats > "$out/cutedsl-fwd-1024${stats}.txt" 2>&1
       echo "32768x1024 every variant ${stats:-no stats}: rc=$?"

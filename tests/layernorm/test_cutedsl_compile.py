@@ -1153,6 +1153,38 @@ def test_persistent_forward_over_unclustered_rows_at_several_ctas_per_sm(monkeyp
         dataclasses.replace(clustered, persistent_ctas_per_sm=2)
 
 
+@pytest.mark.parametrize("hidden, bytes_per_thread, ctas, rms", [(1024, None, 2, False), (256, None, 4, True),
+                                                                  (2048, None, 4, False), (1024, 32, 4, False),
+                                                                  (1024, 16, 8, False)], ids=str)
+def test_persistent_forward_over_several_rows_a_cta(monkeypatch, hidden, bytes_per_thread, ctas, rms):
+    """The persistent kernel over unclustered CTAs of several rows (opt-in, twenty-third session): one row's weight
+    and bias slots, written by the first row's threads behind a CTA barrier and read by every row's; the row loop
+    strides over row tiles (the grid: at most one CTA a tile), and rows past M in the last tile load and store
+    nothing (guarded: predicated stores in the loop). No spills at these CTAs per SM (bf16, fp32 weight and bias,
+    statistics stored)."""
+    monkeypatch.setattr(launch, "_sm_count", lambda index: H100_SMS)
+    kwargs = {} if bytes_per_thread is None else {"bytes_per_thread": bytes_per_thread}
+    per_row = cfg.fwd_config(hidden, 2, 8, rows=32768, affine_bytes=8, **kwargs)
+    config = dataclasses.replace(per_row, persistent=True, merged_stats=True, affine_after_stats=False,
+                                 min_ctas_per_sm=0, l2_hints=False, persistent_ctas_per_sm=ctas)
+    rows_per_cta = config.tiling.rows_per_cta
+    assert config.tiling.cluster_n == 1 and (rows_per_cta > 1 or bytes_per_thread == 16)
+    assert launch._fwd_grid_clusters(config, 32768, 0) == ctas * H100_SMS
+    assert launch._fwd_grid_clusters(config, 9 * rows_per_cta + 1, 0) == 10  # a partial last tile
+    ptx = launch.compile_fwd(cutlass.BFloat16, hidden, cutlass.Float32, None if rms else cutlass.Float32, True, 8,
+                             config, ARCH, keep_ptx=True, rms=rms).__ptx__
+    _check_common(ptx, config.tiling, 2)
+    slots = 1 if rms else 2
+    if rows_per_cta > 1:
+        assert _count(ptx, r"bar\.sync") >= 1
+    # One row's slots: its threads' vectors, 16 bytes at a time, whatever the rows a CTA.
+    assert _count(ptx, r"st\.shared\.v4") >= slots * config.tiling.vecs_per_thread * 2
+    assert re.search(rf"\.minnctapersm\s+{ctas}", ptx)
+    usage = _ptxas_usage(ptx)
+    assert usage["spill_stores"] == 0, usage
+    assert usage["registers"] * config.tiling.num_threads * ctas <= 65536, usage
+
+
 @pytest.mark.parametrize("hidden, dtype", [(4096, cutlass.Float16), (8192, cutlass.BFloat16),
                                            (16384, cutlass.Float16)])
 def test_persistent_unclustered_defaults_compile_without_spills(hidden, dtype):

@@ -471,12 +471,14 @@ def test_cutedsl_backward_column_ctas_at_few_rows(cuda_gen, rows, hidden, dtype,
     # unclustered rows at several CTAs per SM (the twenty-second session's defaults at N = 4096 / 8192 / 16384)
     (4096, 8192, torch.float16, "plain"), (2049, 4096, torch.bfloat16, "plain"), (1031, 16384, torch.float16, "plain"),
     (3000, 8192, torch.bfloat16, "rms"),
+    # unclustered CTAs of several rows (opt-in, twenty-third session), M not a multiple of the rows a CTA
+    (3001, 1024, torch.bfloat16, "plain"), (1029, 256, torch.float16, "rms"), (2051, 2048, torch.bfloat16, "none"),
 ], ids=str)
 def test_cutedsl_persistent_forward_gives_the_same_bits(cuda_gen, rows, hidden, dtype, variant):
     """The persistent forward (FwdConfig.persistent: weight/bias once into shared memory, the next row prefetched,
     the exchange's buffers alternating by row parity) runs the arithmetic of the one-cluster-a-row kernel with
     merged statistics: out, mean and rstd bit-identical, and out right against the reference; M from 1 to many
-    rows per cluster; unclustered rows with 512 threads' worth of CTAs per SM."""
+    rows per cluster; unclustered rows with 512 threads' worth of CTAs per SM, of one or several rows a CTA."""
     if not is_cutedsl_layernorm_available():
         pytest.skip("CuTeDSL backend not available")
     from vibe_kernels.layernorm._cutedsl import config as cutedsl_config

@@ -88,8 +88,9 @@ class FwdConfig:
 
     persistent: a grid of at most the clusters the GPU holds at once (one CTA per SM), each striding over the rows,
     with weight and bias read once into shared memory and the next row's x loaded while this row is reduced and
-    written (LayerNormFwd.kernel_persistent). Needs one-row CTAs over rows that fill the tiling exactly, merged
-    statistics (or RMSNorm) and no residual; affine_after_stats, min_ctas_per_sm and the hints do not apply.
+    written (LayerNormFwd.kernel_persistent). Needs rows that fill the tiling exactly (one a CTA where clustered;
+    unclustered CTAs of several rows keep one row's weight and bias, opt-in only), merged statistics (or RMSNorm) and
+    no residual; affine_after_stats, min_ctas_per_sm and the hints do not apply.
 
     persistent_ctas_per_sm: the persistent grid's CTAs per SM for unclustered rows (opt-in, 1 by default; clusters
     keep one CTA per SM), with a launch bound of that many CTAs."""

@@ -6,6 +6,7 @@ function, so one compiled kernel serves every batch size and row stride of its a
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import cuda.bindings.driver as cuda
@@ -231,11 +232,15 @@ class LayerNormFwd(_RowKernel):
         self.round_residual = round_residual
         self.persistent = config.persistent
         self.persistent_ctas_per_sm = config.persistent_ctas_per_sm
+        # The persistent kernel's weight and bias slots: one row's threads' worth (every row of a CTA has the same
+        # columns).
+        self.affine_slot_tiling = dataclasses.replace(config.tiling, rows_per_cta=1)
         if self.persistent:
             t = config.tiling
-            if not (self.even_n and t.rows_per_cta == 1 and residual_dtype is None and (self.merged_stats or rms)):
-                raise ValueError(f"the persistent forward needs one-row CTAs over rows that fill the tiling exactly, "
-                                 f"one exchange of statistics (merged_stats, or RMSNorm) and no residual "
+            one_row = t.rows_per_cta == 1 or t.cluster_n == 1
+            if not (self.even_n and one_row and residual_dtype is None and (self.merged_stats or rms)):
+                raise ValueError(f"the persistent forward needs rows that fill the tiling exactly (one a CTA where "
+                                 f"clustered), one exchange of statistics (merged_stats, or RMSNorm) and no residual "
                                  f"(N = {hidden}, {config})")
 
     @cute.jit
@@ -405,9 +410,7 @@ class LayerNormFwd(_RowKernel):
         # 16-bit with fp32 weight and bias (64 without them), here 75, and 64 without spills under a 4-CTA bound.
         if const_expr(self.store_stats):
             if tXcX[0][1] == 0 and row < mX.shape[0]:
-                if const_expr(mMean is not None):
-                    mMean[row] = mean
-                mRstd[row] = rstd
+                self._store_stats(mMean, mRstd, row, mean, rstd)
 
     @cute.kernel
     def kernel_persistent(
@@ -421,24 +424,31 @@ class LayerNormFwd(_RowKernel):
         eps: Float32,
         tiled_copy: cute.TiledCopy,
     ):
-        """``config.persistent``: a grid of at most the clusters the GPU holds at once, each striding over the rows
-        (one row a cluster at a time). Weight and bias are read once, into this thread's shared-memory slots, instead
-        of once a row: a wide row's weight and bias slice (fp32: 4x a 16-bit row's bytes) does not stay in L1 between
-        rows, so every row read them again from L2. The next row's x is loaded into the fragment as soon as this
-        row's values are out of it, so the loads are in flight during the exchange of statistics and the stores.
-        The exchange's buffers and cluster mbarriers alternate between two slots by row parity, as in the backward."""
+        """``config.persistent``: a grid of at most the clusters the GPU holds at once, each striding over the row
+        tiles (one row a cluster at a time; unclustered CTAs may hold several rows). Weight and bias are read once,
+        into shared-memory slots, instead of once a row: a wide row's weight and bias slice (fp32: 4x a 16-bit row's
+        bytes) does not stay in L1 between rows, so every row read them again from L2. The next tile's x is loaded
+        into the fragment as soon as this tile's values are out of it, so the loads are in flight during the exchange
+        of statistics and the stores. The exchange's buffers and cluster mbarriers alternate between two slots by
+        tile parity, as in the backward.
+
+        Several rows a CTA (``rows_per_cta`` > 1, unclustered): a thread's columns are the same in every row, so the
+        slots hold one row's weight and bias, written by the first row's threads and read by every row's; rows past
+        M in the last tile are neither loaded nor stored."""
         t = self.tiling
+        multi_row = const_expr(t.rows_per_cta > 1)
         tidx, _, _ = cute.arch.thread_idx()
         bidx, _, _ = cute.arch.block_idx()
         num_clusters, _, _ = cute.arch.grid_dim()
         rank = Int32(0)
         if const_expr(t.cluster_n > 1):
             rank = cute.arch.block_idx_in_cluster()
-        tiler = (1, t.tile_n)
+        tiler = (t.rows_per_cta, t.tile_n)
         num_rows = mX.shape[0]
+        num_tiles = cute.ceil_div(num_rows, t.rows_per_cta)
 
         smem = cutlass.memory.SmemAllocator()
-        buf_layout = cute.make_ordered_layout((1, t.warps_per_row * t.cluster_n, 2), order=(1, 0, 2))
+        buf_layout = cute.make_ordered_layout((t.rows_per_cta, t.warps_per_row * t.cluster_n, 2), order=(1, 0, 2))
         buf_mean = smem.allocate_tensor(Float32, buf_layout, byte_alignment=16)
         buf_var = smem.allocate_tensor(Float32, buf_layout, byte_alignment=16)
         mbar_ptr = None
@@ -453,47 +463,85 @@ class LayerNormFwd(_RowKernel):
         tXgX = thr_copy.partition_S(cute.local_tile(mX, tiler, (bidx, rank)))
         tXrX = cute.make_rmem_tensor_like(tXgX)
         tXrO = cute.make_rmem_tensor_like(thr_copy.partition_D(cute.local_tile(mO, tiler, (bidx, rank))))
-        if bidx < num_rows:  # the grid has at most one cluster a row (and one for M = 0)
+        # The thread's row in tile 0 (its row in tile k is that plus k * rows_per_cta).
+        row0 = Int32(0)
+        if const_expr(multi_row):
+            row0 = thr_copy.partition_S(cute.local_tile(idX, tiler, (0, rank)))[0][0]
+        if bidx * t.rows_per_cta + row0 < num_rows:  # the grid has at most one cluster a row tile (one for M = 0)
             copy_x(tXgX, tXrX)
 
         tXrW, tXrB = self._load_affine(mW, mB, thr_copy, tiler, rank, None)
+        # Multi-row CTAs: one row's slots, indexed by the thread's place in its row, written by the first row.
+        slot_tiling = const_expr(self.affine_slot_tiling)
+        slot_thread = tidx % t.threads_per_row if const_expr(multi_row) else tidx
         sW = None
         sB = None
         if const_expr(mW is not None):
-            sW = _slots_of(_thread_slots(smem, mW.element_type, t), tidx, t)
-            _store_slots(sW, tXrW.load())
+            sW = _slots_of(_thread_slots(smem, mW.element_type, slot_tiling), slot_thread, slot_tiling)
         if const_expr(mB is not None):
-            sB = _slots_of(_thread_slots(smem, mB.element_type, t), tidx, t)
-            _store_slots(sB, tXrB.load())
+            sB = _slots_of(_thread_slots(smem, mB.element_type, slot_tiling), slot_thread, slot_tiling)
+        if const_expr(multi_row):
+            if tidx < slot_tiling.num_threads:
+                self._store_affine_slots(sW, tXrW, sB, tXrB)
+            cute.arch.barrier()
+        else:
+            self._store_affine_slots(sW, tXrW, sB, tXrB)
 
         if const_expr(t.cluster_n > 1):
             cute.arch.cluster_wait()
 
-        for row in cutlass.range(bidx, num_rows, num_clusters, unroll=1):
-            it = (row - bidx) // num_clusters
+        for tile in cutlass.range(bidx, num_tiles, num_clusters, unroll=1):
+            it = (tile - bidx) // num_clusters
             slot = it % 2
             phase = (it // 2) % 2
+            row = tile * t.rows_per_cta + row0
             x = tXrX.load().to(Float32)
-            next_row = row + num_clusters
-            if next_row < num_rows:
-                copy_x(thr_copy.partition_S(cute.local_tile(mX, tiler, (next_row, rank))), tXrX)
+            next_tile = tile + num_clusters
+            if next_tile < num_tiles:
+                if const_expr(multi_row):
+                    if row + num_clusters * t.rows_per_cta < num_rows:
+                        copy_x(thr_copy.partition_S(cute.local_tile(mX, tiler, (next_tile, rank))), tXrX)
+                else:
+                    copy_x(thr_copy.partition_S(cute.local_tile(mX, tiler, (next_tile, rank))), tXrX)
             mbar = None
             if const_expr(t.cluster_n > 1):
                 mbar = mbar_ptr + slot
+            # Rows past M (multi-row CTAs' last tile) reduce stale values among their own threads: never stored.
             mean, centered, rstd = self._row_stats(x, tXrX, None, buf_mean[None, None, slot],
                                                    buf_var[None, None, slot], mbar, mbar, phase, eps)
             if const_expr(self.store_stats):
-                if thr_copy.partition_S(cute.local_tile(idX, tiler, (row, rank)))[0][1] == 0:
-                    if const_expr(mMean is not None):
-                        mMean[row] = mean
-                    mRstd[row] = rstd
+                first_column = thr_copy.partition_S(cute.local_tile(idX, tiler, (tile, rank)))[0][1] == 0
+                if const_expr(multi_row):
+                    if first_column and row < num_rows:
+                        self._store_stats(mMean, mRstd, row, mean, rstd)
+                elif first_column:
+                    self._store_stats(mMean, mRstd, row, mean, rstd)
             y = centered * rstd
             if const_expr(mW is not None):
                 y = y * _load_slots(sW, tXrX).to(Float32)
             if const_expr(mB is not None):
                 y = y + _load_slots(sB, tXrX).to(Float32)
             tXrO.store(y.to(self.out_dtype))
-            copy_out(tXrO, thr_copy.partition_D(cute.local_tile(mO, tiler, (row, rank))))
+            if const_expr(multi_row):
+                if row < num_rows:
+                    copy_out(tXrO, thr_copy.partition_D(cute.local_tile(mO, tiler, (tile, rank))))
+            else:
+                copy_out(tXrO, thr_copy.partition_D(cute.local_tile(mO, tiler, (tile, rank))))
+
+    @cute.jit
+    def _store_affine_slots(self, sW, tXrW, sB, tXrB):
+        """The persistent kernel's weight and bias fragments into their shared-memory slots (None: not given)."""
+        if const_expr(sW is not None):
+            _store_slots(sW, tXrW.load())
+        if const_expr(sB is not None):
+            _store_slots(sB, tXrB.load())
+
+    @cute.jit
+    def _store_stats(self, mMean, mRstd, row, mean, rstd):
+        """Row ``row``'s mean (not for RMSNorm) and rstd."""
+        if const_expr(mMean is not None):
+            mMean[row] = mean
+        mRstd[row] = rstd
 
     @cute.jit
     def _row_stats(self, x, like, pred, buf_mean, buf_var, mbar_mean, mbar_var, phase, eps: Float32):

@@ -426,16 +426,16 @@ MAX_FWD_PLANS = 256
 
 
 def _fwd_grid_clusters(config: FwdConfig, rows: int, device_index: int) -> int:
-    """The persistent forward's grid: one cluster a row up to the clusters of one CTA per SM the GPU holds at once
-    (``config.persistent_ctas_per_sm`` CTAs per SM for unclustered rows; 1 for the other forward kernels, whose grid
-    follows M)."""
+    """The persistent forward's grid: one cluster a row tile up to the clusters of one CTA per SM the GPU holds at
+    once (``config.persistent_ctas_per_sm`` CTAs per SM for unclustered rows; 1 for the other forward kernels, whose
+    grid follows M)."""
     if not config.persistent:
         return 1
     cluster_n = config.tiling.cluster_n
     resident = _resident_clusters(device_index, cluster_n) if cluster_n > 1 else None
     if not resident:
         resident = _sm_count(device_index) // cluster_n * config.persistent_ctas_per_sm
-    return max(1, min(rows, resident))
+    return max(1, min(-(-rows // config.tiling.rows_per_cta), resident))
 
 
 def _stride0(t: torch.Tensor | None) -> int:
