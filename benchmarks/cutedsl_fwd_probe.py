@@ -44,6 +44,13 @@ SHAPES = [(1, 1024, torch.bfloat16), (128, 1024, torch.bfloat16), (1, 4096, torc
           (128, 8192, torch.bfloat16), (1, 8192, torch.bfloat16)]
 
 
+def _persistent(config, ctas_per_sm: int):
+    """``config``'s tiling in the persistent kernel (merged statistics; the per-row kernel's fields off) at
+    ``ctas_per_sm`` CTAs per SM."""
+    return dataclasses.replace(config, persistent=True, merged_stats=True, affine_after_stats=False, min_ctas_per_sm=0,
+                               l2_hints=False, persistent_ctas_per_sm=ctas_per_sm)
+
+
 def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8, only: set | None = None) -> dict:
     default = cfg.fwd_config(hidden, elem, vec, rows=rows, affine_bytes=affine_bytes)
     late = dataclasses.replace(default, affine_after_stats=True)
@@ -103,14 +110,13 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8,
     t = default.tiling
     if (t.rows_per_cta == 1 or t.cluster_n == 1) and t.tile_n * t.cluster_n == hidden:
         # (Unclustered CTAs of several rows too: one row's weight and bias slots, twenty-third session.)
-        extra["persist"] = dataclasses.replace(default, persistent=True, merged_stats=True, affine_after_stats=False,
-                                               min_ctas_per_sm=0, l2_hints=False, persistent_ctas_per_sm=1)
+        extra["persist"] = _persistent(default, 1)
         # Unclustered rows: 2-4 persistent CTAs per SM under a launch bound ("persist2".."persist4",
         # FwdConfig.persistent_ctas_per_sm), where their weight and bias slots fit in shared memory together.
         if t.cluster_n == 1:
             for ctas in (2, 3, 4):
                 if ctas * t.tile_n * affine_bytes <= 200 * 1024:
-                    extra[f"persist{ctas}"] = dataclasses.replace(extra["persist"], persistent_ctas_per_sm=ctas)
+                    extra[f"persist{ctas}"] = _persistent(default, ctas)
         # The one-cluster-a-row kernel where the default is persistent ("per-row").
         extra["per-row"] = cfg.fwd_config(hidden, elem, vec, rows=rows, affine_bytes=affine_bytes, persistent=False)
         # Narrow unclustered rows: persistent over tilings of 16 / 32 bytes of x a thread ("persist16B8": 16 bytes,
@@ -123,9 +129,7 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8,
                 nt = narrow.tiling
                 if (nt.cluster_n == 1 and nt.tile_n == hidden and ctas * nt.num_threads <= 2048
                         and ctas * nt.tile_n * affine_bytes <= 200 * 1024):
-                    extra[f"persist{per_thread}B{ctas}"] = dataclasses.replace(
-                        narrow, persistent=True, merged_stats=True, affine_after_stats=False, min_ctas_per_sm=0,
-                        l2_hints=False, persistent_ctas_per_sm=ctas)
+                    extra[f"persist{per_thread}B{ctas}"] = _persistent(narrow, ctas)
     # Rows over more than 8 CTAs in 8-CTA clusters of more bytes a thread, no launch bound ("c8": two such clusters
     # fit a GPC, where one of 9-16 CTAs leaves the rest of it idle; at N = 151936 bf16 the old halved tiling, 8 CTAs
     # of 80 bytes, read 57% of a copy against 30% for the fitted 13-CTA cluster).
