@@ -46,8 +46,9 @@
 #                                           # weight only; every variant at 32768x1024; memcheck / initcheck of
 #                                           # its rule cases (not yet run: ~500 s estimated, its steps' limits
 #                                           # add up past 600 s, so the sanitizers, last, may be cut)
-#   bash benchmarks/gpu_visit.sh probes-t   # the Triton forward at 32768x4096 (2-3% behind Liger in every bench):
-#                                           # one row a program, weight and bias first, hints off, 4-16 warps
+#   bash benchmarks/gpu_visit.sh probes-t   # the Triton forward at 32768x4096 (2-3% behind Liger in every bench)
+#                                           # and one wave: weight and bias at the tile's offsets, old and new,
+#                                           # one row a program, weight and bias first, 4-16 warps
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -136,7 +137,8 @@ case "$part" in
     # The twenty-third session's leads. The persistent unclustered forward (the default at N = 4096 / 8192 / 16384,
     # 16-bit x, fp32 weight and bias, 1024-8192 rows) against the per-row kernel it replaced, at 4096x8192 (the
     # probe's duplicate filter dropped per-row there in probes-r) and at the rule's other M, with and without the
-    # statistics stored; then memcheck and initcheck of its three rule cases (racecheck ran: 0 hazards).
+    # statistics stored; then memcheck and initcheck of its three rule cases (racecheck ran: 0 hazards) and of the
+    # twenty-fourth session's two Triton cases (weight and bias at the tile's offsets), both backends each.
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
     for stats in --stats ""; do
       timeout 170 python benchmarks/cutedsl_fwd_probe.py --only per-row \
@@ -164,20 +166,29 @@ case "$part" in
     for tool in memcheck initcheck; do
       log="$out/sanitize-new-$tool.log"
       PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 120 compute-sanitizer --tool "$tool" --report-api-errors no \
-        --error-exitcode 86 python benchmarks/sanitize_features.py --set rules --backends cutedsl --first 20 > "$log" 2>&1
+        --error-exitcode 86 python benchmarks/sanitize_features.py --set rules --first 20 > "$log" 2>&1
       echo "new rule cases $tool: rc=$? $(grep -E 'ERROR SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
     done
     ;;
   probes-t)
     # Triton's forward at 32768x4096 bf16 has read 0.1849-0.1881 ms in every bench since 2026-11-24, Liger's
     # 0.1816-0.1834 (one 8-warp program a row, weight and bias loaded with the row): 2-3% behind, past the 2%
-    # issue 5 allows. The default is two rows a program of 8 warps, L2 hints, weight and bias after the statistics
-    # (the first sessions' tuner, before the hints); no probe had timed the resident alternatives here.
+    # issue 5 allows. The twenty-fourth session found why it may be (on the CPU, untimed): fp32 weight and bias went
+    # through shared memory in every program (a layout conversion); the default now loads them at the tile's
+    # offsets ("t": FwdConfig.affine_tile). Timed here: the new default against the old one (r2x4096w8h), and the
+    # resident alternatives no probe had timed at this width (one row a program, weight and bias first, 4-16 warps).
     timeout 150 python benchmarks/triton_fwd_probe.py --repeats 3 --api --shapes 32768x4096,8192x4096,4096x4096xfloat16 \
-      --configs r1x4096w8h,r1x4096w8ha,r1x4096w8,r1x4096w8a,r2x4096w8,r2x4096w8ha,r1x4096w4h,r1x4096w4ha,r1x4096w16h,r4x4096w16h \
+      --configs r2x4096w8h,r1x4096w8ht,r1x4096w8h,r1x4096w8hat,r2x4096w8t,r2x4096w8hat,r1x4096w4ht,r1x4096w16ht,r4x4096w16ht,r2x4096w16ht \
       > "$out/triton-fwd-4096.txt" 2>&1
     echo "triton forward 4096 resident variants: rc=$?"
-    grep -E "copy|%" "$out/triton-fwd-4096.txt" | sed -E 's/FwdConfig\(//; s/, tail_n=0, programs_per_sm=0//; s/, held_chunks=0\)//' | cut -c1-220
+    # One wave (a row a program): the old default (weight and bias first, one-row loads) against the new (+ "t").
+    timeout 90 python benchmarks/triton_fwd_probe.py --repeats 5 --api --shapes 128x4096,1x4096 \
+      --configs r1x4096w8a,r1x4096w4a,r1x4096w4at >> "$out/triton-fwd-4096.txt" 2>&1
+    echo "one wave at 4096: rc=$?"
+    timeout 60 python benchmarks/triton_fwd_probe.py --repeats 5 --shapes 128x8192 \
+      --configs r1x8192w16a,r1x8192w8at,r1x8192w8a >> "$out/triton-fwd-4096.txt" 2>&1
+    echo "one wave at 8192: rc=$?"
+    grep -E "copy|%" "$out/triton-fwd-4096.txt" | sed -E 's/FwdConfig\(//; s/, tail_n=0, programs_per_sm=0//; s/, held_chunks=0\)//' | cut -c1-230
     ;;
   racecheck-late)
     # racecheck of the CuTeDSL rule cases from index 16 on (the twentieth to twenty-second sessions' rules), which

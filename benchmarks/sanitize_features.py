@@ -11,8 +11,8 @@ its gradient flows through h too.
 and twenty-second sessions' rules switch kernels (the CuTeDSL backward's staged loads and staged statistics, the
 forward's four-CTA launch bound, clusters of any size for ragged rows and of at most 8 for the ragged forward, the
 fused residual's staged backward, the persistent forward over unclustered rows (with a bias); Triton's two-row
-blocks at N = 16384, held two-row blocks at N = 32768 and the fp32-out blocks), with M above one wave and not a
-multiple of the CTA's rows. The CuTeDSL backward sums its dw/db columns in its own launch
+blocks at N = 16384, held two-row blocks at N = 32768, the fp32-out blocks and the twenty-fourth session's weight and
+bias at the tile's offsets), with M above one wave and not a multiple of the CTA's rows (and one one-wave case). The CuTeDSL backward sums its dw/db columns in its own launch
 (the twelfth session's fused column sum) at every N <= 6144 here: 16-bit staged rows and fp32 prefetched ones.
 
 The reference runs on the CPU (torch's own GPU reductions would show up in racecheck's report), and
@@ -58,6 +58,10 @@ RULE_CASES = [
     (1031, 4096, torch.bfloat16, torch.bfloat16, False, None, True),
     (1031, 8192, torch.float16, torch.float16, False, None, True),
     (1031, 16384, torch.bfloat16, torch.bfloat16, False, None, True),
+    # the twenty-fourth session's: Triton's resident forward with fp32 weight and bias at the tile's offsets (two rows
+    # a program at 2048; a row a program in one wave at 4096)
+    (1031, 2048, torch.bfloat16, torch.bfloat16, False, None, True),
+    (37, 4096, torch.float16, torch.float16, False, None, True),
 ]
 
 

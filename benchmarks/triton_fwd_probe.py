@@ -4,7 +4,8 @@
     python benchmarks/triton_fwd_probe.py --shapes 4096x16384xfloat16 --configs c8192w8m2h,r1x8192w8h
 
 Configs: ``c<block_n>w<warps>[m<rows a block>][p<programs per SM>][k<held chunks>][h]`` (chunked; h: L2 hints) or
-``r<block_m>x<block_n>w<warps>[h][a]`` (resident rows; a: weight and bias loaded with the rows, ``affine_first``).
+``r<block_m>x<block_n>w<warps>[h][a][t]`` (resident rows; a: weight and bias loaded with the rows, ``affine_first``;
+t: at the tile's offsets, ``affine_tile``).
 The default runs as a caller gets it (``config=None``: at small M the launcher also narrows its row blocks to give
 every SM work). Removed after losing: an ``s<stages>`` suffix for a pipelined chunk loop (eighth session,
 ``benchmarks/results/h100-2026-11-25-h/probes/triton-fwd-stages.txt``: 35-63% of a copy against 88-94%) and a
@@ -33,11 +34,11 @@ def _parse(text: str) -> _triton.FwdConfig:
         block_n, warps, block_m, per_sm, held, hints = chunked.groups()
         return _triton.FwdConfig(int(block_m or 1), int(block_n), int(warps), True, programs_per_sm=int(per_sm or 0),
                                  l2_hints=bool(hints), held_chunks=int(held or 0))
-    resident = re.fullmatch(r"r(\d+)x(\d+)w(\d+)(h?)(a?)", text)
+    resident = re.fullmatch(r"r(\d+)x(\d+)w(\d+)(h?)(a?)(t?)", text)
     if resident:
-        block_m, block_n, warps, hints, affine_first = resident.groups()
+        block_m, block_n, warps, hints, affine_first, affine_tile = resident.groups()
         return _triton.FwdConfig(int(block_m), int(block_n), int(warps), False, l2_hints=bool(hints),
-                                 affine_first=bool(affine_first))
+                                 affine_first=bool(affine_first), affine_tile=bool(affine_tile))
     raise SystemExit(f"bad config {text!r}")
 
 
@@ -63,7 +64,7 @@ def main() -> None:
         mean, rstd = torch.empty(rows, device="cuda"), torch.empty(rows, device="cuda")
         copy_ms = gpu_ms_host_hidden(lambda: copied.copy_(x), 25, 100)
         one_wave = rows <= _triton._program_slots(x.device)
-        default = _triton.fwd_config(hidden, dtype, one_wave=one_wave)
+        default = _triton.fwd_config(hidden, dtype, one_wave=one_wave, wide_affine=dtype != torch.float32)
         configs = [default] + [_parse(t) for t in filter(None, args.configs.split(","))]
         launches, kept = [], []
         for config in configs:

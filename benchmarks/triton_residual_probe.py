@@ -61,7 +61,8 @@ def main() -> None:
                     raise AssertionError(f"wrong output: max err {err}")
 
             label = f"{spec} {args.dtype} {'rmsnorm' if rms else 'layernorm'} + residual"
-            rank_candidates(label, _triton.fwd_config(hidden, dtype, True), fwd_candidates(hidden, dtype), launch,
+            default = _triton.fwd_config(hidden, dtype, True, wide_affine=dtype != torch.float32)  # fp32 weight
+            rank_candidates(label, default, fwd_candidates(hidden, dtype), launch,
                             out, check, sol, args.top)
 
 
@@ -108,7 +109,8 @@ def out_dtype_probe(args) -> None:
                 raise AssertionError(f"wrong output: max err {err}")
 
         # The launcher's own choice for this out (config=None): wider out elements take the wide_out config.
-        default = _triton.fwd_config(hidden, dtype, wide_out=out.element_size() > x.element_size())
+        default = _triton.fwd_config(hidden, dtype, wide_out=out.element_size() > x.element_size(),
+                                     wide_affine=dtype != torch.float32)  # fp32 weight and bias
         candidates = fwd_candidates(hidden, dtype)
         if args.l2_hints:
             # fwd_candidates starts with the default; hinted and plain candidates map to one hinted config.

@@ -108,8 +108,11 @@ def fwd_scenarios(dtype: str, part: str) -> list[dict]:
     from vibe_kernels.layernorm._triton import fwd_config
 
     sizes = representative_sizes(fwd_config, getattr(_torch(), dtype))
+    # (fp32 weight and bias at two resident widths: with 16-bit x, the default loads them at the tile's offsets)
     return [scenario(hidden, "x", "float32", True, True, rows=rows) for hidden in sizes for rows in (LARGE_M, SMALL_M)] + [
-        scenario(4096, "x", "x", False, False, rows=1), scenario(65536, "x", "x", False, False, rows=1)]
+        scenario(4096, "x", "x", False, False, rows=1), scenario(65536, "x", "x", False, False, rows=1)] + [
+        scenario(hidden, "float32", "float32", True, True, rows=rows) for hidden in (2048, 4096)
+        for rows in (LARGE_M, SMALL_M)]
 
 
 def _other_float(dtype: str) -> str:
@@ -349,6 +352,7 @@ def compile_scenarios(scenarios):
             result.update(
                 error=None,
                 cubin_bytes=len(compiled.asm["cubin"]),
+                shared_bytes=compiled.metadata.shared,
                 target=compiled.metadata.target.arch,
                 loads=len(loads),
                 # 128-bit loads: ld.global.v4, or 16-byte async copies to shared memory (a pipelined loop's loads)
@@ -531,6 +535,19 @@ def test_kernels_compile_for_sm90(tmp_path, launcher, part, dtype):
         c = r["constexprs"]
         in_16bit = dtype != "float32" and not (c["HAS_RESIDUAL"] and c["RESIDUAL_IN_FP32"])
         assert c["OPAQUE_ASM"] and (r["runtime_permutes"] > 0) == in_16bit, r
+
+    # Weight and bias at the tile's offsets (FwdConfig.affine_tile: an opt-in in "flags" at N = 1024, the default
+    # for 16-bit x with fp32 weight and bias at N = 2048 / 4096 in "sizes"): they load straight into the rows'
+    # layout, so there the resident forward's shared memory is the reductions' scratch alone (with the one-row load,
+    # fp32 weight and bias with 16-bit x went through 4-8 KB of it in every program).
+    tiled = [r for r in results if r["constexprs"].get("AFFINE_TILE", False)]
+    assert bool(tiled) == (launcher == "fwd" and (part == "flags" or (part == "sizes" and dtype != "float32"))), \
+        "affine_tile compiled where no scenario asks for it, or not where one does"
+    for r in tiled:
+        c = r["constexprs"]
+        assert c["TAIL_N"] == 0 and c["N"] in (1024, 2048, 4096), c
+        if c["HAS_W"] or c["HAS_B"]:
+            assert r["shared_bytes"] <= 256, (r["kernel"], c, r["shared_bytes"])
 
     if part == "features":
         # Every feature combination reached the compiler in every kernel that takes the feature flags, and the

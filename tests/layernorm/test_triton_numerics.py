@@ -404,6 +404,73 @@ def test_fwd_default_configs_with_a_wider_out(gen, device, check, monkeypatch, h
     check.stats(mean, rstd, x, EPS)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=_id)
+@pytest.mark.parametrize("variant", ["one_row", "two_rows", "four_rows", "head_tail", "affine_first", "rms",
+                                     "residual", "weight_only", "bias_only"])
+def test_fwd_affine_tile_changes_no_bits(gen, device, dtype, variant):
+    """FwdConfig.affine_tile loads weight and bias at the tile's offsets instead of as one row expanded to the
+    tile: the same values meet the same arithmetic, so out, mean, rstd (and h) are bit-identical either way, for
+    one-, two- and four-row tiles, a head + tail row, weight and bias before the statistics, RMSNorm, a fused
+    residual and either parameter alone; fp32 and x-dtype parameters."""
+    rows, hidden = 5, 1000
+    config = _triton.FwdConfig(block_m=2, block_n=1024, num_warps=4, chunked=False)
+    affine, kwargs = "w_b_fp32", {}
+    if variant == "one_row":
+        config = dataclasses.replace(config, block_m=1)
+    elif variant == "four_rows":
+        config, affine = dataclasses.replace(config, block_m=4), "w_b_xdtype"
+    elif variant == "head_tail":
+        config = dataclasses.replace(config, block_n=512, tail_n=512)
+    elif variant == "affine_first":
+        config, affine = dataclasses.replace(config, affine_first=True), "w_b_xdtype"
+    elif variant == "rms":
+        kwargs["rms"] = True
+    elif variant == "residual":
+        kwargs.update(residual=random_like(gen, torch.empty(rows, hidden, dtype=dtype, device=device)),
+                      residual_out=None)
+    elif variant == "weight_only":
+        affine = "w_fp32"
+    elif variant == "bias_only":
+        affine = "b_xdtype"
+    x, weight, bias = make_inputs(gen, (rows, hidden), dtype, device, affine)
+    results = []
+    for tile in (False, True):
+        out = _poisoned((rows, hidden), dtype, device)
+        mean = None if kwargs.get("rms") else _poisoned((rows,), torch.float32, device)
+        rstd = _poisoned((rows,), torch.float32, device)
+        if "residual" in kwargs:
+            kwargs["residual_out"] = _poisoned((rows, hidden), dtype, device)
+        _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd,
+                              config=dataclasses.replace(config, affine_tile=tile), **kwargs)
+        results.append([t for t in (out, mean, rstd, kwargs.get("residual_out")) if t is not None])
+    for plain, tiled in zip(*results):
+        assert not plain.isnan().any()
+        assert torch.equal(plain, tiled)
+
+
+def test_fwd_affine_tile_rule(gen, device, check, monkeypatch):
+    """The launcher loads weight and bias at the tile's offsets where each given one is wider than x (fp32 with bf16
+    x) in resident configs of whole rows with at most AFFINE_TILE_MAX_ROWS rows a program (N = 2048: two rows) and
+    in one wave (a row a program); not with a parameter in x's dtype, nor at N = 256 (eight rows a program), nor for
+    head + tail rows (N = 3000), nor in the chunked kernel."""
+    assert _triton.AFFINE_TILE_MAX_ROWS == 2
+    assert not _triton.fwd_config(16384, torch.bfloat16, wide_affine=True).affine_tile  # chunked
+    assert not _triton.fwd_config(2048, torch.float32).affine_tile
+    cases = [(2048, "w_b_fp32", 300, True), (2048, "w_fp32", 300, True), (2048, "w_b_xdtype", 300, False),
+             (2048, "b_xdtype", 300, False), (256, "w_b_fp32", 300, False), (256, "w_b_fp32", 3, True),
+             (3000, "w_b_fp32", 3, False), (2048, "none", 300, False)]
+    for hidden, affine, rows, expected in cases:
+        rows = rows if device == "cuda" or rows < 4 else 7  # the interpreter's 4 program slots: 7 rows, not one wave
+        seen = _record_fwd_configs(monkeypatch)
+        x, weight, bias = make_inputs(gen, (rows, hidden), torch.bfloat16, device, affine)
+        out = _poisoned((rows, hidden), torch.bfloat16, device)
+        mean, rstd = _poisoned((rows,), torch.float32, device), _poisoned((rows,), torch.float32, device)
+        _triton.layernorm_fwd(x, weight, bias, EPS, out, mean, rstd)
+        assert [c.affine_tile for c in seen] == [expected], (hidden, affine, rows, seen)
+        check.out(out, x, weight, bias, EPS)
+        check.stats(mean, rstd, x, EPS)
+
+
 @pytest.mark.parametrize("rms", [False, True])
 def test_fwd_default_held_chunks_for_16bit_rows_up_to_32768(gen, device, check, rms):
     """16-bit rows of (16384, 32768] above one wave stream in two-row blocks with each row's first 8192 columns

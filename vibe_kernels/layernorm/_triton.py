@@ -70,6 +70,12 @@ class FwdConfig:
     tail_n: int = 0
     programs_per_sm: int = 0  # chunked only: 0 = one program per row block; k = a persistent grid of k x SMs
     affine_first: bool = False  # resident only: weight/bias loaded with the rows, before the statistics
+    # Resident only: weight and bias loaded at the tile's own [block_m, block_n] column offsets, straight into the
+    # rows' register layout, instead of as one row expanded to the tile. With weight and bias wider than x (fp32
+    # with 16-bit x) Triton gives the one-row load a layout of its own and converts it through shared memory in every
+    # program (sm_90 PTX at 4096 bf16, 2 rows x 8 warps: 8 KB of shared memory, 13 -> 5 bar.sync, 79 -> 64
+    # registers without it); the cost is one L1-hit load of each weight / bias element per row of the tile.
+    affine_tile: bool = False
     l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
     # Chunked only: each row's first held_chunks (0-4) block_n chunks are loaded once and held in registers through
     # both passes (in x's dtype); only the rest is streamed twice: the row's first chunks are re-read last, the
@@ -223,6 +229,21 @@ FWD_HELD_16BIT = (16384, 32768)
 # program of 8 warps instead of FWD_ROW_BLOCK_16BIT's two-row blocks (4096x16384 87 -> 90%). Measured at those two
 # shapes only.
 
+# Weight and bias at the tile's own offsets (FwdConfig.affine_tile) in the resident forward, where every given one is
+# fp32 with 16-bit x (fwd_config's wide_affine), for whole padded rows of at most this many rows a program (and
+# one-wave launches). Found on the CPU (twenty-fourth session, sm_90 PTX and ptxas, the same with Triton 3.6 (the GPU
+# machine's) and 3.9, bf16 x, fp32 weight and bias, one-row load -> tile offsets): the one-row loads got a layout of
+# their own and went through shared memory in every program. At 4096, 2 rows x 8 warps: 16 -> 8 bar.sync (Triton
+# 3.6), 8 KB -> 64 B of shared memory, 80 -> 64 registers (three CTAs an SM -> four); 2048 x 2: 12 -> 8 bar.sync, 8
+# KB -> 64 B; one wave (a row a program) at 2048 / 4096 / 8192: 12-16 -> 8 bar.sync, 8-16 KB -> 32-64 B. The price
+# is one load (an L1 hit) of each weight / bias element per row of the tile: 4 -> 8 loads a thread at 4096 x 2 rows,
+# 6 -> 20 at 256 x 8 rows, hence the bound. Nothing to gain, so not taken: with a 16-bit weight or bias (their
+# layout is x's, or the compiler already matched it: bf16 weight + fp32 bias at 4096 has 8 bar.sync and 64 B either
+# way), with fp32 x, and for head + tail rows (one wave at 3000 / 5000: 21 -> 25 / 29 bar.sync; 6000: 29 -> 17).
+# Not yet timed: the bench's Triton forward at 32768x4096 bf16 (fp32 weight and bias) has read 2-3% behind Liger's
+# one-row kernel with bf16 weights in every run (gpu_visit.sh probes-t times both).
+AFFINE_TILE_MAX_ROWS = 2
+
 # L2 eviction hints (FwdConfig.l2_hints / BwdConfig.l2_hints) where they measured faster (H100, 2026-11-25, sixth
 # session, benchmarks/results/h100-2026-11-25-f/probes, % of a copy / an add). Forward, chunked rows (statistics pass
 # evict_last, normalizing pass evict_first): 4096x8192 fp16 91 -> 93%, 4096x16384 fp16 86 -> 89%, 32768x16384 92 ->
@@ -284,7 +305,7 @@ def load_tuned_configs(path: str) -> int:
 
 @functools.lru_cache(maxsize=1024)
 def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave: bool = False,
-               wide_out: bool = False) -> FwdConfig:
+               wide_out: bool = False, wide_affine: bool = False) -> FwdConfig:
     """Forward config for rows of ``hidden`` elements of ``dtype``, from the measured ladder (or the tuned configs).
 
     one_wave: the rows are few enough for one program each, all at once (M at most the SM count). Latency then
@@ -294,32 +315,39 @@ def fwd_config(hidden: int, dtype: torch.dtype, residual: bool = False, one_wave
     1x4096 72 -> 80%, 128x4096 78 -> 84%, 1x8192 56 -> 71%, 128x8192 74 -> 85%; at 4096x4096 and 32768x1024,
     weight/bias first moved 93 -> 94% and 97 -> 98% (not adopted there). L2 eviction hints where they measured
     faster (``_fwd_l2_hints``); residual: the config for a forward with a fused residual. wide_out: out's elements
-    are wider than x's (fp32 out from fp16/bf16 x).
+    are wider than x's (fp32 out from fp16/bf16 x). wide_affine: weight and bias (those given) have wider elements
+    than x (fp32 with fp16/bf16 x, as under autocast): resident configs of whole padded rows (no tail) with at most
+    ``AFFINE_TILE_MAX_ROWS`` rows a program, or of one wave (narrowed to a row a program by the launcher), load them
+    at the tile's offsets (``FwdConfig.affine_tile``; see AFFINE_TILE_MAX_ROWS).
 
     >>> fwd_config(256, torch.bfloat16)
     FwdConfig(block_m=8, block_n=256, num_warps=2, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, held_chunks=0)
+affine_tile=False, l2_hints=True, held_chunks=0)
     >>> fwd_config(5000, torch.float16)
     FwdConfig(block_m=1, block_n=1024, num_warps=4, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, held_chunks=0)
+affine_tile=False, l2_hints=True, held_chunks=0)
     >>> fwd_config(8192, torch.bfloat16)
     FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, held_chunks=0)
+affine_tile=False, l2_hints=True, held_chunks=0)
     >>> fwd_config(16384, torch.bfloat16)
     FwdConfig(block_m=2, block_n=8192, num_warps=16, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, held_chunks=0)
+affine_tile=False, l2_hints=True, held_chunks=0)
     >>> fwd_config(16384, torch.float16, residual=True)
     FwdConfig(block_m=1, block_n=16384, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=False, held_chunks=0)
+affine_tile=False, l2_hints=False, held_chunks=0)
     >>> fwd_config(8192, torch.bfloat16, one_wave=True)
     FwdConfig(block_m=4, block_n=8192, num_warps=16, chunked=False, tail_n=0, programs_per_sm=0, affine_first=True, \
-l2_hints=False, held_chunks=0)
+affine_tile=False, l2_hints=False, held_chunks=0)
     >>> fwd_config(8192, torch.bfloat16, wide_out=True)
     FwdConfig(block_m=2, block_n=8192, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, affine_first=False, \
-l2_hints=True, held_chunks=0)
+affine_tile=False, l2_hints=True, held_chunks=0)
     >>> fwd_config(4096, torch.bfloat16, wide_out=True).affine_first, fwd_config(16384, torch.bfloat16, wide_out=True)
     (True, FwdConfig(block_m=2, block_n=4096, num_warps=8, chunked=True, tail_n=0, programs_per_sm=0, \
-affine_first=False, l2_hints=True, held_chunks=1))
+affine_first=False, affine_tile=False, l2_hints=True, held_chunks=1))
+    >>> [fwd_config(n, torch.bfloat16, wide_affine=True).affine_tile for n in (1024, 4096, 16384)]
+    [False, True, False]
+    >>> fwd_config(1024, torch.bfloat16, one_wave=True, wide_affine=True).affine_tile
+    True
     """
     tuned = _TUNED.get(("fwd", hidden, _dtype_name(dtype)))
     if tuned is not None:
@@ -327,6 +355,9 @@ affine_first=False, l2_hints=True, held_chunks=1))
     config = _ladder_fwd_config(hidden, dtype, residual, streamed=not one_wave, wide_out=wide_out)
     if (one_wave or (wide_out and not residual)) and not config.chunked:
         config = dataclasses.replace(config, affine_first=True)
+    whole_rows = not config.chunked and config.tail_n == 0
+    if wide_affine and whole_rows and (config.block_m <= AFFINE_TILE_MAX_ROWS or one_wave):
+        config = dataclasses.replace(config, affine_tile=True)
     return dataclasses.replace(config, l2_hints=_fwd_l2_hints(config, dtype, one_wave, residual))
 
 
@@ -463,6 +494,17 @@ def _load_affine(P, cols, N: tl.constexpr, EVICTION: tl.constexpr):
 
 
 @triton.jit
+def _as_tile(affine, AFFINE_TILE: tl.constexpr):
+    """A weight or bias loaded by the resident forward, ready to combine with its [BLOCK_M, n] tile: as loaded
+    with AFFINE_TILE (already at the tile's offsets), else its one row expanded to [1, n]."""
+    if AFFINE_TILE:
+        tile = affine
+    else:
+        tile = affine[None, :]
+    return tile
+
+
+@triton.jit
 def _layernorm_fwd_resident_kernel(
     X, Y, W, B, Mean, Rstd, R, H,
     stride_x_row, stride_y_row, stride_r_row, stride_h_row, rows, eps,
@@ -470,12 +512,14 @@ def _layernorm_fwd_resident_kernel(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, STORE_MEAN: tl.constexpr, STORE_RSTD: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, STORE_RESIDUAL: tl.constexpr, RESIDUAL_IN_FP32: tl.constexpr,
     ROW_ALIGN: tl.constexpr, AFFINE_FIRST: tl.constexpr = False, L2_HINTS: tl.constexpr = False,
+    AFFINE_TILE: tl.constexpr = False,
 ):
     """BLOCK_M whole rows per program. Rows far from a power of two (N = 5000) are held as a BLOCK_N head plus a
     TAIL_N tail instead of one padded 8192-wide tile, so fewer lanes sit idle.
 
     AFFINE_FIRST: load the weight and bias with the rows, before the statistics (their latency then overlaps the
-    row's; they stay in registers meanwhile) instead of after them.
+    row's; they stay in registers meanwhile) instead of after them. AFFINE_TILE: load them at the tile's
+    [BLOCK_M, BLOCK_N] offsets (``FwdConfig.affine_tile``) instead of as one row expanded to the tile.
 
     L2_HINTS: the rows (read once) load evict_first, the weight and bias (read by every program) evict_last.
 
@@ -500,11 +544,15 @@ def _layernorm_fwd_resident_kernel(
         H + row_off * stride_h_row + cols[None, :] if STORE_RESIDUAL else None,
         mask, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32, ROW_EVICTION,
     )
+    if AFFINE_TILE:
+        affine_cols = tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N))
+    else:
+        affine_cols = cols
     if AFFINE_FIRST:
         if HAS_W:
-            w = _load_affine(W, cols, N, AFFINE_EVICTION)
+            w = _load_affine(W, affine_cols, N, AFFINE_EVICTION)
         if HAS_B:
-            b = _load_affine(B, cols, N, AFFINE_EVICTION)
+            b = _load_affine(B, affine_cols, N, AFFINE_EVICTION)
     if not IS_RMS:
         row_sum = tl.sum(x, axis=1)
     if TAIL_N > 0:
@@ -551,19 +599,23 @@ def _layernorm_fwd_resident_kernel(
     y = centered * rstd[:, None]
     if HAS_W:
         if not AFFINE_FIRST:
-            w = _load_affine(W, cols, N, AFFINE_EVICTION)
-        y = y * w[None, :]
+            w = _load_affine(W, affine_cols, N, AFFINE_EVICTION)
+        y = y * _as_tile(w, AFFINE_TILE)
     if HAS_B:
         if not AFFINE_FIRST:
-            b = _load_affine(B, cols, N, AFFINE_EVICTION)
-        y = y + b[None, :]
+            b = _load_affine(B, affine_cols, N, AFFINE_EVICTION)
+        y = y + _as_tile(b, AFFINE_TILE)
     tl.store(Y + row_off * stride_y_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     if TAIL_N > 0:
         y_tail = centered_tail * rstd[:, None]
+        if AFFINE_TILE:
+            affine_tail_cols = tl.broadcast_to(tail_cols[None, :], (BLOCK_M, TAIL_N))
+        else:
+            affine_tail_cols = tail_cols
         if HAS_W:
-            y_tail = y_tail * _load_affine(W, tail_cols, N, AFFINE_EVICTION)[None, :]
+            y_tail = y_tail * _as_tile(_load_affine(W, affine_tail_cols, N, AFFINE_EVICTION), AFFINE_TILE)
         if HAS_B:
-            y_tail = y_tail + _load_affine(B, tail_cols, N, AFFINE_EVICTION)[None, :]
+            y_tail = y_tail + _as_tile(_load_affine(B, affine_tail_cols, N, AFFINE_EVICTION), AFFINE_TILE)
         tl.store(Y + row_off * stride_y_row + tail_cols[None, :], y_tail.to(Y.dtype.element_ty), mask=tail_mask)
     if STORE_MEAN:
         tl.store(Mean + row_idx, mean, mask=row_ok)
@@ -1415,7 +1467,8 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
             _run_compiled(plan[1], plan[0], plan_key[0], args)
             return
     cfg = config or fwd_config(hidden, x.dtype, has_residual, rows <= _program_slots(x.device),
-                               out.element_size() > x.element_size())
+                               out.element_size() > x.element_size(),
+                               _wider_affine(x, weight, bias))
     flags = dict(
         HAS_W=weight is not None, HAS_B=bias is not None, STORE_MEAN=mean is not None, STORE_RSTD=rstd is not None,
         IS_RMS=bool(rms), HAS_RESIDUAL=has_residual, STORE_RESIDUAL=residual_out is not None,
@@ -1440,11 +1493,17 @@ def layernorm_fwd(x, weight, bias, eps, out, mean, rstd, config: FwdConfig | Non
         grid = (_cdiv(rows, block_m),)
         entry = _launch(_layernorm_fwd_resident_kernel, grid, cfg.num_warps, *args,
                         N=hidden, BLOCK_M=block_m, BLOCK_N=cfg.block_n, TAIL_N=cfg.tail_n,
-                        AFFINE_FIRST=cfg.affine_first, L2_HINTS=cfg.l2_hints, **flags)
+                        AFFINE_FIRST=cfg.affine_first, L2_HINTS=cfg.l2_hints, AFFINE_TILE=cfg.affine_tile, **flags)
     if plan_key is not None and entry is not None:
         if len(_fwd_plans) >= MAX_FWD_PLANS:
             _fwd_plans.clear()
         _fwd_plans[plan_key] = (grid, entry)
+
+
+def _wider_affine(x, weight, bias) -> bool:
+    """fwd_config's wide_affine: a weight or bias is given, and each given one has wider elements than x."""
+    given = [t for t in (weight, bias) if t is not None]
+    return bool(given) and all(t.element_size() > x.element_size() for t in given)
 
 
 def sum_partials(dw_partial, db_partial, dweight, dbias) -> None:

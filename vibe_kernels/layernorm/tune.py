@@ -39,7 +39,8 @@ def fwd_candidates(hidden: int, dtype: torch.dtype) -> list[FwdConfig]:
     first chunks are held in registers (``held_chunks``, the rule at (16384, 32768]); each with and without L2
     eviction hints."""
     padded = triton.next_power_of_2(hidden)
-    candidates = [_triton.fwd_config(hidden, dtype)]
+    # The tuner's weight and bias are fp32 (tune_shape): the heuristic as the launcher picks it for them.
+    candidates = [_triton.fwd_config(hidden, dtype, wide_affine=dtype != torch.float32)]
     if padded > hidden >= 1024 and padded <= _triton.MAX_RESIDENT_FWD:
         tail = triton.next_power_of_2(hidden - padded // 2)
         candidates += [FwdConfig(rows, padded // 2, warps, False, tail)
@@ -49,6 +50,8 @@ def fwd_candidates(hidden: int, dtype: torch.dtype) -> list[FwdConfig]:
             per_thread = rows * padded // (32 * warps)
             if 1024 <= rows * padded <= 32768 and 8 <= per_thread <= 64:
                 candidates.append(FwdConfig(rows, padded, warps, False))
+                if rows <= 2 * _triton.AFFINE_TILE_MAX_ROWS:  # at the tile's offsets: to the rule's bound and past it
+                    candidates.append(FwdConfig(rows, padded, warps, False, affine_tile=True))
     for chunk, warps, per_sm in itertools.product((1024, 2048, 4096, 8192, 16384, 32768), (4, 8, 16, 32),
                                                   (0, 1, 2, 4)):
         wide = hidden >= 16384
