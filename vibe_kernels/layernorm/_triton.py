@@ -498,9 +498,11 @@ def _add_pairs(a0, b0, a1, b1):
     return a0 + a1, b0 + b1
 
 
-# Under the interpreter (TRITON_INTERPRET=1, read by triton at import) a reduction of two tensors adds in another order
-# than tl.sum, and less accurately (the tolerance tests of dw caught it): _sum_pair runs two tl.sum there.
-_INTERPRETED = tl.constexpr(bool(_triton_knobs.runtime.interpret))
+# _sum_pair as two tl.sum: under the interpreter (TRITON_INTERPRET=1, read by triton at import), where a reduction of
+# two tensors adds in another order than tl.sum, and less accurately (the tolerance tests of dw caught it); and in a
+# probe process that times the kernels as they were before the paired sums (triton_*_probe.py --separate-sums sets it
+# before anything compiles).
+_SEPARATE_SUMS = tl.constexpr(bool(_triton_knobs.runtime.interpret))
 
 
 @triton.jit
@@ -508,7 +510,7 @@ def _sum_pair(a, b, axis: tl.constexpr):
     """(tl.sum(a, axis), tl.sum(b, axis)) as one reduction: where the sums cross warps, one round through shared
     memory (a store, a barrier, a load) instead of two: sm_90 PTX (Triton 3.6) 3 bar.sync fewer per merged pair. On
     the GPU it is the same combining tree as tl.sum, so the same bits."""
-    if _INTERPRETED:
+    if _SEPARATE_SUMS:
         sums = (tl.sum(a, axis), tl.sum(b, axis))
     else:
         sums = tl.reduce((a, b), axis, _add_pairs)
