@@ -178,6 +178,10 @@ case "$part" in
     # through shared memory in every program (a layout conversion); the default now loads them at the tile's
     # offsets ("t": FwdConfig.affine_tile). Timed here: the new default against the old one (r2x4096w8h), and the
     # resident alternatives no probe had timed at this width (one row a program, weight and bias first, 4-16 warps).
+    # First the Triton numerics on CUDA (the bit-identity of affine_tile, every kernel with the paired row sums).
+    timeout 200 python -m pytest tests/layernorm/test_triton_numerics.py tests/layernorm/test_rmsnorm.py \
+      tests/layernorm/test_residual.py -q -n "${WORKERS:-8}" -p no:cacheprovider -rfEs > "$out/gpu-triton-tests.log" 2>&1
+    echo "triton numerics, rmsnorm, residual on CUDA: rc=$? $(tail -1 "$out/gpu-triton-tests.log")"
     timeout 150 python benchmarks/triton_fwd_probe.py --repeats 3 --api --shapes 32768x4096,8192x4096,4096x4096xfloat16 \
       --configs r2x4096w8h,r1x4096w8ht,r1x4096w8h,r1x4096w8hat,r2x4096w8t,r2x4096w8hat,r1x4096w4ht,r1x4096w16ht,r4x4096w16ht,r2x4096w16ht \
       > "$out/triton-fwd-4096.txt" 2>&1
