@@ -73,8 +73,8 @@ class FwdConfig:
     # Resident only: weight and bias loaded at the tile's own [block_m, block_n] column offsets, straight into the
     # rows' register layout, instead of as one row expanded to the tile. With weight and bias wider than x (fp32
     # with 16-bit x) Triton gives the one-row load a layout of its own and converts it through shared memory in every
-    # program (sm_90 PTX at 4096 bf16, 2 rows x 8 warps: 8 KB of shared memory, 13 -> 5 bar.sync, 79 -> 64
-    # registers without it); the cost is one L1-hit load of each weight / bias element per row of the tile.
+    # program (the PTX figures are at AFFINE_TILE_MAX_ROWS); the cost is one L1-hit load of each weight / bias element
+    # per row of the tile.
     affine_tile: bool = False
     l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
     # Chunked only: each row's first held_chunks (0-4) block_n chunks are loaded once and held in registers through
@@ -509,7 +509,7 @@ _SEPARATE_SUMS = tl.constexpr(bool(_triton_knobs.runtime.interpret))
 def _sum_pair(a, b, axis: tl.constexpr):
     """(tl.sum(a, axis), tl.sum(b, axis)) as one reduction: where the sums cross warps, one round through shared
     memory (a store, a barrier, a load) instead of two: sm_90 PTX (Triton 3.6) 3 bar.sync fewer per merged pair. On
-    the GPU it is the same combining tree as tl.sum, so the same bits."""
+    the GPU it lowers to the same combining tree as tl.sum, so the same bits are expected (not yet checked on one)."""
     if _SEPARATE_SUMS:
         sums = (tl.sum(a, axis), tl.sum(b, axis))
     else:
