@@ -48,8 +48,7 @@
 #                                           # add up past 600 s, so the sanitizers, last, may be cut)
 #   bash benchmarks/gpu_visit.sh probes-t   # the Triton forward at 32768x4096 (2-3% behind Liger in every bench)
 #                                           # and one wave: weight and bias at the tile's offsets, old and new,
-#                                           # one row a program, weight and bias first, 4-16 warps; the paired
-#                                           # row sums against separate ones, forward and backward (~4 min)
+#                                           # one row a program, weight and bias first, 4-16 warps (~2.5 min)
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -194,18 +193,8 @@ case "$part" in
       --configs r1x8192w16a,r1x8192w8at,r1x8192w8a >> "$out/triton-fwd-4096.txt" 2>&1
     echo "one wave at 8192: rc=$?"
     grep -E "copy|%" "$out/triton-fwd-4096.txt" | sed -E 's/FwdConfig\(//; s/, tail_n=0, programs_per_sm=0//; s/, held_chunks=0\)//' | cut -c1-230
-    # The paired row sums (_sum_pair, twenty-fourth session, no switch): the defaults with them, then in a process
-    # with --separate-sums (two tl.sum: the kernels before), forward and backward, three samples each.
-    for sums in "" --separate-sums; do
-      timeout 100 python benchmarks/triton_fwd_probe.py --repeats 3 $sums \
-        --shapes 4096x8192,32768x16384,32768x32768,4096x4096xfloat16,128x4096 >> "$out/triton-sums.txt" 2>&1
-      echo "forward ${sums:-paired sums}: rc=$?"
-      timeout 120 python benchmarks/triton_bwd_probe.py --repeats 3 $sums \
-        --shapes 4096x4096xfloat16,4095x5000xfloat16,4096x8192xfloat16,4096x16384xfloat16,32768x1024,32768x256 \
-        >> "$out/triton-sums.txt" 2>&1
-      echo "backward ${sums:-paired sums}: rc=$?"
-    done
-    grep -E "separate|copy|add|default" "$out/triton-sums.txt" | cut -c1-160
+    # (Its first run also timed the twenty-fourth session's paired row sums against separate ones, in two processes:
+    # h100-2026-12-07-p/probes-t/triton-sums.txt. They lost and were removed, with the probes' --separate-sums.)
     ;;
   racecheck-late)
     # racecheck of the CuTeDSL rule cases from index 16 on (the twentieth to twenty-second sessions' rules), which

@@ -25,7 +25,6 @@ import dataclasses
 import re
 
 import torch
-import triton
 
 from vibe_kernels.layernorm import _triton
 from probe_common import parse_shape, print_config_times, time_alternating
@@ -38,13 +37,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", help="for shapes without their own (MxNxdtype)")
     parser.add_argument("--configs", default="", help="more configs, comma-separated (see the module doc)")
     parser.add_argument("--repeats", type=int, default=1, help="time the configs this many times, alternating")
-    parser.add_argument("--separate-sums", action="store_true",
-                        help="every kernel with two tl.sum where it pairs a row's sums in one reduction (the kernels "
-                             "before the twenty-fourth session's _sum_pair), for this process")
     args = parser.parse_args()
-    if args.separate_sums:
-        _triton._SEPARATE_SUMS = triton.language.constexpr(True)  # before anything compiles
-        print("kernels with separate row sums (--separate-sums)")
     print(f"device: {torch.cuda.get_device_name()}")
     for spec in args.shapes.split(","):
         rows, hidden, dtype = parse_shape(spec, args.dtype)

@@ -22,7 +22,6 @@ import argparse
 import re
 
 import torch
-import triton
 
 from vibe_kernels.layernorm import _triton, layernorm
 from probe_common import parse_shape, print_config_times, time_alternating
@@ -50,13 +49,7 @@ def main() -> None:
     parser.add_argument("--configs", default="")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--api", action="store_true", help="also time the default without stats and the public API")
-    parser.add_argument("--separate-sums", action="store_true",
-                        help="every kernel with two tl.sum where it pairs a row's sums in one reduction (the kernels "
-                             "before the twenty-fourth session's _sum_pair), for this process")
     args = parser.parse_args()
-    if args.separate_sums:
-        _triton._SEPARATE_SUMS = triton.language.constexpr(True)  # before anything compiles
-        print("kernels with separate row sums (--separate-sums)")
     print(f"device: {torch.cuda.get_device_name()}")
     for spec in args.shapes.split(","):
         rows, hidden, dtype = parse_shape(spec, args.dtype)

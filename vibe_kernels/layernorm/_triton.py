@@ -73,8 +73,8 @@ class FwdConfig:
     # Resident only: weight and bias loaded at the tile's own [block_m, block_n] column offsets, straight into the
     # rows' register layout, instead of as one row expanded to the tile. With weight and bias wider than x (fp32
     # with 16-bit x) Triton gives the one-row load a layout of its own and converts it through shared memory in every
-    # program (the PTX figures are at AFFINE_TILE_MAX_ROWS); the cost is one L1-hit load of each weight / bias element
-    # per row of the tile.
+    # program (the PTX figures and the H100 timings are at AFFINE_TILE_MAX_ROWS); the cost is one L1-hit load of each
+    # weight / bias element per row of the tile.
     affine_tile: bool = False
     l2_hints: bool = False  # L2 eviction hints: rows read twice kept (evict_last), last reads evict_first
     # Chunked only: each row's first held_chunks (0-4) block_n chunks are loaded once and held in registers through
@@ -240,8 +240,12 @@ FWD_HELD_16BIT = (16384, 32768)
 # 6 -> 20 at 256 x 8 rows, hence the bound. Nothing to gain, so not taken: with a 16-bit weight or bias (their
 # layout is x's, or the compiler already matched it: bf16 weight + fp32 bias at 4096 has 8 bar.sync and 64 B either
 # way), with fp32 x, and for head + tail rows (one wave at 3000 / 5000: 21 -> 25 / 29 bar.sync; 6000: 29 -> 17).
-# Not yet timed: the bench's Triton forward at 32768x4096 bf16 (fp32 weight and bias) has read 2-3% behind Liger's
-# one-row kernel with bf16 weights in every run (gpu_visit.sh probes-t times both).
+# Timed (triton_fwd_probe.py, H100, 2026-12-07, twenty-fourth session, h100-2026-12-07-p/probes-t/triton-fwd-4096.txt,
+# three samples each, one-row load -> tile offsets, ms): 32768x4096 bf16 0.1877 -> 0.1855 (Liger 0.1821 in the
+# benches; the API without statistics 0.1843), 8192x4096 0.0523 -> 0.0514, 4096x4096 fp16 0.0295 -> 0.0286; one
+# row a program of 8 warps at 32768x4096 0.2070 -> 0.1882. One wave: 128x4096 0.0063 -> 0.0060, 1x4096 0.0054 ->
+# 0.0051, 128x8192 0.0075 -> 0.0070. (Without the L2 hints the tile path read 0.1836 / 0.0509 at 32768 / 8192 rows but
+# 0.0293 at 4096² fp16: left as they are.)
 AFFINE_TILE_MAX_ROWS = 2
 
 # L2 eviction hints (FwdConfig.l2_hints / BwdConfig.l2_hints) where they measured faster (H100, 2026-11-25, sixth
@@ -494,30 +498,6 @@ def _load_affine(P, cols, N: tl.constexpr, EVICTION: tl.constexpr):
 
 
 @triton.jit
-def _add_pairs(a0, b0, a1, b1):
-    return a0 + a1, b0 + b1
-
-
-# _sum_pair as two tl.sum: under the interpreter (TRITON_INTERPRET=1, read by triton at import), where a reduction of
-# two tensors adds in another order than tl.sum, and less accurately (the tolerance tests of dw caught it); and in a
-# probe process that times the kernels as they were before the paired sums (triton_*_probe.py --separate-sums sets it
-# before anything compiles).
-_SEPARATE_SUMS = tl.constexpr(bool(_triton_knobs.runtime.interpret))
-
-
-@triton.jit
-def _sum_pair(a, b, axis: tl.constexpr):
-    """(tl.sum(a, axis), tl.sum(b, axis)) as one reduction: where the sums cross warps, one round through shared
-    memory (a store, a barrier, a load) instead of two: sm_90 PTX (Triton 3.6) 3 bar.sync fewer per merged pair. On
-    the GPU it lowers to the same combining tree as tl.sum, so the same bits are expected (not yet checked on one)."""
-    if _SEPARATE_SUMS:
-        sums = (tl.sum(a, axis), tl.sum(b, axis))
-    else:
-        sums = tl.reduce((a, b), axis, _add_pairs)
-    return sums
-
-
-@triton.jit
 def _as_tile(affine, AFFINE_TILE: tl.constexpr):
     """A weight or bias loaded by the resident forward, ready to combine with its [BLOCK_M, n] tile: as loaded
     with AFFINE_TILE (already at the tile's offsets), else its one row expanded to [1, n]."""
@@ -606,22 +586,12 @@ def _layernorm_fwd_resident_kernel(
         centered = x - mean[:, None]
         if BLOCK_N > N:  # padded lanes must not add (0 - mean)^2 to the variance
             centered = tl.where(mask, centered, 0.0)
-        # One reduction for both sums (_sum_pair), except for fp32 rows: holding the squares beside the row for it
-        # takes ptxas 64 -> 76 registers at N = 8192, 8 warps (four programs an SM -> three).
-        if X.dtype.element_ty == tl.float32:
-            centered_sum = tl.sum(centered, axis=1)
-            sq_sum = tl.sum(centered * centered, axis=1)
-        else:
-            centered_sum, sq_sum = _sum_pair(centered, centered * centered, 1)
+        centered_sum = tl.sum(centered, axis=1)
+        sq_sum = tl.sum(centered * centered, axis=1)
         if TAIL_N > 0:
             centered_tail = tl.where(tail_mask, x_tail - mean[:, None], 0.0)
-            if X.dtype.element_ty == tl.float32:
-                centered_sum += tl.sum(centered_tail, axis=1)
-                sq_sum += tl.sum(centered_tail * centered_tail, axis=1)
-            else:
-                tail_sum, tail_sq = _sum_pair(centered_tail, centered_tail * centered_tail, 1)
-                centered_sum += tail_sum
-                sq_sum += tail_sq
+            centered_sum += tl.sum(centered_tail, axis=1)
+            sq_sum += tl.sum(centered_tail * centered_tail, axis=1)
         correction = centered_sum / N
         mean += correction
         rstd = tl.math.rsqrt(sq_sum / N - correction * correction + eps)
@@ -701,7 +671,8 @@ def _row_mean_var(x_rows, r_rows, row_ok, pivot, held_sum, held_sq, N: tl.conste
             shifted = tl.where(in_row, x - pivot[:, None], 0.0)
             lane_sum += shifted
             lane_sq += shifted * shifted
-        shifted_sum, sum_sq = _sum_pair(lane_sum, lane_sq, 1)
+        shifted_sum = tl.sum(lane_sum, axis=1)
+        sum_sq = tl.sum(lane_sq, axis=1)
         if START > 0:
             shifted_sum += held_sum
             sum_sq += held_sq
@@ -728,9 +699,8 @@ def _held_chunk(x_rows, r_rows, h_rows, row_ok, offs, pivot, held_sum, held_sq, 
         if FIRST:
             pivot = tl.sum(x, axis=1) / x.shape[1]
         shifted = tl.where(row_ok, x - pivot[:, None], 0.0)
-        chunk_sum, chunk_sq = _sum_pair(shifted, shifted * shifted, 1)
-        held_sum += chunk_sum
-        held_sq += chunk_sq
+        held_sum += tl.sum(shifted, axis=1)
+        held_sq += tl.sum(shifted * shifted, axis=1)
     if HAS_RESIDUAL and RESIDUAL_IN_FP32:
         held = x
     else:
@@ -904,20 +874,6 @@ def _bwd_tile_values(x, dy, mean, rstd, w, mask, HAS_W: tl.constexpr, IS_RMS: tl
     else:
         g = dy
     return dy, xhat, g, rstd
-
-
-@triton.jit
-def _row_means(g, xhat, N: tl.constexpr, IS_RMS: tl.constexpr):
-    """The backward's per-row mean(g * xhat) and mean(g) of a [BLOCK_M, n] tile, in one reduction. RMSNorm needs
-    no mean(g): zeros then (Triton cannot return None in a tuple here), never read."""
-    if IS_RMS:
-        mean_gx = tl.sum(g * xhat, axis=1) / N
-        mean_g = tl.zeros_like(mean_gx)
-    else:
-        sum_gx, sum_g = _sum_pair(g * xhat, g, 1)
-        mean_gx = sum_gx / N
-        mean_g = sum_g / N
-    return mean_gx, mean_g
 
 
 @triton.jit
@@ -1106,7 +1062,8 @@ def _bwd_resident_rows(DY, X, W, Mean, Rstd, DX, DW_partial, DB_partial, DRES, D
                                                                   ROW_EVICTION)
             dy, xhat, g, rstd = _bwd_tile_values(x, dy, mean, rstd, w, row_ok[:, None] & col_ok[None, :], HAS_W,
                                                  IS_RMS)
-            mean_gx, mean_g = _row_means(g, xhat, N, IS_RMS)
+            mean_gx = tl.sum(g * xhat, axis=1) / N
+            mean_g = None if IS_RMS else tl.sum(g, axis=1) / N
             dres = _load_dresidual(DRES, stride_dres_row, row_idx, row_ok, cols, col_ok, HAS_DRESIDUAL, ROW_EVICTION)
             dw_acc, db_acc = _store_dx_accumulate(DX, DRES_IN, stride_dx_row, stride_dres_in_row, row_idx, row_ok,
                                                   cols, col_ok, dy, xhat, g, rstd, mean_gx, mean_g, dres, dw_acc,
@@ -1148,7 +1105,8 @@ def _bwd_tile_loop(DY, X, W, Mean, Rstd, DX, DRES, DRES_IN, stride_dy_row, strid
                 dw_acc += dy * xhat
             if NEED_DB:
                 db_acc += dy
-        mean_gx, mean_g = _row_means(g, xhat, N, IS_RMS)
+        mean_gx = tl.sum(g * xhat, axis=1) / N
+        mean_g = None if IS_RMS else tl.sum(g, axis=1) / N
         if REREAD:
             tile_w = _load_affine(W, cols, N, AFFINE_EVICTION) if HAS_W else 0.0
             dy, xhat, g, rstd = _load_bwd_tile(DY, X, Mean, Rstd, tile_w, stride_dy_row, stride_x_row, row_idx, row_ok,
