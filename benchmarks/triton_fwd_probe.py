@@ -64,7 +64,7 @@ def main() -> None:
         mean, rstd = torch.empty(rows, device="cuda"), torch.empty(rows, device="cuda")
         copy_ms = gpu_ms_host_hidden(lambda: copied.copy_(x), 25, 100)
         one_wave = rows <= _triton._program_slots(x.device)
-        default = _triton.fwd_config(hidden, dtype, one_wave=one_wave, wide_affine=dtype != torch.float32)
+        default = _triton.fwd_config(hidden, dtype, one_wave=one_wave, wide_affine=_triton._wider_affine(x, w, b))
         configs = [default] + [_parse(t) for t in filter(None, args.configs.split(","))]
         launches, kept = [], []
         for config in configs:

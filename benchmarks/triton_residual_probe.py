@@ -61,7 +61,7 @@ def main() -> None:
                     raise AssertionError(f"wrong output: max err {err}")
 
             label = f"{spec} {args.dtype} {'rmsnorm' if rms else 'layernorm'} + residual"
-            default = _triton.fwd_config(hidden, dtype, True, wide_affine=dtype != torch.float32)  # fp32 weight
+            default = _triton.fwd_config(hidden, dtype, True, wide_affine=_triton._wider_affine(x, w, None))
             rank_candidates(label, default, fwd_candidates(hidden, dtype), launch,
                             out, check, sol, args.top)
 
@@ -110,7 +110,7 @@ def out_dtype_probe(args) -> None:
 
         # The launcher's own choice for this out (config=None): wider out elements take the wide_out config.
         default = _triton.fwd_config(hidden, dtype, wide_out=out.element_size() > x.element_size(),
-                                     wide_affine=dtype != torch.float32)  # fp32 weight and bias
+                                     wide_affine=_triton._wider_affine(x, w, b))
         candidates = fwd_candidates(hidden, dtype)
         if args.l2_hints:
             # fwd_candidates starts with the default; hinted and plain candidates map to one hinted config.

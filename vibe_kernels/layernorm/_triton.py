@@ -498,6 +498,17 @@ def _load_affine(P, cols, N: tl.constexpr, EVICTION: tl.constexpr):
 
 
 @triton.jit
+def _affine_offsets(cols, BLOCK_M: tl.constexpr, AFFINE_TILE: tl.constexpr):
+    """The offsets the resident forward loads weight and bias at, for its columns ``cols`` ([n]): the tile's
+    [BLOCK_M, n] with AFFINE_TILE, else the one row."""
+    if AFFINE_TILE:
+        offsets = tl.broadcast_to(cols[None, :], (BLOCK_M, cols.shape[0]))
+    else:
+        offsets = cols
+    return offsets
+
+
+@triton.jit
 def _as_tile(affine, AFFINE_TILE: tl.constexpr):
     """A weight or bias loaded by the resident forward, ready to combine with its [BLOCK_M, n] tile: as loaded
     with AFFINE_TILE (already at the tile's offsets), else its one row expanded to [1, n]."""
@@ -548,10 +559,7 @@ def _layernorm_fwd_resident_kernel(
         H + row_off * stride_h_row + cols[None, :] if STORE_RESIDUAL else None,
         mask, HAS_RESIDUAL, STORE_RESIDUAL, RESIDUAL_IN_FP32, ROW_EVICTION,
     )
-    if AFFINE_TILE:
-        affine_cols = tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N))
-    else:
-        affine_cols = cols
+    affine_cols = _affine_offsets(cols, BLOCK_M, AFFINE_TILE)
     if AFFINE_FIRST:
         if HAS_W:
             w = _load_affine(W, affine_cols, N, AFFINE_EVICTION)
@@ -612,10 +620,7 @@ def _layernorm_fwd_resident_kernel(
     tl.store(Y + row_off * stride_y_row + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     if TAIL_N > 0:
         y_tail = centered_tail * rstd[:, None]
-        if AFFINE_TILE:
-            affine_tail_cols = tl.broadcast_to(tail_cols[None, :], (BLOCK_M, TAIL_N))
-        else:
-            affine_tail_cols = tail_cols
+        affine_tail_cols = _affine_offsets(tail_cols, BLOCK_M, AFFINE_TILE)
         if HAS_W:
             y_tail = y_tail * _as_tile(_load_affine(W, affine_tail_cols, N, AFFINE_EVICTION), AFFINE_TILE)
         if HAS_B:
