@@ -11,7 +11,8 @@ four 256-thread CTAs per SM); two or four rows a CTA where a row takes 128 threa
 default with mean and variance in one exchange ("merged"; "merged-early": weight/bias before the statistics, no
 launch bound); RMSNorm with the default config ("rms", only when named in --only: LayerNorm's bytes with one row
 sum); 1024-thread CTAs with 64 bytes of x a thread, merged statistics and weight/bias late ("t1024m": half the
-default's cluster); 32 or 16 bytes of x a thread ("32B", "16B": more threads on a row, for small M); the default
+default's cluster); 64, 32 or 16 bytes of x a thread ("64B": the multi-row tiling that rows of 2-4 KB had before
+MID_ROW_BYTES; "32B", "16B": more threads on a row, for small M, and the 2-4 KB rows' tilings); the default
 with L2 eviction policies (``l2_hints``: rows evict_first, weight/bias evict_last): "l2"; a one-CTA row split over a
 cluster of two half-size CTAs, weight/bias late: "cl2"; the persistent kernel (``persistent``: weight/bias read once
 into shared memory, the next row's x prefetched): "persist", and for unclustered rows with 2-4 CTAs per SM:
@@ -88,10 +89,11 @@ def variants(hidden: int, elem: int, vec: int, rows: int, affine_bytes: int = 8,
     t1024_64 = cfg.fwd_config(hidden, elem, vec, rows=rows, max_cta_threads=1024)
     if t1024_64.tiling.tile_n * t1024_64.tiling.cluster_n == hidden:
         extra["t1024m"] = dataclasses.replace(t1024_64, merged_stats=True, affine_after_stats=True)
-    # 32 and 16 bytes of x a thread (more threads on a row: for small M, where one row's latency sets the time).
-    for per_thread in (32, 16):
-        small = cfg.fwd_config(hidden, elem, vec, rows=rows, bytes_per_thread=per_thread)
-        extra[f"{per_thread}B"] = small
+    # 32 and 16 bytes of x a thread (more threads on a row: for small M, where one row's latency sets the time), and
+    # 64 (the tiling of rows of 2-4 KB before the twenty-fifth session's MID_ROW_BYTES rule).
+    for per_thread in (64, 32, 16):
+        extra[f"{per_thread}B"] = cfg.fwd_config(hidden, elem, vec, rows=rows, bytes_per_thread=per_thread,
+                                                 affine_bytes=affine_bytes)
     # L2 eviction policies: rows evict_first, weight/bias evict_last ("l2").
     extra["l2"] = dataclasses.replace(default, l2_hints=True)
     # A one-CTA row split over a cluster of two CTAs of half the threads, weight/bias late ("cl2"): twice the CTAs of

@@ -49,11 +49,14 @@
 #   bash benchmarks/gpu_visit.sh probes-t   # the Triton forward at 32768x4096 (2-3% behind Liger in every bench)
 #                                           # and one wave: weight and bias at the tile's offsets, old and new,
 #                                           # one row a program, weight and bias first, 4-16 warps (~2.5 min)
+#   bash benchmarks/gpu_visit.sh probes-u   # the CuTeDSL forward's rows of 2-4 KB in one 128-thread CTA (the
+#                                           # twenty-fifth session's rule): its GPU tests, memcheck / initcheck of
+#                                           # its two rule cases, old / new tilings side by side (~3 min)
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n|probes-o|probes-p|probes-q|probes-r|probes-s|probes-t|racecheck-late}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n|probes-o|probes-p|probes-q|probes-r|probes-s|probes-t|probes-u|racecheck-late}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -195,6 +198,30 @@ case "$part" in
     grep -E "copy|%" "$out/triton-fwd-4096.txt" | sed -E 's/FwdConfig\(//; s/, tail_n=0, programs_per_sm=0//; s/, held_chunks=0\)//' | cut -c1-230
     # (Its first run also timed the twenty-fourth session's paired row sums against separate ones, in two processes:
     # h100-2026-12-07-p/probes-t/triton-sums.txt. They lost and were removed, with the probes' --separate-sums.)
+    ;;
+  probes-u)
+    # The twenty-fifth session's rule (config.MID_ROW_BYTES): rows of 2-4 KB with weight and/or bias at M >= 4096 in
+    # one 128-thread CTA, weight and bias after the statistics. Its GPU test (against the fp64 reference and the
+    # multi-row tiling it replaced) with the other forward tests of test_gpu.py, memcheck and initcheck of its two
+    # rule cases (sanitize_features.py --set rules from index 25) on both backends, then the probe: the new default
+    # against the old tiling ("64B") at the shapes it was chosen on and a few it was not, with and without stats.
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 150 python -m pytest tests/layernorm/test_gpu.py -q -n "${WORKERS:-8}" -p no:cacheprovider -rfEs \
+      -k "mid_row or forward" > "$out/gpu-mid-row.log" 2>&1
+    echo "mid-row forward GPU tests: rc=$? $(tail -1 "$out/gpu-mid-row.log")"
+    for tool in memcheck initcheck; do
+      log="$out/sanitize-mid-$tool.log"
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 100 compute-sanitizer --tool "$tool" --report-api-errors no \
+        --error-exitcode 86 python benchmarks/sanitize_features.py --set rules --first 25 > "$log" 2>&1
+      echo "mid-row rule cases $tool: rc=$? $(grep -E 'ERROR SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
+    done
+    for stats in "" --stats; do
+      timeout 100 python benchmarks/cutedsl_fwd_probe.py --only 64B \
+        --shapes 32768x1024,8192x1024,4096x1024,32768x1536,32768x2048,4096x2048,32768x1024xfloat16,32768x1024xfloat32,2048x1024,32768x896,32768x2304 \
+        $stats >> "$out/cutedsl-fwd-mid-row.txt" 2>&1
+      echo "mid-row probe ${stats:-no stats}: rc=$?"
+    done
+    grep -v "^device" "$out/cutedsl-fwd-mid-row.txt" | cut -c1-170
     ;;
   racecheck-late)
     # racecheck of the CuTeDSL rule cases from index 16 on (the twentieth to twenty-second sessions' rules), which

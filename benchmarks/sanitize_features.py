@@ -7,13 +7,15 @@ its gradient flows through h too.
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --report-api-errors no \\
         python benchmarks/sanitize_features.py [--backends cutedsl,triton] [--set features|rules]
 
-``--set rules``: LayerNorm / RMSNorm at the shapes where the eleventh, sixteenth, eighteenth, twentieth, twenty-first
-and twenty-second sessions' rules switch kernels (the CuTeDSL backward's staged loads and staged statistics, the
-forward's four-CTA launch bound, clusters of any size for ragged rows and of at most 8 for the ragged forward, the
-fused residual's staged backward, the persistent forward over unclustered rows (with a bias); Triton's two-row
-blocks at N = 16384, held two-row blocks at N = 32768, the fp32-out blocks and the twenty-fourth session's weight and
-bias at the tile's offsets), with M above one wave and not a multiple of the CTA's rows (and one one-wave case). The CuTeDSL backward sums its dw/db columns in its own launch
-(the twelfth session's fused column sum) at every N <= 6144 here: 16-bit staged rows and fp32 prefetched ones.
+``--set rules``: LayerNorm / RMSNorm at the shapes where the eleventh, sixteenth, eighteenth, twentieth,
+twenty-first and twenty-second sessions' rules switch kernels (the CuTeDSL backward's staged loads and staged
+statistics, the forward's four-CTA launch bound, clusters of any size for ragged rows and of at most 8 for the
+ragged forward, the fused residual's staged backward, the persistent forward over unclustered rows (with a bias);
+Triton's two-row blocks at N = 16384, held two-row blocks at N = 32768, the fp32-out blocks and the twenty-fourth
+session's weight and bias at the tile's offsets; the twenty-fifth session's CuTeDSL forward rows of 2-4 KB in one
+128-thread CTA), with M above one wave and not a multiple of the CTA's rows (and one one-wave case). The CuTeDSL
+backward sums its dw/db columns in its own launch (the twelfth session's fused column sum) at every N <= 6144 here:
+16-bit staged rows and fp32 prefetched ones.
 
 The reference runs on the CPU (torch's own GPU reductions would show up in racecheck's report), and
 --report-api-errors no drops the CUDA libraries' start-up probes (see sanitize.sh).
@@ -62,6 +64,10 @@ RULE_CASES = [
     # a program at 2048; a row a program in one wave at 4096)
     (1031, 2048, torch.bfloat16, torch.bfloat16, False, None, True),
     (37, 4096, torch.float16, torch.float16, False, None, True),
+    # the twenty-fifth session's: the CuTeDSL forward's rows of 2-4 KB in one 128-thread CTA at M >= 4096 (one
+    # vector a thread at 1024 bf16 with a bias; two, the last ragged, at 1536 fp16, RMSNorm's weight only)
+    (4099, 1024, torch.bfloat16, torch.bfloat16, False, None, True),
+    (4097, 1536, torch.float16, torch.float16, True, None),
 ]
 
 

@@ -1153,8 +1153,9 @@ def test_persistent_forward_over_unclustered_rows_at_several_ctas_per_sm(monkeyp
         dataclasses.replace(clustered, persistent_ctas_per_sm=2)
 
 
-@pytest.mark.parametrize("hidden, bytes_per_thread, ctas, rms", [(1024, None, 2, False), (256, None, 4, True),
-                                                                  (2048, None, 4, False), (1024, 32, 4, False),
+# (64 bytes a thread at N = 1024 / 2048: the multi-row tilings that were the default before MID_ROW_BYTES.)
+@pytest.mark.parametrize("hidden, bytes_per_thread, ctas, rms", [(1024, 64, 2, False), (256, None, 4, True),
+                                                                  (2048, 64, 4, False), (1024, 32, 4, False),
                                                                   (1024, 16, 8, False)], ids=str)
 def test_persistent_forward_over_several_rows_a_cta(monkeypatch, hidden, bytes_per_thread, ctas, rms):
     """The persistent kernel over unclustered CTAs of several rows (opt-in, twenty-third session): one row's weight
@@ -1234,3 +1235,55 @@ def test_persistent_forward_rule(rows, hidden, elem, vec, affine, residual, pers
     elif residual or hidden % 8 or hidden in (16384, 36864):
         with pytest.raises(ValueError, match="persistent"):
             cfg.fwd_config(hidden, elem, vec, rows=rows, residual=residual, persistent=True)
+
+
+@pytest.mark.parametrize("rows, hidden, elem, vec, affine, residual, widest, mid", [
+    (32768, 1024, 2, 8, 8, False, None, True), (4096, 1024, 2, 8, 8, False, None, True),  # 2 KB rows
+    (32768, 1024, 2, 8, 4, False, None, True), (8192, 1024, 2, 8, 2, False, 2, True),  # bf16 affine; a bf16 weight
+    (32768, 1152, 2, 8, 8, False, None, True), (32768, 1536, 2, 8, 8, False, None, True),  # ragged 128-thread rows
+    (4096, 2048, 2, 8, 8, False, None, True), (32768, 512, 4, 4, 8, False, None, True),  # 4 KB; fp32 x, 2 KB
+    (32768, 1024, 4, 4, 8, False, None, True),
+    (4095, 1024, 2, 8, 8, False, None, False), (2048, 2048, 2, 8, 8, False, None, False),  # too few rows
+    (32768, 1024, 2, 8, 0, False, None, False),  # no weight or bias
+    (32768, 1024, 2, 8, 8, True, None, False), (32768, 1024, 2, 4, 8, False, 4, False),  # residual; out fp32
+    (32768, 1024, 2, 4, 8, False, None, False),  # 8-byte vectors (misaligned rows)
+    (32768, 896, 2, 8, 8, False, None, False), (32768, 2056, 2, 8, 8, False, None, False),  # below / above 2-4 KB
+])
+def test_mid_row_forward_rule(rows, hidden, elem, vec, affine, residual, widest, mid):
+    """Rows of 2-4 KB with weight and/or bias at M >= MID_ROW_MIN_ROWS: one row a 128-thread CTA, weight and bias after
+    the statistics (config.py's measurements); everything else keeps 64 bytes of x a thread."""
+    config = cfg.fwd_config(hidden, elem, vec, rows=rows, residual=residual, widest_elem_bytes=widest,
+                            affine_bytes=affine)
+    old = cfg.fwd_config(hidden, elem, vec, rows=rows, residual=residual, widest_elem_bytes=widest,
+                         affine_bytes=affine, bytes_per_thread=64)
+    t = config.tiling
+    if mid:
+        assert (t.threads_per_row, t.rows_per_cta, t.cluster_n) == (cfg.MIN_CTA_THREADS, 1, 1)
+        assert t.tile_n >= hidden > t.tile_n // 2  # the fewest vectors a thread that cover the row
+        assert config.affine_after_stats and not config.persistent
+        assert old.tiling.rows_per_cta > 1 and old != config
+    else:
+        assert config == old
+    assert cfg.rows_class(cfg.MID_ROW_MIN_ROWS - 1) != cfg.rows_class(cfg.MID_ROW_MIN_ROWS)
+
+
+@pytest.mark.parametrize("case", [(1024, "bf16", "wb_fp32"), (1536, "fp16", "wb_fp32"), (2048, "bf16", "wb_same"),
+                                  (1024, "fp32", "w"), (512, "fp32", "wb_fp32")], ids=_id)
+def test_mid_row_forward_compiles(case):
+    """The one-row 128-thread CTA of the mid-row rule compiles for sm_90a with and without the statistics stored:
+    128-bit accesses of x and out, a cross-warp reduction (_check_common), no local memory, and at most 64 registers
+    a thread (ptxas: 32-55 against 59-127 for the multi-row CTAs of 64 bytes a thread, so at least twice the CTAs an
+    SM)."""
+    hidden, dtype_name, affine = case
+    weight, bias = _affine_dtypes(dtype_name, affine)
+    elem = ELEM_BYTES[dtype_name]
+    vec = _aligned_vec(hidden, dtype_name)
+    affine_bytes = sum(4 if t is cutlass.Float32 else elem for t in (weight, bias) if t is not None)
+    config = cfg.fwd_config(hidden, elem, vec, rows=32768, affine_bytes=affine_bytes)
+    assert config.tiling.threads_per_row == 128 and config.affine_after_stats
+    for store_stats in (False, True):
+        ptx = launch.compile_fwd(DTYPES[dtype_name], hidden, weight, bias, store_stats, vec, config, ARCH,
+                                 keep_ptx=True).__ptx__
+        _check_common(ptx, config.tiling, elem)
+        usage = _ptxas_usage(ptx)
+        assert usage["spill_stores"] == 0 and usage["registers"] <= 64, usage

@@ -465,6 +465,55 @@ def test_cutedsl_backward_column_ctas_at_few_rows(cuda_gen, rows, hidden, dtype,
 
 
 @pytest.mark.parametrize("rows, hidden, dtype, variant", [
+    (32768, 1024, torch.bfloat16, "plain"), (4096, 1536, torch.float16, "plain"), (4097, 2048, torch.bfloat16, "w16"),
+    (8192, 1024, torch.float32, "weight only"), (4099, 1800, torch.bfloat16, "plain"),
+    (5000, 512, torch.float32, "plain"),
+], ids=str)
+def test_cutedsl_mid_row_forward(cuda_gen, rows, hidden, dtype, variant):
+    """Rows of 2-4 KB with weight and/or bias at M >= MID_ROW_MIN_ROWS (the twenty-fifth session's default): one row
+    a 128-thread CTA, weight and bias after the statistics. out, mean and rstd (poisoned first) match the fp64
+    reference, and the multi-row tiling of 64 bytes a thread (the default before) within one rounding of out and fp32
+    noise of the statistics (the reductions add in another order); M not a multiple of anything, ragged rows (N =
+    1536, 1800) included."""
+    if not is_cutedsl_layernorm_available():
+        pytest.skip("CuTeDSL backend not available")
+    from vibe_kernels.layernorm._cutedsl import config as cutedsl_config
+    from vibe_kernels.layernorm._cutedsl import launch as cutedsl_launch
+
+    x, weight, bias = _inputs(cuda_gen, rows, hidden, dtype)
+    if variant == "w16":
+        weight, bias = weight.to(dtype), bias.to(dtype)
+    if variant == "weight only":
+        bias = None
+    affine_bytes = sum(t.element_size() for t in (weight, bias) if t is not None)
+    vec = 16 // x.element_size()
+    default = cutedsl_config.fwd_config(hidden, x.element_size(), vec, rows=rows, affine_bytes=affine_bytes)
+    assert (default.tiling.threads_per_row, default.tiling.rows_per_cta) == (128, 1) and default.affine_after_stats
+    multi_row = cutedsl_config.fwd_config(hidden, x.element_size(), vec, rows=rows, affine_bytes=affine_bytes,
+                                          bytes_per_thread=64)
+    assert multi_row.tiling.rows_per_cta > 1
+    results = []
+    for config in (None, multi_row):  # None: the launcher's own choice
+        out = torch.full_like(x, float("nan"))
+        mean = torch.full((rows,), float("nan"), device="cuda")
+        rstd = torch.full((rows,), float("nan"), device="cuda")
+        cutedsl_launch.layernorm_fwd(x, weight, bias, 1e-5, out, mean, rstd, config=config)
+        results.append((out, mean, rstd))
+    (out, mean, rstd), (out_multi, mean_multi, rstd_multi) = results
+    assert not out.isnan().any() and not mean.isnan().any() and not rstd.isnan().any()
+    want = layernorm_ref(x.double(), weight.double(), None if bias is None else bias.double(), 1e-5)
+    ulp = torch.finfo(dtype).eps if dtype != torch.float32 else 1e-6
+    scale = want.abs().amax(-1, keepdim=True).clamp_min(1)
+    # One rounding of the output (plus fp32 statistics' noise) against the fp64 reference, two between the tilings.
+    assert ((out.double() - want).abs() <= ulp * scale).all()
+    assert ((out.double() - out_multi.double()).abs() <= 2 * ulp * scale).all()
+    for got, other, ref in ((mean, mean_multi, layernorm_mean_ref(x.double())),
+                            (rstd, rstd_multi, layernorm_rstd_ref(x.double(), 1e-5))):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, other, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows, hidden, dtype, variant", [
     (600, 65536, torch.bfloat16, "plain"), (129, 262144, torch.bfloat16, "plain"), (300, 32768, torch.float16, "w16"),
     (70, 131072, torch.float32, "plain"), (200, 65536, torch.bfloat16, "rms"), (1, 65536, torch.bfloat16, "plain"),
     (5, 262144, torch.float16, "none"), (400, 65536, torch.bfloat16, "out fp32"), (33, 16384, torch.bfloat16, "plain"),

@@ -258,6 +258,21 @@ NARROW_ROW_BYTES = 512
 SMALL_M_ROWS = 256
 SMALL_M_NARROW_ROW_BYTES = 2048
 SINGLE_ROW_MAX_BYTES = 16384
+
+# Rows of MID_ROW_BYTES (2-4 KB of 16-byte vectors) with weight and/or bias, at M >= MID_ROW_MIN_ROWS: one row a
+# 128-thread CTA (16 or 32 bytes of x a thread), so weight and bias load after the statistics, instead of 64 bytes a
+# thread, which packs 2-4 rows of 32 or 64 threads into a CTA and holds weight and bias across the reductions.
+# Measured (cutedsl_fwd_probe.py --only 16B,32B, H100, 2026-12-07, twenty-fifth session,
+# h100-2026-12-07-q/probes-adhoc/, % of a copy, fp32 weight and bias, old -> one row of 128 threads, without / with
+# the statistics stored): bf16 32768x1024 96 -> 98 / 94 -> 97, 8192x1024 91 -> 98 / 90 -> 96, 4096x1024 95 -> 99,
+# 16384x1024 93 -> 99, 131072x1024 97 -> 98 / 96 -> 96; 32768 rows of 1152 / 1280 / 1536 / 1792 / 2048: 73 / 76 /
+# 83 / 92 / 93 -> 84 / 87 / 93 / 94 / 99 (2048 with the statistics 92 -> 98); 4096x2048 90 -> 98; fp16 32768x1024
+# 96 -> 99; fp32 x 32768x512 98 -> 99, 32768x1024 98 -> 100; bf16 weight and bias 32768x1024 98 -> 99, a weight
+# alone 96 -> 97. Not below: 2048x1024 even, 1024x2048 93 -> 89; nor without weight and bias (8192x1024 101 -> 98);
+# nor narrower rows (768 / 896 bf16 at 128 threads: 96 -> 83 / 89) or wider ones (the default already gives 2304+
+# one row of 128+ threads). Not measured with a fused residual or with out wider than x: left out.
+MID_ROW_BYTES = (2048, 4096)
+MID_ROW_MIN_ROWS = 4096
 # L2 eviction policies (FwdConfig.l2_hints / BwdConfig.l2_hints: rows evict_first, weight/bias evict_last) for 16-bit
 # rows of at most this many bytes held by one CTA (no cluster), at M above SMALL_M_ROWS, without the fused residual
 # (not measured with it).
@@ -302,10 +317,18 @@ def _l2_hints(tiling: RowTiling, hidden: int, elem_bytes: int, residual: bool, r
             and not residual and (rows is None or rows > SMALL_M_ROWS))
 
 
+def _mid_row(hidden: int, elem_bytes: int, vec: int, rows: int | None, residual: bool,
+             widest_elem_bytes: int | None, affine_bytes: int) -> bool:
+    """Whether the forward holds a row of ``MID_ROW_BYTES`` in one 128-thread CTA (see there)."""
+    return (MID_ROW_BYTES[0] <= hidden * elem_bytes <= MID_ROW_BYTES[1] and vec * elem_bytes == 16
+            and (widest_elem_bytes or elem_bytes) == elem_bytes and not residual and affine_bytes > 0
+            and rows is not None and rows >= MID_ROW_MIN_ROWS)
+
+
 def rows_class(rows: int) -> tuple:
     """What of M the forward config depends on (a launch plan keyed on it may serve any M of the same class)."""
     return (rows == 1, rows <= SMALL_M_ROWS, rows >= AFFINE_AFTER_STATS_MIN_ROWS,
-            rows <= PERSISTENT_UNCLUSTERED_MAX_ROWS)
+            rows <= PERSISTENT_UNCLUSTERED_MAX_ROWS, rows >= MID_ROW_MIN_ROWS)
 
 
 # The persistent forward (FwdConfig.persistent): for clustered rows whose weight and bias take at least this many
@@ -395,6 +418,8 @@ persistent=False, persistent_ctas_per_sm=1)
         small_m = rows is not None and ((rows <= SMALL_M_ROWS and row_bytes <= SMALL_M_NARROW_ROW_BYTES)
                                         or (rows == 1 and row_bytes <= SINGLE_ROW_MAX_BYTES))
         bytes_per_thread = 16 if small_m else 32 if row_bytes <= NARROW_ROW_BYTES else 64
+        if _mid_row(hidden, elem_bytes, vec, rows, residual, widest_elem_bytes, affine_bytes):
+            bytes_per_thread = 16 * _ceil_div(row_bytes, 16 * MIN_CTA_THREADS)
     tiling = _row_tiling(hidden, vec, bytes_per_thread, elem_bytes, max_cta_threads, min_cta_threads)
     many_rows = rows is not None and rows >= AFFINE_AFTER_STATS_MIN_ROWS and tiling.rows_per_cta == 1
     fits_alone = tiling.cluster_n == 1 and tiling.num_threads <= 256
