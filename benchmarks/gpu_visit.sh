@@ -202,19 +202,13 @@ case "$part" in
   probes-u)
     # The twenty-fifth session's rule (config.MID_ROW_BYTES): rows of 2-4 KB with weight and/or bias at M >= 4096 in
     # one 128-thread CTA, weight and bias after the statistics. Its GPU test (against the fp64 reference and the
-    # multi-row tiling it replaced), memcheck and initcheck of its two
-    # rule cases (sanitize_features.py --set rules from index 25) on both backends, then the probe: the new default
-    # against the old tiling ("64B") at the shapes it was chosen on and a few it was not, with and without stats.
+    # multi-row tiling it replaced); the probe: the new default against the old tiling ("64B") at the shapes it was
+    # chosen on and a few it was not, with and without the statistics stored; then memcheck and initcheck of its two
+    # rule cases (sanitize_features.py --set rules from index 25) on both backends.
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
     timeout 150 python -m pytest tests/layernorm/test_gpu.py -q -n "${WORKERS:-8}" -p no:cacheprovider -rfEs \
       -k "mid_row" > "$out/gpu-mid-row.log" 2>&1
     echo "mid-row forward GPU tests: rc=$? $(tail -1 "$out/gpu-mid-row.log")"
-    for tool in memcheck initcheck; do
-      log="$out/sanitize-mid-$tool.log"
-      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 100 compute-sanitizer --tool "$tool" --report-api-errors no \
-        --error-exitcode 86 python benchmarks/sanitize_features.py --set rules --first 25 > "$log" 2>&1
-      echo "mid-row rule cases $tool: rc=$? $(grep -E 'ERROR SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
-    done
     for stats in "" --stats; do
       timeout 100 python benchmarks/cutedsl_fwd_probe.py --only 64B \
         --shapes 32768x1024,8192x1024,4096x1024,32768x1536,32768x2048,4096x2048,32768x1024xfloat16,32768x1024xfloat32,2048x1024,32768x896,32768x2304 \
@@ -222,6 +216,12 @@ case "$part" in
       echo "mid-row probe ${stats:-no stats}: rc=$?"
     done
     grep -v "^device" "$out/cutedsl-fwd-mid-row.txt" | cut -c1-170
+    for tool in memcheck initcheck; do
+      log="$out/sanitize-mid-$tool.log"
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 100 compute-sanitizer --tool "$tool" --report-api-errors no \
+        --error-exitcode 86 python benchmarks/sanitize_features.py --set rules --first 25 > "$log" 2>&1
+      echo "mid-row rule cases $tool: rc=$? $(grep -E 'ERROR SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
+    done
     ;;
   racecheck-late)
     # racecheck of the CuTeDSL rule cases from index 16 on (the twentieth to twenty-second sessions' rules), which
