@@ -52,11 +52,14 @@
 #   bash benchmarks/gpu_visit.sh probes-u   # the CuTeDSL forward's rows of 2-4 KB in one 128-thread CTA (the
 #                                           # twenty-fifth session's rule): its GPU tests, memcheck / initcheck of
 #                                           # its two rule cases, old / new tilings side by side (~3 min)
+#   bash benchmarks/gpu_visit.sh probes-v   # leads prepared untimed: Triton's forward at N = 16384 in one-row
+#                                           # chunks of 1024-4096 (compile's shape of kernel), and every CuTeDSL
+#                                           # forward variant at M = 128 and M = 1 (~4 min)
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
 set -uo pipefail
-part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n|probes-o|probes-p|probes-q|probes-r|probes-s|probes-t|probes-u|racecheck-late}
+part=${1:?usage: gpu_visit.sh tests|tests-a|tests-b|checks|sanitize|sanitize-rules|bench|features|probes-a|probes-b|probes-c|probes-d|probes-e|probes-f|probes-g|probes-h|probes-i|probes-j|probes-k|probes-m|probes-n|probes-o|probes-p|probes-q|probes-r|probes-s|probes-t|probes-u|probes-v|racecheck-late}
 out=${OUT:-benchmarks/results/latest}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -222,6 +225,26 @@ case "$part" in
         --error-exitcode 86 python benchmarks/sanitize_features.py --set rules --first 25 > "$log" 2>&1
       echo "mid-row rule cases $tool: rc=$? $(grep -E 'ERROR SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
     done
+    ;;
+  probes-v)
+    # Leads the twenty-fifth session prepared on the CPU and could not time (its device time ran out).
+    # (1) Triton's forward at N = 16384 trails torch.compile by 3-4% in every bench (4096x16384 fp16 0.0974 against
+    #     0.0946 ms, 32768x16384 0.7583 against 0.7320). The default is two-row blocks of 8192 columns at 16 warps
+    #     (chunked: statistics pass, then the normalizing pass re-reads the row from L2). Compile's generated kernel
+    #     is a two-loop reduction too, but one row a program; one-row chunks of 8192 (8 warps) and 4096 (held) were
+    #     timed in the sixteenth session, smaller chunks at 8-16 warps never. They pass the interpreter (CPU, 4 rows).
+    export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    timeout 170 python benchmarks/triton_fwd_probe.py --repeats 3 --shapes 4096x16384xfloat16,32768x16384 \
+      --configs c2048w16h,c2048w8h,c1024w8h,c1024w4h,c4096w16h,c4096w8h,c2048w16m2h > "$out/triton-fwd-16384-chunks.txt" 2>&1
+    echo "triton forward 16384 one-row chunks: rc=$?"
+    # (2) The forward at M = 128 (CuTeDSL and Triton 0.0059 ms against compile's 0.0056 in the last three benches,
+    #     single samples) and M = 1: every CuTeDSL probe variant, without and with the statistics stored.
+    for stats in "" --stats; do
+      timeout 120 python benchmarks/cutedsl_fwd_probe.py --shapes 128x4096,1x4096 $stats \
+        >> "$out/cutedsl-fwd-small-m.txt" 2>&1
+      echo "cutedsl forward small M ${stats:-no stats}: rc=$?"
+    done
+    cut -c1-160 "$out/triton-fwd-16384-chunks.txt"; grep -v "^device" "$out/cutedsl-fwd-small-m.txt" | cut -c1-600
     ;;
   racecheck-late)
     # racecheck of the CuTeDSL rule cases from index 16 on (the twentieth to twenty-second sessions' rules), which
