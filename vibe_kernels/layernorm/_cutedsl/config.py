@@ -270,7 +270,9 @@ SINGLE_ROW_MAX_BYTES = 16384
 # 96 -> 99; fp32 x 32768x512 98 -> 99, 32768x1024 98 -> 100; bf16 weight and bias 32768x1024 98 -> 99, a weight
 # alone 96 -> 97. Not below: 2048x1024 even, 1024x2048 93 -> 89; nor without weight and bias (8192x1024 101 -> 98);
 # nor narrower rows (768 / 896 bf16 at 128 threads: 96 -> 83 / 89) or wider ones (the default already gives 2304+
-# one row of 128+ threads). Not measured with a fused residual or with out wider than x: left out.
+# one row of 128+ threads). Not measured with a fused residual or with out wider than x: left out. After the change
+# (probes-u/, old tiling "64B" beside the default in one process): 32768x1024 96 -> 99, 32768x2048 92 -> 98; the
+# bench at 32768x1024 bf16 + bias (bench-1024/): 98% forward, 94% forward+backward.
 MID_ROW_BYTES = (2048, 4096)
 MID_ROW_MIN_ROWS = 4096
 # L2 eviction policies (FwdConfig.l2_hints / BwdConfig.l2_hints: rows evict_first, weight/bias evict_last) for 16-bit
@@ -363,7 +365,8 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
                residual: bool = False, widest_elem_bytes: int | None = None, affine_bytes: int = 0,
                persistent: bool | None = None) -> FwdConfig:
     """Forward: 64 bytes of x per thread (32 bf16 / 16 fp32 values; 32 bytes for rows of at most
-    ``NARROW_ROW_BYTES``; 16 bytes at small M, see ``SMALL_M_ROWS``), up to 512 threads per CTA, then clusters.
+    ``NARROW_ROW_BYTES``; 16 bytes at small M, see ``SMALL_M_ROWS``; one 128-thread row a CTA for rows of
+    ``MID_ROW_BYTES`` with weight or bias at M >= ``MID_ROW_MIN_ROWS``), up to 512 threads per CTA, then clusters.
 
     Weight and bias load after the row statistics (``affine_after_stats``) when ``rows`` >= 1024 and one row takes
     a whole CTA: holding fp32 weight and bias across the reductions costs ~30 registers a thread (ptxas: 92-128
@@ -378,7 +381,8 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     ``widest_elem_bytes``) and without a fused residual (ptxas spills there: 108 bytes at N = 100003 with scalar
     accesses; 8-24 with a residual).
 
-    ``affine_bytes``: the bytes of weight and bias a column (8 for fp32 weight and bias, 0 without): clustered rows
+    ``affine_bytes``: the bytes of weight and bias a column (8 for fp32 weight and bias, 0 without; any for the
+    mid-row tiling): clustered rows
     whose weight and bias take ``PERSISTENT_MIN_AFFINE_ROW_BYTES`` or more run the persistent kernel, and so do
     unclustered 16-bit rows of ``PERSISTENT_UNCLUSTERED_N`` with fp32 weight and bias at 1024 to
     ``PERSISTENT_UNCLUSTERED_MAX_ROWS`` rows, several CTAs per SM (``persistent`` None: by those rules; True / False:
@@ -408,6 +412,9 @@ def fwd_config(hidden: int, elem_bytes: int, vec: int, *, rows: int | None = Non
     RowTiling(vec=8, threads_per_row=16, vecs_per_thread=2, rows_per_cta=8, cluster_n=1)
     >>> fwd_config(1024, 2, 8, rows=128).tiling
     RowTiling(vec=8, threads_per_row=128, vecs_per_thread=1, rows_per_cta=1, cluster_n=1)
+    >>> fwd_config(1024, 2, 8, rows=32768).tiling, fwd_config(1024, 2, 8, rows=32768, affine_bytes=8).tiling
+    (RowTiling(vec=8, threads_per_row=32, vecs_per_thread=4, rows_per_cta=4, cluster_n=1), \
+RowTiling(vec=8, threads_per_row=128, vecs_per_thread=1, rows_per_cta=1, cluster_n=1))
     >>> fwd_config(16384, 2, 8, rows=4096)
     FwdConfig(tiling=RowTiling(vec=8, threads_per_row=512, vecs_per_thread=4, rows_per_cta=1, cluster_n=1), \
 affine_after_stats=True, l1_hints=False, min_ctas_per_sm=2, merged_stats=False, l2_hints=False, \
