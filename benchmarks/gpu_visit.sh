@@ -54,7 +54,9 @@
 #                                           # its two rule cases, old / new tilings side by side (~3 min)
 #   bash benchmarks/gpu_visit.sh probes-v   # leads prepared untimed: Triton's forward at N = 16384 in one-row
 #                                           # chunks of 1024-4096 (compile's shape of kernel), and every CuTeDSL
-#                                           # forward variant at M = 128 and M = 1 (~4 min)
+#                                           # forward variant at M = 128 and M = 1, CuTeDSL tilings
+#                                           # that ptxas gives few warps an SM (N = 640-14336) (~9 min:
+#                                           # two calls, WHICH=1 / WHICH=2)
 # (tests: 466 s on the H100 in the sixth session, against a 600 s device call.)
 # Logs and JSON go under $OUT (default benchmarks/results/latest); a short summary is printed last.
 # Run from the repository root after `source .gpu/env.sh` (the GPU kit: CuTeDSL, Quack, Liger).
@@ -233,7 +235,9 @@ case "$part" in
     #     (chunked: statistics pass, then the normalizing pass re-reads the row from L2). Compile's generated kernel
     #     is a two-loop reduction too, but one row a program; one-row chunks of 8192 (8 warps) and 4096 (held) were
     #     timed in the sixteenth session, smaller chunks at 8-16 warps never. They pass the interpreter (CPU, 4 rows).
+    # WHICH=1 runs (1) and (2), WHICH=2 runs (3): at most ~5 min each; both by default.
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
+    if [ "${WHICH:-12}" != 2 ]; then
     timeout 170 python benchmarks/triton_fwd_probe.py --repeats 3 --shapes 4096x16384xfloat16,32768x16384 \
       --configs c2048w16h,c2048w8h,c1024w8h,c1024w4h,c4096w16h,c4096w8h,c2048w16m2h > "$out/triton-fwd-16384-chunks.txt" 2>&1
     echo "triton forward 16384 one-row chunks: rc=$?"
@@ -245,6 +249,24 @@ case "$part" in
       echo "cutedsl forward small M ${stats:-no stats}: rc=$?"
     done
     cut -c1-160 "$out/triton-fwd-16384-chunks.txt"; grep -v "^device" "$out/cutedsl-fwd-small-m.txt" | cut -c1-600
+    fi
+    # (3) The CuTeDSL forward's default tilings that ptxas gives few warps an SM (twenty-fifth session, bf16 x, fp32
+    #     weight and bias, statistics not stored; docs/perf-notes.md has the table): multi-row CTAs at N = 640-896
+    #     (88-115 registers, 16-20 warps; weight and bias after the statistics: 64, 32 warps: "late"); ragged
+    #     128-thread rows at 2304 / 2560 (78, 24 warps; 256 threads of 2 vectors: 56, 32 warps: "32B"); 5120 (64
+    #     registers under its launch bound, 16 bytes spilled), 7168 (110 registers, 16 warps) and 14336 (380 bytes
+    #     spilled under its bound), where 512 / 1024 threads of 2 vectors fit 56-64 registers without spills ("32B",
+    #     "t1024", "t1024late"). Never timed at these N.
+    if [ "${WHICH:-12}" != 1 ]; then
+    timeout 200 python benchmarks/cutedsl_fwd_probe.py --only late,32B,t1024,t1024late,default+64r \
+      --shapes 32768x640,32768x896,32768x2304,32768x2560,32768x5120,32768x7168,8192x7168,32768x14336 \
+      >> "$out/cutedsl-fwd-few-warps.txt" 2>&1
+    echo "cutedsl forward few-warp tilings: rc=$?"
+    timeout 100 python benchmarks/cutedsl_fwd_probe.py --only late,32B,t1024late --stats \
+      --shapes 32768x896,32768x2560,32768x7168 >> "$out/cutedsl-fwd-few-warps.txt" 2>&1
+    echo "cutedsl forward few-warp tilings --stats: rc=$?"
+    grep -v "^device" "$out/cutedsl-fwd-few-warps.txt" | cut -c1-600
+    fi
     ;;
   racecheck-late)
     # racecheck of the CuTeDSL rule cases from index 16 on (the twentieth to twenty-second sessions' rules), which
