@@ -70,6 +70,16 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
   date -u
 } > "$out/device-$part.txt" 2>&1
+# memcheck and initcheck of sanitize_features.py's rule cases from index $1 on (both backends): logs
+# $out/sanitize-$2-<tool>.log, each run at most $3 s, a summary line each labelled $4.
+sanitize_rule_cases() {
+  for tool in memcheck initcheck; do
+    log="$out/sanitize-$2-$tool.log"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$3" compute-sanitizer --tool "$tool" --report-api-errors no \
+      --error-exitcode 86 python benchmarks/sanitize_features.py --set rules --first "$1" > "$log" 2>&1
+    echo "$4 $tool: rc=$? $(grep -E 'ERROR SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
+  done
+}
 case "$part" in
   tests)
     timeout 585 python -m pytest tests -q -n "${WORKERS:-8}" -p no:cacheprovider -rfEs > "$out/gpu-tests.log" 2>&1
@@ -171,12 +181,7 @@ case "$part" in
       grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-fwd-1024${stats}.txt" | sed -E 's/, err [^)]*//g' | cut -c1-600
     done
     grep -E "^[0-9]+x[0-9]+ " "$out/cutedsl-fwd-persist-m.txt" | sed -E 's/, err [^)]*//g' | cut -c1-200
-    for tool in memcheck initcheck; do
-      log="$out/sanitize-new-$tool.log"
-      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 120 compute-sanitizer --tool "$tool" --report-api-errors no \
-        --error-exitcode 86 python benchmarks/sanitize_features.py --set rules --first 20 > "$log" 2>&1
-      echo "new rule cases $tool: rc=$? $(grep -E 'ERROR SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
-    done
+    sanitize_rule_cases 20 new 120 "new rule cases"
     ;;
   probes-t)
     # Triton's forward at 32768x4096 bf16 has read 0.1849-0.1881 ms in every bench since 2026-11-24, Liger's
@@ -221,12 +226,7 @@ case "$part" in
       echo "mid-row probe ${stats:-no stats}: rc=$?"
     done
     grep -v "^device" "$out/cutedsl-fwd-mid-row.txt" | cut -c1-170
-    for tool in memcheck initcheck; do
-      log="$out/sanitize-mid-$tool.log"
-      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 100 compute-sanitizer --tool "$tool" --report-api-errors no \
-        --error-exitcode 86 python benchmarks/sanitize_features.py --set rules --first 25 > "$log" 2>&1
-      echo "mid-row rule cases $tool: rc=$? $(grep -E 'ERROR SUMMARY' "$log" | tail -1) $(grep failures: "$log")"
-    done
+    sanitize_rule_cases 25 mid 100 "mid-row rule cases"
     ;;
   probes-v)
     # Leads the twenty-fifth session prepared on the CPU and could not time (its device time ran out).
