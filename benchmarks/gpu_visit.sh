@@ -235,6 +235,8 @@ case "$part" in
     #     (chunked: statistics pass, then the normalizing pass re-reads the row from L2). Compile's generated kernel
     #     is a two-loop reduction too, but one row a program; one-row chunks of 8192 (8 warps) and 4096 (held) were
     #     timed in the sixteenth session, smaller chunks at 8-16 warps never. They pass the interpreter (CPU, 4 rows).
+    #     c2048w16h is what torch 2.13's inductor heuristics pick at this N; registers and occupancy of each config
+    #     (no spills) in docs/perf-notes.md's twenty-sixth session (benchmarks/triton_registers.py).
     # WHICH=1 runs (1) and (2), WHICH=2 runs (3): at most ~5 min each; both by default.
     export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks"
     if [ "${WHICH:-12}" != 2 ]; then
