@@ -3,11 +3,12 @@
 A pre-screen for GPU probes: each config (triton_fwd_probe.py's syntax, or triton_bwd_probe.py's with --backward, or
 "default" for the launcher's own choice) is launched through ``_triton.layernorm_fwd`` / ``layernorm_bwd`` on fake
 CUDA tensors, compiled ahead of time for sm_90, and read back with cuobjdump (every kernel the launch runs: the
-backward's column sum too). Per config it prints the kernel's registers a thread, local memory (spills), shared memory, the CTAs
-and warps an SM the registers and threads allow (H100: 64K registers, 2048 threads), and the bytes of x an SM has in
-one chunk step at that occupancy (rows a program x chunk width x element size x CTAs), a rough proxy for the bytes in
-flight. It does not time anything; the numbers depend on the Triton version (the GPU machine has 3.6: run it with
-that Triton first on the path to match).
+backward's column sum too). Per config it prints the kernel's registers a thread, local memory (spills), shared
+memory, the CTAs and warps an SM that registers, threads and shared memory allow (H100: 64K registers, 2048 threads,
+228 KB of shared memory with 1 KB reserved a CTA), and the bytes of x an SM has in one chunk step at that occupancy
+(rows a program x chunk width x element size x CTAs), a rough proxy for the bytes in flight. It does not time
+anything; the numbers depend on the Triton version (the GPU machine has 3.6: run it with that Triton first on the
+path to match).
 
     python benchmarks/triton_registers.py --shape 32768x16384xfloat16 --configs default,c2048w16h,c2048w8h
     python benchmarks/triton_registers.py --backward --shape 32768x256 --configs default,32x256w16p1
@@ -31,6 +32,8 @@ sys.path[:0] = [str(_ROOT), str(_ROOT / "benchmarks"), str(_ROOT / "tests" / "la
 REGISTERS_AN_SM = 65536
 THREADS_AN_SM = 2048
 CTAS_AN_SM = 32
+SHARED_AN_SM = 228 * 1024
+SHARED_RESERVED_A_CTA = 1024
 
 
 def _cuobjdump() -> str:
@@ -82,13 +85,15 @@ def usage_lines(shape: str, configs: list[str], weight: str = "float32", bias: s
                 raise RuntimeError(f"cuobjdump printed no resource usage for {name}:\n{report}")
             registers, _, _, local = (int(v) for v in found.groups())
             threads = 32 * warps
-            ctas = min(REGISTERS_AN_SM // (registers * threads), THREADS_AN_SM // threads, CTAS_AN_SM)
+            shared = compiled.metadata.shared
+            ctas = min(REGISTERS_AN_SM // (registers * threads), THREADS_AN_SM // threads, CTAS_AN_SM,
+                       SHARED_AN_SM // (shared + SHARED_RESERVED_A_CTA))
             if "BLOCK_P" in constexprs:  # the column sum of partial rows: reads no x
                 chunk = "-"
             else:  # x's elements a program step (its rows x its chunk), at the occupancy above
                 chunk = f"{ctas * constexprs.get('BLOCK_M', 1) * constexprs['BLOCK_N'] * dtype.itemsize // 1024}KB"
             lines.append(f"{spec:14s} {name} warps={warps} registers={registers} local={local} "
-                         f"shared={compiled.metadata.shared} CTAs/SM={ctas} warps/SM={ctas * warps} "
+                         f"shared={shared} CTAs/SM={ctas} warps/SM={ctas * warps} "
                          f"chunk-bytes/SM={chunk}")
     return lines
 
